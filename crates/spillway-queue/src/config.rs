@@ -1,0 +1,55 @@
+//! [`BackendConfig`]: which backend, and its settings.
+//!
+//! A tagged enum (`backend = "embedded"`), so that settings of one backend
+//! cannot be given to another: figment names the offending key.
+
+use std::{path::PathBuf, sync::Arc};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Backend, QueueError};
+
+/// Which queue backend to run, with its settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "backend", rename_all = "lowercase", deny_unknown_fields)]
+pub enum BackendConfig {
+    /// SQLite on local disk. Durable, needs no broker. The default.
+    Embedded {
+        /// Folder for the database file (`queue.db`). Created if missing.
+        #[serde(default = "default_embedded_path")]
+        path: PathBuf,
+    },
+    /// Process memory. **Not durable**: for examples and tests only.
+    Memory,
+}
+
+fn default_embedded_path() -> PathBuf {
+    PathBuf::from("./spillway-data")
+}
+
+impl Default for BackendConfig {
+    fn default() -> Self {
+        Self::Embedded { path: default_embedded_path() }
+    }
+}
+
+impl BackendConfig {
+    /// The backend's name as written in the config.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Embedded { .. } => "embedded",
+            Self::Memory => "memory",
+        }
+    }
+}
+
+/// Opens the configured backend.
+pub async fn connect(config: &BackendConfig) -> Result<Arc<dyn Backend>, QueueError> {
+    match config {
+        BackendConfig::Embedded { path } => {
+            let backend = crate::embedded::EmbeddedBackend::open(path).await?;
+            Ok(Arc::new(backend))
+        }
+        BackendConfig::Memory => Ok(Arc::new(crate::memory::memory_backend()?)),
+    }
+}

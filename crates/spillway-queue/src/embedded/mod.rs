@@ -1,0 +1,347 @@
+//! The embedded backend: a durable queue in a SQLite file, no broker needed.
+//!
+//! - Durability: WAL mode with `synchronous=FULL` (see [`schema`]). A send is
+//!   answered `Ok` only after the transaction holding it committed.
+//! - Throughput: one writer thread group-commits every pending operation in
+//!   one transaction (see [`writer`]), so concurrent requests share an fsync.
+//! - Semantics: those of SQS, implemented in plain SQL (see [`ops`]).
+//! - Long poll: receivers in this process wake on a [`Notify`] when a send
+//!   commits; a consumer in another process sharing the file polls every
+//!   [`CROSS_PROCESS_POLL`].
+
+mod ops;
+mod schema;
+mod writer;
+
+use std::{
+    collections::HashMap,
+    path::Path,
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use rusqlite::Connection;
+use tokio::{sync::Notify, time::Instant};
+
+use self::{ops::Handle, writer::Writer};
+use crate::{
+    Admin, Backend, Consumer, DeadLetter, Delivery, OutgoingMessage, Producer, PurgeTarget, QueueError,
+    QueueSpec, QueueStats,
+};
+
+/// How often a long poll looks again when nothing in this process wakes it:
+/// the bound on latency for a consumer running in another process.
+pub const CROSS_PROCESS_POLL: Duration = Duration::from_millis(100);
+
+/// A handle on one embedded database. Cheap to clone.
+#[derive(Clone)]
+pub struct EmbeddedBackend {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    writer: Writer,
+    kind: &'static str,
+    wakers: Mutex<HashMap<String, Arc<Notify>>>,
+}
+
+impl Shared {
+    fn waker(&self, queue: &str) -> Arc<Notify> {
+        let mut wakers = self.wakers.lock().unwrap_or_else(PoisonError::into_inner);
+        wakers.entry(queue.to_owned()).or_default().clone()
+    }
+
+    fn wake(&self, queue: &str) {
+        self.waker(queue).notify_waiters();
+    }
+}
+
+impl EmbeddedBackend {
+    /// Opens (or creates) the database `queue.db` in the folder `dir`.
+    pub async fn open(dir: &Path) -> Result<Self, QueueError> {
+        let dir = dir.to_owned();
+        let conn = tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&dir).map_err(|e| {
+                QueueError::unavailable(format!("embedded queue: cannot create {}", dir.display()), e)
+            })?;
+            let path = dir.join("queue.db");
+            let conn = Connection::open(&path).map_err(|e| {
+                QueueError::unavailable(format!("embedded queue: cannot open {}", path.display()), e)
+            })?;
+            schema::prepare(&conn, true)?;
+            Ok::<_, QueueError>(conn)
+        })
+        .await
+        .map_err(|e| QueueError::unavailable("embedded queue: open task failed", e))??;
+        Self::start(conn, "embedded")
+    }
+
+    /// The same engine on an in-memory database: **not durable**. Used by the
+    /// memory backend.
+    pub(crate) fn open_in_memory() -> Result<Self, QueueError> {
+        let conn = Connection::open_in_memory()
+            .map_err(|e| QueueError::unavailable("memory queue: cannot open database", e))?;
+        schema::prepare(&conn, false)?;
+        Self::start(conn, "memory")
+    }
+
+    fn start(conn: Connection, kind: &'static str) -> Result<Self, QueueError> {
+        let writer = Writer::spawn(conn, kind)?;
+        Ok(Self { shared: Arc::new(Shared { writer, kind, wakers: Mutex::default() }) })
+    }
+}
+
+#[async_trait]
+impl Admin for EmbeddedBackend {
+    async fn ensure(&self, spec: &QueueSpec) -> Result<(), QueueError> {
+        if spec.dead_letter.max_receive_count == 0 {
+            return Err(QueueError::Invalid("max_receive_count must be at least 1".into()));
+        }
+        let spec = spec.clone();
+        self.shared.writer.run(move |c| ops::ensure(c, &spec)).await
+    }
+
+    async fn stats(&self, queue: &str) -> Result<QueueStats, QueueError> {
+        let queue = queue.to_owned();
+        self.shared.writer.run(move |c| ops::stats(c, &queue)).await
+    }
+
+    async fn peek_dead(&self, queue: &str, max: usize) -> Result<Vec<DeadLetter>, QueueError> {
+        let queue = queue.to_owned();
+        self.shared.writer.run(move |c| ops::peek_dead(c, &queue, max)).await
+    }
+
+    async fn redrive(&self, queue: &str, max: usize) -> Result<u64, QueueError> {
+        let q = queue.to_owned();
+        let moved = self.shared.writer.run(move |c| ops::redrive(c, &q, max)).await?;
+        self.shared.wake(queue);
+        Ok(moved)
+    }
+
+    async fn purge(&self, queue: &str, target: PurgeTarget) -> Result<u64, QueueError> {
+        let queue = queue.to_owned();
+        self.shared.writer.run(move |c| ops::purge(c, &queue, target)).await
+    }
+}
+
+#[async_trait]
+impl Backend for EmbeddedBackend {
+    fn kind(&self) -> &'static str {
+        self.shared.kind
+    }
+
+    async fn producer(&self, queue: &str) -> Result<Arc<dyn Producer>, QueueError> {
+        let q = queue.to_owned();
+        let policy = self.shared.writer.run(move |c| ops::policy(c, &q)).await?;
+        Ok(Arc::new(EmbeddedProducer {
+            shared: self.shared.clone(),
+            queue: queue.to_owned(),
+            max_message_bytes: policy.max_message_bytes,
+        }))
+    }
+
+    async fn consumer(&self, queue: &str) -> Result<Arc<dyn Consumer>, QueueError> {
+        let q = queue.to_owned();
+        self.shared.writer.run(move |c| ops::policy(c, &q)).await?;
+        Ok(Arc::new(EmbeddedConsumer {
+            shared: self.shared.clone(),
+            queue: queue.to_owned(),
+            held: Mutex::default(),
+        }))
+    }
+
+    async fn ready(&self) -> Result<(), QueueError> {
+        self.shared.writer.run(ops::ping).await
+    }
+}
+
+struct EmbeddedProducer {
+    shared: Arc<Shared>,
+    queue: String,
+    max_message_bytes: usize,
+}
+
+#[async_trait]
+impl Producer for EmbeddedProducer {
+    async fn send_batch(
+        &self,
+        msgs: Vec<OutgoingMessage>,
+    ) -> Result<Vec<Result<(), QueueError>>, QueueError> {
+        let limit = self.max_message_bytes;
+        let outcomes: Vec<Result<(), QueueError>> =
+            msgs.iter()
+                .map(|m| {
+                    if m.size() > limit {
+                        Err(QueueError::TooLarge { size: m.size(), limit })
+                    } else {
+                        Ok(())
+                    }
+                })
+                .collect();
+        let fits: Vec<OutgoingMessage> =
+            msgs.into_iter().zip(&outcomes).filter(|(_, o)| o.is_ok()).map(|(m, _)| m).collect();
+        if !fits.is_empty() {
+            let queue = self.queue.clone();
+            self.shared.writer.run(move |c| ops::send(c, &queue, &fits)).await?;
+            self.shared.wake(&self.queue);
+        }
+        Ok(outcomes)
+    }
+
+    fn max_message_bytes(&self) -> usize {
+        self.max_message_bytes
+    }
+}
+
+struct EmbeddedConsumer {
+    shared: Arc<Shared>,
+    queue: String,
+    /// Deliveries received and not yet settled, released by `close`.
+    held: Mutex<HashMap<i64, i64>>,
+}
+
+impl EmbeddedConsumer {
+    fn hold(&self, h: Handle) {
+        self.held.lock().unwrap_or_else(PoisonError::into_inner).insert(h.seq, h.receipt);
+    }
+
+    fn settle(&self, d: &Delivery) -> Result<Handle, QueueError> {
+        let h = Handle::parse(&d.receipt)?;
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        if held.get(&h.seq) == Some(&h.receipt) {
+            held.remove(&h.seq);
+        }
+        Ok(h)
+    }
+}
+
+#[async_trait]
+impl Consumer for EmbeddedConsumer {
+    async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>, QueueError> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let deadline = Instant::now() + wait;
+        let waker = self.shared.waker(&self.queue);
+        loop {
+            // Register for a wake-up before looking, so a send that commits
+            // between the look and the wait is not missed.
+            let notified = waker.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let queue = self.queue.clone();
+            let got = self.shared.writer.run(move |c| ops::receive(c, &queue, max)).await?;
+            if !got.deliveries.is_empty() {
+                return Ok(got
+                    .deliveries
+                    .into_iter()
+                    .map(|(h, d)| {
+                        self.hold(h);
+                        d
+                    })
+                    .collect());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(Vec::new());
+            }
+            let mut wake_at = deadline.min(now + CROSS_PROCESS_POLL);
+            if let Some(at) = got.next_visible_at {
+                let in_ms = u64::try_from(at.saturating_sub(ops::now_ms())).unwrap_or(0);
+                wake_at = wake_at.min(now + Duration::from_millis(in_ms));
+            }
+            tokio::select! {
+                () = &mut notified => {}
+                () = tokio::time::sleep_until(wake_at) => {}
+            }
+        }
+    }
+
+    async fn ack(&self, d: &Delivery) -> Result<(), QueueError> {
+        let h = self.settle(d)?;
+        self.shared.writer.run(move |c| ops::ack(c, h)).await
+    }
+
+    async fn nack(&self, d: &Delivery, delay: Duration, reason: &str) -> Result<(), QueueError> {
+        let h = self.settle(d)?;
+        let (queue, reason) = (self.queue.clone(), reason.to_owned());
+        self.shared.writer.run(move |c| ops::nack(c, &queue, h, delay, &reason)).await?;
+        if delay.is_zero() {
+            self.shared.wake(&self.queue);
+        }
+        Ok(())
+    }
+
+    async fn release(&self, d: &Delivery, delay: Duration) -> Result<(), QueueError> {
+        let h = self.settle(d)?;
+        self.shared.writer.run(move |c| ops::release(c, h, delay)).await?;
+        if delay.is_zero() {
+            self.shared.wake(&self.queue);
+        }
+        Ok(())
+    }
+
+    async fn extend(&self, d: &Delivery, timeout: Duration) -> Result<(), QueueError> {
+        let h = Handle::parse(&d.receipt)?;
+        self.shared.writer.run(move |c| ops::extend(c, h, timeout)).await
+    }
+
+    async fn dead_letter(&self, d: &Delivery, reason: &str) -> Result<(), QueueError> {
+        let h = self.settle(d)?;
+        let reason = reason.to_owned();
+        self.shared.writer.run(move |c| ops::dead_letter(c, h, &reason)).await
+    }
+
+    async fn close(&self) -> Result<(), QueueError> {
+        let held: Vec<Handle> = self
+            .held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain()
+            .map(|(seq, receipt)| Handle { seq, receipt })
+            .collect();
+        if held.is_empty() {
+            return Ok(());
+        }
+        self.shared
+            .writer
+            .run(move |c| held.into_iter().try_for_each(|h| ops::release(c, h, Duration::ZERO)))
+            .await?;
+        self.shared.wake(&self.queue);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use async_trait::async_trait;
+
+    use super::EmbeddedBackend;
+    use crate::{testkit::Harness, Backend};
+
+    /// Each scenario gets its own database folder, kept until the harness drops.
+    struct Embedded {
+        dir: tempfile::TempDir,
+        backend: EmbeddedBackend,
+    }
+
+    #[async_trait]
+    impl Harness for Embedded {
+        async fn new() -> Self {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let backend = EmbeddedBackend::open(dir.path()).await.expect("open embedded queue");
+            Self { dir, backend }
+        }
+        async fn backend(&self) -> Arc<dyn Backend> {
+            Arc::new(self.backend.clone())
+        }
+        async fn reopen(&self) -> Option<Arc<dyn Backend>> {
+            Some(Arc::new(EmbeddedBackend::open(self.dir.path()).await.expect("reopen")))
+        }
+    }
+
+    crate::conformance_tests!(Embedded);
+}

@@ -1,0 +1,42 @@
+//! The queue contract of Spillway, and the backends that keep it.
+//!
+//! Ingest and the consumer runtime only ever see the traits in this crate. Which
+//! broker sits behind them is decided once, from configuration, by [`connect`].
+//! SQS is the model: at-least-once delivery, a visibility timeout, a receive
+//! count, and a dead-letter queue after `max_receive_count` failed receives.
+//!
+//! # Layout
+//!
+//! - [`error`]: [`QueueError`], split by what the caller must do next (retry later,
+//!   reject the message, or fix the configuration).
+//! - [`message`]: what goes in ([`OutgoingMessage`]) and what comes out
+//!   ([`Delivery`], [`DeadLetter`], [`QueueStats`]).
+//! - [`spec`]: [`QueueSpec`] and [`DeadLetterPolicy`]: a queue, its DLQ and its limits.
+//! - [`traits`]: [`Producer`], [`Consumer`], [`Admin`] and [`Backend`], with the
+//!   guarantee each method gives, backend by backend.
+//! - [`config`]: [`BackendConfig`], the tagged enum that selects a backend, and [`connect`].
+//! - [`embedded`]: SQLite in WAL mode with
+//!   `synchronous=FULL`; one writer thread group-commits every pending operation.
+//! - [`memory`]: the embedded engine on an in-memory database.
+//!   Same semantics, **not durable**.
+//! - `testkit` (feature `testkit`): the conformance suite, plain async functions
+//!   over a [`testkit::Harness`], that every backend's tests run.
+#![forbid(unsafe_code)]
+#![warn(unreachable_pub)]
+
+pub mod config;
+pub mod error;
+pub mod message;
+pub mod spec;
+pub mod traits;
+
+pub mod embedded;
+pub mod memory;
+#[cfg(feature = "testkit")]
+pub mod testkit;
+
+pub use config::{connect, BackendConfig};
+pub use error::QueueError;
+pub use message::{DeadLetter, Delivery, OutgoingMessage, QueueStats, Receipt, ReceivedMessage};
+pub use spec::{DeadLetterPolicy, QueueSpec};
+pub use traits::{Admin, Backend, Consumer, Producer, PurgeTarget};

@@ -1,0 +1,665 @@
+//! The conformance suite: the semantics every backend must show, as plain
+//! async functions over a [`Harness`]. A backend's test module runs all of
+//! them with one line, [`conformance_tests!`](crate::conformance_tests):
+//!
+//! ```text
+//! spillway_queue::conformance_tests!(MyHarness);
+//! ```
+//!
+//! Each scenario creates its own uniquely named queue, so scenarios can run in
+//! parallel against one broker. The visibility timeout is [`VISIBILITY`]:
+//! long enough that a loaded 2-core CI machine receives, asserts and acks well
+//! within it, short enough that the redelivery scenarios stay quick.
+//!
+//! Timing assertions here are one-sided ("hidden for *at least* d"), never
+//! "within x ms": the machine is noisy and speed belongs to the benchmarks.
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    sync::Arc,
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use rand::Rng;
+use tokio::time::Instant;
+
+use crate::{
+    Backend, Consumer, DeadLetterPolicy, OutgoingMessage, Producer, PurgeTarget, QueueError, QueueSpec,
+};
+
+/// The visibility timeout of every test queue.
+pub const VISIBILITY: Duration = Duration::from_secs(1);
+/// How long a receive that must find something waits for it.
+pub const WAIT: Duration = Duration::from_secs(5);
+/// How long a receive that must find nothing waits before concluding so.
+pub const SHORT: Duration = Duration::from_millis(200);
+
+/// What a backend provides to run the suite.
+#[async_trait]
+pub trait Harness: Send + Sync + Sized + 'static {
+    /// A fresh setup: a new database, or a connection to a running broker.
+    async fn new() -> Self;
+    /// A handle on the backend under test. Called more than once, it may
+    /// return the same handle or a new connection to the same storage.
+    async fn backend(&self) -> Arc<dyn Backend>;
+    /// A new connection to the same storage, as after a process restart;
+    /// `None` for a backend that keeps nothing (memory).
+    async fn reopen(&self) -> Option<Arc<dyn Backend>>;
+}
+
+/// A unique queue with the test policy: visibility [`VISIBILITY`], DLQ after 5.
+async fn queue(b: &Arc<dyn Backend>, tag: &str) -> (String, Arc<dyn Producer>, Arc<dyn Consumer>) {
+    queue_with(b, tag, DeadLetterPolicy { max_receive_count: 5, visibility_timeout: VISIBILITY }, 64 * 1024)
+        .await
+}
+
+async fn queue_with(
+    b: &Arc<dyn Backend>,
+    tag: &str,
+    dead_letter: DeadLetterPolicy,
+    max_message_bytes: usize,
+) -> (String, Arc<dyn Producer>, Arc<dyn Consumer>) {
+    let name = format!("conf-{tag}-{:08x}", rand::thread_rng().gen::<u32>());
+    let spec = QueueSpec { name: name.clone(), dead_letter, max_message_bytes };
+    b.ensure(&spec).await.expect("ensure queue");
+    let p = b.producer(&name).await.expect("producer");
+    let c = b.consumer(&name).await.expect("consumer");
+    (name, p, c)
+}
+
+fn msg(i: usize) -> OutgoingMessage {
+    OutgoingMessage::new(format!("m{i:04}"), format!("body {i}"))
+}
+
+async fn send_all(p: &Arc<dyn Producer>, msgs: Vec<OutgoingMessage>) {
+    for chunk in msgs.chunks(10) {
+        for outcome in p.send_batch(chunk.to_vec()).await.expect("send batch") {
+            outcome.expect("message stored");
+        }
+    }
+}
+
+async fn receive_one(c: &Arc<dyn Consumer>) -> crate::Delivery {
+    let mut got = c.receive(1, WAIT).await.expect("receive");
+    assert_eq!(got.len(), 1, "expected one delivery within {WAIT:?}");
+    got.remove(0)
+}
+
+async fn assert_empty(c: &Arc<dyn Consumer>) {
+    let got = c.receive(10, SHORT).await.expect("receive");
+    assert!(
+        got.is_empty(),
+        "expected nothing, got {:?}",
+        got.iter().map(|d| &d.message.id).collect::<Vec<_>>()
+    );
+}
+
+/// An acked message is never delivered again.
+pub async fn ack_removes<H: Harness>(h: &H) {
+    let b = h.backend().await;
+    let (name, p, c) = queue(&b, "ack").await;
+    p.send(msg(1)).await.expect("send");
+    let d = receive_one(&c).await;
+    assert_eq!(d.message.id, "m0001");
+    assert_eq!(d.receive_count, 1);
+    c.ack(&d).await.expect("ack");
+    tokio::time::sleep(VISIBILITY + Duration::from_millis(200)).await;
+    assert_empty(&c).await;
+    assert_eq!(b.stats(&name).await.expect("stats").pending(), 0);
+}
+
+/// 100 messages sent in batches are each received exactly once.
+pub async fn batch_of_100_is_received_once_each<H: Harness>(h: &H) {
+    let b = h.backend().await;
+    let (_, p, c) = queue(&b, "hundred").await;
+    send_all(&p, (0..100).map(msg).collect()).await;
+    let mut seen = HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while seen.len() < 100 && Instant::now() < deadline {
+        for d in c.receive(10, WAIT).await.expect("receive") {
+            assert!(seen.insert(d.message.id.clone()), "{} received twice", d.message.id);
+            c.ack(&d).await.expect("ack");
+        }
+    }
+    assert_eq!(seen.len(), 100);
+    assert_empty(&c).await;
+}
+
+async fn round_trip<H: Harness>(h: &H, tag: &str, body: Bytes) {
+    let b = h.backend().await;
+    let (_, p, c) = queue(&b, tag).await;
+    p.send(OutgoingMessage::new("x", body.clone())).await.expect("send");
+    let d = receive_one(&c).await;
+    assert_eq!(d.message.body, body, "body changed in transit");
+    c.ack(&d).await.expect("ack");
+}
+
+/// An empty body arrives empty.
+pub async fn empty_body_round_trips<H: Harness>(h: &H) {
+    round_trip(h, "empty", Bytes::new()).await;
+}
+
+/// Every byte value, including NUL and invalid UTF-8, arrives unchanged.
+pub async fn binary_body_round_trips<H: Harness>(h: &H) {
+    let body: Vec<u8> = (0..=255u8).chain([0xff, 0xfe, 0x00, 0xc3, 0x28]).collect();
+    round_trip(h, "binary", Bytes::from(body)).await;
+}
+
+/// A body of exactly the size limit is accepted and arrives unchanged.
+pub async fn max_size_body_round_trips<H: Harness>(h: &H) {
+    let b = h.backend().await;
+    let limit = 64 * 1024;
+    let (_, p, c) = queue(&b, "maxsize").await;
+    assert_eq!(p.max_message_bytes(), limit);
+    let body: Vec<u8> = (0..limit).map(|i| (i % 251) as u8).collect();
+    p.send(OutgoingMessage::new("big", body.clone())).await.expect("a body of exactly the limit is accepted");
+    let d = receive_one(&c).await;
+    assert_eq!(d.message.body.as_ref(), body.as_slice());
+}
+
+/// Attributes arrive with the same keys and values.
+pub async fn attributes_round_trip<H: Harness>(h: &H) {
+    let b = h.backend().await;
+    let (_, p, c) = queue(&b, "attrs").await;
+    let mut m = msg(1);
+    m.attributes = BTreeMap::from([
+        ("content-type".to_owned(), "application/json".to_owned()),
+        ("route".to_owned(), "ingest".to_owned()),
+        ("unicode".to_owned(), "grüße ✓".to_owned()),
+    ]);
+    p.send(m.clone()).await.expect("send");
+    let d = receive_one(&c).await;
+    assert_eq!(d.message.attributes, m.attributes);
+}
+
+/// A message over the limit is refused with `TooLarge`, and nothing is stored,
+/// while the rest of its batch is.
+pub async fn oversize_message_is_refused_and_not_stored<H: Harness>(h: &H) {
+    let b = h.backend().await;
+    let (name, p, c) = queue(&b, "oversize").await;
+    let big = OutgoingMessage::new("big", vec![b'x'; 64 * 1024 + 1]);
+    let outcomes = p.send_batch(vec![big, msg(2)]).await.expect("send batch");
+    assert!(
+        matches!(outcomes[0], Err(QueueError::TooLarge { size, limit }) if size == 64 * 1024 + 1 && limit == 64 * 1024),
+        "got {:?}",
+        outcomes[0]
+    );
+    assert!(outcomes[1].is_ok());
+    let d = receive_one(&c).await;
+    assert_eq!(d.message.id, "m0002");
+    c.ack(&d).await.expect("ack");
+    assert_empty(&c).await;
+    assert_eq!(b.stats(&name).await.expect("stats").pending(), 0);
+}
+
+/// `nack(0)` makes the message visible at once, with the receive count one higher.
+pub async fn nack_zero_redelivers_with_count_plus_one<H: Harness>(h: &H) {
+    let b = h.backend().await;
+    let (_, p, c) = queue(&b, "nack0").await;
+    p.send(msg(1)).await.expect("send");
+    let d1 = receive_one(&c).await;
+    c.nack(&d1, Duration::ZERO, "try again").await.expect("nack");
+    let d2 = receive_one(&c).await;
+    assert_eq!(d2.message.id, d1.message.id);
+    assert_eq!(d2.receive_count, 2);
+    assert_eq!(d2.first_received_at, d1.first_received_at);
+}
+
+/// `nack(d)` hides the message for at least `d`.
+pub async fn nack_delay_hides_for_at_least_delay<H: Harness>(h: &H) {
+    let b = h.backend().await;
+    let (_, p, c) = queue(&b, "nackd").await;
+    p.send(msg(1)).await.expect("send");
+    let d1 = receive_one(&c).await;
+    let delay = Duration::from_millis(800);
+    let nacked_at = Instant::now();
+    c.nack(&d1, delay, "later").await.expect("nack");
+    let d2 = receive_one(&c).await;
+    assert!(
+        nacked_at.elapsed() >= delay,
+        "redelivered after {:?}, before the {delay:?} delay",
+        nacked_at.elapsed()
+    );
+    assert_eq!(d2.receive_count, 2);
+}
+
+/// A consumer that goes away holding a message (a crash) does not lose it:
+/// another consumer gets it after the visibility timeout.
+pub async fn dropped_consumer_message_is_redelivered<H: Harness>(h: &H) {
+    let b = h.backend().await;
+    let (name, p, c) = queue(&b, "dropped").await;
+    p.send(msg(1)).await.expect("send");
+    let received_at = Instant::now();
+    let d1 = receive_one(&c).await;
+    drop(c);
+    let other = b.consumer(&name).await.expect("second consumer");
+    let d2 = receive_one(&other).await;
+    assert!(received_at.elapsed() >= VISIBILITY, "redelivered before the visibility timeout");
+    assert_eq!(d2.message.id, d1.message.id);
+    assert_eq!(d2.receive_count, 2);
+}
+
+/// On the `max_receive_count`-th failed receive the message moves to the DLQ,
+/// and it is never delivered from the source again.
+pub async fn dead_lettered_after_max_receive_count<H: Harness>(h: &H) {
+    let b = h.backend().await;
+    let (name, p, c) = queue(&b, "dlq").await;
+    p.send(msg(1)).await.expect("send");
+    for n in 1..=5 {
+        let d = receive_one(&c).await;
+        assert_eq!(d.receive_count, n);
+        c.nack(&d, Duration::ZERO, &format!("failure {n}")).await.expect("nack");
+    }
+    assert_empty(&c).await;
+    let stats = b.stats(&name).await.expect("stats");
+    assert_eq!((stats.pending(), stats.dead), (0, 1));
+    tokio::time::sleep(VISIBILITY).await;
+    assert_empty(&c).await;
+}
+
+/// A dead letter says where it came from, how often and why it failed, and when.
+pub async fn dead_letter_carries_metadata<H: Harness>(h: &H) {
+    let b = h.backend().await;
+    let dl = DeadLetterPolicy { max_receive_count: 2, visibility_timeout: VISIBILITY };
+    let (name, p, c) = queue_with(&b, "dlmeta", dl, 64 * 1024).await;
+    let mut m = msg(7);
+    m.attributes.insert("k".into(), "v".into());
+    p.send(m).await.expect("send");
+    let first = receive_one(&c).await;
+    c.nack(&first, Duration::ZERO, "first failure").await.expect("nack");
+    let second = receive_one(&c).await;
+    c.nack(&second, Duration::ZERO, "constraint violated: poison").await.expect("nack");
+    let dead = b.peek_dead(&name, 10).await.expect("peek");
+    assert_eq!(dead.len(), 1);
+    let d = &dead[0];
+    assert_eq!(d.id, "m0007");
+    assert_eq!(d.source_queue, name);
+    assert_eq!(d.receive_count, 2);
+    assert_eq!(d.last_error.as_deref(), Some("constraint violated: poison"));
+    assert_eq!(d.first_received_at, Some(first.first_received_at));
+    let last = d.last_received_at.expect("last receive time");
+    assert!(last >= first.first_received_at);
+    assert!(d.dead_lettered_at >= last);
+    assert_eq!(d.body.as_ref(), b"body 7");
+    assert_eq!(d.attributes.get("k").map(String::as_str), Some("v"));
+}
+
+async fn kill_one(c: &Arc<dyn Consumer>, reason: &str) {
+    let d = receive_one(c).await;
+    c.dead_letter(&d, reason).await.expect("dead-letter");
+}
+
+/// Redrive moves dead letters back into the queue, receive count reset.
+pub async fn redrive_moves_back_with_count_reset<H: Harness>(h: &H) {
+    let b = h.backend().await;
+    let (name, p, c) = queue(&b, "redrive").await;
+    send_all(&p, (0..3).map(msg).collect()).await;
+    for _ in 0..3 {
+        kill_one(&c, "poison").await;
+    }
+    assert_eq!(b.stats(&name).await.expect("stats").dead, 3);
+    assert_eq!(b.redrive(&name, 2).await.expect("redrive"), 2);
+    assert_eq!(b.redrive(&name, 10).await.expect("redrive"), 1);
+    assert_eq!(b.redrive(&name, 10).await.expect("redrive"), 0);
+    let stats = b.stats(&name).await.expect("stats");
+    assert_eq!((stats.visible, stats.dead), (3, 0));
+    let mut ids = HashSet::new();
+    for _ in 0..3 {
+        let d = receive_one(&c).await;
+        assert_eq!(d.receive_count, 1, "redrive resets the count");
+        ids.insert(d.message.id.clone());
+        c.ack(&d).await.expect("ack");
+    }
+    assert_eq!(ids.len(), 3);
+}
+
+/// Peeking the DLQ shows its messages and leaves them there.
+pub async fn peek_dead_does_not_consume<H: Harness>(h: &H) {
+    let b = h.backend().await;
+    let (name, p, c) = queue(&b, "peek").await;
+    send_all(&p, (0..2).map(msg).collect()).await;
+    kill_one(&c, "a").await;
+    kill_one(&c, "b").await;
+    for _ in 0..2 {
+        let dead = b.peek_dead(&name, 10).await.expect("peek");
+        assert_eq!(dead.len(), 2);
+    }
+    assert_eq!(b.peek_dead(&name, 1).await.expect("peek").len(), 1);
+    assert_eq!(b.stats(&name).await.expect("stats").dead, 2);
+}
+
+/// Messages with the same ordering key arrive in send order, even when one
+/// of them is nacked: the next waits for it.
+pub async fn ordering_key_keeps_send_order<H: Harness>(h: &H) {
+    let b = h.backend().await;
+    let (_, p, c) = queue(&b, "order").await;
+    let msgs: Vec<_> = (0..10)
+        .map(|i| {
+            let mut m = msg(i);
+            m.ordering_key = Some("customer-1".into());
+            m
+        })
+        .collect();
+    send_all(&p, msgs).await;
+    let mut order = Vec::new();
+    let mut nacked = false;
+    while order.len() < 10 {
+        let got = c.receive(10, WAIT).await.expect("receive");
+        assert!(!got.is_empty(), "ordered messages stopped arriving after {order:?}");
+        for d in got {
+            if d.message.id == "m0003" && !nacked {
+                nacked = true;
+                c.nack(&d, Duration::from_millis(100), "once").await.expect("nack");
+                continue;
+            }
+            order.push(d.message.id.clone());
+            c.ack(&d).await.expect("ack");
+        }
+    }
+    let expected: Vec<_> = (0..10).map(|i| format!("m{i:04}")).collect();
+    assert_eq!(order, expected);
+}
+
+/// Consumers racing on one queue never hold the same message at once.
+pub async fn concurrent_consumers_never_share_a_message<H: Harness>(h: &H) {
+    let b = h.backend().await;
+    let (name, p, _) = queue(&b, "race").await;
+    send_all(&p, (0..60).map(msg).collect()).await;
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let c = b.consumer(&name).await.expect("consumer");
+        tasks.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let got = c.receive(5, SHORT).await.expect("receive");
+                if got.is_empty() {
+                    return mine;
+                }
+                for d in got {
+                    mine.push(d.message.id.clone());
+                    c.ack(&d).await.expect("ack");
+                }
+            }
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.expect("consumer task"));
+    }
+    let unique: HashSet<_> = all.iter().collect();
+    assert_eq!(all.len(), 60, "every message once: got {} receives", all.len());
+    assert_eq!(unique.len(), 60);
+}
+
+/// A long poll returns as soon as a message arrives, not at the end of its wait.
+pub async fn long_poll_returns_early_when_a_message_arrives<H: Harness>(h: &H) {
+    let b = h.backend().await;
+    let (_, p, c) = queue(&b, "longpoll").await;
+    let long = Duration::from_secs(20);
+    let started = Instant::now();
+    let waiter = tokio::spawn(async move { c.receive(1, long).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    p.send(msg(1)).await.expect("send");
+    let got = waiter.await.expect("task").expect("receive");
+    assert_eq!(got.len(), 1);
+    assert!(started.elapsed() < long, "the long poll waited for its whole timeout");
+}
+
+/// Receiving from an empty queue gives an empty list, not an error.
+pub async fn empty_receive_is_empty_not_an_error<H: Harness>(h: &H) {
+    let b = h.backend().await;
+    let (_, _, c) = queue(&b, "emptyrecv").await;
+    assert!(c.receive(10, Duration::ZERO).await.expect("receive").is_empty());
+    assert!(c.receive(10, SHORT).await.expect("receive").is_empty());
+}
+
+/// Stats count visible, delayed, in-flight and dead messages.
+pub async fn stats_count_each_state<H: Harness>(h: &H) {
+    let b = h.backend().await;
+    let (name, p, c) = queue(&b, "stats").await;
+    send_all(&p, (0..5).map(msg).collect()).await;
+    let mut later = msg(9);
+    later.delay = Duration::from_secs(60);
+    p.send(later).await.expect("send delayed");
+    let held = c.receive(2, WAIT).await.expect("receive");
+    assert_eq!(held.len(), 2);
+    kill_one(&c, "dead").await;
+    let s = b.stats(&name).await.expect("stats");
+    assert_eq!((s.visible, s.delayed, s.in_flight, s.dead), (2, 1, 2, 1), "{s:?}");
+}
+
+/// Purge empties the queue or its DLQ, and only that.
+pub async fn purge_empties_the_target_only<H: Harness>(h: &H) {
+    let b = h.backend().await;
+    let (name, p, c) = queue(&b, "purge").await;
+    send_all(&p, (0..4).map(msg).collect()).await;
+    kill_one(&c, "dead").await;
+    assert_eq!(b.purge(&name, PurgeTarget::Source).await.expect("purge"), 3);
+    let s = b.stats(&name).await.expect("stats");
+    assert_eq!((s.pending(), s.dead), (0, 1));
+    assert_eq!(b.purge(&name, PurgeTarget::Dead).await.expect("purge dead"), 1);
+    assert_eq!(b.stats(&name).await.expect("stats").dead, 0);
+    assert_empty(&c).await;
+}
+
+/// Acking twice is harmless.
+pub async fn double_ack_is_harmless<H: Harness>(h: &H) {
+    let b = h.backend().await;
+    let (name, p, c) = queue(&b, "doubleack").await;
+    send_all(&p, (0..2).map(msg).collect()).await;
+    let d = receive_one(&c).await;
+    c.ack(&d).await.expect("first ack");
+    c.ack(&d).await.expect("second ack is harmless");
+    assert_eq!(b.stats(&name).await.expect("stats").visible, 1, "the other message is untouched");
+}
+
+/// A stale receipt (from a receive that timed out) cannot ack the redelivery.
+pub async fn stale_receipt_cannot_ack_a_redelivery<H: Harness>(h: &H) {
+    let b = h.backend().await;
+    let (name, p, c) = queue(&b, "stale").await;
+    p.send(msg(1)).await.expect("send");
+    let old = receive_one(&c).await;
+    let new = receive_one(&c).await; // after the visibility timeout
+    assert_eq!(new.receive_count, 2);
+    c.ack(&old).await.expect("stale ack is not an error");
+    assert_eq!(b.stats(&name).await.expect("stats").in_flight, 1, "the stale ack removed the redelivery");
+    c.ack(&new).await.expect("ack");
+    assert_eq!(b.stats(&name).await.expect("stats").pending(), 0);
+}
+
+/// A message sent with a delay is hidden for at least that delay.
+pub async fn delayed_send_is_hidden_until_due<H: Harness>(h: &H) {
+    let b = h.backend().await;
+    let (_, p, c) = queue(&b, "delay").await;
+    let mut m = msg(1);
+    m.delay = Duration::from_millis(700);
+    let sent_at = Instant::now();
+    p.send(m).await.expect("send");
+    assert!(c.receive(1, Duration::ZERO).await.expect("receive").is_empty());
+    let d = receive_one(&c).await;
+    assert!(sent_at.elapsed() >= Duration::from_millis(700), "delivered before its delay");
+    assert_eq!(d.receive_count, 1);
+}
+
+/// Closing a consumer gives its held messages back at once, not after the
+/// visibility timeout, and without counting the receive as a failure.
+pub async fn close_releases_held_messages<H: Harness>(h: &H) {
+    let b = h.backend().await;
+    let (name, p, c) = queue(&b, "close").await;
+    send_all(&p, (0..3).map(msg).collect()).await;
+    let held = c.receive(3, WAIT).await.expect("receive");
+    assert_eq!(held.len(), 3);
+    c.close().await.expect("close");
+    let other = b.consumer(&name).await.expect("consumer");
+    let again = other.receive(3, SHORT).await.expect("receive");
+    assert_eq!(again.len(), 3, "released messages are visible at once");
+    assert!(again.iter().all(|d| d.receive_count == 1), "a released receive is not counted");
+}
+
+/// A receive that is released does not walk the message toward the DLQ.
+pub async fn release_does_not_count_toward_the_dlq<H: Harness>(h: &H) {
+    let b = h.backend().await;
+    let dl = DeadLetterPolicy { max_receive_count: 2, visibility_timeout: VISIBILITY };
+    let (name, p, c) = queue_with(&b, "release", dl, 1024).await;
+    p.send(msg(1)).await.expect("send");
+    for _ in 0..5 {
+        let d = receive_one(&c).await;
+        c.release(&d, Duration::ZERO).await.expect("release");
+    }
+    let d = receive_one(&c).await;
+    assert_eq!(d.receive_count, 1);
+    assert_eq!(b.stats(&name).await.expect("stats").dead, 0);
+}
+
+/// A message whose last allowed receive timed out is dead-lettered by the
+/// next receive instead of being delivered again.
+pub async fn expired_last_receive_dead_letters_on_next_receive<H: Harness>(h: &H) {
+    let b = h.backend().await;
+    let dl = DeadLetterPolicy { max_receive_count: 2, visibility_timeout: VISIBILITY };
+    let (name, p, c) = queue_with(&b, "expire", dl, 1024).await;
+    p.send(msg(1)).await.expect("send");
+    let d1 = receive_one(&c).await;
+    c.nack(&d1, Duration::ZERO, "boom").await.expect("nack");
+    let d2 = receive_one(&c).await;
+    assert_eq!(d2.receive_count, 2);
+    tokio::time::sleep(VISIBILITY + Duration::from_millis(200)).await;
+    assert_empty(&c).await;
+    let dead = b.peek_dead(&name, 1).await.expect("peek");
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].receive_count, 2);
+}
+
+/// `extend` keeps a message hidden past its visibility timeout.
+pub async fn extend_keeps_a_message_hidden<H: Harness>(h: &H) {
+    let b = h.backend().await;
+    let (name, p, c) = queue(&b, "extend").await;
+    p.send(msg(1)).await.expect("send");
+    let d = receive_one(&c).await;
+    c.extend(&d, Duration::from_secs(30)).await.expect("extend");
+    tokio::time::sleep(VISIBILITY + Duration::from_millis(300)).await;
+    assert_empty(&c).await;
+    c.ack(&d).await.expect("ack after extend");
+    assert_eq!(b.stats(&name).await.expect("stats").pending(), 0);
+}
+
+/// `dead_letter` moves a message to the DLQ at once, with its reason.
+pub async fn dead_letter_moves_at_once<H: Harness>(h: &H) {
+    let b = h.backend().await;
+    let (name, p, c) = queue(&b, "deadnow").await;
+    p.send(msg(1)).await.expect("send");
+    kill_one(&c, "HTTP 400: bad field").await;
+    let dead = b.peek_dead(&name, 1).await.expect("peek");
+    assert_eq!(dead[0].receive_count, 1);
+    assert_eq!(dead[0].last_error.as_deref(), Some("HTTP 400: bad field"));
+    assert_empty(&c).await;
+}
+
+/// `ensure` twice is fine, and keeps what the queue holds.
+pub async fn ensure_is_idempotent<H: Harness>(h: &H) {
+    let b = h.backend().await;
+    let (name, p, _) = queue(&b, "ensure").await;
+    p.send(msg(1)).await.expect("send");
+    let spec = QueueSpec {
+        name: name.clone(),
+        dead_letter: DeadLetterPolicy { max_receive_count: 5, visibility_timeout: VISIBILITY },
+        max_message_bytes: 64 * 1024,
+    };
+    b.ensure(&spec).await.expect("second ensure");
+    assert_eq!(b.stats(&name).await.expect("stats").visible, 1);
+}
+
+/// A queue that was never created is `NotFound`, a configuration error.
+pub async fn unknown_queue_is_not_found<H: Harness>(h: &H) {
+    let b = h.backend().await;
+    let name = format!("conf-missing-{:08x}", rand::thread_rng().gen::<u32>());
+    assert!(matches!(b.stats(&name).await, Err(QueueError::NotFound(_))));
+    assert!(matches!(b.producer(&name).await.map(|_| ()), Err(QueueError::NotFound(_))));
+}
+
+/// Queues do not see each other's messages.
+pub async fn queues_are_isolated<H: Harness>(h: &H) {
+    let b = h.backend().await;
+    let (_, pa, _) = queue(&b, "iso-a").await;
+    let (_, _, cb) = queue(&b, "iso-b").await;
+    pa.send(msg(1)).await.expect("send");
+    assert_empty(&cb).await;
+}
+
+/// A second send with the same dedup key, while the first is queued, is
+/// accepted and dropped.
+pub async fn dedup_key_drops_a_repeat<H: Harness>(h: &H) {
+    let b = h.backend().await;
+    let (name, p, _) = queue(&b, "dedup").await;
+    for i in 0..3 {
+        let mut m = msg(i);
+        m.dedup_key = Some("order-42".into());
+        p.send(m).await.expect("a repeat is accepted");
+    }
+    assert_eq!(b.stats(&name).await.expect("stats").visible, 1);
+}
+
+/// What was sent survives a new connection (a restart), where the backend keeps data.
+pub async fn sent_messages_survive_a_reopen<H: Harness>(h: &H) {
+    let b = h.backend().await;
+    let (name, p, _) = queue(&b, "reopen").await;
+    send_all(&p, (0..20).map(msg).collect()).await;
+    let Some(again) = h.reopen().await else { return };
+    assert_eq!(again.stats(&name).await.expect("stats").visible, 20);
+}
+
+/// Runs every conformance scenario as a `#[tokio::test]` against a [`Harness`].
+#[macro_export]
+macro_rules! conformance_tests {
+    ($harness:ty) => {
+        $crate::conformance_tests!(@each $harness;
+            ack_removes,
+            batch_of_100_is_received_once_each,
+            empty_body_round_trips,
+            binary_body_round_trips,
+            max_size_body_round_trips,
+            attributes_round_trip,
+            oversize_message_is_refused_and_not_stored,
+            nack_zero_redelivers_with_count_plus_one,
+            nack_delay_hides_for_at_least_delay,
+            dropped_consumer_message_is_redelivered,
+            dead_lettered_after_max_receive_count,
+            dead_letter_carries_metadata,
+            redrive_moves_back_with_count_reset,
+            peek_dead_does_not_consume,
+            ordering_key_keeps_send_order,
+            concurrent_consumers_never_share_a_message,
+            long_poll_returns_early_when_a_message_arrives,
+            empty_receive_is_empty_not_an_error,
+            stats_count_each_state,
+            purge_empties_the_target_only,
+            double_ack_is_harmless,
+            stale_receipt_cannot_ack_a_redelivery,
+            delayed_send_is_hidden_until_due,
+            close_releases_held_messages,
+            release_does_not_count_toward_the_dlq,
+            expired_last_receive_dead_letters_on_next_receive,
+            extend_keeps_a_message_hidden,
+            dead_letter_moves_at_once,
+            ensure_is_idempotent,
+            unknown_queue_is_not_found,
+            queues_are_isolated,
+            dedup_key_drops_a_repeat,
+            sent_messages_survive_a_reopen
+        );
+    };
+    (@each $harness:ty; $($name:ident),* $(,)?) => {
+        mod conformance {
+            #[allow(unused_imports)]
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let harness = <$harness as $crate::testkit::Harness>::new().await;
+                    $crate::testkit::$name(&harness).await;
+                }
+            )*
+        }
+    };
+}

@@ -1,0 +1,122 @@
+//! The four traits a backend implements.
+//!
+//! A [`Producer`] and a [`Consumer`] are bound to one queue; [`Admin`] takes
+//! the queue by name. [`Backend`] hands them out. Callers hold them as
+//! `Arc<dyn …>`: no crate but this one knows which broker is behind them.
+
+use std::{sync::Arc, time::Duration};
+
+use async_trait::async_trait;
+
+use crate::{DeadLetter, Delivery, OutgoingMessage, QueueError, QueueSpec, QueueStats};
+
+/// Sends messages to one queue.
+#[async_trait]
+pub trait Producer: Send + Sync {
+    /// Sends a batch and reports each message's outcome, in order.
+    ///
+    /// # Returns
+    ///
+    /// `Ok(outcomes)` with one entry per message. An `Ok(())` entry means the
+    /// message is durable in the backend and will be delivered at least once:
+    ///
+    /// - **embedded**: the SQLite transaction that holds it has committed in WAL
+    ///   mode with `synchronous=FULL`, so it survives `kill -9` and power loss;
+    /// - **memory**: it is in the process's memory. Not durable;
+    /// - **sqs** (planned): `SendMessageBatch` answered success for that entry;
+    /// - **rabbitmq** (planned): the broker's publisher-confirm ack, on a durable quorum queue;
+    /// - **kafka** (planned): the delivery report, with `acks=all`.
+    ///
+    /// A message over the queue's size limit gets `Err(TooLarge)` without any
+    /// I/O, and the rest of the batch is still sent. `Err(_)` for the whole
+    /// call means no message of the batch may be assumed stored.
+    async fn send_batch(&self, msgs: Vec<OutgoingMessage>)
+        -> Result<Vec<Result<(), QueueError>>, QueueError>;
+
+    /// Sends one message. `Ok` means durable, as for [`Producer::send_batch`].
+    async fn send(&self, msg: OutgoingMessage) -> Result<(), QueueError> {
+        let mut outcomes = self.send_batch(vec![msg]).await?;
+        outcomes.pop().unwrap_or_else(|| Err(QueueError::unavailable_msg("backend returned no outcome")))
+    }
+
+    /// The largest message (body plus attributes) this queue accepts.
+    fn max_message_bytes(&self) -> usize;
+}
+
+/// Receives from one queue. At-least-once: a delivery that is not acked comes
+/// back, after its nack delay, its visibility timeout or a release.
+#[async_trait]
+pub trait Consumer: Send + Sync {
+    /// Up to `max` deliveries, waiting at most `wait` for the first one (long
+    /// poll). An empty `Vec` is not an error. A message whose failed receives
+    /// already reached `max_receive_count` is moved to the dead-letter queue
+    /// instead of being returned.
+    async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>, QueueError>;
+
+    /// Removes the message for good. Acking twice, or with a stale receipt, is
+    /// harmless and returns `Ok`.
+    async fn ack(&self, d: &Delivery) -> Result<(), QueueError>;
+
+    /// A failed receive: the message is visible again after `delay`, or moved
+    /// to the dead-letter queue if this was its `max_receive_count`-th receive.
+    /// `reason` is kept as the dead letter's `last_error`.
+    async fn nack(&self, d: &Delivery, delay: Duration, reason: &str) -> Result<(), QueueError>;
+
+    /// Gives the message back without blaming it: visible again after `delay`,
+    /// and this receive does not count toward the dead-letter queue where the
+    /// backend can undo the count (embedded, memory; see `docs/backends.md`).
+    /// Used when the sink, not the message, failed, and on shutdown.
+    async fn release(&self, d: &Delivery, delay: Duration) -> Result<(), QueueError>;
+
+    /// Keeps the message hidden for `timeout` from now, for work that takes
+    /// longer than the visibility timeout.
+    async fn extend(&self, d: &Delivery, timeout: Duration) -> Result<(), QueueError>;
+
+    /// Moves the message to the dead-letter queue now, whatever its count:
+    /// for a failure that no retry can fix.
+    async fn dead_letter(&self, d: &Delivery, reason: &str) -> Result<(), QueueError>;
+
+    /// Releases every delivery this consumer still holds, so another consumer
+    /// gets them at once rather than after the visibility timeout.
+    async fn close(&self) -> Result<(), QueueError>;
+}
+
+/// What [`Admin::purge`] empties.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PurgeTarget {
+    /// The queue's live messages (visible, delayed, in flight).
+    Source,
+    /// The queue's dead-letter queue.
+    Dead,
+}
+
+/// Creates and inspects queues.
+#[async_trait]
+pub trait Admin: Send + Sync {
+    /// Creates the queue and its dead-letter queue, or updates their policy.
+    /// Idempotent.
+    async fn ensure(&self, spec: &QueueSpec) -> Result<(), QueueError>;
+    /// Counts for the queue and its dead-letter queue.
+    async fn stats(&self, queue: &str) -> Result<QueueStats, QueueError>;
+    /// Up to `max` dead letters, oldest first, without removing them.
+    async fn peek_dead(&self, queue: &str, max: usize) -> Result<Vec<DeadLetter>, QueueError>;
+    /// Moves up to `max` dead letters (oldest first) back into the queue with
+    /// their receive count reset. Returns how many moved. Callers loop over
+    /// small batches to show progress and to limit the rate.
+    async fn redrive(&self, queue: &str, max: usize) -> Result<u64, QueueError>;
+    /// Deletes every message of the target. Returns how many.
+    async fn purge(&self, queue: &str, target: PurgeTarget) -> Result<u64, QueueError>;
+}
+
+/// One connection to a backend, handing out producers and consumers.
+#[async_trait]
+pub trait Backend: Admin {
+    /// The backend's name as configured (`embedded`, `memory`, …).
+    fn kind(&self) -> &'static str;
+    /// A producer for an existing queue.
+    async fn producer(&self, queue: &str) -> Result<Arc<dyn Producer>, QueueError>;
+    /// A consumer for an existing queue.
+    async fn consumer(&self, queue: &str) -> Result<Arc<dyn Consumer>, QueueError>;
+    /// Whether the backend can take writes now. Drives `/readyz`.
+    async fn ready(&self) -> Result<(), QueueError>;
+}
