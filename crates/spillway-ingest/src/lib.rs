@@ -1,1 +1,35 @@
-//! placeholder
+//! The HTTP side of Spillway: a request comes in, a durable message goes out,
+//! and the client hears 2xx only once the queue confirmed it.
+//!
+//! # Layout
+//!
+//! Follow one request from top to bottom:
+//!
+//! - [`config`]: routes, CORS, limits and publisher settings, checked by
+//!   [`config::IngestConfig::compile`] into the types below. A bad value is an
+//!   error naming its key, never a panic.
+//! - [`cors`]: origin patterns (exact, `*.` wildcard subdomains, ports),
+//!   compiled once, handed to tower-http's `CorsLayer` as a predicate.
+//! - [`routes`]: the route table as an axum `Router`, with the JSON 404/405
+//!   answers and the health endpoints.
+//! - [`handler`]: one request: limits, content type, body, the envelope, publish.
+//! - [`publisher`]: one task per queue that batches concurrent sends and
+//!   awaits the backend's durable confirm.
+//! - [`error`]: every failure as an HTTP answer, in one place.
+//! - [`server`]: `serve(listener, router, shutdown)` that drains before it returns.
+#![forbid(unsafe_code)]
+#![warn(unreachable_pub)]
+
+pub mod config;
+pub mod cors;
+pub mod error;
+pub mod handler;
+pub mod publisher;
+pub mod routes;
+pub mod server;
+
+pub use config::{ConfigError, IngestConfig};
+pub use error::ApiError;
+pub use publisher::Publisher;
+pub use routes::build_router;
+pub use server::{serve, Readiness};

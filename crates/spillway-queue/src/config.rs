@@ -20,7 +20,7 @@ pub enum BackendConfig {
         path: PathBuf,
     },
     /// Process memory. **Not durable**: for examples and tests only.
-    Memory,
+    Memory {},
 }
 
 fn default_embedded_path() -> PathBuf {
@@ -38,7 +38,7 @@ impl BackendConfig {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Embedded { .. } => "embedded",
-            Self::Memory => "memory",
+            Self::Memory {} => "memory",
         }
     }
 }
@@ -50,6 +50,6 @@ pub async fn connect(config: &BackendConfig) -> Result<Arc<dyn Backend>, QueueEr
             let backend = crate::embedded::EmbeddedBackend::open(path).await?;
             Ok(Arc::new(backend))
         }
-        BackendConfig::Memory => Ok(Arc::new(crate::memory::memory_backend()?)),
+        BackendConfig::Memory {} => Ok(Arc::new(crate::memory::memory_backend()?)),
     }
 }

@@ -1,0 +1,103 @@
+//! The consumer's settings, and the sink's.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::backoff::Backoff;
+
+/// How the runtime drains a queue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsumerConfig {
+    /// The queue to drain.
+    pub queue: String,
+    /// Workers; each receives a batch and delivers it message by message.
+    pub concurrency: usize,
+    /// Most messages per receive.
+    pub batch_size: usize,
+    /// Long-poll wait of one receive.
+    #[serde(with = "humantime_serde")]
+    pub wait: Duration,
+    /// Delay before a failed message is retried, by its receive count.
+    pub retry: Backoff,
+    /// Delay between probes while the circuit is open.
+    pub probe: Backoff,
+    /// `Transient` sink answers in a row that open the circuit.
+    pub circuit_threshold: u32,
+    /// One sink call that takes longer counts as `Down`.
+    #[serde(with = "humantime_serde")]
+    pub sink_timeout: Duration,
+    pub sink: SinkConfig,
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> Self {
+        Self {
+            queue: "ingest".to_owned(),
+            concurrency: 4,
+            batch_size: 10,
+            wait: Duration::from_secs(5),
+            retry: Backoff::default(),
+            probe: Backoff { base: Duration::from_secs(1), max: Duration::from_secs(30), jitter: 0.2 },
+            circuit_threshold: 5,
+            sink_timeout: Duration::from_secs(30),
+            sink: SinkConfig::default(),
+        }
+    }
+}
+
+/// What `http` does with a 4xx other than 408 and 429.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum On4xx {
+    /// Retry with backoff; the DLQ after `max_receive_count`.
+    #[default]
+    Retry,
+    /// To the DLQ at once: the endpoint will never take this message.
+    DeadLetter,
+}
+
+/// Where messages go.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum SinkConfig {
+    /// One JSON line per message on standard output.
+    #[default]
+    Stdout,
+    /// POST each message to a URL.
+    Http {
+        url: String,
+        #[serde(default)]
+        on_4xx: On4xx,
+        /// Extra request headers (an `authorization` value is masked in `config check`).
+        #[serde(default)]
+        headers: std::collections::BTreeMap<String, String>,
+    },
+    /// INSERT each message into a table, `ON CONFLICT (id) DO NOTHING`.
+    Postgres {
+        /// `postgres://user:password@host/db`
+        url: String,
+        /// `events` or `schema.events`.
+        #[serde(default = "default_table")]
+        table: String,
+        /// Create the table if it is missing.
+        #[serde(default = "default_true")]
+        create_table: bool,
+        /// A statement waiting for a lock longer than this fails as `Down`.
+        #[serde(default = "default_lock_timeout", with = "humantime_serde")]
+        lock_timeout: Duration,
+    },
+}
+
+fn default_table() -> String {
+    "spillway_events".to_owned()
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_lock_timeout() -> Duration {
+    Duration::from_secs(5)
+}

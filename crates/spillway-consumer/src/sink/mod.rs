@@ -1,0 +1,58 @@
+//! Sinks: where a message goes after the queue.
+//!
+//! A sink answers each delivery with `Ok` or a [`SinkError`] that says whose
+//! fault it was (see [`crate::outcome`]). It must be idempotent by message id,
+//! because delivery is at least once: the PostgreSQL sink inserts with
+//! `ON CONFLICT (id) DO NOTHING`, the HTTP sink sends the id in a header.
+
+mod http;
+mod postgres;
+mod stdout;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use base64::{engine::general_purpose::STANDARD as BASE64, Engine as _};
+use spillway_queue::Delivery;
+
+pub use self::{http::HttpSink, postgres::PostgresSink, stdout::StdoutSink};
+use crate::{config::SinkConfig, SinkError};
+
+/// A destination for messages.
+#[async_trait]
+pub trait Sink: Send + Sync {
+    /// Delivers one message. `Ok` means the sink has it for good.
+    async fn deliver(&self, d: &Delivery) -> Result<(), SinkError>;
+}
+
+/// Why a sink could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkSetupError {
+    #[error("invalid sink configuration at `consumer.sink.{key}`: {message}")]
+    Config { key: &'static str, message: String },
+    #[error("sink unavailable at start-up: {0}")]
+    Unavailable(String),
+}
+
+/// Builds the configured sink.
+pub async fn build_sink(cfg: &SinkConfig) -> Result<Arc<dyn Sink>, SinkSetupError> {
+    Ok(match cfg {
+        SinkConfig::Stdout => Arc::new(StdoutSink::new()),
+        SinkConfig::Http { url, on_4xx, headers } => Arc::new(HttpSink::new(url, *on_4xx, headers)?),
+        SinkConfig::Postgres { url, table, create_table, lock_timeout } => {
+            Arc::new(PostgresSink::connect(url, table, *create_table, *lock_timeout).await?)
+        }
+    })
+}
+
+/// The message body as JSON text when it is JSON, else as a JSON string of
+/// its UTF-8 text or base64. Used by `stdout`.
+pub(crate) fn body_as_json(body: &[u8]) -> serde_json::Value {
+    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(body) {
+        return v;
+    }
+    match std::str::from_utf8(body) {
+        Ok(s) => serde_json::Value::String(s.to_owned()),
+        Err(_) => serde_json::json!({ "base64": BASE64.encode(body) }),
+    }
+}

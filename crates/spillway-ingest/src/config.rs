@@ -1,0 +1,502 @@
+//! Ingest settings as written in the config file, and their compiled form.
+//!
+//! [`IngestConfig`] is what figment reads; [`IngestConfig::compile`] checks
+//! every value and turns it into [`CompiledRoute`]s. A bad value is a
+//! [`ConfigError`] that names its key (`ingest.routes[1].cors.allowed_origins[0]`),
+//! so the operator can find it; nothing here panics on user input.
+
+use std::{collections::HashSet, sync::Arc, time::Duration};
+
+use axum::http::{HeaderName, Method, StatusCode};
+use serde::{Deserialize, Serialize};
+
+use crate::cors::{CorsPolicy, OriginMatcher};
+
+/// A configuration value that cannot work, with the key it came from.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("invalid configuration at `{key}`: {message}")]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError { key: key.into(), message: message.into() }
+}
+
+/// Everything about the HTTP side.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestConfig {
+    /// The routes. Default: `POST`/`PUT` on `/ingest` into the queue `ingest`.
+    pub routes: Vec<RouteConfig>,
+    /// CORS for every route that does not set its own.
+    pub cors: CorsConfig,
+    pub limits: LimitsConfig,
+    pub publisher: PublisherConfig,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            routes: vec![RouteConfig::new("/ingest", "ingest")],
+            cors: CorsConfig::default(),
+            limits: LimitsConfig::default(),
+            publisher: PublisherConfig::default(),
+        }
+    }
+}
+
+/// How the request is put into the queue.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// The versioned JSON envelope (`docs/envelope.md`): body plus request facts.
+    #[default]
+    Envelope,
+    /// The body bytes alone; the facts travel as message attributes.
+    Raw,
+}
+
+/// Where an ordering or dedup key comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum KeySource {
+    /// A request header. A request without it is refused with 400.
+    Header(String),
+    /// A JSON pointer into the body (`/customer/id`). A body without it is refused with 400.
+    JsonPointer(String),
+}
+
+/// The answer on success.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SuccessConfig {
+    /// A 2xx status. Default 202 Accepted.
+    pub status: u16,
+    /// The body; `${id}` is replaced by the message id. Default:
+    /// `{"id":"${id}","status":"accepted"}`.
+    pub body: String,
+    pub content_type: String,
+}
+
+impl Default for SuccessConfig {
+    fn default() -> Self {
+        Self {
+            status: 202,
+            body: r#"{"id":"${id}","status":"accepted"}"#.to_owned(),
+            content_type: "application/json".to_owned(),
+        }
+    }
+}
+
+/// One route: a path and methods, mapped to a queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Shown in logs and in the envelope. Default: the path.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// `/events/{tenant}`: literal segments and `{params}`.
+    pub path: String,
+    #[serde(default = "default_methods")]
+    pub methods: Vec<String>,
+    pub queue: String,
+    #[serde(default)]
+    pub format: Format,
+    #[serde(default)]
+    pub success: SuccessConfig,
+    /// Request headers copied into the envelope (or attributes, for `raw`).
+    #[serde(default)]
+    pub forward_headers: Vec<String>,
+    /// Accepted content types (without parameters). Empty: any.
+    #[serde(default)]
+    pub content_types: Vec<String>,
+    /// Overrides `limits.max_body_bytes` for this route.
+    #[serde(default)]
+    pub max_body_bytes: Option<usize>,
+    /// Overrides the top-level `cors` for this route.
+    #[serde(default)]
+    pub cors: Option<CorsConfig>,
+    #[serde(default)]
+    pub ordering_key: Option<KeySource>,
+    #[serde(default)]
+    pub dedup_key: Option<KeySource>,
+}
+
+fn default_methods() -> Vec<String> {
+    vec!["POST".into(), "PUT".into()]
+}
+
+impl RouteConfig {
+    /// A route with every default: POST and PUT, envelope, 202.
+    pub fn new(path: impl Into<String>, queue: impl Into<String>) -> Self {
+        Self {
+            name: None,
+            path: path.into(),
+            methods: default_methods(),
+            queue: queue.into(),
+            format: Format::default(),
+            success: SuccessConfig::default(),
+            forward_headers: Vec::new(),
+            content_types: Vec::new(),
+            max_body_bytes: None,
+            cors: None,
+            ordering_key: None,
+            dedup_key: None,
+        }
+    }
+}
+
+/// CORS settings. An empty `allowed_origins` turns CORS off for the route.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CorsConfig {
+    /// `https://test.com`, `https://*.test.com` (one or more labels), with an
+    /// optional port; `*` for any origin (not with credentials).
+    pub allowed_origins: Vec<String>,
+    /// Send `Access-Control-Allow-Credentials: true`; the origin is reflected.
+    pub allow_credentials: bool,
+    /// Request headers a browser may send.
+    pub allowed_headers: Vec<String>,
+    /// Response headers a browser script may read.
+    pub expose_headers: Vec<String>,
+    /// How long a browser may cache a preflight.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// Answer 403, and enqueue nothing, when `Origin` is present and not allowed.
+    pub strict_origin: bool,
+}
+
+impl Default for CorsConfig {
+    fn default() -> Self {
+        Self {
+            allowed_origins: Vec::new(),
+            allow_credentials: false,
+            allowed_headers: vec!["content-type".into(), "authorization".into(), "x-api-key".into()],
+            expose_headers: Vec::new(),
+            max_age: Duration::from_secs(600),
+            strict_origin: false,
+        }
+    }
+}
+
+/// Request limits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Larger bodies get 413, before they are read when `Content-Length` says so.
+    pub max_body_bytes: usize,
+    /// A body that has not fully arrived by then gets 408.
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self { max_body_bytes: 192 * 1024, body_timeout: Duration::from_secs(10) }
+    }
+}
+
+/// How the publisher batches sends to the queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PublisherConfig {
+    /// Most messages per `send_batch`.
+    pub max_batch: usize,
+    /// Wait this long for more messages before a batch goes. 0: send as soon
+    /// as a slot is free (group commit: the batch is whatever arrived while
+    /// the previous one was being stored).
+    #[serde(with = "humantime_serde")]
+    pub linger: Duration,
+    /// Batches in flight at once.
+    pub max_in_flight: usize,
+    /// Requests waiting for a batch; beyond that, 503 at once.
+    pub backlog: usize,
+    /// A send not confirmed by then is a 503 (its outcome is unknown).
+    #[serde(with = "humantime_serde")]
+    pub send_timeout: Duration,
+}
+
+impl Default for PublisherConfig {
+    fn default() -> Self {
+        Self {
+            max_batch: 256,
+            linger: Duration::ZERO,
+            max_in_flight: 4,
+            backlog: 16 * 1024,
+            send_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A route with every value checked and parsed.
+#[derive(Debug, Clone)]
+pub struct CompiledRoute {
+    pub name: String,
+    pub path: String,
+    pub methods: Vec<Method>,
+    pub queue: String,
+    pub format: Format,
+    pub success_status: StatusCode,
+    pub success_body: String,
+    pub success_content_type: String,
+    pub forward_headers: Vec<HeaderName>,
+    pub content_types: Vec<String>,
+    pub max_body_bytes: usize,
+    pub body_timeout: Duration,
+    pub cors: Option<Arc<CorsPolicy>>,
+    pub ordering_key: Option<KeySource>,
+    pub dedup_key: Option<KeySource>,
+}
+
+impl CompiledRoute {
+    /// The `Allow` header value.
+    pub fn allow(&self) -> String {
+        self.methods.iter().map(Method::as_str).collect::<Vec<_>>().join(", ")
+    }
+}
+
+/// Paths the server answers itself.
+pub const RESERVED_PATHS: [&str; 2] = ["/healthz", "/readyz"];
+
+impl IngestConfig {
+    /// Checks every value; the first bad one is the error.
+    pub fn compile(&self) -> Result<Vec<CompiledRoute>, ConfigError> {
+        if self.routes.is_empty() {
+            return Err(invalid("ingest.routes", "at least one route is needed"));
+        }
+        if self.publisher.max_batch == 0 || self.publisher.max_in_flight == 0 || self.publisher.backlog == 0 {
+            return Err(invalid(
+                "ingest.publisher",
+                "max_batch, max_in_flight and backlog must be at least 1",
+            ));
+        }
+        let mut shapes = HashSet::new();
+        self.routes
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let key = format!("ingest.routes[{i}]");
+                let shape = check_path(&r.path).map_err(|m| invalid(format!("{key}.path"), m))?;
+                if !shapes.insert(shape) {
+                    return Err(invalid(
+                        format!("{key}.path"),
+                        format!("{:?} overlaps an earlier route", r.path),
+                    ));
+                }
+                self.compile_route(r, &key)
+            })
+            .collect()
+    }
+
+    fn compile_route(&self, r: &RouteConfig, key: &str) -> Result<CompiledRoute, ConfigError> {
+        if r.queue.trim().is_empty() {
+            return Err(invalid(format!("{key}.queue"), "must name a queue"));
+        }
+        if r.methods.is_empty() {
+            return Err(invalid(format!("{key}.methods"), "at least one method is needed"));
+        }
+        let methods = r
+            .methods
+            .iter()
+            .enumerate()
+            .map(|(j, m)| {
+                let method = Method::from_bytes(m.to_ascii_uppercase().as_bytes())
+                    .map_err(|_| invalid(format!("{key}.methods[{j}]"), format!("{m:?} is not a method")))?;
+                if matches!(method, Method::OPTIONS | Method::HEAD | Method::CONNECT | Method::TRACE) {
+                    return Err(invalid(format!("{key}.methods[{j}]"), format!("{m} cannot carry an event")));
+                }
+                Ok(method)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let success_status = StatusCode::from_u16(r.success.status)
+            .ok()
+            .filter(StatusCode::is_success)
+            .ok_or_else(|| invalid(format!("{key}.success.status"), "must be a 2xx status"))?;
+        let forward_headers = header_names(&r.forward_headers, &format!("{key}.forward_headers"))?;
+        if let Some(KeySource::Header(h)) = &r.ordering_key {
+            header_names(std::slice::from_ref(h), &format!("{key}.ordering_key.header"))?;
+        }
+        if let Some(KeySource::Header(h)) = &r.dedup_key {
+            header_names(std::slice::from_ref(h), &format!("{key}.dedup_key.header"))?;
+        }
+        for (name, src) in [("ordering_key", &r.ordering_key), ("dedup_key", &r.dedup_key)] {
+            if let Some(KeySource::JsonPointer(p)) = src {
+                if !p.is_empty() && !p.starts_with('/') {
+                    return Err(invalid(
+                        format!("{key}.{name}.json_pointer"),
+                        "a JSON pointer starts with `/`",
+                    ));
+                }
+            }
+        }
+        let (cors_key, cors) = match &r.cors {
+            Some(c) => (format!("{key}.cors"), c),
+            None => ("ingest.cors".to_owned(), &self.cors),
+        };
+        let max_body_bytes = r.max_body_bytes.unwrap_or(self.limits.max_body_bytes);
+        if max_body_bytes == 0 {
+            return Err(invalid(format!("{key}.max_body_bytes"), "must be at least 1"));
+        }
+        Ok(CompiledRoute {
+            name: r.name.clone().unwrap_or_else(|| r.path.clone()),
+            path: r.path.clone(),
+            methods,
+            queue: r.queue.clone(),
+            format: r.format,
+            success_status,
+            success_body: r.success.body.clone(),
+            success_content_type: r.success.content_type.clone(),
+            forward_headers,
+            content_types: r.content_types.iter().map(|c| c.trim().to_ascii_lowercase()).collect(),
+            max_body_bytes,
+            body_timeout: self.limits.body_timeout,
+            cors: compile_cors(cors, &cors_key)?.map(Arc::new),
+            ordering_key: r.ordering_key.clone(),
+            dedup_key: r.dedup_key.clone(),
+        })
+    }
+}
+
+fn header_names(names: &[String], key: &str) -> Result<Vec<HeaderName>, ConfigError> {
+    names
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            HeaderName::from_bytes(h.trim().as_bytes())
+                .map_err(|_| invalid(format!("{key}[{i}]"), format!("{h:?} is not a header name")))
+        })
+        .collect()
+}
+
+fn compile_cors(c: &CorsConfig, key: &str) -> Result<Option<CorsPolicy>, ConfigError> {
+    if c.allowed_origins.is_empty() {
+        return Ok(None);
+    }
+    let matcher = OriginMatcher::compile(&c.allowed_origins)
+        .map_err(|(i, e)| invalid(format!("{key}.allowed_origins[{i}]"), e.to_string()))?;
+    if c.allow_credentials && matcher.allows_any() {
+        return Err(invalid(
+            format!("{key}.allowed_origins"),
+            "`*` together with allow_credentials would let every site send credentialed requests; list the origins",
+        ));
+    }
+    Ok(Some(CorsPolicy {
+        matcher: Arc::new(matcher),
+        allow_credentials: c.allow_credentials,
+        allowed_headers: header_names(&c.allowed_headers, &format!("{key}.allowed_headers"))?,
+        expose_headers: header_names(&c.expose_headers, &format!("{key}.expose_headers"))?,
+        max_age: c.max_age,
+        strict_origin: c.strict_origin,
+    }))
+}
+
+/// Checks a route path and returns its shape (params blanked) for overlap checks.
+/// Rejects what would make axum panic when the route is added.
+fn check_path(path: &str) -> Result<String, String> {
+    if !path.starts_with('/') {
+        return Err(format!("{path:?} must start with `/`"));
+    }
+    if RESERVED_PATHS.contains(&path) {
+        return Err(format!("{path} is reserved for health checks"));
+    }
+    let segments: Vec<&str> = path[1..].split('/').collect();
+    let mut shape = String::new();
+    let mut names = HashSet::new();
+    for (i, seg) in segments.iter().enumerate() {
+        shape.push('/');
+        if let Some(inner) = seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
+            let (wild, name) = match inner.strip_prefix('*') {
+                Some(n) => (true, n),
+                None => (false, inner),
+            };
+            if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                return Err(format!("{seg:?}: a parameter is {{name}} with letters, digits and `_`"));
+            }
+            if wild && i + 1 != segments.len() {
+                return Err(format!("{seg:?}: a catch-all parameter must be the last segment"));
+            }
+            if !names.insert(name) {
+                return Err(format!("parameter {name:?} appears twice"));
+            }
+            shape.push_str(if wild { "{*}" } else { "{}" });
+        } else if seg.contains(['{', '}', '*', ':']) {
+            return Err(format!("{seg:?}: `{{`, `}}`, `*` and `:` only appear in {{param}} segments"));
+        } else if seg.is_empty() && i + 1 != segments.len() {
+            return Err("empty segment (`//`)".to_owned());
+        } else {
+            shape.push_str(seg);
+        }
+    }
+    Ok(shape)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(toml_text: &str) -> IngestConfig {
+        toml::from_str(toml_text).expect("toml")
+    }
+
+    #[test]
+    fn the_default_serves_ingest() {
+        let routes = IngestConfig::default().compile().expect("compiles");
+        assert_eq!(routes[0].path, "/ingest");
+        assert_eq!(routes[0].methods, vec![Method::POST, Method::PUT]);
+        assert_eq!(routes[0].success_status, StatusCode::ACCEPTED);
+        assert!(routes[0].cors.is_none());
+    }
+
+    #[test]
+    fn a_bad_origin_names_its_key() {
+        let c = parse(
+            r#"
+            [[routes]]
+            path = "/a"
+            queue = "q"
+            [routes.cors]
+            allowed_origins = ["https://ok.com", "https://bad.*.com"]
+            "#,
+        );
+        let e = c.compile().expect_err("bad origin");
+        assert_eq!(e.key, "ingest.routes[0].cors.allowed_origins[1]");
+    }
+
+    #[test]
+    fn any_origin_with_credentials_is_refused() {
+        let c = parse("[cors]\nallowed_origins = [\"*\"]\nallow_credentials = true\n");
+        assert_eq!(c.compile().expect_err("refused").key, "ingest.cors.allowed_origins");
+    }
+
+    #[test]
+    fn bad_paths_methods_and_statuses_name_their_keys() {
+        for (route, key) in [
+            ("path = \"nope\"", "ingest.routes[0].path"),
+            ("path = \"/a/{b\"", "ingest.routes[0].path"),
+            ("path = \"/a/{*rest}/b\"", "ingest.routes[0].path"),
+            ("path = \"/healthz\"", "ingest.routes[0].path"),
+            ("path = \"/a\"\nmethods = [\"GE T\"]", "ingest.routes[0].methods[0]"),
+            ("path = \"/a\"\nmethods = [\"OPTIONS\"]", "ingest.routes[0].methods[0]"),
+            ("path = \"/a\"\nsuccess = { status = 404 }", "ingest.routes[0].success.status"),
+            ("path = \"/a\"\nforward_headers = [\"bad header\"]", "ingest.routes[0].forward_headers[0]"),
+        ] {
+            let c = parse(&format!("[[routes]]\nqueue = \"q\"\n{route}\n"));
+            assert_eq!(c.compile().expect_err(route).key, key, "{route}");
+        }
+    }
+
+    #[test]
+    fn overlapping_routes_are_refused() {
+        let c = parse(
+            "[[routes]]\npath = \"/a/{x}\"\nqueue = \"q\"\n[[routes]]\npath = \"/a/{y}\"\nqueue = \"q\"\n",
+        );
+        assert_eq!(c.compile().expect_err("overlap").key, "ingest.routes[1].path");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        assert!(toml::from_str::<IngestConfig>("[cors]\nallowed_origin = []\n").is_err());
+    }
+}

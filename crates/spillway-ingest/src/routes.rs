@@ -1,0 +1,101 @@
+//! The route table as an axum `Router`.
+//!
+//! Each configured route gets a method router with the route's methods, a
+//! JSON 405 (with `Allow`) for the others, and, when CORS is configured, three
+//! layers from outside in: [`cors::tidy`], tower-http's `CorsLayer`, and
+//! [`CorsPolicy::guard`]. CORS wraps the route's every answer, errors
+//! included. An unknown path gets a JSON 404. `/healthz` and `/readyz` are
+//! answered by the server itself.
+
+use std::{collections::HashMap, convert::Infallible, sync::Arc};
+
+use axum::{
+    extract::Request,
+    middleware::{from_fn, from_fn_with_state},
+    response::IntoResponse,
+    routing::{get, MethodFilter, MethodRouter},
+    Router,
+};
+use spillway_queue::{Backend, QueueError};
+
+use crate::{
+    config::{ConfigError, IngestConfig},
+    cors::{self, CorsPolicy},
+    error::ApiError,
+    handler::{ingest, RouteState},
+    publisher::Publisher,
+    server::Readiness,
+};
+
+/// Why the router could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("queue `{queue}`: {source}")]
+    Queue { queue: String, source: QueueError },
+}
+
+/// Builds the router: one publisher per queue, shared by the routes that use it.
+/// The queues must exist (the binary ensures them first).
+pub async fn build_router(
+    cfg: &IngestConfig,
+    backend: Arc<dyn Backend>,
+    readiness: Readiness,
+) -> Result<Router, BuildError> {
+    let routes = cfg.compile()?;
+    let mut publishers: HashMap<String, Arc<Publisher>> = HashMap::new();
+    let mut router = Router::new();
+    for route in routes {
+        let publisher = match publishers.get(&route.queue) {
+            Some(p) => p.clone(),
+            None => {
+                let producer = backend
+                    .producer(&route.queue)
+                    .await
+                    .map_err(|source| BuildError::Queue { queue: route.queue.clone(), source })?;
+                let p = Arc::new(Publisher::spawn(route.queue.clone(), producer, &cfg.publisher));
+                publishers.insert(route.queue.clone(), p.clone());
+                p
+            }
+        };
+        let path = route.path.clone();
+        let allow = route.allow();
+        let methods = route.methods.clone();
+        let cors = route.cors.clone();
+        let state = Arc::new(RouteState { route, publisher });
+        let mut mr: MethodRouter = MethodRouter::new();
+        for m in &methods {
+            let filter = MethodFilter::try_from(m.clone()).map_err(|_| ConfigError {
+                key: format!("route {path}"),
+                message: format!("method {m} cannot be routed"),
+            })?;
+            let st = state.clone();
+            mr = mr.on(filter, move |req: Request| ingest(st.clone(), req));
+        }
+        mr = mr.fallback(move || async move { ApiError::MethodNotAllowed { allow }.into_response() });
+        if let Some(policy) = cors {
+            mr = mr
+                .layer::<_, Infallible>(from_fn_with_state(policy.clone(), CorsPolicy::guard))
+                .layer::<_, Infallible>(policy.layer(&methods))
+                .layer::<_, Infallible>(from_fn(cors::tidy));
+        }
+        router = router.route(&path, mr);
+    }
+    let ready = readiness.clone();
+    Ok(router
+        .route("/healthz", get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }))
+        .route("/readyz", get(move || readiness_answer(ready.clone())))
+        .fallback(|| async { ApiError::NotFound.into_response() }))
+}
+
+async fn readiness_answer(readiness: Readiness) -> axum::response::Response {
+    match readiness.check().await {
+        Ok(()) => axum::Json(serde_json::json!({ "status": "ready" })).into_response(),
+        Err(reason) => (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({ "status": "not_ready", "reason": reason })),
+        )
+            .into_response(),
+    }
+}

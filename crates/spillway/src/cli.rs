@@ -1,0 +1,97 @@
+//! The command line.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "spillway", version, about = "A durable HTTP ingest gateway")]
+pub(crate) struct Cli {
+    /// TOML config file. Without it: defaults plus `SPILLWAY_` environment variables.
+    #[arg(long, short, global = true, env = "SPILLWAY_CONFIG")]
+    pub(crate) config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Run the HTTP gateway.
+    Serve,
+    /// Drain a queue into the configured sink.
+    Consume {
+        /// The queue (default: `consumer.queue`).
+        #[arg(long)]
+        queue: Option<String>,
+    },
+    /// The dead-letter queue.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+    /// Queues.
+    #[command(subcommand)]
+    Queue(QueueCommand),
+    /// The configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct QueueArg {
+    /// The queue (default: `consumer.queue`).
+    #[arg(long, short)]
+    pub(crate) queue: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum DlqCommand {
+    /// Show dead letters without removing them.
+    Peek {
+        #[command(flatten)]
+        queue: QueueArg,
+        /// How many.
+        #[arg(long, default_value_t = 10)]
+        max: usize,
+        /// JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move dead letters back into the queue, receive count reset.
+    Redrive {
+        #[command(flatten)]
+        queue: QueueArg,
+        /// At most this many (default: all).
+        #[arg(long)]
+        max: Option<u64>,
+        /// At most this many a second.
+        #[arg(long)]
+        rate: Option<u32>,
+    },
+    /// Delete every dead letter.
+    Purge {
+        #[command(flatten)]
+        queue: QueueArg,
+        /// Required: purging cannot be undone.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum QueueCommand {
+    /// Counts per queue: visible, delayed, in flight, dead.
+    Stats {
+        /// Only these queues (default: every queue in the config).
+        #[arg(long, short)]
+        queue: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create every configured queue and its DLQ (idempotent).
+    Ensure,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ConfigCommand {
+    /// Validate, and print the effective configuration with secrets masked.
+    Check,
+}

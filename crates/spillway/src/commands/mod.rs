@@ -1,0 +1,56 @@
+//! One file per command. Each loads the settings, opens the backend, and does its one job.
+
+mod config;
+mod consume;
+mod dlq;
+mod queue;
+mod serve;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use spillway_queue::Backend;
+use tracing_subscriber::EnvFilter;
+
+use crate::{
+    cli::{Cli, Command},
+    settings::{LogFormat, Settings},
+};
+
+pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
+    let settings = Settings::load(cli.config.as_deref())?;
+    init_logging(&settings);
+    match cli.command {
+        Command::Serve => serve::serve(settings).await,
+        Command::Consume { queue } => consume::consume(settings, queue).await,
+        Command::Dlq(cmd) => dlq::dlq(settings, cmd).await,
+        Command::Queue(cmd) => queue::queue(settings, cmd).await,
+        Command::Config(cmd) => config::config(&settings, cmd),
+    }
+}
+
+fn init_logging(s: &Settings) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&s.log.level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // `try_init` fails only if a subscriber is already set; then keep that one.
+    let _ = match s.log.format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// Opens the backend and creates every configured queue.
+pub(crate) async fn open_backend(s: &Settings) -> anyhow::Result<Arc<dyn Backend>> {
+    let backend = spillway_queue::connect(&s.queue)
+        .await
+        .with_context(|| format!("opening the {} queue", s.queue.kind()))?;
+    for spec in s.queue_specs() {
+        backend.ensure(&spec).await.with_context(|| format!("creating queue `{}`", spec.name))?;
+    }
+    Ok(backend)
+}
+
+/// The queue a command works on: the flag, else `consumer.queue`.
+pub(crate) fn queue_name(s: &Settings, flag: Option<String>) -> String {
+    flag.unwrap_or_else(|| s.consumer.queue.clone())
+}

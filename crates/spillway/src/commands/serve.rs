@@ -1,0 +1,41 @@
+//! `spillway serve`: the gateway.
+
+use anyhow::Context;
+use spillway_ingest::{build_router, Readiness};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use super::open_backend;
+use crate::{settings::Settings, signal};
+
+pub(crate) async fn serve(s: Settings) -> anyhow::Result<()> {
+    let backend = open_backend(&s).await?;
+    let readiness = Readiness::new(backend.clone());
+    let router = build_router(&s.ingest, backend.clone(), readiness.clone()).await?;
+    let listener =
+        TcpListener::bind(s.server.listen).await.with_context(|| format!("binding {}", s.server.listen))?;
+    let addr = listener.local_addr().context("reading the bound address")?;
+    let where_ = match &s.queue {
+        spillway_queue::BackendConfig::Embedded { path } => format!("embedded queue in {}", path.display()),
+        other => format!("{} queue", other.kind()),
+    };
+    let routes: Vec<String> =
+        s.ingest.routes.iter().map(|r| format!("{} {}", r.methods.join("|"), r.path)).collect();
+    println!("spillway listening on http://{addr} ({where_}); routes: {}", routes.join(", "));
+    tracing::info!(%addr, backend = backend.kind(), "listening");
+
+    let shutdown = CancellationToken::new();
+    let grace = s.server.shutdown_grace;
+    let trigger = shutdown.clone();
+    let ready = readiness.clone();
+    tokio::spawn(async move {
+        signal::terminated().await;
+        tracing::info!(?grace, "shutting down: readiness off, then draining");
+        ready.start_draining();
+        tokio::time::sleep(grace).await;
+        trigger.cancel();
+    });
+    spillway_ingest::serve(listener, router, shutdown).await.context("serving HTTP")?;
+    tracing::info!("drained; every accepted request has its answer");
+    Ok(())
+}

@@ -1,0 +1,241 @@
+//! The whole configuration: compiled-in defaults, then a TOML file, then
+//! `SPILLWAY_` environment variables (`__` separates levels:
+//! `SPILLWAY_QUEUE__BACKEND=memory`, `SPILLWAY_SERVER__LISTEN=0.0.0.0:8080`).
+//!
+//! Loading is [`Settings::figment`] (merge) then [`Settings::from_figment`]
+//! (extract and validate), a pure function tested with `Toml::string`.
+//! Every field has a default that works on the embedded queue, so
+//! `spillway serve` with no file at all serves `/ingest`.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::SocketAddr,
+    path::Path,
+    time::Duration,
+};
+
+use anyhow::{bail, Context};
+use figment::{
+    providers::{Env, Format, Toml},
+    Figment,
+};
+use serde::{Deserialize, Serialize};
+use spillway_consumer::ConsumerConfig;
+use spillway_ingest::IngestConfig;
+use spillway_queue::{BackendConfig, DeadLetterPolicy, QueueSpec};
+
+/// Everything Spillway reads from its configuration.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct Settings {
+    pub(crate) server: ServerConfig,
+    /// The backend: `backend = "embedded" | "memory"` and its settings.
+    pub(crate) queue: BackendConfig,
+    /// Per-queue policy; a queue used by a route but not listed gets the defaults.
+    pub(crate) queues: BTreeMap<String, QueueSettings>,
+    pub(crate) ingest: IngestConfig,
+    pub(crate) consumer: ConsumerConfig,
+    pub(crate) log: LogConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct ServerConfig {
+    /// Where to listen. Use `0.0.0.0:8080` in a container.
+    pub(crate) listen: SocketAddr,
+    /// On SIGTERM, `/readyz` answers 503 this long before the server stops
+    /// accepting, so load balancers take the pod out first.
+    #[serde(with = "humantime_serde")]
+    pub(crate) shutdown_grace: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self { listen: SocketAddr::from(([127, 0, 0, 1], 8080)), shutdown_grace: Duration::ZERO }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct QueueSettings {
+    pub(crate) dead_letter: DeadLetterPolicy,
+    /// Defaults to 256 KiB, the SQS limit.
+    pub(crate) max_message_bytes: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct LogConfig {
+    /// A `tracing` filter, e.g. `info` or `spillway=debug,info`. `RUST_LOG` wins.
+    pub(crate) level: String,
+    pub(crate) format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { level: "info".to_owned(), format: LogFormat::Text }
+    }
+}
+
+impl Settings {
+    /// Defaults, then the file (which must exist if given), then the environment.
+    pub(crate) fn figment(file: Option<&Path>) -> anyhow::Result<Figment> {
+        // No `Serialized::defaults` layer: serde's `default` fills what is
+        // missing, and a merged default would leak fields of the default
+        // backend (`queue.path`) into another one chosen by the environment.
+        let mut f = Figment::new();
+        if let Some(path) = file {
+            if !path.is_file() {
+                bail!("config file {} does not exist", path.display());
+            }
+            f = f.merge(Toml::file(path));
+        }
+        Ok(f.merge(Env::prefixed("SPILLWAY_").split("__").ignore(&["config"])))
+    }
+
+    /// Extracts and validates. The error names the key.
+    pub(crate) fn from_figment(f: &Figment) -> anyhow::Result<Self> {
+        let s: Settings = f.extract().map_err(|e| anyhow::anyhow!("{e}"))?;
+        s.ingest.compile().context("ingest routes")?;
+        for (name, q) in &s.queues {
+            if q.dead_letter.max_receive_count == 0 {
+                bail!("invalid configuration at `queues.{name}.dead_letter.max_receive_count`: must be at least 1");
+            }
+        }
+        if s.consumer.concurrency == 0 || s.consumer.batch_size == 0 {
+            bail!("invalid configuration at `consumer`: concurrency and batch_size must be at least 1");
+        }
+        tracing_subscriber::EnvFilter::try_new(&s.log.level)
+            .map_err(|e| anyhow::anyhow!("invalid configuration at `log.level`: {e}"))?;
+        Ok(s)
+    }
+
+    pub(crate) fn load(file: Option<&Path>) -> anyhow::Result<Self> {
+        Self::from_figment(&Self::figment(file)?)
+    }
+
+    /// Every queue the config names: routes, the consumer, and `[queues]`.
+    pub(crate) fn queue_specs(&self) -> Vec<QueueSpec> {
+        let mut names: BTreeSet<String> = self.queues.keys().cloned().collect();
+        names.extend(self.ingest.routes.iter().map(|r| r.queue.clone()));
+        names.insert(self.consumer.queue.clone());
+        names.into_iter().map(|n| self.queue_spec(&n)).collect()
+    }
+
+    pub(crate) fn queue_spec(&self, name: &str) -> QueueSpec {
+        let mut spec = QueueSpec::new(name);
+        if let Some(q) = self.queues.get(name) {
+            spec.dead_letter = q.dead_letter;
+            if let Some(m) = q.max_message_bytes {
+                spec.max_message_bytes = m;
+            }
+        }
+        spec
+    }
+
+    /// The configuration as JSON with secrets masked: passwords in URLs and
+    /// values of keys that name a secret.
+    pub(crate) fn masked(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).unwrap_or_default();
+        mask(&mut v, false);
+        v
+    }
+}
+
+const SECRET_KEYS: [&str; 6] = ["password", "secret", "token", "api_key", "api_keys", "authorization"];
+
+fn mask(v: &mut serde_json::Value, secret: bool) {
+    match v {
+        serde_json::Value::Object(map) => {
+            for (k, child) in map.iter_mut() {
+                let k = k.to_ascii_lowercase();
+                mask(child, secret || SECRET_KEYS.iter().any(|s| k.contains(s)));
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(|i| mask(i, secret)),
+        serde_json::Value::String(s) if secret => *s = "***".to_owned(),
+        serde_json::Value::String(s) => *s = mask_url_password(s),
+        _ => {}
+    }
+}
+
+/// `scheme://user:pass@host` → `scheme://user:***@host`.
+fn mask_url_password(s: &str) -> String {
+    let Some((scheme, rest)) = s.split_once("://") else { return s.to_owned() };
+    let (authority, tail) = rest.split_at(rest.find(['/', '?', '#']).unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            format!("{scheme}://{user}:***@{host}{tail}")
+        }
+        None => s.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use figment::Jail;
+
+    use super::*;
+
+    fn from_toml(text: &str) -> anyhow::Result<Settings> {
+        Settings::from_figment(&Figment::from(Toml::string(text)))
+    }
+
+    #[test]
+    fn no_config_serves_ingest_on_the_embedded_queue() {
+        let s = from_toml("").expect("defaults are valid");
+        assert_eq!(s.queue.kind(), "embedded");
+        assert_eq!(s.ingest.routes[0].path, "/ingest");
+        assert_eq!(s.queue_specs().len(), 1);
+        assert_eq!(s.queue_specs()[0].dead_letter.max_receive_count, 5);
+    }
+
+    #[test]
+    fn a_bad_value_names_its_key() {
+        let e = from_toml("[server]\nlisten = \"nope\"\n").expect_err("bad listen").to_string();
+        assert!(e.contains("server.listen"), "{e}");
+        let e = from_toml("[queue]\nbackend = \"carrier-pigeon\"\n").expect_err("bad backend").to_string();
+        assert!(e.contains("queue"), "{e}");
+        let e =
+            from_toml("[ingest.cors]\nallowed_origins = [\"https://*.a.*.com\"]\n").expect_err("bad origin");
+        assert!(format!("{e:#}").contains("ingest.cors.allowed_origins[0]"), "{e:#}");
+        let e = from_toml("[queue]\nbackend = \"memory\"\npath = \"/x\"\n").expect_err("memory has no path");
+        assert!(e.to_string().contains("path"), "{e}");
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's own error type
+    fn environment_overrides_the_file() {
+        Jail::expect_with(|jail| {
+            jail.create_file("spillway.toml", "[server]\nlisten = \"127.0.0.1:9000\"\n")?;
+            jail.set_env("SPILLWAY_QUEUE__BACKEND", "memory");
+            jail.set_env("SPILLWAY_SERVER__LISTEN", "127.0.0.1:9100");
+            let s = Settings::load(Some(Path::new("spillway.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(s.queue.kind(), "memory");
+            assert_eq!(s.server.listen.port(), 9100);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn secrets_are_masked() {
+        let s = from_toml(
+            "[consumer.sink]\ntype = \"postgres\"\nurl = \"postgres://app:hunter2@db/events\"\n\
+             [ingest.cors]\nallowed_origins = [\"https://test.com\"]\n",
+        )
+        .expect("valid");
+        let text = s.masked().to_string();
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(text.contains("postgres://app:***@db/events"), "{text}");
+        assert_eq!(mask_url_password("https://test.com"), "https://test.com");
+    }
+}
