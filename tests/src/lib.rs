@@ -1,1 +1,240 @@
-//! placeholder
+//! Helpers for the end-to-end tests: run the real `spillway` binary on a
+//! config of the test's own, talk to it over real sockets, and read the
+//! queue it wrote.
+//!
+//! The binary is the one cargo built next to the test executable (build it
+//! with `cargo build -p spillway`; the README's test command does). A missing
+//! binary or service is a loud failure that says how to fix it, never a skip.
+#![forbid(unsafe_code)]
+
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::{bail, Context};
+use spillway_queue::{embedded::EmbeddedBackend, Backend, QueueStats};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+
+/// The `spillway` binary built beside this test executable.
+pub fn binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>/spillway
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join(format!("spillway{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.is_file(),
+        "{} is missing: build it first with `cargo build -p spillway` (the README's test command does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A temporary folder with a config file and the embedded queue's data.
+pub struct Workspace {
+    pub dir: tempfile::TempDir,
+}
+
+impl Workspace {
+    /// Writes `config.toml`; `{data}` in the text becomes the queue folder.
+    pub fn new(config: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data");
+        let text = config.replace("{data}", &data.display().to_string());
+        std::fs::write(dir.path().join("config.toml"), text).expect("write config");
+        Self { dir }
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.dir.path().join("config.toml")
+    }
+
+    pub fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Runs a `spillway` command to completion.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(binary())
+            .arg("--config")
+            .arg(self.config())
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("run spillway")
+    }
+
+    /// Starts `spillway serve` and waits until it says where it listens.
+    pub fn serve(&self) -> Gateway {
+        let mut child = Command::new(binary())
+            .arg("--config")
+            .arg(self.config())
+            .arg("serve")
+            .env("SPILLWAY_SERVER__LISTEN", "127.0.0.1:0")
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn spillway serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).expect("read the listening line");
+        let addr = line
+            .split("http://")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .and_then(|s| s.parse::<SocketAddr>().ok())
+            .unwrap_or_else(|| panic!("spillway serve did not say where it listens: {line:?}"));
+        Gateway { child, addr }
+    }
+
+    /// Starts `spillway consume`.
+    pub fn consume(&self) -> Child {
+        Command::new(binary())
+            .arg("--config")
+            .arg(self.config())
+            .arg("consume")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn spillway consume")
+    }
+
+    /// Opens the embedded queue this workspace's gateway writes to (a second
+    /// process on the same SQLite file, as a sidecar consumer would be).
+    pub async fn queue(&self) -> Arc<dyn Backend> {
+        Arc::new(EmbeddedBackend::open(&self.data()).await.expect("open the embedded queue"))
+    }
+
+    pub async fn stats(&self, queue: &str) -> QueueStats {
+        self.queue().await.stats(queue).await.expect("queue stats")
+    }
+}
+
+/// A running `spillway serve`; killed when dropped.
+pub struct Gateway {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Gateway {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// `kill -9`: no chance to flush or drain.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Whether the process is still running (it did not panic or exit).
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A parsed HTTP/1.1 response from [`raw`].
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl RawResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    /// The JSON error body's `error.code`.
+    pub fn error_code(&self) -> anyhow::Result<String> {
+        let body_start = self.body.find('{').context("no JSON in body")?;
+        let body_end = self.body.rfind('}').context("no JSON in body")?;
+        let v: serde_json::Value = serde_json::from_str(&self.body[body_start..=body_end])
+            .with_context(|| format!("body is not JSON: {:?}", self.body))?;
+        v["error"]["code"].as_str().map(str::to_owned).context("no error.code")
+    }
+}
+
+/// Sends raw bytes, then optionally pauses and/or half-closes, and reads one
+/// response. For requests no well-behaved client would send.
+pub async fn raw(addr: SocketAddr, request: &[u8], half_close: bool) -> anyhow::Result<RawResponse> {
+    let mut s = TcpStream::connect(addr).await?;
+    s.write_all(request).await?;
+    if half_close {
+        s.shutdown().await?;
+    }
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = s.read(&mut chunk).await?;
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            if response_complete(&buf) {
+                break;
+            }
+        }
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
+    if read.is_err() {
+        bail!("no complete response within 20 s; got {:?}", String::from_utf8_lossy(&buf));
+    }
+    parse_response(&buf)
+}
+
+fn response_complete(buf: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(buf);
+    let Some(end) = text.find("\r\n\r\n") else { return false };
+    let len = text[..end]
+        .lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned()))
+        .and_then(|v| v.parse::<usize>().ok());
+    len.is_some_and(|len| buf.len() >= end + 4 + len)
+}
+
+fn parse_response(buf: &[u8]) -> anyhow::Result<RawResponse> {
+    let text = String::from_utf8_lossy(buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").context("no header end in response")?;
+    let mut lines = head.lines();
+    let status_line = lines.next().context("empty response")?;
+    let status =
+        status_line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).context("bad status line")?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned())))
+        .collect();
+    Ok(RawResponse { status, headers, body: body.to_owned() })
+}
+
+/// Polls `check` every 100 ms until it holds or `timeout` passes.
+pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    while tokio::time::Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out after {timeout:?} waiting for: {what}");
+}
