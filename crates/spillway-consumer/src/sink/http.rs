@@ -90,3 +90,110 @@ impl Sink for HttpSink {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use axum::{extract::State, http::HeaderMap, routing::post, Router};
+    use spillway_queue::{Receipt, ReceivedMessage};
+    use time::OffsetDateTime;
+
+    use super::*;
+
+    type Seen = Arc<Mutex<Vec<(HeaderMap, String)>>>;
+
+    /// A real HTTP endpoint on loopback that answers with the status it is
+    /// told to and records what it received.
+    async fn endpoint(status: u16) -> (String, Seen) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let app = Router::new()
+            .route(
+                "/hook",
+                post(
+                    |State((status, seen)): State<(u16, Seen)>, headers: HeaderMap, body: String| async move {
+                        seen.lock().expect("lock").push((headers, body));
+                        axum::http::StatusCode::from_u16(status)
+                            .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR)
+                    },
+                ),
+            )
+            .with_state((status, seen.clone()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (url, seen)
+    }
+
+    fn delivery() -> Delivery {
+        Delivery {
+            queue: "q".into(),
+            message: ReceivedMessage {
+                id: "01TEST".into(),
+                body: bytes::Bytes::from_static(br#"{"a":1}"#),
+                attributes: Default::default(),
+                ordering_key: None,
+                enqueued_at: OffsetDateTime::UNIX_EPOCH,
+            },
+            receive_count: 2,
+            first_received_at: OffsetDateTime::UNIX_EPOCH,
+            receipt: Receipt("r".into()),
+        }
+    }
+
+    async fn answer(status: u16, on_4xx: On4xx) -> Result<(), SinkError> {
+        let (url, _) = endpoint(status).await;
+        HttpSink::new(&url, on_4xx, &BTreeMap::new()).expect("sink").deliver(&delivery()).await
+    }
+
+    #[tokio::test]
+    async fn two_hundreds_deliver_with_id_and_count_headers() {
+        let (url, seen) = endpoint(204).await;
+        let headers = BTreeMap::from([("authorization".to_owned(), "Bearer t".to_owned())]);
+        HttpSink::new(&url, On4xx::Retry, &headers)
+            .expect("sink")
+            .deliver(&delivery())
+            .await
+            .expect("delivered");
+        let seen = seen.lock().expect("lock");
+        let (h, body) = &seen[0];
+        assert_eq!(body, r#"{"a":1}"#);
+        assert_eq!(h["x-spillway-message-id"], "01TEST");
+        assert_eq!(h["x-spillway-receive-count"], "2");
+        assert_eq!(h["authorization"], "Bearer t");
+        assert_eq!(h["content-type"], "application/json");
+    }
+
+    #[tokio::test]
+    async fn statuses_map_to_whose_fault_it_is() {
+        assert!(matches!(answer(503, On4xx::Retry).await, Err(SinkError::Down(_))));
+        for s in [500, 502, 504, 408, 429] {
+            assert!(matches!(answer(s, On4xx::Retry).await, Err(SinkError::Transient(_))), "{s}");
+        }
+        assert!(matches!(
+            answer(400, On4xx::Retry).await,
+            Err(SinkError::Rejected { dead_letter: false, .. })
+        ));
+        assert!(matches!(
+            answer(422, On4xx::DeadLetter).await,
+            Err(SinkError::Rejected { dead_letter: true, .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_is_down() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+        drop(listener);
+        let sink = HttpSink::new(&url, On4xx::Retry, &BTreeMap::new()).expect("sink");
+        assert!(matches!(sink.deliver(&delivery()).await, Err(SinkError::Down(_))));
+    }
+
+    #[test]
+    fn a_bad_url_is_a_config_error() {
+        assert!(matches!(
+            HttpSink::new("not a url", On4xx::Retry, &BTreeMap::new()),
+            Err(SinkSetupError::Config { key: "url", .. })
+        ));
+    }
+}
