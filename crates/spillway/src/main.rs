@@ -15,6 +15,12 @@ mod signal;
 
 use clap::Parser;
 
+/// mimalloc instead of glibc's malloc: a request allocates many small,
+/// short-lived buffers on one thread and frees them on another, which glibc's
+/// arenas handle poorly (measured in docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
