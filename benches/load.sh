@@ -1,47 +1,78 @@
 #!/usr/bin/env bash
-# The load run behind docs/benchmarks.md: wrk, 64 connections, 200-byte POST,
-# against the bare axum ceiling and against `spillway serve` on the embedded
-# queue, one after the other in the same run on the same machine.
+# The load run behind docs/benchmarks.md: wrk, 200-byte JSON POST, against
+#   1. ceiling   - a bare axum server that reads the body and answers 202 (no storage)
+#   2. memory    - `spillway serve` on the memory backend (everything but the disk)
+#   3. embedded  - `spillway serve` on the embedded queue (fsync'd group commits)
+# one after the other, in the same run, on the same machine, at 64 connections
+# and at 256. Prints a Markdown table with each figure as a ratio to the
+# ceiling, and the peak RSS (VmHWM) of each spillway process.
 #
-#   benches/load.sh [seconds]        # default 20
+#   benches/load.sh [seconds] [out-dir]     # default 15 s, benches/results/latest
 #
-# Prints requests/s for both, their ratio, and spillway's peak RSS (VmHWM).
 # Needs wrk (Debian: apt-get install wrk). Builds release binaries first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DURATION="${1:-20}"
-CONNS=64
-THREADS=2
+DURATION="${1:-15}"
+OUT="${2:-benches/results/latest}"
 command -v wrk >/dev/null || { echo "wrk is needed: apt-get install -y wrk" >&2; exit 1; }
 cargo build --release -q -p spillway -p spillway-benches --bin spillway --bin ceiling
 BIN="${CARGO_TARGET_DIR:-target}/release"
-WORK="$(mktemp -d)"; trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
-BODY="$(head -c 160 /dev/zero | tr '\0' 'x')"
+mkdir -p "$OUT"
+WORK="$(mktemp -d)"
+cleanup() { kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+PAD="$(head -c 160 /dev/zero | tr '\0' 'x')"
 cat > "$WORK/post.lua" <<LUA
 wrk.method = "POST"
-wrk.body = '{"event":"page_view","user":42,"pad":"$BODY"}'
+wrk.body = '{"event":"page_view","user":42,"pad":"$PAD"}'
 wrk.headers["Content-Type"] = "application/json"
 LUA
-printf 'body bytes: %s\n' "$(printf '{"event":"page_view","user":42,"pad":"%s"}' "$BODY" | wc -c)"
+BODY_BYTES=$(printf '{"event":"page_view","user":42,"pad":"%s"}' "$PAD" | wc -c)
 
-rps() { awk '/Requests\/sec/ {print $2}'; }
-run_wrk() { wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" --latency -s "$WORK/post.lua" "$1" | tee "$WORK/$2.txt" | rps; }
+# run_case NAME URL PID CONNS -> appends "name conns rps p50 p99 rss_kib" to $WORK/rows
+run_case() {
+  local name=$1 url=$2 pid=$3 conns=$4
+  wrk -t1 -c8 -d2s -s "$WORK/post.lua" "$url" >/dev/null   # warm-up
+  wrk -t2 -c"$conns" -d"${DURATION}s" --latency -s "$WORK/post.lua" "$url" > "$OUT/$name-c$conns.txt"
+  local rps p50 p99 rss
+  rps=$(awk '/Requests\/sec/ {print $2}' "$OUT/$name-c$conns.txt")
+  p50=$(awk '$1 == "50%" {print $2}' "$OUT/$name-c$conns.txt")
+  p99=$(awk '$1 == "99%" {print $2}' "$OUT/$name-c$conns.txt")
+  rss=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
+  echo "$name $conns $rps $p50 $p99 $rss" >> "$WORK/rows"
+}
 
-"$BIN/ceiling" 127.0.0.1:18090 >/dev/null & CEIL=$!
-sleep 0.5
-wrk -t1 -c8 -d2s -s "$WORK/post.lua" http://127.0.0.1:18090/ingest >/dev/null  # warm-up
-CEIL_RPS=$(run_wrk http://127.0.0.1:18090/ingest ceiling)
-kill $CEIL; wait $CEIL 2>/dev/null || true
+start_spillway() { # backend -> pid
+  local extra=()
+  [ "$1" = embedded ] && extra=(SPILLWAY_QUEUE__PATH="$WORK/data-$RANDOM")
+  env SPILLWAY_SERVER__LISTEN=127.0.0.1:18080 SPILLWAY_LOG__LEVEL=warn SPILLWAY_QUEUE__BACKEND="$1" "${extra[@]}" \
+    "$BIN/spillway" serve >/dev/null &
+  echo $!
+}
 
-SPILLWAY_SERVER__LISTEN=127.0.0.1:18080 SPILLWAY_LOG__LEVEL=warn \
-  SPILLWAY_QUEUE__BACKEND=embedded SPILLWAY_QUEUE__PATH="$WORK/data" "$BIN/spillway" serve >/dev/null & SW=$!
-sleep 1
-wrk -t1 -c8 -d2s -s "$WORK/post.lua" http://127.0.0.1:18080/ingest >/dev/null  # warm-up
-SW_RPS=$(run_wrk http://127.0.0.1:18080/ingest spillway)
-HWM_KB=$(awk '/VmHWM/ {print $2}' /proc/$SW/status)
-kill -TERM $SW; wait $SW 2>/dev/null || true
+for conns in 64 256; do
+  "$BIN/ceiling" 127.0.0.1:18090 >/dev/null & pid=$!; sleep 0.5
+  run_case ceiling http://127.0.0.1:18090/ingest $pid $conns
+  kill $pid; wait $pid 2>/dev/null || true
+  for backend in memory embedded; do
+    pid=$(start_spillway $backend); sleep 1
+    run_case $backend http://127.0.0.1:18080/ingest $pid $conns
+    kill -TERM $pid; wait $pid 2>/dev/null || true
+  done
+done
 
-echo "--- ceiling";  grep -E 'Latency|Requests/sec|50%|99%|Non-2xx' "$WORK/ceiling.txt" || true
-echo "--- spillway"; grep -E 'Latency|Requests/sec|50%|99%|Non-2xx' "$WORK/spillway.txt" || true
-awk -v s="$SW_RPS" -v c="$CEIL_RPS" -v h="$HWM_KB" 'BEGIN {
-  printf "ceiling %.0f req/s, spillway %.0f req/s, ratio %.2f, spillway peak RSS %.1f MiB\n", c, s, s / c, h / 1024 }'
+{
+  echo "wrk: 2 threads, ${DURATION}s per case, ${BODY_BYTES}-byte JSON POST; $(nproc) cores; $(date -u +%Y-%m-%dT%H:%MZ)"
+  echo
+  echo "| server | connections | req/s | ratio to ceiling | p50 | p99 | peak RSS |"
+  echo "|---|---|---|---|---|---|---|"
+  awk '
+    $1 == "ceiling" { ceil[$2] = $3 }
+    { rows[NR] = $0 }
+    END {
+      for (i = 1; i <= NR; i++) {
+        split(rows[i], f, " ")
+        printf "| %s | %s | %.0f | %.2f | %s | %s | %.1f MiB |\n", f[1], f[2], f[3], f[3] / ceil[f[2]], f[4], f[5], f[6] / 1024
+      }
+    }' "$WORK/rows"
+} | tee "$OUT/summary.md"

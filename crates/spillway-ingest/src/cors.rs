@@ -99,9 +99,10 @@ enum Pattern {
         port: Option<u16>,
     },
     /// `scheme://*.suffix[:port]`: one or more labels before `.suffix`.
+    /// Kept with its leading dot, so a match is one suffix comparison.
     Subdomains {
         scheme: String,
-        suffix: String,
+        dot_suffix: String,
         port: Option<u16>,
     },
 }
@@ -138,12 +139,13 @@ impl OriginMatcher {
             Pattern::Exact { scheme, host, port } => {
                 o.scheme.eq_ignore_ascii_case(scheme) && o.host.eq_ignore_ascii_case(host) && o.port == *port
             }
-            Pattern::Subdomains { scheme, suffix, port } => {
+            Pattern::Subdomains { scheme, dot_suffix, port } => {
+                let cut = o.host.len().wrapping_sub(dot_suffix.len());
                 o.scheme.eq_ignore_ascii_case(scheme)
                     && o.port == *port
-                    && o.host.len() > suffix.len() + 1
-                    && o.host.is_char_boundary(o.host.len() - suffix.len() - 1)
-                    && o.host[o.host.len() - suffix.len() - 1..].eq_ignore_ascii_case(&format!(".{suffix}"))
+                    && o.host.len() > dot_suffix.len()
+                    && o.host.is_char_boundary(cut)
+                    && o.host[cut..].eq_ignore_ascii_case(dot_suffix)
             }
         })
     }
@@ -158,7 +160,7 @@ fn compile_pattern(p: &str) -> Result<Pattern, OriginSyntaxError> {
     let host = o.host.to_ascii_lowercase();
     match host.strip_prefix("*.") {
         Some(suffix) if !suffix.contains('*') && !suffix.is_empty() => {
-            Ok(Pattern::Subdomains { scheme, suffix: suffix.to_owned(), port: o.port })
+            Ok(Pattern::Subdomains { scheme, dot_suffix: format!(".{suffix}"), port: o.port })
         }
         _ if host.contains('*') => Err(OriginSyntaxError(format!(
             "{p:?}: `*` may only stand for the leading labels, as in https://*.example.com"
