@@ -146,6 +146,14 @@ async fn error_answers_carry_cors_headers_too() {
     assert_eq!(too_big.status(), 413);
     assert_reflected(&too_big, origin);
 
+    let unknown = c.put(gw.url("/nope")).header("origin", origin).body("{}").send().await.expect("404");
+    assert_eq!(unknown.status(), 404);
+    assert_reflected(&unknown, origin);
+    let unknown_refused =
+        c.put(gw.url("/nope")).header("origin", "https://evil.com").send().await.expect("404");
+    assert_eq!(unknown_refused.status(), 404);
+    assert_no_cors(&unknown_refused);
+
     let wrong_method = c.get(gw.url("/ingest")).header("origin", origin).send().await.expect("405");
     assert_eq!(wrong_method.status(), 405);
     assert_reflected(&wrong_method, origin);

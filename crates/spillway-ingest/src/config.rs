@@ -290,6 +290,11 @@ impl IngestConfig {
             .collect()
     }
 
+    /// The top-level CORS policy, which also covers answers to unknown paths.
+    pub fn global_cors(&self) -> Result<Option<Arc<CorsPolicy>>, ConfigError> {
+        Ok(compile_cors(&self.cors, "ingest.cors")?.map(Arc::new))
+    }
+
     fn compile_route(&self, r: &RouteConfig, key: &str) -> Result<CompiledRoute, ConfigError> {
         if r.queue.trim().is_empty() {
             return Err(invalid(format!("{key}.queue"), "must name a queue"));

@@ -11,9 +11,10 @@ use std::{collections::HashMap, convert::Infallible, sync::Arc};
 
 use axum::{
     extract::Request,
+    http::Method,
     middleware::{from_fn, from_fn_with_state},
     response::IntoResponse,
-    routing::{get, MethodFilter, MethodRouter},
+    routing::{any, get, MethodFilter, MethodRouter},
     Router,
 };
 use spillway_queue::{Backend, QueueError};
@@ -74,19 +75,26 @@ pub async fn build_router(
             mr = mr.on(filter, move |req: Request| ingest(st.clone(), req));
         }
         mr = mr.fallback(move || async move { ApiError::MethodNotAllowed { allow }.into_response() });
-        if let Some(policy) = cors {
-            mr = mr
-                .layer::<_, Infallible>(from_fn_with_state(policy.clone(), CorsPolicy::guard))
-                .layer::<_, Infallible>(policy.layer(&methods))
-                .layer::<_, Infallible>(from_fn(cors::tidy));
-        }
-        router = router.route(&path, mr);
+        router = router.route(&path, with_cors(mr, cors.as_ref(), &methods));
     }
+    // An unknown path is answered under the top-level CORS policy, so a
+    // browser on an allowed origin can read its 404.
+    let not_found: MethodRouter = any(|| async { ApiError::NotFound.into_response() });
+    let global = cfg.global_cors()?;
     let ready = readiness.clone();
     Ok(router
         .route("/healthz", get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }))
         .route("/readyz", get(move || readiness_answer(ready.clone())))
-        .fallback(|| async { ApiError::NotFound.into_response() }))
+        .fallback_service(with_cors(not_found, global.as_ref(), &[Method::POST, Method::PUT])))
+}
+
+/// Wraps a route in the CORS layers, from outside in: `tidy`, tower-http's
+/// `CorsLayer`, `guard`. Without a policy the route is left as it is.
+fn with_cors(mr: MethodRouter, policy: Option<&Arc<CorsPolicy>>, methods: &[Method]) -> MethodRouter {
+    let Some(policy) = policy else { return mr };
+    mr.layer::<_, Infallible>(from_fn_with_state(policy.clone(), CorsPolicy::guard))
+        .layer::<_, Infallible>(policy.layer(methods))
+        .layer::<_, Infallible>(from_fn(cors::tidy))
 }
 
 async fn readiness_answer(readiness: Readiness) -> axum::response::Response {

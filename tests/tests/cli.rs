@@ -1,0 +1,101 @@
+//! The command line: `config check`, `queue stats`, and start-up refusing a
+//! bad configuration with the key named, never a panic.
+
+use std::process::Command;
+
+use spillway_e2e::{binary, Workspace};
+
+fn text(out: &std::process::Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+#[test]
+fn a_malformed_origin_stops_start_up_and_names_its_key() {
+    let ws = Workspace::new(
+        r#"
+[queue]
+backend = "embedded"
+path = "{data}"
+[ingest.cors]
+allowed_origins = ["https://test.com", "https://bad.*.com"]
+"#,
+    );
+    for args in [&["config", "check"][..], &["serve"][..]] {
+        let out = ws.cli(args);
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {t}");
+        assert!(t.contains("ingest.cors.allowed_origins[1]"), "{args:?} should name the key: {t}");
+        assert!(!t.contains("panicked"), "{t}");
+    }
+}
+
+#[test]
+fn config_check_prints_the_effective_config_with_secrets_masked() {
+    let ws = Workspace::new(
+        r#"
+[queue]
+backend = "embedded"
+path = "{data}"
+[consumer.sink]
+type = "http"
+url = "https://hooks.example.com/in"
+headers = { authorization = "Bearer very-secret" }
+"#,
+    );
+    let out = Command::new(binary())
+        .args(["--config"])
+        .arg(ws.config())
+        .args(["config", "check"])
+        .env("SPILLWAY_SERVER__LISTEN", "0.0.0.0:9999")
+        .env("SPILLWAY_CONSUMER__SINK__URL", "https://user:hunter2@hooks.example.com/in")
+        .output()
+        .expect("run");
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("listen = \"0.0.0.0:9999\""), "the environment overrides the file: {t}");
+    assert!(!t.contains("very-secret") && !t.contains("hunter2"), "a secret leaked: {t}");
+    assert!(t.contains("user:***@hooks.example.com"), "{t}");
+}
+
+#[test]
+fn an_invalid_value_from_the_environment_names_the_field() {
+    let ws = Workspace::new("");
+    for (var, value, key) in [
+        ("SPILLWAY_QUEUE__BACKEND", "carrier-pigeon", "QUEUE.BACKEND"),
+        ("SPILLWAY_SERVER__LISTEN", "not-an-address", "SERVER.LISTEN"),
+        ("SPILLWAY_CONSUMER__CONCURRENCY", "-3", "CONSUMER.CONCURRENCY"),
+    ] {
+        let out = Command::new(binary())
+            .arg("--config")
+            .arg(ws.config())
+            .args(["config", "check"])
+            .env(var, value)
+            .output()
+            .expect("run");
+        let t = text(&out);
+        assert!(!out.status.success(), "{var}={value} was accepted: {t}");
+        assert!(t.to_uppercase().contains(key), "{var}: the error should name {key}: {t}");
+    }
+}
+
+#[tokio::test]
+async fn queue_stats_prints_a_table_or_json() {
+    let ws = Workspace::new("[queue]\nbackend = \"embedded\"\npath = \"{data}\"\n");
+    let gw = ws.serve();
+    let http = reqwest::Client::new();
+    for _ in 0..3 {
+        assert_eq!(http.post(gw.url("/ingest")).body("{}").send().await.expect("post").status(), 202);
+    }
+    let json = ws.cli(&["queue", "stats", "--json"]);
+    assert!(json.status.success(), "{}", text(&json));
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).expect("JSON");
+    assert_eq!(v["ingest"]["visible"], 3, "{v}");
+    assert_eq!(v["ingest"]["dead"], 0);
+    let table = ws.cli(&["queue", "stats"]);
+    let t = String::from_utf8_lossy(&table.stdout);
+    assert!(t.contains("VISIBLE") && t.lines().any(|l| l.starts_with("ingest") && l.contains(" 3 ")), "{t}");
+
+    let purge = ws.cli(&["dlq", "purge"]);
+    assert!(!purge.status.success(), "purge without --yes must refuse");
+    assert!(text(&purge).contains("--yes"));
+}
