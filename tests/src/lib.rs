@@ -238,3 +238,74 @@ where
     }
     panic!("timed out after {timeout:?} waiting for: {what}");
 }
+
+/// Clients posting to the gateway as fast as they can, each remembering the
+/// message ids of its 2xx answers, until the gateway goes away.
+pub struct Burst {
+    accepted: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    server_errors: Arc<std::sync::Mutex<Vec<u16>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// What a burst saw: the ids the gateway acknowledged, and any 5xx statuses.
+pub struct BurstOutcome {
+    pub accepted: std::collections::HashSet<String>,
+    pub server_errors: Vec<u16>,
+}
+
+impl Burst {
+    /// Starts `clients` concurrent senders of small JSON bodies to `url`.
+    pub fn start(url: &str, clients: usize) -> Self {
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("client");
+        let accepted = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+        let server_errors = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let tasks = (0..clients)
+            .map(|client| {
+                let (http, url, accepted, server_errors) =
+                    (http.clone(), url.to_owned(), accepted.clone(), server_errors.clone());
+                tokio::spawn(async move {
+                    for seq in 0u64.. {
+                        let body = format!(r#"{{"client":{client},"seq":{seq}}}"#);
+                        let sent =
+                            http.post(&url).header("content-type", "application/json").body(body).send();
+                        let Ok(res) = sent.await else { return }; // the gateway is gone
+                        let status = res.status();
+                        if status.is_server_error() {
+                            server_errors.lock().expect("lock").push(status.as_u16());
+                        }
+                        if status.is_success() {
+                            // Cut off while the answer was in flight: not acknowledged.
+                            let Ok(v) = res.json::<serde_json::Value>().await else { return };
+                            let id = v["id"].as_str().expect("a 2xx names its message id").to_owned();
+                            accepted.lock().expect("lock").insert(id);
+                        }
+                    }
+                })
+            })
+            .collect();
+        Self { accepted, server_errors, tasks }
+    }
+
+    /// Waits for every client to stop (they stop when the gateway is gone).
+    pub async fn finish(self) -> BurstOutcome {
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        let accepted = self.accepted.lock().expect("lock").clone();
+        let server_errors = self.server_errors.lock().expect("lock").clone();
+        BurstOutcome { accepted, server_errors }
+    }
+}
+
+/// Receives (without acking) every message of `queue` and returns their ids.
+pub async fn queued_ids(backend: &Arc<dyn Backend>, queue: &str) -> std::collections::HashSet<String> {
+    let consumer = backend.consumer(queue).await.expect("consumer");
+    let mut ids = std::collections::HashSet::new();
+    loop {
+        let batch = consumer.receive(500, Duration::from_millis(200)).await.expect("receive");
+        if batch.is_empty() {
+            return ids;
+        }
+        ids.extend(batch.into_iter().map(|d| d.message.id));
+    }
+}
