@@ -11,11 +11,12 @@ use crate::QueueError;
 
 /// `synchronous=FULL` in WAL mode fsyncs the WAL on every commit: a commit
 /// that returned survives `kill -9` and power loss. `busy_timeout` lets a
-/// second process (a consumer beside the gateway) share the file.
+/// second process (a consumer beside the gateway) share the file; it comes
+/// first so that even switching to WAL waits for a busy file instead of failing.
 const DURABLE_PRAGMAS: &str = "
+    PRAGMA busy_timeout = 5000;
     PRAGMA journal_mode = WAL;
     PRAGMA synchronous = FULL;
-    PRAGMA busy_timeout = 5000;
 ";
 
 /// For the memory backend: nothing to fsync.
