@@ -37,6 +37,18 @@ async fn pg() -> tokio_postgres::Client {
     client
 }
 
+async fn scrape(http: &reqwest::Client, port: u16) -> String {
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    http.get(&url)
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .expect("consumer metrics")
+        .text()
+        .await
+        .expect("text")
+}
+
 async fn count(db: &tokio_postgres::Client, table: &str) -> i64 {
     db.query_one(&format!("SELECT count(*) FROM {table}"), &[]).await.map(|r| r.get(0)).unwrap_or(-1)
 }
@@ -58,8 +70,13 @@ async fn a_locked_table_loses_nothing_and_dead_letters_only_the_poison() {
     .await
     .expect("create table");
 
+    let metrics_port =
+        std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
     let ws = Workspace::new(&format!(
         r#"
+[metrics]
+consumer_listen = "127.0.0.1:{metrics_port}"
+
 [queue]
 backend = "embedded"
 path = "{{data}}"
@@ -129,6 +146,11 @@ lock_timeout = "300ms"
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let dead_during_outage = ws.stats("ingest").await.dead;
+    let consumer_metrics = scrape(&http, metrics_port).await;
+    assert!(
+        consumer_metrics.contains(r#"spillway_consumer_circuit_open{queue="ingest"} 1"#),
+        "the circuit should be open while the table is locked: {consumer_metrics}"
+    );
     locker.batch_execute("COMMIT").await.expect("unlock");
     assert_eq!(dead_during_outage, 0, "the outage sent messages to the DLQ");
 
@@ -169,6 +191,18 @@ lock_timeout = "300ms"
     })
     .await;
     assert_eq!(ws.stats("ingest").await.dead, 0);
+    let consumer_metrics = scrape(&http, metrics_port).await;
+    assert!(
+        consumer_metrics.contains(r#"spillway_consumer_circuit_open{queue="ingest"} 0"#),
+        "{consumer_metrics}"
+    );
+    assert!(
+        consumer_metrics
+            .contains(r#"spillway_consumer_messages_total{queue="ingest",outcome="dead_lettered"}"#)
+            || consumer_metrics
+                .contains(r#"spillway_consumer_messages_total{queue="ingest",outcome="retried"}"#),
+        "{consumer_metrics}"
+    );
 
     let _ = consumer.kill();
     let _ = consumer.wait();

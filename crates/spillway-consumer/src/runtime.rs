@@ -7,6 +7,7 @@
 //! A probe that fails with `Down` or `Transient` releases its message (the
 //! sink is to blame, not the message) with a delay, so the next probe tends
 //! to try another one; one that gets any answer from the sink closes it.
+//! An empty queue proves nothing, so it leaves the circuit open.
 //!
 //! # Shutdown
 //!
@@ -31,6 +32,13 @@ use crate::{circuit::Circuit, config::ConsumerConfig, sink::Sink, SinkError};
 /// How long to wait before receiving again after the queue itself failed.
 const QUEUE_ERROR_PAUSE: Duration = Duration::from_secs(1);
 
+/// Messages settled, by queue and outcome (`acked`, `retried`, `dead_lettered`, `released`).
+pub const MESSAGES: &str = "spillway_consumer_messages_total";
+/// 1 while the circuit is open (the sink is down), by queue.
+pub const CIRCUIT_OPEN: &str = "spillway_consumer_circuit_open";
+/// How long one sink call took, by queue.
+pub const SINK_DURATION: &str = "spillway_sink_duration_seconds";
+
 /// Counts from one run.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct RunReport {
@@ -49,6 +57,8 @@ struct Counters {
 }
 
 struct Worker {
+    /// The queue's name as a metrics label, shared rather than copied.
+    label: Arc<str>,
     consumer: Arc<dyn Consumer>,
     sink: Arc<dyn Sink>,
     cfg: ConsumerConfig,
@@ -67,8 +77,11 @@ pub async fn run(
     let circuit = Arc::new(Circuit::new(cfg.circuit_threshold));
     let counters = Arc::new(Counters::default());
     let mut workers = JoinSet::new();
+    let label: Arc<str> = Arc::from(cfg.queue.as_str());
+    metrics::gauge!(CIRCUIT_OPEN, "queue" => metrics::SharedString::from_shared(label.clone())).set(0.0);
     for _ in 0..cfg.concurrency.max(1) {
         let w = Worker {
+            label: label.clone(),
             consumer: consumer.clone(),
             sink: sink.clone(),
             cfg: cfg.clone(),
@@ -131,11 +144,27 @@ impl Worker {
         }
     }
 
+    fn queue_label(&self) -> metrics::SharedString {
+        metrics::SharedString::from_shared(self.label.clone())
+    }
+
+    fn count(&self, outcome: &'static str) {
+        metrics::counter!(MESSAGES, "queue" => self.queue_label(), "outcome" => outcome).increment(1);
+    }
+
+    fn circuit_gauge(&self, open: bool) {
+        metrics::gauge!(CIRCUIT_OPEN, "queue" => self.queue_label()).set(if open { 1.0 } else { 0.0 });
+    }
+
     async fn deliver(&self, d: &Delivery) -> Result<(), SinkError> {
-        match tokio::time::timeout(self.cfg.sink_timeout, self.sink.deliver(d)).await {
+        let started = tokio::time::Instant::now();
+        let answer = match tokio::time::timeout(self.cfg.sink_timeout, self.sink.deliver(d)).await {
             Ok(answer) => answer,
             Err(_) => Err(SinkError::Down(format!("sink did not answer within {:?}", self.cfg.sink_timeout))),
-        }
+        };
+        metrics::histogram!(SINK_DURATION, "queue" => self.queue_label())
+            .record(started.elapsed().as_secs_f64());
+        answer
     }
 
     /// One delivery while the circuit is closed.
@@ -147,12 +176,14 @@ impl Worker {
             }
             Err(SinkError::Down(reason)) => {
                 if self.circuit.open() {
+                    self.circuit_gauge(true);
                     tracing::warn!(%reason, "sink is down: circuit open, receiving stops until a probe succeeds");
                 }
                 self.release(d, Duration::ZERO).await;
             }
             Err(SinkError::Transient(reason)) => {
                 if self.circuit.record_transient() {
+                    self.circuit_gauge(true);
                     tracing::warn!(%reason, "sink failed repeatedly: circuit open");
                 }
                 self.retry(d, &reason).await;
@@ -169,14 +200,12 @@ impl Worker {
     }
 
     /// Tries the sink with one message after a backoff, until it answers.
+    /// With nothing to try it with, the circuit stays open (the sink was
+    /// last seen down) and the prober looks again after `probe.base`.
     async fn probe(&self) {
-        let mut attempt = 0;
-        while !self.shutdown.is_cancelled() {
-            attempt += 1;
-            let delay = self.cfg.probe.delay_random(attempt);
-            if !self.pause(delay).await {
-                return;
-            }
+        let mut attempt = 1;
+        let mut delay = self.cfg.probe.delay_random(attempt);
+        while self.pause(delay).await {
             let got = match self.consumer.receive(1, Duration::ZERO).await {
                 Ok(got) => got,
                 Err(e) => {
@@ -185,21 +214,23 @@ impl Worker {
                 }
             };
             let Some(d) = got.into_iter().next() else {
-                // Nothing to try the sink with: let the workers find out.
-                self.circuit.close();
-                return;
+                delay = self.cfg.probe.base;
+                continue;
             };
             match self.deliver(&d).await {
                 Err(SinkError::Down(reason) | SinkError::Transient(reason)) => {
                     tracing::info!(%reason, attempt, "probe: sink still down");
+                    attempt += 1;
+                    delay = self.cfg.probe.delay_random(attempt);
                     // Hidden a little longer than the next probe, so that probe
                     // tries another message: one bad message cannot keep the
                     // circuit open while the sink takes the others.
-                    self.release(&d, self.cfg.probe.nominal(attempt + 1) * 2).await;
+                    self.release(&d, self.cfg.probe.nominal(attempt) * 2).await;
                 }
                 answer => {
                     tracing::info!(attempt, "probe: sink answered, circuit closed");
                     self.circuit.close();
+                    self.circuit_gauge(false);
                     match answer {
                         Ok(()) => self.ack(&d).await,
                         Err(SinkError::Rejected { reason, dead_letter: true }) => {
@@ -224,6 +255,7 @@ impl Worker {
     async fn ack(&self, d: &Delivery) {
         self.settled(self.consumer.ack(d).await, d, "ack");
         self.counters.delivered.fetch_add(1, Ordering::Relaxed);
+        self.count("acked");
     }
 
     async fn retry(&self, d: &Delivery, reason: &str) {
@@ -231,17 +263,20 @@ impl Worker {
         tracing::debug!(id = %d.message.id, receive_count = d.receive_count, ?delay, %reason, "retrying later");
         self.settled(self.consumer.nack(d, delay, reason).await, d, "nack");
         self.counters.retried.fetch_add(1, Ordering::Relaxed);
+        self.count("retried");
     }
 
     async fn dead_letter(&self, d: &Delivery, reason: &str) {
         tracing::warn!(id = %d.message.id, %reason, "dead-lettering");
         self.settled(self.consumer.dead_letter(d, reason).await, d, "dead-letter");
         self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
+        self.count("dead_lettered");
     }
 
     async fn release(&self, d: &Delivery, delay: Duration) {
         self.settled(self.consumer.release(d, delay).await, d, "release");
         self.counters.released.fetch_add(1, Ordering::Relaxed);
+        self.count("released");
     }
 
     /// A failed ack or nack is logged: the message comes back after its

@@ -258,7 +258,7 @@ impl CompiledRoute {
 }
 
 /// Paths the server answers itself.
-pub const RESERVED_PATHS: [&str; 2] = ["/healthz", "/readyz"];
+pub const RESERVED_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
 
 impl IngestConfig {
     /// Checks every value; the first bad one is the error.

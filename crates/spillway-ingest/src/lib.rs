@@ -16,6 +16,7 @@
 //! - [`publisher`]: one task per queue that batches concurrent sends and
 //!   awaits the backend's durable confirm.
 //! - [`error`]: every failure as an HTTP answer, in one place.
+//! - [`metrics`]: what is counted, per route and per queue.
 //! - [`server`]: `serve(listener, router, shutdown)` that drains before it returns.
 #![forbid(unsafe_code)]
 #![warn(unreachable_pub)]
@@ -24,6 +25,7 @@ pub mod config;
 pub mod cors;
 pub mod error;
 pub mod handler;
+pub mod metrics;
 pub mod publisher;
 pub mod routes;
 pub mod server;

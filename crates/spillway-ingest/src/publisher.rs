@@ -44,8 +44,9 @@ impl Publisher {
     pub fn spawn(queue: impl Into<String>, producer: Arc<dyn Producer>, cfg: &PublisherConfig) -> Self {
         let (tx, rx) = mpsc::channel(cfg.backlog.max(1));
         let max_message_bytes = producer.max_message_bytes();
-        tokio::spawn(run(producer, rx, cfg.clone()));
-        Self { queue: queue.into(), tx, max_message_bytes, send_timeout: cfg.send_timeout }
+        let queue = queue.into();
+        tokio::spawn(run(queue.clone(), producer, rx, cfg.clone()));
+        Self { queue, tx, max_message_bytes, send_timeout: cfg.send_timeout }
     }
 
     pub fn queue(&self) -> &str {
@@ -70,7 +71,12 @@ impl Publisher {
     }
 }
 
-async fn run(producer: Arc<dyn Producer>, mut rx: mpsc::Receiver<Pending>, cfg: PublisherConfig) {
+async fn run(
+    queue: String,
+    producer: Arc<dyn Producer>,
+    mut rx: mpsc::Receiver<Pending>,
+    cfg: PublisherConfig,
+) {
     let slots = Arc::new(Semaphore::new(cfg.max_in_flight));
     while let Some(first) = rx.recv().await {
         // Wait for a free slot first: meanwhile, more requests queue up and
@@ -86,11 +92,14 @@ async fn run(producer: Arc<dyn Producer>, mut rx: mpsc::Receiver<Pending>, cfg: 
                 Err(_) => break,
             }
         }
-        let producer = producer.clone();
+        let (producer, queue) = (producer.clone(), queue.clone());
         tokio::spawn(async move {
             let (msgs, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.msg, p.reply)).unzip();
             let n = msgs.len();
-            match producer.send_batch(msgs).await {
+            let started = std::time::Instant::now();
+            let sent = producer.send_batch(msgs).await;
+            crate::metrics::batch_sent(&queue, n, started.elapsed());
+            match sent {
                 Ok(outcomes) if outcomes.len() == n => {
                     for (reply, outcome) in replies.into_iter().zip(outcomes) {
                         let _ = reply.send(outcome);

@@ -24,6 +24,7 @@ use crate::{
     cors::{self, CorsPolicy},
     error::ApiError,
     handler::{ingest, RouteState},
+    metrics,
     publisher::Publisher,
     server::Readiness,
 };
@@ -75,7 +76,10 @@ pub async fn build_router(
             mr = mr.on(filter, move |req: Request| ingest(st.clone(), req));
         }
         mr = mr.fallback(move || async move { ApiError::MethodNotAllowed { allow }.into_response() });
-        router = router.route(&path, with_cors(mr, cors.as_ref(), &methods));
+        let label: Arc<str> = Arc::from(state.route.name.as_str());
+        let mr = with_cors(mr, cors.as_ref(), &methods)
+            .layer::<_, Infallible>(from_fn_with_state(label, metrics::record));
+        router = router.route(&path, mr);
     }
     // An unknown path is answered under the top-level CORS policy, so a
     // browser on an allowed origin can read its 404.
@@ -85,7 +89,10 @@ pub async fn build_router(
     Ok(router
         .route("/healthz", get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }))
         .route("/readyz", get(move || readiness_answer(ready.clone())))
-        .fallback_service(with_cors(not_found, global.as_ref(), &[Method::POST, Method::PUT])))
+        .fallback_service(
+            with_cors(not_found, global.as_ref(), &[Method::POST, Method::PUT])
+                .layer::<_, Infallible>(from_fn_with_state(Arc::from(metrics::UNMATCHED), metrics::record)),
+        ))
 }
 
 /// Wraps a route in the CORS layers, from outside in: `tidy`, tower-http's

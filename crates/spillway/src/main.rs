@@ -12,6 +12,7 @@ mod cli;
 mod commands;
 mod settings;
 mod signal;
+mod telemetry;
 
 use clap::Parser;
 

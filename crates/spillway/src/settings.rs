@@ -36,6 +36,15 @@ pub(crate) struct Settings {
     pub(crate) ingest: IngestConfig,
     pub(crate) consumer: ConsumerConfig,
     pub(crate) log: LogConfig,
+    pub(crate) metrics: MetricsConfig,
+}
+
+/// Metrics. `serve` always answers `GET /metrics` on its own port.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct MetricsConfig {
+    /// Where `spillway consume` serves `/metrics` and `/healthz`; off when unset.
+    pub(crate) consumer_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,6 +125,11 @@ impl Settings {
         tracing_subscriber::EnvFilter::try_new(&s.log.level)
             .map_err(|e| anyhow::anyhow!("invalid configuration at `log.level`: {e}"))?;
         Ok(s)
+    }
+
+    /// Where `consume` serves `/metrics` and `/healthz`, if anywhere.
+    pub(crate) fn consumer_metrics_listen(&self) -> Option<SocketAddr> {
+        self.metrics.consumer_listen
     }
 
     pub(crate) fn load(file: Option<&Path>) -> anyhow::Result<Self> {

@@ -4,7 +4,10 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 use super::{open_backend, queue_name};
-use crate::{settings::Settings, signal};
+use axum::{routing::get, Router};
+use tokio::net::TcpListener;
+
+use crate::{settings::Settings, signal, telemetry};
 
 pub(crate) async fn consume(s: Settings, queue: Option<String>) -> anyhow::Result<()> {
     let backend = open_backend(&s).await?;
@@ -14,6 +17,22 @@ pub(crate) async fn consume(s: Settings, queue: Option<String>) -> anyhow::Resul
     let consumer =
         backend.consumer(&cfg.queue).await.with_context(|| format!("consuming `{}`", cfg.queue))?;
     let shutdown = CancellationToken::new();
+    let metrics = telemetry::install()?;
+    if let Some(addr) = s.consumer_metrics_listen() {
+        let listener =
+            TcpListener::bind(addr).await.with_context(|| format!("binding {addr} for metrics"))?;
+        let app = Router::new()
+            .route("/metrics", get(move || std::future::ready(metrics.render())))
+            .route("/healthz", get(|| std::future::ready("ok")));
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let served = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await;
+            if let Err(e) = served {
+                tracing::warn!(error = %e, "metrics server stopped");
+            }
+        });
+        tracing::info!(%addr, "metrics on /metrics");
+    }
     let trigger = shutdown.clone();
     tokio::spawn(async move {
         signal::terminated().await;

@@ -6,12 +6,15 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::open_backend;
-use crate::{settings::Settings, signal};
+use crate::{settings::Settings, signal, telemetry};
 
 pub(crate) async fn serve(s: Settings) -> anyhow::Result<()> {
     let backend = open_backend(&s).await?;
     let readiness = Readiness::new(backend.clone());
-    let router = build_router(&s.ingest, backend.clone(), readiness.clone()).await?;
+    let metrics = telemetry::install()?;
+    let router = build_router(&s.ingest, backend.clone(), readiness.clone())
+        .await?
+        .route("/metrics", axum::routing::get(move || std::future::ready(metrics.render())));
     let listener =
         TcpListener::bind(s.server.listen).await.with_context(|| format!("binding {}", s.server.listen))?;
     let addr = listener.local_addr().context("reading the bound address")?;
