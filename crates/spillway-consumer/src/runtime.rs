@@ -56,9 +56,32 @@ struct Counters {
     released: AtomicU64,
 }
 
+/// Metric handles, registered once per run.
+struct Meters {
+    acked: metrics::Counter,
+    retried: metrics::Counter,
+    dead_lettered: metrics::Counter,
+    released: metrics::Counter,
+    circuit_open: metrics::Gauge,
+    sink: metrics::Histogram,
+}
+
+impl Meters {
+    fn new(queue: &str) -> Self {
+        let q = || queue.to_owned();
+        Self {
+            acked: metrics::counter!(MESSAGES, "queue" => q(), "outcome" => "acked"),
+            retried: metrics::counter!(MESSAGES, "queue" => q(), "outcome" => "retried"),
+            dead_lettered: metrics::counter!(MESSAGES, "queue" => q(), "outcome" => "dead_lettered"),
+            released: metrics::counter!(MESSAGES, "queue" => q(), "outcome" => "released"),
+            circuit_open: metrics::gauge!(CIRCUIT_OPEN, "queue" => q()),
+            sink: metrics::histogram!(SINK_DURATION, "queue" => q()),
+        }
+    }
+}
+
 struct Worker {
-    /// The queue's name as a metrics label, shared rather than copied.
-    label: Arc<str>,
+    meters: Arc<Meters>,
     consumer: Arc<dyn Consumer>,
     sink: Arc<dyn Sink>,
     cfg: ConsumerConfig,
@@ -77,11 +100,11 @@ pub async fn run(
     let circuit = Arc::new(Circuit::new(cfg.circuit_threshold));
     let counters = Arc::new(Counters::default());
     let mut workers = JoinSet::new();
-    let label: Arc<str> = Arc::from(cfg.queue.as_str());
-    metrics::gauge!(CIRCUIT_OPEN, "queue" => metrics::SharedString::from_shared(label.clone())).set(0.0);
+    let meters = Arc::new(Meters::new(&cfg.queue));
+    meters.circuit_open.set(0.0);
     for _ in 0..cfg.concurrency.max(1) {
         let w = Worker {
-            label: label.clone(),
+            meters: meters.clone(),
             consumer: consumer.clone(),
             sink: sink.clone(),
             cfg: cfg.clone(),
@@ -144,16 +167,8 @@ impl Worker {
         }
     }
 
-    fn queue_label(&self) -> metrics::SharedString {
-        metrics::SharedString::from_shared(self.label.clone())
-    }
-
-    fn count(&self, outcome: &'static str) {
-        metrics::counter!(MESSAGES, "queue" => self.queue_label(), "outcome" => outcome).increment(1);
-    }
-
     fn circuit_gauge(&self, open: bool) {
-        metrics::gauge!(CIRCUIT_OPEN, "queue" => self.queue_label()).set(if open { 1.0 } else { 0.0 });
+        self.meters.circuit_open.set(if open { 1.0 } else { 0.0 });
     }
 
     async fn deliver(&self, d: &Delivery) -> Result<(), SinkError> {
@@ -162,8 +177,7 @@ impl Worker {
             Ok(answer) => answer,
             Err(_) => Err(SinkError::Down(format!("sink did not answer within {:?}", self.cfg.sink_timeout))),
         };
-        metrics::histogram!(SINK_DURATION, "queue" => self.queue_label())
-            .record(started.elapsed().as_secs_f64());
+        self.meters.sink.record(started.elapsed().as_secs_f64());
         answer
     }
 
@@ -255,7 +269,7 @@ impl Worker {
     async fn ack(&self, d: &Delivery) {
         self.settled(self.consumer.ack(d).await, d, "ack");
         self.counters.delivered.fetch_add(1, Ordering::Relaxed);
-        self.count("acked");
+        self.meters.acked.increment(1);
     }
 
     async fn retry(&self, d: &Delivery, reason: &str) {
@@ -263,20 +277,20 @@ impl Worker {
         tracing::debug!(id = %d.message.id, receive_count = d.receive_count, ?delay, %reason, "retrying later");
         self.settled(self.consumer.nack(d, delay, reason).await, d, "nack");
         self.counters.retried.fetch_add(1, Ordering::Relaxed);
-        self.count("retried");
+        self.meters.retried.increment(1);
     }
 
     async fn dead_letter(&self, d: &Delivery, reason: &str) {
         tracing::warn!(id = %d.message.id, %reason, "dead-lettering");
         self.settled(self.consumer.dead_letter(d, reason).await, d, "dead-letter");
         self.counters.dead_lettered.fetch_add(1, Ordering::Relaxed);
-        self.count("dead_lettered");
+        self.meters.dead_lettered.increment(1);
     }
 
     async fn release(&self, d: &Delivery, delay: Duration) {
         self.settled(self.consumer.release(d, delay).await, d, "release");
         self.counters.released.fetch_add(1, Ordering::Relaxed);
-        self.count("released");
+        self.meters.released.increment(1);
     }
 
     /// A failed ack or nack is logged: the message comes back after its

@@ -25,35 +25,62 @@ pub const PUBLISH_DURATION: &str = "spillway_publish_duration_seconds";
 /// The route label of answers to unknown paths.
 pub const UNMATCHED: &str = "unmatched";
 
-/// Counts every answer of a route, whoever gave it (handler, CORS, limits).
-/// The route label is shared, not copied, on every request.
-pub async fn record(State(route): State<Arc<str>>, req: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let res = next.run(req).await;
-    let took = started.elapsed();
-    let label = || metrics::SharedString::from_shared(route.clone());
-    metrics::counter!(REQUESTS, "route" => label(), "status" => status_label(res.status().as_u16()))
-        .increment(1);
-    metrics::histogram!(REQUEST_DURATION, "route" => label()).record(took.as_secs_f64());
-    res
+/// A route's metric handles, registered once when the router is built so the
+/// hot path does not look them up by name and labels on every request. Build
+/// the router after installing the recorder.
+#[derive(Clone)]
+pub struct RouteMetrics {
+    route: Arc<str>,
+    success_status: u16,
+    success: metrics::Counter,
+    duration: metrics::Histogram,
 }
 
-/// Common statuses without an allocation.
-fn status_label(status: u16) -> metrics::SharedString {
-    match status {
-        200 => "200".into(),
-        202 => "202".into(),
-        204 => "204".into(),
-        400 => "400".into(),
-        404 => "404".into(),
-        413 => "413".into(),
-        503 => "503".into(),
-        other => other.to_string().into(),
+impl RouteMetrics {
+    pub fn new(route: &str, success_status: u16) -> Self {
+        let route: Arc<str> = Arc::from(route);
+        let label = metrics::SharedString::from_shared(route.clone());
+        Self {
+            success: metrics::counter!(REQUESTS, "route" => label.clone(), "status" => success_status.to_string()),
+            duration: metrics::histogram!(REQUEST_DURATION, "route" => label),
+            route,
+            success_status,
+        }
     }
 }
 
-/// Records one batch sent by the publisher.
-pub(crate) fn batch_sent(queue: &str, size: usize, took: Duration) {
-    metrics::histogram!(BATCH_SIZE, "queue" => queue.to_owned()).record(size as f64);
-    metrics::histogram!(PUBLISH_DURATION, "queue" => queue.to_owned()).record(took.as_secs_f64());
+/// Counts every answer of a route, whoever gave it (handler, CORS, limits).
+pub async fn record(State(m): State<RouteMetrics>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let res = next.run(req).await;
+    m.duration.record(started.elapsed().as_secs_f64());
+    let status = res.status().as_u16();
+    if status == m.success_status {
+        m.success.increment(1);
+    } else {
+        let route = metrics::SharedString::from_shared(m.route.clone());
+        metrics::counter!(REQUESTS, "route" => route, "status" => status.to_string()).increment(1);
+    }
+    res
+}
+
+/// A queue's publisher metric handles, registered once.
+pub(crate) struct PublishMetrics {
+    batch_size: metrics::Histogram,
+    duration: metrics::Histogram,
+}
+
+impl PublishMetrics {
+    pub(crate) fn new(queue: &str) -> Self {
+        Self {
+            batch_size: metrics::histogram!(BATCH_SIZE, "queue" => queue.to_owned()),
+            duration: metrics::histogram!(PUBLISH_DURATION, "queue" => queue.to_owned()),
+        }
+    }
+
+    /// Records one batch sent by the publisher.
+    pub(crate) fn batch_sent(&self, size: usize, took: Duration) {
+        self.batch_size.record(size as f64);
+        self.duration.record(took.as_secs_f64());
+    }
 }

@@ -24,7 +24,7 @@ use std::{sync::Arc, time::Duration};
 use spillway_queue::{OutgoingMessage, Producer, QueueError};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use crate::config::PublisherConfig;
+use crate::{config::PublisherConfig, metrics::PublishMetrics};
 
 struct Pending {
     msg: OutgoingMessage,
@@ -78,6 +78,7 @@ async fn run(
     cfg: PublisherConfig,
 ) {
     let slots = Arc::new(Semaphore::new(cfg.max_in_flight));
+    let metrics = Arc::new(PublishMetrics::new(&queue));
     while let Some(first) = rx.recv().await {
         // Wait for a free slot first: meanwhile, more requests queue up and
         // join this batch.
@@ -92,13 +93,13 @@ async fn run(
                 Err(_) => break,
             }
         }
-        let (producer, queue) = (producer.clone(), queue.clone());
+        let (producer, metrics) = (producer.clone(), metrics.clone());
         tokio::spawn(async move {
             let (msgs, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.msg, p.reply)).unzip();
             let n = msgs.len();
             let started = std::time::Instant::now();
             let sent = producer.send_batch(msgs).await;
-            crate::metrics::batch_sent(&queue, n, started.elapsed());
+            metrics.batch_sent(n, started.elapsed());
             match sent {
                 Ok(outcomes) if outcomes.len() == n => {
                     for (reply, outcome) in replies.into_iter().zip(outcomes) {

@@ -76,9 +76,9 @@ pub async fn build_router(
             mr = mr.on(filter, move |req: Request| ingest(st.clone(), req));
         }
         mr = mr.fallback(move || async move { ApiError::MethodNotAllowed { allow }.into_response() });
-        let label: Arc<str> = Arc::from(state.route.name.as_str());
+        let counted = metrics::RouteMetrics::new(&state.route.name, state.route.success_status.as_u16());
         let mr = with_cors(mr, cors.as_ref(), &methods)
-            .layer::<_, Infallible>(from_fn_with_state(label, metrics::record));
+            .layer::<_, Infallible>(from_fn_with_state(counted, metrics::record));
         router = router.route(&path, mr);
     }
     // An unknown path is answered under the top-level CORS policy, so a
@@ -90,8 +90,9 @@ pub async fn build_router(
         .route("/healthz", get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }))
         .route("/readyz", get(move || readiness_answer(ready.clone())))
         .fallback_service(
-            with_cors(not_found, global.as_ref(), &[Method::POST, Method::PUT])
-                .layer::<_, Infallible>(from_fn_with_state(Arc::from(metrics::UNMATCHED), metrics::record)),
+            with_cors(not_found, global.as_ref(), &[Method::POST, Method::PUT]).layer::<_, Infallible>(
+                from_fn_with_state(metrics::RouteMetrics::new(metrics::UNMATCHED, 404), metrics::record),
+            ),
         ))
 }
 

@@ -12,8 +12,9 @@ const LATENCY_BUCKETS: [f64; 14] =
     [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0, 30.0];
 /// Messages per batch.
 const SIZE_BUCKETS: [f64; 10] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0];
-/// How often histograms are drained, so memory stays flat.
-const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+/// How often histogram samples are folded into buckets. Samples wait in
+/// memory until then: at 70k requests/s, 5 s of them was ~10 MiB of RSS.
+const UPKEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// Installs the global recorder and starts its upkeep task.
 pub(crate) fn install() -> anyhow::Result<PrometheusHandle> {
