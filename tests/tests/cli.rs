@@ -105,3 +105,39 @@ async fn queue_stats_prints_a_table_or_json() {
     assert!(!purge.status.success(), "purge without --yes must refuse");
     assert!(text(&purge).contains("--yes"));
 }
+
+#[tokio::test]
+async fn with_no_config_at_all_serve_takes_posts_and_puts_on_ingest_into_spillway_data() {
+    let cwd = tempfile::tempdir().expect("tempdir");
+    let mut child = Command::new(binary())
+        .arg("serve")
+        .current_dir(cwd.path())
+        .env("SPILLWAY_SERVER__LISTEN", "127.0.0.1:0")
+        .env_remove("SPILLWAY_CONFIG")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
+        &mut line,
+    )
+    .expect("read");
+    assert!(line.contains("listening on http://127.0.0.1:"), "{line}");
+    assert!(line.contains("spillway-data"), "it says where the queue is: {line}");
+    let addr =
+        line.split("http://").nth(1).and_then(|s| s.split_whitespace().next()).expect("address").to_owned();
+    let http = reqwest::Client::new();
+    for method in [reqwest::Method::POST, reqwest::Method::PUT] {
+        let res = http
+            .request(method.clone(), format!("http://{addr}/ingest"))
+            .body("{}")
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(res.status(), 202, "{method}");
+    }
+    assert!(cwd.path().join("spillway-data").join("queue.db").is_file());
+    let _ = child.kill();
+    let _ = child.wait();
+}
