@@ -104,6 +104,12 @@ async fn queue_stats_prints_a_table_or_json() {
     let purge = ws.cli(&["dlq", "purge"]);
     assert!(!purge.status.success(), "purge without --yes must refuse");
     assert!(text(&purge).contains("--yes"));
+    let refused = ws.cli(&["queue", "purge"]);
+    assert!(!refused.status.success() && text(&refused).contains("--yes"));
+    assert_eq!(ws.stats("ingest").await.visible, 3);
+    let purged = ws.cli(&["queue", "purge", "--yes"]);
+    assert!(text(&purged).contains("purged 3 message(s)"), "{}", text(&purged));
+    assert_eq!(ws.stats("ingest").await.visible, 0);
 }
 
 #[tokio::test]

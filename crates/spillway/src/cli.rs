@@ -88,6 +88,14 @@ pub(crate) enum QueueCommand {
     },
     /// Create every configured queue and its DLQ (idempotent).
     Ensure,
+    /// Delete every live message (visible, delayed, in flight) of a queue; its DLQ is kept.
+    Purge {
+        #[command(flatten)]
+        queue: QueueArg,
+        /// Required: purging cannot be undone.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

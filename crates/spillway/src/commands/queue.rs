@@ -2,7 +2,10 @@
 
 use std::fmt::Write as _;
 
-use super::open_backend;
+use anyhow::bail;
+use spillway_queue::PurgeTarget;
+
+use super::{open_backend, queue_name};
 use crate::{cli::QueueCommand, settings::Settings};
 
 pub(crate) async fn queue(s: Settings, cmd: QueueCommand) -> anyhow::Result<()> {
@@ -15,6 +18,14 @@ pub(crate) async fn queue(s: Settings, cmd: QueueCommand) -> anyhow::Result<()> 
                     spec.name, spec.dead_letter.max_receive_count, spec.dead_letter.visibility_timeout
                 );
             }
+        }
+        QueueCommand::Purge { queue, yes } => {
+            let q = queue_name(&s, queue.queue);
+            if !yes {
+                bail!("purging `{q}` deletes its messages for good; add --yes");
+            }
+            let n = backend.purge(&q, PurgeTarget::Source).await?;
+            println!("purged {n} message(s) from `{q}`; its dead-letter queue is untouched");
         }
         QueueCommand::Stats { queue, json } => {
             let names: Vec<String> =
