@@ -67,13 +67,16 @@ pub(crate) enum DlqCommand {
         rate: Option<u32>,
     },
     /// Delete every dead letter.
-    Purge {
-        #[command(flatten)]
-        queue: QueueArg,
-        /// Required: purging cannot be undone.
-        #[arg(long)]
-        yes: bool,
-    },
+    Purge(PurgeArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PurgeArgs {
+    #[command(flatten)]
+    pub(crate) queue: QueueArg,
+    /// Required: purging cannot be undone.
+    #[arg(long)]
+    pub(crate) yes: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -89,13 +92,7 @@ pub(crate) enum QueueCommand {
     /// Create every configured queue and its DLQ (idempotent).
     Ensure,
     /// Delete every live message (visible, delayed, in flight) of a queue; its DLQ is kept.
-    Purge {
-        #[command(flatten)]
-        queue: QueueArg,
-        /// Required: purging cannot be undone.
-        #[arg(long)]
-        yes: bool,
-    },
+    Purge(PurgeArgs),
 }
 
 #[derive(Debug, Subcommand)]

@@ -2,11 +2,10 @@
 
 use std::time::Duration;
 
-use anyhow::bail;
 use indicatif::{ProgressBar, ProgressStyle};
 use spillway_queue::PurgeTarget;
 
-use super::{open_backend, queue_name};
+use super::{open_backend, purge, queue_name};
 use crate::{cli::DlqCommand, settings::Settings};
 
 pub(crate) async fn dlq(s: Settings, cmd: DlqCommand) -> anyhow::Result<()> {
@@ -52,12 +51,8 @@ pub(crate) async fn dlq(s: Settings, cmd: DlqCommand) -> anyhow::Result<()> {
             let left = backend.stats(&q).await?.dead;
             println!("redrove {moved} message(s) from the DLQ of `{q}` back into it; {left} left in the DLQ");
         }
-        DlqCommand::Purge { queue, yes } => {
-            let q = queue_name(&s, queue.queue);
-            if !yes {
-                bail!("purging the DLQ of `{q}` deletes its messages for good; add --yes");
-            }
-            let n = backend.purge(&q, PurgeTarget::Dead).await?;
+        DlqCommand::Purge(args) => {
+            let (n, q) = purge(backend.as_ref(), &s, args, PurgeTarget::Dead).await?;
             println!("purged {n} dead letter(s) from `{q}`");
         }
     }

@@ -9,11 +9,11 @@ mod serve;
 use std::sync::Arc;
 
 use anyhow::Context;
-use spillway_queue::Backend;
+use spillway_queue::{Backend, PurgeTarget};
 use tracing_subscriber::EnvFilter;
 
 use crate::{
-    cli::{Cli, Command},
+    cli::{Cli, Command, PurgeArgs},
     settings::{LogFormat, Settings},
 };
 
@@ -48,6 +48,25 @@ pub(crate) async fn open_backend(s: &Settings) -> anyhow::Result<Arc<dyn Backend
         backend.ensure(&spec).await.with_context(|| format!("creating queue `{}`", spec.name))?;
     }
     Ok(backend)
+}
+
+/// `queue purge` and `dlq purge`: refuses without `--yes`, then deletes the
+/// target. Returns how many went, and from which queue.
+pub(crate) async fn purge(
+    backend: &dyn Backend,
+    s: &Settings,
+    args: PurgeArgs,
+    target: PurgeTarget,
+) -> anyhow::Result<(u64, String)> {
+    let q = queue_name(s, args.queue.queue);
+    let what = match target {
+        PurgeTarget::Source => format!("`{q}`"),
+        PurgeTarget::Dead => format!("the DLQ of `{q}`"),
+    };
+    if !args.yes {
+        anyhow::bail!("purging {what} deletes its messages for good; add --yes");
+    }
+    Ok((backend.purge(&q, target).await?, q))
 }
 
 /// The queue a command works on: the flag, else `consumer.queue`.

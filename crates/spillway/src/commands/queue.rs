@@ -2,10 +2,9 @@
 
 use std::fmt::Write as _;
 
-use anyhow::bail;
 use spillway_queue::PurgeTarget;
 
-use super::{open_backend, queue_name};
+use super::{open_backend, purge};
 use crate::{cli::QueueCommand, settings::Settings};
 
 pub(crate) async fn queue(s: Settings, cmd: QueueCommand) -> anyhow::Result<()> {
@@ -19,12 +18,8 @@ pub(crate) async fn queue(s: Settings, cmd: QueueCommand) -> anyhow::Result<()> 
                 );
             }
         }
-        QueueCommand::Purge { queue, yes } => {
-            let q = queue_name(&s, queue.queue);
-            if !yes {
-                bail!("purging `{q}` deletes its messages for good; add --yes");
-            }
-            let n = backend.purge(&q, PurgeTarget::Source).await?;
+        QueueCommand::Purge(args) => {
+            let (n, q) = purge(backend.as_ref(), &s, args, PurgeTarget::Source).await?;
             println!("purged {n} message(s) from `{q}`; its dead-letter queue is untouched");
         }
         QueueCommand::Stats { queue, json } => {
