@@ -62,11 +62,17 @@ impl Workspace {
 
     /// Runs a `spillway` command to completion.
     pub fn cli(&self, args: &[&str]) -> Output {
+        self.cli_env(args, &[])
+    }
+
+    /// Runs a `spillway` command to completion with extra environment variables.
+    pub fn cli_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
         Command::new(binary())
             .arg("--config")
             .arg(self.config())
             .args(args)
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .output()
             .expect("run spillway")
     }
@@ -221,6 +227,17 @@ fn parse_response(buf: &[u8]) -> anyhow::Result<RawResponse> {
         .filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned())))
         .collect();
     Ok(RawResponse { status, headers, body: body.to_owned() })
+}
+
+/// POSTs a JSON body, asserts `202 Accepted` (the default success status),
+/// and returns the message id the answer names.
+pub async fn post_accepted(http: &reqwest::Client, url: &str, body: String) -> String {
+    let res =
+        http.post(url).header("content-type", "application/json").body(body).send().await.expect("post");
+    let status = res.status();
+    assert_eq!(status, reqwest::StatusCode::ACCEPTED, "the gateway answered {status}, not 202");
+    let v: serde_json::Value = res.json().await.expect("a JSON body");
+    v["id"].as_str().expect("a 2xx names its message id").to_owned()
 }
 
 /// Polls `check` every 100 ms until it holds or `timeout` passes.

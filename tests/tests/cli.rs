@@ -42,14 +42,13 @@ url = "https://hooks.example.com/in"
 headers = { authorization = "Bearer very-secret" }
 "#,
     );
-    let out = Command::new(binary())
-        .args(["--config"])
-        .arg(ws.config())
-        .args(["config", "check"])
-        .env("SPILLWAY_SERVER__LISTEN", "0.0.0.0:9999")
-        .env("SPILLWAY_CONSUMER__SINK__URL", "https://user:hunter2@hooks.example.com/in")
-        .output()
-        .expect("run");
+    let out = ws.cli_env(
+        &["config", "check"],
+        &[
+            ("SPILLWAY_SERVER__LISTEN", "0.0.0.0:9999"),
+            ("SPILLWAY_CONSUMER__SINK__URL", "https://user:hunter2@hooks.example.com/in"),
+        ],
+    );
     let t = text(&out);
     assert!(out.status.success(), "{t}");
     assert!(t.contains("listen = \"0.0.0.0:9999\""), "the environment overrides the file: {t}");
@@ -65,13 +64,7 @@ fn an_invalid_value_from_the_environment_names_the_field() {
         ("SPILLWAY_SERVER__LISTEN", "not-an-address", "SERVER.LISTEN"),
         ("SPILLWAY_CONSUMER__CONCURRENCY", "-3", "CONSUMER.CONCURRENCY"),
     ] {
-        let out = Command::new(binary())
-            .arg("--config")
-            .arg(ws.config())
-            .args(["config", "check"])
-            .env(var, value)
-            .output()
-            .expect("run");
+        let out = ws.cli_env(&["config", "check"], &[(var, value)]);
         let t = text(&out);
         assert!(!out.status.success(), "{var}={value} was accepted: {t}");
         assert!(t.to_uppercase().contains(key), "{var}: the error should name {key}: {t}");

@@ -13,7 +13,7 @@ use std::{
 };
 
 use axum::{extract::State, http::StatusCode, routing::post, Router};
-use spillway_e2e::{eventually, Workspace};
+use spillway_e2e::{eventually, post_accepted, Workspace};
 
 #[derive(Clone, Default)]
 struct Endpoint {
@@ -69,21 +69,17 @@ on_4xx = "dead_letter"
     let gw = ws.serve();
     let mut consumer = ws.consume();
     let http = reqwest::Client::new();
+    let url = gw.url("/ingest");
     let mut accepted = HashSet::new();
     for i in 0..30 {
-        let res = http.post(gw.url("/ingest")).body(format!(r#"{{"n":{i}}}"#)).send().await.expect("post");
-        assert_eq!(res.status(), 202);
-        let v: serde_json::Value = res.json().await.expect("json");
-        accepted.insert(v["id"].as_str().expect("id").to_owned());
+        accepted.insert(post_accepted(&http, &url, format!(r#"{{"n":{i}}}"#)).await);
     }
     // Longer than 3 × max_receive_count × the retry backoff.
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert_eq!(ws.stats("ingest").await.dead, 0, "an endpoint outage sent messages to the DLQ");
     endpoint.failing.store(false, Ordering::SeqCst);
 
-    let rejected = http.post(gw.url("/ingest")).body(r#"{"reject":true}"#).send().await.expect("post");
-    let rejected_id =
-        rejected.json::<serde_json::Value>().await.expect("json")["id"].as_str().expect("id").to_owned();
+    let rejected_id = post_accepted(&http, &url, r#"{"reject":true}"#.to_owned()).await;
 
     eventually(Duration::from_secs(30), "every message delivered", || async {
         endpoint.received.lock().expect("lock").len() == accepted.len()

@@ -12,7 +12,7 @@
 
 use std::{collections::HashSet, time::Duration};
 
-use spillway_e2e::{eventually, Workspace};
+use spillway_e2e::{eventually, post_accepted, Workspace};
 use tokio_postgres::NoTls;
 
 /// Retry backoff of the consumer in this test; the lock outlasts
@@ -106,25 +106,8 @@ lock_timeout = "300ms"
     let mut consumer = ws.consume();
     let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("client");
     let mut accepted = HashSet::new();
-    let send = |body: String| {
-        let (http, url) = (http.clone(), gw.url("/ingest"));
-        async move {
-            let res = http
-                .post(url)
-                .header("content-type", "application/json")
-                .body(body)
-                .send()
-                .await
-                .expect("post");
-            assert!(
-                res.status().is_success(),
-                "the gateway refused while the database was down: {}",
-                res.status()
-            );
-            let v: serde_json::Value = res.json().await.expect("json");
-            v["id"].as_str().expect("id").to_owned()
-        }
-    };
+    let url = gw.url("/ingest");
+    let send = |body: String| post_accepted(&http, &url, body);
 
     // Healthy: messages flow through.
     for i in 0..20 {

@@ -341,6 +341,23 @@ mod tests {
         }
     }
 
+    impl Scripted {
+        /// Whether `n` messages have been taken (async, to serve as a `run_until` condition).
+        async fn taken_count(&self, n: usize) -> bool {
+            self.taken.lock().expect("lock").len() == n
+        }
+    }
+
+    /// Sets the sink's failure switch now and clears it after `outage`.
+    fn fail_for(sink: &Arc<Scripted>, switch: fn(&Scripted) -> &AtomicBool, outage: Duration) {
+        switch(sink).store(true, Ordering::SeqCst);
+        let sink = sink.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(outage).await;
+            switch(&sink).store(false, Ordering::SeqCst);
+        });
+    }
+
     fn fast() -> ConsumerConfig {
         let quick = Backoff { base: Duration::from_millis(20), max: Duration::from_millis(100), jitter: 0.1 };
         ConsumerConfig {
@@ -376,16 +393,17 @@ mod tests {
         b
     }
 
-    async fn run_until(
-        b: &Arc<dyn Backend>,
-        sink: Arc<Scripted>,
-        done: impl Fn(&Scripted) -> bool,
-    ) -> RunReport {
+    /// Runs the consumer until `done` holds (or 10 s pass), then shuts it down.
+    async fn run_until<F, Fut>(b: &Arc<dyn Backend>, sink: Arc<Scripted>, done: F) -> RunReport
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
         let stop = CancellationToken::new();
         let consumer = b.consumer("q").await.expect("consumer");
-        let task = tokio::spawn(run(consumer, sink.clone(), fast(), stop.clone()));
+        let task = tokio::spawn(run(consumer, sink, fast(), stop.clone()));
         for _ in 0..400 {
-            if done(&sink) {
+            if done().await {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
@@ -398,14 +416,9 @@ mod tests {
     async fn an_outage_longer_than_the_retry_budget_sends_nothing_to_the_dlq() {
         let b = setup(30, false).await;
         let sink = Arc::new(Scripted::default());
-        sink.down.store(true, Ordering::SeqCst);
-        let s2 = sink.clone();
         // The retry budget is 5 receives × ≤100 ms; the outage lasts far longer.
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(1500)).await;
-            s2.down.store(false, Ordering::SeqCst);
-        });
-        let report = run_until(&b, sink.clone(), |s| s.taken.lock().expect("lock").len() == 30).await;
+        fail_for(&sink, |s| &s.down, Duration::from_millis(1500));
+        let report = run_until(&b, sink.clone(), || sink.taken_count(30)).await;
         let stats = b.stats("q").await.expect("stats");
         assert_eq!(stats.dead, 0, "{report:?}");
         assert_eq!(sink.taken.lock().expect("lock").len(), 30);
@@ -418,9 +431,8 @@ mod tests {
     async fn a_poison_message_walks_to_the_dlq_while_the_rest_is_delivered() {
         let b = setup(10, true).await;
         let sink = Arc::new(Scripted::default());
-        let b2 = b.clone();
-        run_until(&b, sink.clone(), move |s| {
-            s.taken.lock().expect("lock").len() == 10 && futures_dead(&b2) == 1
+        run_until(&b, sink.clone(), || async {
+            sink.taken_count(10).await && b.stats("q").await.expect("stats").dead == 1
         })
         .await;
         let dead = b.peek_dead("q", 10).await.expect("peek");
@@ -430,31 +442,12 @@ mod tests {
         assert_eq!(dead[0].last_error.as_deref(), Some("constraint violated"));
     }
 
-    /// Reads the dead count from a sync closure (the memory backend answers at once).
-    fn futures_dead(b: &Arc<dyn Backend>) -> u64 {
-        let b = b.clone();
-        std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map(|rt| rt.block_on(b.stats("q")).map(|s| s.dead).unwrap_or(0))
-                .unwrap_or(0)
-        })
-        .join()
-        .unwrap_or(0)
-    }
-
     #[tokio::test]
     async fn five_hundreds_on_every_call_open_the_circuit_and_cost_at_most_one_receive() {
         let b = setup(20, false).await;
         let sink = Arc::new(Scripted::default());
-        sink.transient.store(true, Ordering::SeqCst);
-        let s2 = sink.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(1500)).await;
-            s2.transient.store(false, Ordering::SeqCst);
-        });
-        let report = run_until(&b, sink.clone(), |s| s.taken.lock().expect("lock").len() == 20).await;
+        fail_for(&sink, |s| &s.transient, Duration::from_millis(1500));
+        let report = run_until(&b, sink.clone(), || sink.taken_count(20)).await;
         assert_eq!(b.stats("q").await.expect("stats").dead, 0);
         // Only the failures before the circuit opened were counted: one per
         // worker's message in flight at most, far below 5 per message.

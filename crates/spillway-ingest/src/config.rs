@@ -320,20 +320,18 @@ impl IngestConfig {
             .filter(StatusCode::is_success)
             .ok_or_else(|| invalid(format!("{key}.success.status"), "must be a 2xx status"))?;
         let forward_headers = header_names(&r.forward_headers, &format!("{key}.forward_headers"))?;
-        if let Some(KeySource::Header(h)) = &r.ordering_key {
-            header_names(std::slice::from_ref(h), &format!("{key}.ordering_key.header"))?;
-        }
-        if let Some(KeySource::Header(h)) = &r.dedup_key {
-            header_names(std::slice::from_ref(h), &format!("{key}.dedup_key.header"))?;
-        }
         for (name, src) in [("ordering_key", &r.ordering_key), ("dedup_key", &r.dedup_key)] {
-            if let Some(KeySource::JsonPointer(p)) = src {
-                if !p.is_empty() && !p.starts_with('/') {
+            match src {
+                Some(KeySource::Header(h)) => {
+                    header_names(std::slice::from_ref(h), &format!("{key}.{name}.header"))?;
+                }
+                Some(KeySource::JsonPointer(p)) if !p.is_empty() && !p.starts_with('/') => {
                     return Err(invalid(
                         format!("{key}.{name}.json_pointer"),
                         "a JSON pointer starts with `/`",
                     ));
                 }
+                _ => {}
             }
         }
         let (cors_key, cors) = match &r.cors {

@@ -68,17 +68,16 @@ async fn accept(state: &RouteState, req: Request) -> Result<String, ApiError> {
     }
     let body = read_body(body, route).await?;
     let is_json = content_type.as_deref().is_some_and(|c| is_json_type(&essence(c)));
-    let json: Option<serde_json::Value> = if is_json && needs_json_value(route) {
-        Some(
-            serde_json::from_slice(&body)
-                .map_err(|e| ApiError::bad_request("invalid_json", format!("body is not JSON: {e}")))?,
-        )
-    } else {
-        if is_json {
-            serde_json::from_slice::<serde::de::IgnoredAny>(&body)
-                .map_err(|e| ApiError::bad_request("invalid_json", format!("body is not JSON: {e}")))?;
+    let not_json =
+        |e: serde_json::Error| ApiError::bad_request("invalid_json", format!("body is not JSON: {e}"));
+    // A JSON body is always checked; it is kept as a value only when a key is read from it.
+    let json: Option<serde_json::Value> = match (is_json, needs_json_value(route)) {
+        (true, true) => Some(serde_json::from_slice(&body).map_err(not_json)?),
+        (true, false) => {
+            serde_json::from_slice::<serde::de::IgnoredAny>(&body).map_err(not_json)?;
+            None
         }
-        None
+        (false, _) => None,
     };
 
     let headers = forwarded_headers(&parts, route)?;

@@ -33,7 +33,6 @@ struct Pending {
 
 /// The sending side for one queue. Cheap to share behind an `Arc`.
 pub struct Publisher {
-    queue: String,
     tx: mpsc::Sender<Pending>,
     max_message_bytes: usize,
     send_timeout: Duration,
@@ -44,13 +43,8 @@ impl Publisher {
     pub fn spawn(queue: impl Into<String>, producer: Arc<dyn Producer>, cfg: &PublisherConfig) -> Self {
         let (tx, rx) = mpsc::channel(cfg.backlog.max(1));
         let max_message_bytes = producer.max_message_bytes();
-        let queue = queue.into();
-        tokio::spawn(run(queue.clone(), producer, rx, cfg.clone()));
-        Self { queue, tx, max_message_bytes, send_timeout: cfg.send_timeout }
-    }
-
-    pub fn queue(&self) -> &str {
-        &self.queue
+        tokio::spawn(run(queue.into(), producer, rx, cfg.clone()));
+        Self { tx, max_message_bytes, send_timeout: cfg.send_timeout }
     }
 
     /// Stores one message; `Ok` once it is durable. See the module doc.

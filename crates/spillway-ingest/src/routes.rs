@@ -85,10 +85,9 @@ pub async fn build_router(
     // browser on an allowed origin can read its 404.
     let not_found: MethodRouter = any(|| async { ApiError::NotFound.into_response() });
     let global = cfg.global_cors()?;
-    let ready = readiness.clone();
     Ok(router
         .route("/healthz", get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }))
-        .route("/readyz", get(move || readiness_answer(ready.clone())))
+        .route("/readyz", get(move || readiness_answer(readiness.clone())))
         .fallback_service(
             with_cors(not_found, global.as_ref(), &[Method::POST, Method::PUT]).layer::<_, Infallible>(
                 from_fn_with_state(metrics::RouteMetrics::new(metrics::UNMATCHED, 404), metrics::record),

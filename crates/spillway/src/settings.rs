@@ -127,11 +127,6 @@ impl Settings {
         Ok(s)
     }
 
-    /// Where `consume` serves `/metrics` and `/healthz`, if anywhere.
-    pub(crate) fn consumer_metrics_listen(&self) -> Option<SocketAddr> {
-        self.metrics.consumer_listen
-    }
-
     pub(crate) fn load(file: Option<&Path>) -> anyhow::Result<Self> {
         Self::from_figment(&Self::figment(file)?)
     }

@@ -18,7 +18,7 @@ pub(crate) async fn consume(s: Settings, queue: Option<String>) -> anyhow::Resul
         backend.consumer(&cfg.queue).await.with_context(|| format!("consuming `{}`", cfg.queue))?;
     let shutdown = CancellationToken::new();
     let metrics = telemetry::install()?;
-    if let Some(addr) = s.consumer_metrics_listen() {
+    if let Some(addr) = s.metrics.consumer_listen {
         let listener =
             TcpListener::bind(addr).await.with_context(|| format!("binding {addr} for metrics"))?;
         let app = Router::new()
