@@ -14,6 +14,8 @@
 //! - [`spec`]: [`QueueSpec`] and [`DeadLetterPolicy`]: a queue, its DLQ and its limits.
 //! - [`traits`]: [`Producer`], [`Consumer`], [`Admin`] and [`Backend`], with the
 //!   guarantee each method gives, backend by backend.
+//! - [`clock`]: [`Clock`], where the embedded engine reads the time; tests
+//!   inject tokio's paused clock.
 //! - [`config`]: [`BackendConfig`], the tagged enum that selects a backend, and [`connect`].
 //! - [`embedded`]: SQLite in WAL mode with
 //!   `synchronous=FULL`; one writer thread group-commits every pending operation.
@@ -24,6 +26,7 @@
 #![forbid(unsafe_code)]
 #![warn(unreachable_pub)]
 
+pub mod clock;
 pub mod config;
 pub mod error;
 pub mod message;
@@ -35,8 +38,9 @@ pub mod memory;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
+pub use clock::Clock;
 pub use config::{connect, BackendConfig};
 pub use error::QueueError;
 pub use message::{DeadLetter, Delivery, OutgoingMessage, QueueStats, Receipt, ReceivedMessage};
 pub use spec::{DeadLetterPolicy, QueueSpec};
-pub use traits::{Admin, Backend, Consumer, Producer, PurgeTarget};
+pub use traits::{Admin, Backend, Consumer, Nacked, Producer, PurgeTarget};

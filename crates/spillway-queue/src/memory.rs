@@ -7,11 +7,16 @@
 //! code, so the two cannot drift apart. What differs is only that nothing is
 //! fsynced and nothing survives the process.
 
-use crate::{embedded::EmbeddedBackend, QueueError};
+use crate::{embedded::EmbeddedBackend, Clock, QueueError};
 
 /// A fresh, empty, in-memory queue backend.
 pub fn memory_backend() -> Result<EmbeddedBackend, QueueError> {
-    EmbeddedBackend::open_in_memory()
+    memory_backend_with_clock(Clock::system())
+}
+
+/// [`memory_backend`] with the time read from `clock` (tests pass tokio's).
+pub fn memory_backend_with_clock(clock: Clock) -> Result<EmbeddedBackend, QueueError> {
+    EmbeddedBackend::open_in_memory(clock)
 }
 
 #[cfg(test)]
@@ -20,20 +25,28 @@ mod tests {
 
     use async_trait::async_trait;
 
-    use crate::{embedded::EmbeddedBackend, testkit::Harness, Backend};
+    use crate::{
+        embedded::EmbeddedBackend,
+        testkit::{Capabilities, Harness},
+        Backend, Clock,
+    };
 
     struct Memory(EmbeddedBackend);
 
     #[async_trait]
     impl Harness for Memory {
+        fn capabilities() -> Capabilities {
+            Capabilities { durable: false, ..Capabilities::embedded() }
+        }
         async fn new() -> Self {
-            Self(super::memory_backend().expect("memory backend"))
+            Self(super::memory_backend_with_clock(Clock::tokio()).expect("memory backend"))
         }
         async fn backend(&self) -> Arc<dyn Backend> {
             Arc::new(self.0.clone())
         }
-        async fn reopen(&self) -> Option<Arc<dyn Backend>> {
-            None
+        /// A process restart: a new, empty memory backend.
+        async fn reopen(&self) -> Arc<dyn Backend> {
+            Arc::new(super::memory_backend_with_clock(Clock::tokio()).expect("memory backend"))
         }
     }
 

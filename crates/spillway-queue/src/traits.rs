@@ -10,6 +10,18 @@ use async_trait::async_trait;
 
 use crate::{DeadLetter, Delivery, OutgoingMessage, QueueError, QueueSpec, QueueStats};
 
+/// What a [`Consumer::nack`] did with the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Nacked {
+    /// It will be delivered again after the delay.
+    Retried,
+    /// That was its `max_receive_count`-th failed receive: it is in the DLQ now.
+    DeadLettered,
+    /// The receipt no longer held the message (it was acked, or its
+    /// visibility timeout passed and it was received again): nothing changed.
+    Stale,
+}
+
 /// Sends messages to one queue.
 #[async_trait]
 pub trait Producer: Send + Sync {
@@ -30,6 +42,12 @@ pub trait Producer: Send + Sync {
     /// A message over the queue's size limit gets `Err(TooLarge)` without any
     /// I/O, and the rest of the batch is still sent. `Err(_)` for the whole
     /// call means no message of the batch may be assumed stored.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel-safe: a dropped call may or may not have stored its
+    /// messages. Callers must not answer 2xx for a message whose send they
+    /// did not see return `Ok`.
     async fn send_batch(&self, msgs: Vec<OutgoingMessage>)
         -> Result<Vec<Result<(), QueueError>>, QueueError>;
 
@@ -51,16 +69,39 @@ pub trait Consumer: Send + Sync {
     /// poll). An empty `Vec` is not an error. A message whose failed receives
     /// already reached `max_receive_count` is moved to the dead-letter queue
     /// instead of being returned.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe in the sense that matters for at-least-once: a receive
+    /// dropped after the backend took messages for it costs them nothing
+    /// once [`Consumer::close`] runs. `close` releases them uncounted
+    /// (embedded, memory), so a shutdown that drops a pending receive does
+    /// not walk a message toward the DLQ or hide it for a visibility timeout.
     async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>, QueueError>;
 
     /// Removes the message for good. Acking twice, or with a stale receipt, is
     /// harmless and returns `Ok`.
+    ///
+    /// # Cancel safety
+    ///
+    /// A dropped ack may or may not have removed the message; if not, it is
+    /// delivered again (at-least-once).
     async fn ack(&self, d: &Delivery) -> Result<(), QueueError>;
 
     /// A failed receive: the message is visible again after `delay`, or moved
     /// to the dead-letter queue if this was its `max_receive_count`-th receive.
     /// `reason` is kept as the dead letter's `last_error`.
-    async fn nack(&self, d: &Delivery, delay: Duration, reason: &str) -> Result<(), QueueError>;
+    ///
+    /// # Returns
+    ///
+    /// What happened to the message ([`Nacked`]), so callers count dead
+    /// letters where they happen instead of guessing.
+    ///
+    /// # Cancel safety
+    ///
+    /// A dropped nack may or may not have happened; if not, the message comes
+    /// back after its visibility timeout, its receive counted either way.
+    async fn nack(&self, d: &Delivery, delay: Duration, reason: &str) -> Result<Nacked, QueueError>;
 
     /// Gives the message back without blaming it: visible again after `delay`,
     /// and this receive does not count toward the dead-letter queue where the
@@ -69,7 +110,7 @@ pub trait Consumer: Send + Sync {
     async fn release(&self, d: &Delivery, delay: Duration) -> Result<(), QueueError>;
 
     /// Keeps the message hidden for `timeout` from now, for work that takes
-    /// longer than the visibility timeout.
+    /// longer than the visibility timeout. A stale receipt is a no-op.
     async fn extend(&self, d: &Delivery, timeout: Duration) -> Result<(), QueueError>;
 
     /// Moves the message to the dead-letter queue now, whatever its count:
@@ -77,8 +118,13 @@ pub trait Consumer: Send + Sync {
     async fn dead_letter(&self, d: &Delivery, reason: &str) -> Result<(), QueueError>;
 
     /// Releases every delivery this consumer still holds, so another consumer
-    /// gets them at once rather than after the visibility timeout.
+    /// gets them at once rather than after the visibility timeout. That
+    /// includes what a dropped [`Consumer::receive`] took.
     async fn close(&self) -> Result<(), QueueError>;
+
+    /// How long a receive hides a message from other consumers. The runtime
+    /// extends deliveries it still holds well before this runs out.
+    fn visibility_timeout(&self) -> Duration;
 }
 
 /// What [`Admin::purge`] empties.

@@ -2,6 +2,11 @@
 //!
 //! - 2xx: delivered.
 //! - connection refused, DNS failure, timeout, 503: `Down`, the endpoint is not there.
+//! - 3xx: `Down`. Redirects are **not followed**: a client that follows a
+//!   301/302/303 turns the POST into a body-less GET, and a 200 to that GET
+//!   would ack a message nobody received. A redirect means the configured URL
+//!   is wrong for every message, so the circuit opens and nothing is lost or
+//!   dead-lettered while an operator fixes `consumer.sink.url`.
 //! - 408, 429, 500, 502, 504 and other 5xx: `Transient`, retried and counted;
 //!   `circuit_threshold` of them in a row open the circuit ("5xx on every call").
 //! - other 4xx: `Rejected`, retried or dead-lettered as `on_4xx` says.
@@ -45,6 +50,7 @@ impl HttpSink {
             defaults.insert(name, value);
         }
         let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
             .default_headers(defaults)
             .build()
             .map_err(|e| SinkSetupError::Unavailable(format!("http client: {e}")))?;
@@ -84,6 +90,7 @@ impl Sink for HttpSink {
             format!("POST {} answered {status}: {}", self.url, text.chars().take(500).collect::<String>());
         Err(match status {
             StatusCode::SERVICE_UNAVAILABLE => SinkError::Down(reason),
+            s if s.is_redirection() => SinkError::Down(format!("{reason} (a redirect is not a delivery)")),
             StatusCode::REQUEST_TIMEOUT | StatusCode::TOO_MANY_REQUESTS => SinkError::Transient(reason),
             s if s.is_server_error() => SinkError::Transient(reason),
             _ => SinkError::Rejected { reason, dead_letter: self.on_4xx == On4xx::DeadLetter },
@@ -178,6 +185,50 @@ mod tests {
             answer(422, On4xx::DeadLetter).await,
             Err(SinkError::Rejected { dead_letter: true, .. })
         ));
+    }
+
+    /// A redirect to an endpoint that answers 200 to the GET a client would
+    /// turn the POST into: following it would ack what was never delivered.
+    #[tokio::test]
+    async fn a_redirect_is_not_followed_and_is_not_a_delivery() {
+        let (target, seen_by_target) = endpoint(200).await;
+        let got = Arc::new(Mutex::new(0u32));
+        for status in [301u16, 302, 303, 307, 308] {
+            let target = target.clone();
+            let app = Router::new().route(
+                "/moved",
+                post(move || {
+                    let target = target.clone();
+                    async move {
+                        (
+                            axum::http::StatusCode::from_u16(status).unwrap_or(axum::http::StatusCode::FOUND),
+                            [(
+                                axum::http::header::LOCATION,
+                                if status < 307 { "/moved".to_owned() } else { target },
+                            )],
+                        )
+                    }
+                })
+                .get({
+                    let got = got.clone();
+                    move || async move {
+                        *got.lock().expect("lock") += 1;
+                        "ok"
+                    }
+                }),
+            );
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let url = format!("http://{}/moved", listener.local_addr().expect("addr"));
+            tokio::spawn(async move { axum::serve(listener, app).await });
+            let sink = HttpSink::new(&url, On4xx::Retry, &BTreeMap::new()).expect("sink");
+            let answer = sink.deliver(&delivery()).await;
+            assert!(
+                matches!(answer, Err(SinkError::Down(ref r)) if r.contains("redirect")),
+                "{status}: {answer:?}"
+            );
+        }
+        assert!(seen_by_target.lock().expect("lock").is_empty(), "a redirect was followed");
+        assert_eq!(*got.lock().expect("lock"), 0);
     }
 
     #[tokio::test]

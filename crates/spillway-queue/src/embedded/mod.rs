@@ -8,6 +8,8 @@
 //! - Long poll: receivers in this process wake on a [`Notify`] when a send
 //!   commits; a consumer in another process sharing the file polls every
 //!   [`CROSS_PROCESS_POLL`].
+//! - Time: read from the backend's [`Clock`] by the caller and passed to the
+//!   writer with each job, so tests drive it with a paused tokio clock.
 
 mod ops;
 mod schema;
@@ -26,8 +28,8 @@ use tokio::{sync::Notify, time::Instant};
 
 use self::{ops::Handle, writer::Writer};
 use crate::{
-    Admin, Backend, Consumer, DeadLetter, Delivery, OutgoingMessage, Producer, PurgeTarget, QueueError,
-    QueueSpec, QueueStats,
+    Admin, Backend, Clock, Consumer, DeadLetter, Delivery, Nacked, OutgoingMessage, Producer, PurgeTarget,
+    QueueError, QueueSpec, QueueStats,
 };
 
 /// How often a long poll looks again when nothing in this process wakes it:
@@ -43,10 +45,15 @@ pub struct EmbeddedBackend {
 struct Shared {
     writer: Writer,
     kind: &'static str,
+    clock: Clock,
     wakers: Mutex<HashMap<String, Arc<Notify>>>,
 }
 
 impl Shared {
+    fn now(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
     fn waker(&self, queue: &str) -> Arc<Notify> {
         let mut wakers = self.wakers.lock().unwrap_or_else(PoisonError::into_inner);
         wakers.entry(queue.to_owned()).or_default().clone()
@@ -60,6 +67,11 @@ impl Shared {
 impl EmbeddedBackend {
     /// Opens (or creates) the database `queue.db` in the folder `dir`.
     pub async fn open(dir: &Path) -> Result<Self, QueueError> {
+        Self::open_with_clock(dir, Clock::system()).await
+    }
+
+    /// [`EmbeddedBackend::open`] with the time read from `clock`.
+    pub async fn open_with_clock(dir: &Path, clock: Clock) -> Result<Self, QueueError> {
         let dir = dir.to_owned();
         let conn = tokio::task::spawn_blocking(move || {
             std::fs::create_dir_all(&dir).map_err(|e| {
@@ -74,21 +86,27 @@ impl EmbeddedBackend {
         })
         .await
         .map_err(|e| QueueError::unavailable("embedded queue: open task failed", e))??;
-        Self::start(conn, "embedded")
+        Self::start(conn, "embedded", clock)
     }
 
     /// The same engine on an in-memory database: **not durable**. Used by the
     /// memory backend.
-    pub(crate) fn open_in_memory() -> Result<Self, QueueError> {
+    pub(crate) fn open_in_memory(clock: Clock) -> Result<Self, QueueError> {
         let conn = Connection::open_in_memory()
             .map_err(|e| QueueError::unavailable("memory queue: cannot open database", e))?;
         schema::prepare(&conn, false)?;
-        Self::start(conn, "memory")
+        Self::start(conn, "memory", clock)
     }
 
-    fn start(conn: Connection, kind: &'static str) -> Result<Self, QueueError> {
-        let writer = Writer::spawn(conn, kind)?;
-        Ok(Self { shared: Arc::new(Shared { writer, kind, wakers: Mutex::default() }) })
+    fn start(conn: Connection, kind: &'static str, clock: Clock) -> Result<Self, QueueError> {
+        let writer = Writer::spawn(conn, kind, clock.is_tokio())?;
+        Ok(Self { shared: Arc::new(Shared { writer, kind, clock, wakers: Mutex::default() }) })
+    }
+
+    /// `journal_mode` and `synchronous` as the writer's connection reports
+    /// them: what durability rests on, read back rather than assumed.
+    pub async fn durability_pragmas(&self) -> Result<(String, i64), QueueError> {
+        self.shared.writer.run(schema::read_durability).await
     }
 }
 
@@ -103,8 +121,8 @@ impl Admin for EmbeddedBackend {
     }
 
     async fn stats(&self, queue: &str) -> Result<QueueStats, QueueError> {
-        let queue = queue.to_owned();
-        self.shared.writer.run(move |c| ops::stats(c, &queue)).await
+        let (queue, now) = (queue.to_owned(), self.shared.now());
+        self.shared.writer.run(move |c| ops::stats(c, &queue, now)).await
     }
 
     async fn peek_dead(&self, queue: &str, max: usize) -> Result<Vec<DeadLetter>, QueueError> {
@@ -113,8 +131,8 @@ impl Admin for EmbeddedBackend {
     }
 
     async fn redrive(&self, queue: &str, max: usize) -> Result<u64, QueueError> {
-        let q = queue.to_owned();
-        let moved = self.shared.writer.run(move |c| ops::redrive(c, &q, max)).await?;
+        let (q, now) = (queue.to_owned(), self.shared.now());
+        let moved = self.shared.writer.run(move |c| ops::redrive(c, &q, max, now)).await?;
         self.shared.wake(queue);
         Ok(moved)
     }
@@ -143,11 +161,14 @@ impl Backend for EmbeddedBackend {
 
     async fn consumer(&self, queue: &str) -> Result<Arc<dyn Consumer>, QueueError> {
         let q = queue.to_owned();
-        self.shared.writer.run(move |c| ops::policy(c, &q)).await?;
+        let policy = self.shared.writer.run(move |c| ops::policy(c, &q)).await?;
         Ok(Arc::new(EmbeddedConsumer {
             shared: self.shared.clone(),
             queue: queue.to_owned(),
-            held: Mutex::default(),
+            held: Arc::default(),
+            visibility_timeout: Duration::from_millis(
+                u64::try_from(policy.visibility_timeout_ms).unwrap_or(0),
+            ),
         }))
     }
 
@@ -182,8 +203,8 @@ impl Producer for EmbeddedProducer {
         let fits: Vec<OutgoingMessage> =
             msgs.into_iter().zip(&outcomes).filter(|(_, o)| o.is_ok()).map(|(m, _)| m).collect();
         if !fits.is_empty() {
-            let queue = self.queue.clone();
-            self.shared.writer.run(move |c| ops::send(c, &queue, &fits)).await?;
+            let (queue, now) = (self.queue.clone(), self.shared.now());
+            self.shared.writer.run(move |c| ops::send(c, &queue, &fits, now)).await?;
             self.shared.wake(&self.queue);
         }
         Ok(outcomes)
@@ -194,18 +215,20 @@ impl Producer for EmbeddedProducer {
     }
 }
 
+/// Deliveries received and not yet settled, by `seq`, with their receipt
+/// generation. Shared with the writer thread: a receive records what it took
+/// there, inside its own job, so a receive whose caller went away (a dropped
+/// future) still leaves its deliveries here for `close` to release.
+type Held = Arc<Mutex<HashMap<i64, i64>>>;
+
 struct EmbeddedConsumer {
     shared: Arc<Shared>,
     queue: String,
-    /// Deliveries received and not yet settled, released by `close`.
-    held: Mutex<HashMap<i64, i64>>,
+    held: Held,
+    visibility_timeout: Duration,
 }
 
 impl EmbeddedConsumer {
-    fn hold(&self, h: Handle) {
-        self.held.lock().unwrap_or_else(PoisonError::into_inner).insert(h.seq, h.receipt);
-    }
-
     fn settle(&self, d: &Delivery) -> Result<Handle, QueueError> {
         let h = Handle::parse(&d.receipt)?;
         let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
@@ -230,17 +253,19 @@ impl Consumer for EmbeddedConsumer {
             let notified = waker.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let queue = self.queue.clone();
-            let got = self.shared.writer.run(move |c| ops::receive(c, &queue, max)).await?;
+            let (queue, held, now) = (self.queue.clone(), self.held.clone(), self.shared.now());
+            let got = self
+                .shared
+                .writer
+                .run(move |c| {
+                    let got = ops::receive(c, &queue, max, now)?;
+                    let mut held = held.lock().unwrap_or_else(PoisonError::into_inner);
+                    held.extend(got.deliveries.iter().map(|(h, _)| (h.seq, h.receipt)));
+                    Ok(got)
+                })
+                .await?;
             if !got.deliveries.is_empty() {
-                return Ok(got
-                    .deliveries
-                    .into_iter()
-                    .map(|(h, d)| {
-                        self.hold(h);
-                        d
-                    })
-                    .collect());
+                return Ok(got.deliveries.into_iter().map(|(_, d)| d).collect());
             }
             let now = Instant::now();
             if now >= deadline {
@@ -248,7 +273,7 @@ impl Consumer for EmbeddedConsumer {
             }
             let mut wake_at = deadline.min(now + CROSS_PROCESS_POLL);
             if let Some(at) = got.next_visible_at {
-                let in_ms = u64::try_from(at.saturating_sub(ops::now_ms())).unwrap_or(0);
+                let in_ms = u64::try_from(at.saturating_sub(self.shared.now())).unwrap_or(0);
                 wake_at = wake_at.min(now + Duration::from_millis(in_ms));
             }
             tokio::select! {
@@ -263,19 +288,20 @@ impl Consumer for EmbeddedConsumer {
         self.shared.writer.run(move |c| ops::ack(c, h)).await
     }
 
-    async fn nack(&self, d: &Delivery, delay: Duration, reason: &str) -> Result<(), QueueError> {
+    async fn nack(&self, d: &Delivery, delay: Duration, reason: &str) -> Result<Nacked, QueueError> {
         let h = self.settle(d)?;
-        let (queue, reason) = (self.queue.clone(), reason.to_owned());
-        self.shared.writer.run(move |c| ops::nack(c, &queue, h, delay, &reason)).await?;
+        let (queue, reason, now) = (self.queue.clone(), reason.to_owned(), self.shared.now());
+        let nacked = self.shared.writer.run(move |c| ops::nack(c, &queue, h, delay, &reason, now)).await?;
         if delay.is_zero() {
             self.shared.wake(&self.queue);
         }
-        Ok(())
+        Ok(nacked)
     }
 
     async fn release(&self, d: &Delivery, delay: Duration) -> Result<(), QueueError> {
         let h = self.settle(d)?;
-        self.shared.writer.run(move |c| ops::release(c, h, delay)).await?;
+        let now = self.shared.now();
+        self.shared.writer.run(move |c| ops::release(c, h, delay, now)).await?;
         if delay.is_zero() {
             self.shared.wake(&self.queue);
         }
@@ -284,32 +310,40 @@ impl Consumer for EmbeddedConsumer {
 
     async fn extend(&self, d: &Delivery, timeout: Duration) -> Result<(), QueueError> {
         let h = Handle::parse(&d.receipt)?;
-        self.shared.writer.run(move |c| ops::extend(c, h, timeout)).await
+        let now = self.shared.now();
+        self.shared.writer.run(move |c| ops::extend(c, h, timeout, now)).await
     }
 
     async fn dead_letter(&self, d: &Delivery, reason: &str) -> Result<(), QueueError> {
         let h = self.settle(d)?;
-        let reason = reason.to_owned();
-        self.shared.writer.run(move |c| ops::dead_letter(c, h, &reason)).await
+        let (reason, now) = (reason.to_owned(), self.shared.now());
+        self.shared.writer.run(move |c| ops::dead_letter(c, h, &reason, now)).await
     }
 
+    /// Drains `held` on the writer thread, after every receive sent before it
+    /// has recorded what it took: jobs run in the order they were sent.
     async fn close(&self) -> Result<(), QueueError> {
-        let held: Vec<Handle> = self
-            .held
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .drain()
-            .map(|(seq, receipt)| Handle { seq, receipt })
-            .collect();
-        if held.is_empty() {
-            return Ok(());
-        }
-        self.shared
+        let (held, now) = (self.held.clone(), self.shared.now());
+        let released = self
+            .shared
             .writer
-            .run(move |c| held.into_iter().try_for_each(|h| ops::release(c, h, Duration::ZERO)))
+            .run(move |c| {
+                let mut held = held.lock().unwrap_or_else(PoisonError::into_inner);
+                let n = held.len();
+                for (seq, receipt) in held.drain() {
+                    ops::release(c, Handle { seq, receipt }, Duration::ZERO, now)?;
+                }
+                Ok(n)
+            })
             .await?;
-        self.shared.wake(&self.queue);
+        if released > 0 {
+            self.shared.wake(&self.queue);
+        }
         Ok(())
+    }
+
+    fn visibility_timeout(&self) -> Duration {
+        self.visibility_timeout
     }
 }
 
@@ -320,9 +354,13 @@ mod tests {
     use async_trait::async_trait;
 
     use super::EmbeddedBackend;
-    use crate::{testkit::Harness, Backend};
+    use crate::{
+        testkit::{Capabilities, Harness},
+        Backend, Clock,
+    };
 
-    /// Each scenario gets its own database folder, kept until the harness drops.
+    /// Each scenario gets its own database folder, kept until the harness
+    /// drops, and runs on tokio's paused clock.
     struct Embedded {
         dir: tempfile::TempDir,
         backend: EmbeddedBackend,
@@ -330,18 +368,34 @@ mod tests {
 
     #[async_trait]
     impl Harness for Embedded {
+        fn capabilities() -> Capabilities {
+            Capabilities::embedded()
+        }
         async fn new() -> Self {
             let dir = tempfile::tempdir().expect("tempdir");
-            let backend = EmbeddedBackend::open(dir.path()).await.expect("open embedded queue");
+            let backend = EmbeddedBackend::open_with_clock(dir.path(), Clock::tokio())
+                .await
+                .expect("open embedded queue");
             Self { dir, backend }
         }
         async fn backend(&self) -> Arc<dyn Backend> {
             Arc::new(self.backend.clone())
         }
-        async fn reopen(&self) -> Option<Arc<dyn Backend>> {
-            Some(Arc::new(EmbeddedBackend::open(self.dir.path()).await.expect("reopen")))
+        async fn reopen(&self) -> Arc<dyn Backend> {
+            Arc::new(EmbeddedBackend::open_with_clock(self.dir.path(), Clock::tokio()).await.expect("reopen"))
         }
     }
 
     crate::conformance_tests!(Embedded);
+
+    /// Durability rests on these two settings; the `kill -9` test cannot see
+    /// them (the page cache outlives a killed process), so read them back.
+    #[tokio::test]
+    async fn the_database_is_in_wal_mode_with_full_sync() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let b = EmbeddedBackend::open(dir.path()).await.expect("open");
+        let (journal, synchronous) = b.durability_pragmas().await.expect("pragmas");
+        assert_eq!(journal, "wal");
+        assert_eq!(synchronous, 2, "synchronous=FULL");
+    }
 }

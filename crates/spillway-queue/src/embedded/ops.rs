@@ -1,30 +1,23 @@
 //! Every queue operation as a plain function over one connection. They run
 //! inside the writer's transaction, so each sees and leaves a consistent state.
 //!
-//! Times are milliseconds since the Unix epoch. A receipt is the message's
+//! Times are milliseconds since the Unix epoch, read by the caller from the
+//! backend's [`Clock`](crate::Clock) and passed in as `now`: nothing here
+//! reads a clock itself. A receipt is the message's
 //! `seq` and the generation of the receive (`receipt_gen`), so a receipt from
 //! an earlier receive of the same message no longer matches and its ack or
 //! nack does nothing.
 
-use std::{
-    collections::BTreeMap,
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::{collections::BTreeMap, time::Duration};
 
 use bytes::Bytes;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use time::OffsetDateTime;
 
 use crate::{
-    DeadLetter, Delivery, OutgoingMessage, PurgeTarget, QueueError, QueueSpec, QueueStats, Receipt,
+    DeadLetter, Delivery, Nacked, OutgoingMessage, PurgeTarget, QueueError, QueueSpec, QueueStats, Receipt,
     ReceivedMessage,
 };
-
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
 
 fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
@@ -104,8 +97,12 @@ pub(crate) fn policy(conn: &Connection, queue: &str) -> Result<Policy, QueueErro
 }
 
 /// Inserts the messages that fit. Oversized ones were filtered by the caller.
-pub(crate) fn send(conn: &Connection, queue: &str, msgs: &[OutgoingMessage]) -> Result<(), QueueError> {
-    let now = now_ms();
+pub(crate) fn send(
+    conn: &Connection,
+    queue: &str,
+    msgs: &[OutgoingMessage],
+    now: i64,
+) -> Result<(), QueueError> {
     let mut st = conn
         .prepare_cached(
             "INSERT OR IGNORE INTO messages
@@ -142,9 +139,8 @@ pub(crate) struct Received {
 /// group is a candidate, so a group is delivered one message at a time, in
 /// send order. A candidate that already used up its receives is dead-lettered
 /// instead (its last receive timed out).
-pub(crate) fn receive(conn: &Connection, queue: &str, max: usize) -> Result<Received, QueueError> {
+pub(crate) fn receive(conn: &Connection, queue: &str, max: usize, now: i64) -> Result<Received, QueueError> {
     let policy = policy(conn, queue)?;
-    let now = now_ms();
     let limit = i64::try_from(max).unwrap_or(i64::MAX);
     let mut deliveries = Vec::new();
     let mut select = conn
@@ -295,56 +291,56 @@ pub(crate) fn ack(conn: &Connection, h: Handle) -> Result<(), QueueError> {
     Ok(())
 }
 
-/// A failed receive. Returns whether the message went to the dead-letter queue.
+/// A failed receive: retried later, or dead-lettered if it was the last allowed.
 pub(crate) fn nack(
     conn: &Connection,
     queue: &str,
     h: Handle,
     delay: Duration,
     reason: &str,
-) -> Result<bool, QueueError> {
-    let Some(count) = held(conn, h)? else { return Ok(false) };
+    now: i64,
+) -> Result<Nacked, QueueError> {
+    let Some(count) = held(conn, h)? else { return Ok(Nacked::Stale) };
     let policy = policy(conn, queue)?;
-    let now = now_ms();
     if count >= policy.max_receive_count {
         kill(conn, h.seq, now, Some(reason), false)?;
-        return Ok(true);
+        return Ok(Nacked::DeadLettered);
     }
     conn.prepare_cached(
         "UPDATE messages SET visible_at = ?2, receipt = NULL, last_error = ?3 WHERE seq = ?1",
     )
     .and_then(|mut st| st.execute(params![h.seq, now.saturating_add(ms(delay)), reason]))
     .map_err(sql("nack"))?;
-    Ok(false)
+    Ok(Nacked::Retried)
 }
 
-pub(crate) fn release(conn: &Connection, h: Handle, delay: Duration) -> Result<(), QueueError> {
+pub(crate) fn release(conn: &Connection, h: Handle, delay: Duration, now: i64) -> Result<(), QueueError> {
     conn.prepare_cached(
         "UPDATE messages SET visible_at = ?3, receipt = NULL, receive_count = max(receive_count - 1, 0)
          WHERE seq = ?1 AND receipt = ?2 AND dead_at IS NULL",
     )
-    .and_then(|mut st| st.execute(params![h.seq, h.receipt, now_ms().saturating_add(ms(delay))]))
+    .and_then(|mut st| st.execute(params![h.seq, h.receipt, now.saturating_add(ms(delay))]))
     .map_err(sql("release"))?;
     Ok(())
 }
 
-pub(crate) fn extend(conn: &Connection, h: Handle, timeout: Duration) -> Result<(), QueueError> {
+pub(crate) fn extend(conn: &Connection, h: Handle, timeout: Duration, now: i64) -> Result<(), QueueError> {
     conn.prepare_cached(
         "UPDATE messages SET visible_at = ?3 WHERE seq = ?1 AND receipt = ?2 AND dead_at IS NULL",
     )
-    .and_then(|mut st| st.execute(params![h.seq, h.receipt, now_ms().saturating_add(ms(timeout))]))
+    .and_then(|mut st| st.execute(params![h.seq, h.receipt, now.saturating_add(ms(timeout))]))
     .map_err(sql("extend"))?;
     Ok(())
 }
 
-pub(crate) fn dead_letter(conn: &Connection, h: Handle, reason: &str) -> Result<(), QueueError> {
+pub(crate) fn dead_letter(conn: &Connection, h: Handle, reason: &str, now: i64) -> Result<(), QueueError> {
     if held(conn, h)?.is_some() {
-        kill(conn, h.seq, now_ms(), Some(reason), false)?;
+        kill(conn, h.seq, now, Some(reason), false)?;
     }
     Ok(())
 }
 
-pub(crate) fn stats(conn: &Connection, queue: &str) -> Result<QueueStats, QueueError> {
+pub(crate) fn stats(conn: &Connection, queue: &str, now: i64) -> Result<QueueStats, QueueError> {
     policy(conn, queue)?;
     let count = |n: Option<i64>| u64::try_from(n.unwrap_or(0)).unwrap_or(0);
     conn.prepare_cached(
@@ -355,7 +351,7 @@ pub(crate) fn stats(conn: &Connection, queue: &str) -> Result<QueueStats, QueueE
          FROM messages WHERE queue = ?1",
     )
     .and_then(|mut st| {
-        st.query_row(params![queue, now_ms()], |r| {
+        st.query_row(params![queue, now], |r| {
             Ok(QueueStats {
                 visible: count(r.get(0)?),
                 delayed: count(r.get(1)?),
@@ -396,7 +392,7 @@ pub(crate) fn peek_dead(conn: &Connection, queue: &str, max: usize) -> Result<Ve
 
 /// Moves up to `max` dead letters back, oldest first, as if never received.
 /// The dedup key is dropped: a live message may have taken it meanwhile.
-pub(crate) fn redrive(conn: &Connection, queue: &str, max: usize) -> Result<u64, QueueError> {
+pub(crate) fn redrive(conn: &Connection, queue: &str, max: usize, now: i64) -> Result<u64, QueueError> {
     policy(conn, queue)?;
     let moved = conn
         .prepare_cached(
@@ -406,7 +402,7 @@ pub(crate) fn redrive(conn: &Connection, queue: &str, max: usize) -> Result<u64,
              WHERE seq IN (SELECT seq FROM messages WHERE queue = ?1 AND dead_at IS NOT NULL
                            ORDER BY dead_at, seq LIMIT ?2)",
         )
-        .and_then(|mut st| st.execute(params![queue, i64::try_from(max).unwrap_or(i64::MAX), now_ms()]))
+        .and_then(|mut st| st.execute(params![queue, i64::try_from(max).unwrap_or(i64::MAX), now]))
         .map_err(sql("redrive"))?;
     Ok(moved as u64)
 }

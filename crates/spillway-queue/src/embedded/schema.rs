@@ -64,3 +64,13 @@ pub(crate) fn prepare(conn: &Connection, durable: bool) -> Result<(), QueueError
         .and_then(|()| conn.execute_batch(SCHEMA))
         .map_err(|e| QueueError::unavailable("embedded queue: cannot prepare the database", e))
 }
+
+/// `(journal_mode, synchronous)` of this connection.
+pub(crate) fn read_durability(conn: &Connection) -> Result<(String, i64), QueueError> {
+    let read = || -> rusqlite::Result<(String, i64)> {
+        let journal: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
+        let synchronous: i64 = conn.query_row("PRAGMA synchronous", [], |r| r.get(0))?;
+        Ok((journal.to_ascii_lowercase(), synchronous))
+    };
+    read().map_err(|e| QueueError::unavailable("embedded queue: cannot read pragmas", e))
+}

@@ -65,17 +65,20 @@ where
 #[derive(Clone)]
 pub(crate) struct Writer {
     jobs: Sender<Box<dyn Job>>,
+    /// Wait for answers on tokio's blocking pool, which keeps a paused test
+    /// clock from auto-advancing while the writer thread works (see [`crate::Clock`]).
+    hold_test_clock: bool,
 }
 
 impl Writer {
     /// Starts the writer thread on `conn`.
-    pub(crate) fn spawn(conn: Connection, name: &str) -> Result<Self, QueueError> {
+    pub(crate) fn spawn(conn: Connection, name: &str, hold_test_clock: bool) -> Result<Self, QueueError> {
         let (tx, rx) = mpsc::channel();
         thread::Builder::new()
             .name(format!("spillway-sqlite-{name}"))
             .spawn(move || run(conn, rx))
             .map_err(|e| QueueError::unavailable("embedded queue: cannot start writer thread", e))?;
-        Ok(Self { jobs: tx })
+        Ok(Self { jobs: tx, hold_test_clock })
     }
 
     /// Runs `work` in the next group commit and returns its result once the
@@ -90,9 +93,14 @@ impl Writer {
         self.jobs
             .send(job)
             .map_err(|_| QueueError::unavailable_msg("embedded queue: writer thread has stopped"))?;
-        answer
-            .await
-            .map_err(|_| QueueError::unavailable_msg("embedded queue: writer thread dropped the job"))?
+        let dropped = |_| QueueError::unavailable_msg("embedded queue: writer thread dropped the job");
+        if self.hold_test_clock {
+            return tokio::task::spawn_blocking(move || answer.blocking_recv())
+                .await
+                .map_err(|e| QueueError::unavailable("embedded queue: wait task failed", e))?
+                .map_err(dropped)?;
+        }
+        answer.await.map_err(dropped)?
     }
 }
 

@@ -42,5 +42,8 @@ pub(crate) async fn consume(s: Settings, queue: Option<String>) -> anyhow::Resul
     tracing::info!(queue = %cfg.queue, concurrency = cfg.concurrency, "consuming");
     let report = spillway_consumer::run(consumer, sink, cfg, shutdown).await;
     tracing::info!(?report, "consumer stopped");
+    if report.panicked > 0 {
+        anyhow::bail!("{} consumer worker(s) ended abnormally; see the log", report.panicked);
+    }
     Ok(())
 }

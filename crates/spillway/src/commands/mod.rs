@@ -31,7 +31,10 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn init_logging(s: &Settings) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&s.log.level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colour codes only for a terminal: in a file or a log collector they are noise.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     // `try_init` fails only if a subscriber is already set; then keep that one.
     let _ = match s.log.format {
         LogFormat::Text => builder.try_init(),
