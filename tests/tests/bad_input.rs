@@ -132,6 +132,26 @@ fn cases() -> Vec<Case> {
             code: "malformed_origin",
         },
         Case {
+            name: "two Origin headers",
+            request: req(
+                "POST /ingest HTTP/1.1\nHost: x\nOrigin: https://a.test.com\nOrigin: https://b.test.com\nContent-Length: 2\n",
+                b"{}",
+            ),
+            half_close: false,
+            status: 400,
+            code: "malformed_origin",
+        },
+        Case {
+            name: "Content-Length and Transfer-Encoding: chunked together",
+            request: req(
+                "POST /ingest HTTP/1.1\nHost: x\nContent-Length: 7\nTransfer-Encoding: chunked\n",
+                b"2\r\n{}\r\n0\r\n\r\n",
+            ),
+            half_close: false,
+            status: 400,
+            code: "ambiguous_framing",
+        },
+        Case {
             name: "a non-JSON body on a JSON-only route",
             request: req(
                 "POST /json/acme HTTP/1.1\nHost: x\nContent-Type: application/json\nContent-Length: 9\n",

@@ -9,7 +9,8 @@
 //!   all (tower-http still sends `Access-Control-Allow-Credentials` and, on a
 //!   preflight, the allowed methods);
 //! - a preflight answers `204 No Content`;
-//! - an `Origin` header that is not an origin is a `400`, with `Vary: Origin`.
+//! - an `Origin` header that is not an origin, or two of them, is a `400`,
+//!   with `Vary: Origin`.
 //!
 //! `Vary: Origin` is on every response of a CORS route, allowed or not, so a
 //! cache never serves one origin's answer to another.
@@ -218,10 +219,12 @@ impl CorsPolicy {
 
 /// The outermost layer of a CORS route; see the module doc.
 pub async fn tidy(req: Request, next: Next) -> Response {
-    let origin_malformed = req.headers().get(header::ORIGIN).is_some_and(|o| {
+    // Two `Origin` headers are not an origin: reflecting either would be a guess.
+    let mut origins = req.headers().get_all(header::ORIGIN).iter();
+    let origin_malformed = origins.next().is_some_and(|o| {
         let o = o.as_bytes();
         o != b"null" && std::str::from_utf8(o).map_or(true, |s| parse_origin(s, false).is_err())
-    });
+    }) || origins.next().is_some();
     if origin_malformed {
         let mut res =
             ApiError::bad_request("malformed_origin", "the Origin header is not an origin").into_response();

@@ -28,6 +28,10 @@ pub enum ApiError {
     UnsupportedMediaType { got: Option<String>, expected: Vec<String> },
     #[error("{message}")]
     BadRequest { code: &'static str, message: String },
+    #[error(
+        "the request has both Content-Length and Transfer-Encoding; proxies could read its body two ways"
+    )]
+    AmbiguousFraming,
     #[error("the request body did not arrive within {secs} s")]
     RequestTimeout { secs: u64 },
     #[error("{0}")]
@@ -51,7 +55,7 @@ impl ApiError {
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            Self::BadRequest { .. } | Self::AmbiguousFraming => StatusCode::BAD_REQUEST,
             Self::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -67,6 +71,7 @@ impl ApiError {
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::UnsupportedMediaType { .. } => "unsupported_media_type",
             Self::BadRequest { code, .. } => code,
+            Self::AmbiguousFraming => "ambiguous_framing",
             Self::RequestTimeout { .. } => "request_timeout",
             Self::Forbidden(_) => "forbidden",
             Self::Unavailable(_) => "queue_unavailable",
@@ -108,8 +113,9 @@ impl IntoResponse for ApiError {
                     headers.insert(header::ALLOW, v);
                 }
             }
-            // The body was not (fully) read: the connection cannot be reused.
-            Self::PayloadTooLarge { .. } | Self::RequestTimeout { .. } => {
+            // The body was not (fully) read, or its end is ambiguous: the
+            // connection cannot be reused.
+            Self::PayloadTooLarge { .. } | Self::RequestTimeout { .. } | Self::AmbiguousFraming => {
                 headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             _ => {}

@@ -1,16 +1,21 @@
 //! One request, from bytes on the wire to a durable message.
 //!
 //! The checks run cheapest first, and all of them before anything is queued,
-//! so a refused request leaves no trace:
+//! so a refused request leaves no trace. [`accept`] is these steps, one
+//! function each:
 //!
-//! 1. `Content-Length` over the limit: 413 without reading the body;
-//! 2. content type not accepted by the route: 415;
-//! 3. the body, read under the size limit (413) and the body timeout (408);
-//!    a body that ends early (a lying `Content-Length`) is a 400;
-//! 4. a body that says it is JSON must parse: 400;
-//! 5. forwarded headers must be text, keys must be present: 400;
-//! 6. the message is built (envelope or raw) and published; the answer is
-//!    the route's 2xx only once the queue confirmed it, else a 503.
+//! 1. [`check_head`]: framing that proxies could read two ways (both
+//!    `Content-Length` and `Transfer-Encoding`, seen by [`crate::framing`]
+//!    since hyper drops one of them) is a 400 and the connection closes; `Content-Length` over the limit is a 413 without reading the
+//!    body; a content type the route does not accept is a 415;
+//! 2. [`read_body`]: the body, read under the size limit (413) and the body
+//!    timeout (408); a body that ends early (a lying `Content-Length`) is a 400;
+//! 3. [`check_json`]: a body that says it is JSON must parse: 400;
+//! 4. [`request_facts`]: forwarded headers must be text, keys must be
+//!    present (400); path parameters must be UTF-8 (400);
+//! 5. [`build_message`]: the envelope or the raw body, with attributes;
+//! 6. publish: the answer is the route's 2xx only once the queue confirmed
+//!    it, else a 503.
 
 use std::{collections::BTreeMap, net::SocketAddr, sync::Arc};
 
@@ -22,6 +27,7 @@ use axum::{
 };
 use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde_json::value::RawValue;
 use spillway_envelope::{Envelope, EnvelopeV1, RequestMeta, FORMAT_ATTRIBUTE};
 use spillway_queue::OutgoingMessage;
 use time::OffsetDateTime;
@@ -29,6 +35,7 @@ use time::OffsetDateTime;
 use crate::{
     config::{CompiledRoute, Format, KeySource},
     error::ApiError,
+    framing::AmbiguousFraming,
     publisher::Publisher,
 };
 
@@ -50,13 +57,27 @@ async fn accept(state: &RouteState, req: Request) -> Result<String, ApiError> {
     let route = &state.route;
     let received_at = OffsetDateTime::now_utc();
     let (mut parts, body) = req.into_parts();
+    let content_type = check_head(&parts, route)?;
+    let body = read_body(body, route).await?;
+    let is_json = check_json(&body, content_type.as_deref())?;
+    let facts = request_facts(&mut parts, &body, is_json, route).await?;
+    let id = ulid::Ulid::new().to_string();
+    let msg = build_message(route, &id, received_at, &parts, content_type, facts, body, is_json);
+    state.publisher.publish(msg).await?;
+    Ok(id)
+}
 
-    if let Some(len) = content_length(&parts)? {
+/// Step 1: framing, declared length and content type. Returns the content type.
+fn check_head(parts: &Parts, route: &CompiledRoute) -> Result<Option<String>, ApiError> {
+    if parts.extensions.get::<AmbiguousFraming>().is_some_and(AmbiguousFraming::is_set) {
+        return Err(ApiError::AmbiguousFraming);
+    }
+    if let Some(len) = content_length(parts)? {
         if len > route.max_body_bytes as u64 {
             return Err(ApiError::PayloadTooLarge { limit: route.max_body_bytes });
         }
     }
-    let content_type = content_type(&parts)?;
+    let content_type = content_type(parts)?;
     if !route.content_types.is_empty() {
         let essence = content_type.as_deref().map(essence);
         if !essence.is_some_and(|e| route.content_types.iter().any(|c| c == &e)) {
@@ -66,70 +87,98 @@ async fn accept(state: &RouteState, req: Request) -> Result<String, ApiError> {
             });
         }
     }
-    let body = read_body(body, route).await?;
-    let is_json = content_type.as_deref().is_some_and(|c| is_json_type(&essence(c)));
-    let not_json =
-        |e: serde_json::Error| ApiError::bad_request("invalid_json", format!("body is not JSON: {e}"));
-    // A JSON body is always checked; it is kept as a value only when a key is read from it.
-    let json: Option<serde_json::Value> = match (is_json, needs_json_value(route)) {
-        (true, true) => Some(serde_json::from_slice(&body).map_err(not_json)?),
-        (true, false) => {
-            serde_json::from_slice::<serde::de::IgnoredAny>(&body).map_err(not_json)?;
-            None
-        }
-        (false, _) => None,
-    };
+    Ok(content_type)
+}
 
-    let headers = forwarded_headers(&parts, route)?;
-    let ordering_key = key(&parts, json.as_ref(), route.ordering_key.as_ref(), "ordering key")?;
-    let dedup_key = key(&parts, json.as_ref(), route.dedup_key.as_ref(), "dedup key")?;
-    let path_params = Path::<BTreeMap<String, String>>::from_request_parts(&mut parts, &())
+/// Step 3: a body that says it is JSON must parse. Returns whether it is JSON.
+fn check_json(body: &[u8], content_type: Option<&str>) -> Result<bool, ApiError> {
+    let is_json = content_type.is_some_and(|c| is_json_type(&essence(c)));
+    if is_json {
+        serde_json::from_slice::<serde::de::IgnoredAny>(body)
+            .map_err(|e| ApiError::bad_request("invalid_json", format!("body is not JSON: {e}")))?;
+    }
+    Ok(is_json)
+}
+
+/// What the request says besides its body.
+struct Facts {
+    headers: BTreeMap<String, String>,
+    ordering_key: Option<String>,
+    dedup_key: Option<String>,
+    path_params: BTreeMap<String, String>,
+    source_ip: Option<String>,
+}
+
+/// Step 4: forwarded headers, keys, path parameters, the client's address.
+async fn request_facts(
+    parts: &mut Parts,
+    body: &[u8],
+    is_json: bool,
+    route: &CompiledRoute,
+) -> Result<Facts, ApiError> {
+    let json = is_json.then_some(body);
+    let headers = forwarded_headers(parts, route)?;
+    let ordering_key = key(parts, json, route.ordering_key.as_ref(), "ordering key")?;
+    let dedup_key = key(parts, json, route.dedup_key.as_ref(), "dedup key")?;
+    let path_params = Path::<BTreeMap<String, String>>::from_request_parts(parts, &())
         .await
         .map(|Path(p)| p)
         .map_err(|e| ApiError::bad_request("invalid_path", e.body_text()))?;
     let source_ip =
         parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(a)| a.ip().to_string());
+    Ok(Facts { headers, ordering_key, dedup_key, path_params, source_ip })
+}
 
-    let id = ulid::Ulid::new().to_string();
+/// Step 5: the message as the queue will hold it.
+#[allow(clippy::too_many_arguments)]
+fn build_message(
+    route: &CompiledRoute,
+    id: &str,
+    received_at: OffsetDateTime,
+    parts: &Parts,
+    content_type: Option<String>,
+    facts: Facts,
+    body: Bytes,
+    is_json: bool,
+) -> OutgoingMessage {
     let mut attributes = BTreeMap::new();
     attributes.insert("spillway-route".to_owned(), route.name.clone());
     let payload = match route.format {
         Format::Envelope => {
             attributes.insert(FORMAT_ATTRIBUTE.to_owned(), "envelope".to_owned());
             let meta = RequestMeta {
-                id: id.clone(),
+                id: id.to_owned(),
                 received_at,
                 route: route.name.clone(),
                 method: parts.method.to_string(),
                 path: parts.uri.path().to_owned(),
-                path_params,
+                path_params: facts.path_params,
                 raw_query: parts.uri.query().map(str::to_owned),
-                headers,
-                source_ip,
-                content_type: content_type.clone(),
+                headers: facts.headers,
+                source_ip: facts.source_ip,
+                content_type,
             };
             Envelope::V1(EnvelopeV1::new(meta, &body, is_json)).to_bytes()
         }
         Format::Raw => {
             attributes.insert(FORMAT_ATTRIBUTE.to_owned(), "raw".to_owned());
-            if let Some(ct) = &content_type {
-                attributes.insert("content-type".to_owned(), ct.clone());
+            if let Some(ct) = content_type {
+                attributes.insert("content-type".to_owned(), ct);
             }
-            for (k, v) in headers {
+            for (k, v) in facts.headers {
                 attributes.insert(format!("header-{k}"), v);
             }
-            for (k, v) in path_params {
+            for (k, v) in facts.path_params {
                 attributes.insert(format!("param-{k}"), v);
             }
             body
         }
     };
-    let mut msg = OutgoingMessage::new(id.clone(), payload);
+    let mut msg = OutgoingMessage::new(id, payload);
     msg.attributes = attributes;
-    msg.ordering_key = ordering_key;
-    msg.dedup_key = dedup_key;
-    state.publisher.publish(msg).await?;
-    Ok(id)
+    msg.ordering_key = facts.ordering_key;
+    msg.dedup_key = facts.dedup_key;
+    msg
 }
 
 fn success(route: &CompiledRoute, id: &str) -> Response {
@@ -171,11 +220,6 @@ fn is_json_type(essence: &str) -> bool {
     essence == "application/json" || essence.ends_with("+json")
 }
 
-fn needs_json_value(route: &CompiledRoute) -> bool {
-    matches!(route.ordering_key, Some(KeySource::JsonPointer(_)))
-        || matches!(route.dedup_key, Some(KeySource::JsonPointer(_)))
-}
-
 async fn read_body(body: Body, route: &CompiledRoute) -> Result<Bytes, ApiError> {
     let limited = Limited::new(body, route.max_body_bytes);
     match tokio::time::timeout(route.body_timeout, limited.collect()).await {
@@ -207,7 +251,7 @@ fn forwarded_headers(parts: &Parts, route: &CompiledRoute) -> Result<BTreeMap<St
 
 fn key(
     parts: &Parts,
-    json: Option<&serde_json::Value>,
+    json: Option<&[u8]>,
     source: Option<&KeySource>,
     what: &str,
 ) -> Result<Option<String>, ApiError> {
@@ -223,11 +267,74 @@ fn key(
             Ok(Some(v.to_owned()))
         }
         Some(KeySource::JsonPointer(p)) => {
-            let v = json.and_then(|j| j.pointer(p)).ok_or_else(|| missing(&format!("JSON pointer {p}")))?;
-            Ok(Some(match v {
-                serde_json::Value::String(s) => s.clone(),
-                other => other.to_string(),
-            }))
+            let text =
+                json.and_then(|j| pointer_text(j, p)).ok_or_else(|| missing(&format!("JSON pointer {p}")))?;
+            Ok(Some(text))
+        }
+    }
+}
+
+/// The value at a JSON pointer (RFC 6901) as key text: a string's content,
+/// anything else exactly as written in the body. Walking raw values keeps a
+/// number's own text: parsed into an `f64`, two different 25-digit ids would
+/// become one key, and the second message would be dropped as a duplicate.
+fn pointer_text(body: &[u8], pointer: &str) -> Option<String> {
+    let mut at: &RawValue = serde_json::from_slice(body).ok()?;
+    if !pointer.is_empty() {
+        for token in pointer.strip_prefix('/')?.split('/') {
+            let token = token.replace("~1", "/").replace("~0", "~");
+            let text = at.get().trim_start();
+            at = if text.starts_with('{') {
+                let map: std::collections::HashMap<String, &RawValue> =
+                    serde_json::from_str(at.get()).ok()?;
+                map.get(&token).copied()?
+            } else if text.starts_with('[') {
+                let items: Vec<&RawValue> = serde_json::from_str(at.get()).ok()?;
+                let leading_zero = token.len() > 1 && token.starts_with('0');
+                if leading_zero {
+                    return None;
+                }
+                items.get(token.parse::<usize>().ok()?).copied()?
+            } else {
+                return None;
+            };
+        }
+    }
+    let text = at.get().trim();
+    if text.starts_with('"') {
+        serde_json::from_str::<String>(text).ok()
+    } else {
+        Some(text.to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pointer_text;
+
+    #[test]
+    fn big_numbers_keep_their_exact_text() {
+        let a = br#"{"user": {"id": 12345678901234567890123}}"#;
+        let b = br#"{"user": {"id": 12345678901234567890124}}"#;
+        let (ka, kb) = (pointer_text(a, "/user/id"), pointer_text(b, "/user/id"));
+        assert_eq!(ka.as_deref(), Some("12345678901234567890123"));
+        assert_ne!(ka, kb, "two different ids must not collide");
+        assert_eq!(pointer_text(br#"{"n": 1.10}"#, "/n").as_deref(), Some("1.10"));
+        assert_eq!(
+            pointer_text(br#"{"n": 18446744073709551616}"#, "/n").as_deref(),
+            Some("18446744073709551616")
+        );
+    }
+
+    #[test]
+    fn pointers_follow_rfc_6901() {
+        let body = br#"{"a/b": {"m~n": ["x", {"k": "v\u00e9"}]}, "s": "text", "t": true}"#;
+        assert_eq!(pointer_text(body, "/a~1b/m~0n/1/k").as_deref(), Some("vé"));
+        assert_eq!(pointer_text(body, "/a~1b/m~0n/0").as_deref(), Some("x"));
+        assert_eq!(pointer_text(body, "/s").as_deref(), Some("text"));
+        assert_eq!(pointer_text(body, "/t").as_deref(), Some("true"));
+        for missing in ["/nope", "/s/x", "/a~1b/m~0n/2", "/a~1b/m~0n/01", "no-slash"] {
+            assert_eq!(pointer_text(body, missing), None, "{missing}");
         }
     }
 }

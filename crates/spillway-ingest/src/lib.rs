@@ -17,13 +17,18 @@
 //!   awaits the backend's durable confirm.
 //! - [`error`]: every failure as an HTTP answer, in one place.
 //! - [`metrics`]: what is counted, per route and per queue.
-//! - [`server`]: `serve(listener, router, shutdown)` that drains before it returns.
+//! - [`framing`]: follows request framing on each connection, to refuse a
+//!   head with both `Content-Length` and `Transfer-Encoding` (smuggling).
+//! - [`server`]: `serve(listener, router, limits, shutdown)`: hyper with a
+//!   header-read timeout, a head size limit and a connection cap; drains
+//!   before it returns.
 #![forbid(unsafe_code)]
 #![warn(unreachable_pub)]
 
 pub mod config;
 pub mod cors;
 pub mod error;
+pub mod framing;
 pub mod handler;
 pub mod metrics;
 pub mod publisher;
@@ -34,4 +39,4 @@ pub use config::{ConfigError, IngestConfig};
 pub use error::ApiError;
 pub use publisher::Publisher;
 pub use routes::build_router;
-pub use server::{serve, Readiness};
+pub use server::{serve, Readiness, ServerLimits};

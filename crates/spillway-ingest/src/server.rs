@@ -1,13 +1,18 @@
-//! Serving the router, and draining on shutdown.
+//! Serving the router, with connection limits, and draining on shutdown.
 //!
 //! The caller owns the listener and the shutdown signal (a
 //! `CancellationToken`), so tests bind `127.0.0.1:0` and stop the server when
 //! they like. On shutdown: readiness goes false first (the binary waits a
 //! configurable grace period so load balancers notice), then the server stops
 //! accepting, answers every request it has already read, and returns.
+//!
+//! Connections are served by hyper's HTTP/1 builder with a timer, not by
+//! `axum::serve`, whose hyper has none: without a timer a client that sends
+//! half a request head holds its connection forever, and shutdown would wait
+//! for it forever too. [`ServerLimits`] bounds the head's time and size and
+//! the number of connections.
 
 use std::{
-    net::SocketAddr,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -15,13 +20,77 @@ use std::{
     time::Duration,
 };
 
-use axum::Router;
+use axum::{extract::ConnectInfo, Router};
+use hyper_util::{
+    rt::{TokioIo, TokioTimer},
+    server::graceful::GracefulShutdown,
+    service::TowerToHyperService,
+};
+use serde::{Deserialize, Serialize};
 use spillway_queue::Backend;
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+use crate::framing::{AmbiguousFraming, Framing};
 
 /// How long `/readyz` waits for the backend before answering 503.
 const READY_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+/// hyper's smallest read buffer; a smaller header limit cannot be set.
+const MIN_HEADER_BYTES: usize = 8192;
+/// After a failed `accept` (out of file descriptors, say), wait this long.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
+
+/// Limits on connections and request heads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerLimits {
+    /// A request head (request line and headers) not complete by then: the
+    /// connection is closed. Also bounds how long an idle keep-alive
+    /// connection may take to start its next request.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// A larger request head is answered `431 Request Header Fields Too
+    /// Large`. At least 8 KiB (hyper's smallest buffer).
+    pub max_header_bytes: usize,
+    /// Connections served at once; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// How long shutdown waits for open connections to finish their
+    /// requests before it closes them.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 16 * 1024,
+            max_connections: 10_000,
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl ServerLimits {
+    /// Checks the values; the error names the key under `prefix`.
+    pub fn check(&self, prefix: &str) -> Result<(), crate::ConfigError> {
+        let bad = |key: &str, message: &str| crate::ConfigError {
+            key: format!("{prefix}.{key}"),
+            message: message.to_owned(),
+        };
+        if self.header_read_timeout.is_zero() {
+            return Err(bad("header_read_timeout", "must be more than 0"));
+        }
+        if self.max_header_bytes < MIN_HEADER_BYTES {
+            return Err(bad("max_header_bytes", "must be at least 8192"));
+        }
+        if self.max_connections == 0 || self.max_connections > Semaphore::MAX_PERMITS {
+            return Err(bad("max_connections", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
 
 /// What `/readyz` reports: not draining, and the backend answers.
 #[derive(Clone)]
@@ -56,9 +125,53 @@ impl Readiness {
 pub async fn serve(
     listener: TcpListener,
     router: Router,
+    limits: ServerLimits,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(MIN_HEADER_BYTES));
+    let slots = Arc::new(Semaphore::new(limits.max_connections.clamp(1, Semaphore::MAX_PERMITS)));
+    let graceful = GracefulShutdown::new();
+    loop {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => break,
+            },
+            () = shutdown.cancelled() => break,
+        };
+        let (stream, addr) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let flag = AmbiguousFraming::default();
+        let io = TokioIo::new(Framing::new(stream, flag.clone()));
+        let service = router.clone().map_request(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(ConnectInfo(addr));
+            req.extensions_mut().insert(flag.clone());
+            req
+        });
+        let conn = graceful.watch(http.serve_connection(io, TowerToHyperService::new(service)));
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, %addr, "connection ended with an error");
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(limits.drain_timeout, graceful.shutdown()).await.is_err() {
+        tracing::warn!(timeout = ?limits.drain_timeout, "connections still open after the drain timeout; closing them");
+    }
+    Ok(())
 }

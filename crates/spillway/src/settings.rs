@@ -21,7 +21,7 @@ use figment::{
 };
 use serde::{Deserialize, Serialize};
 use spillway_consumer::ConsumerConfig;
-use spillway_ingest::IngestConfig;
+use spillway_ingest::{IngestConfig, ServerLimits};
 use spillway_queue::{BackendConfig, DeadLetterPolicy, QueueSpec};
 
 /// Everything Spillway reads from its configuration.
@@ -56,11 +56,17 @@ pub(crate) struct ServerConfig {
     /// accepting, so load balancers take the pod out first.
     #[serde(with = "humantime_serde")]
     pub(crate) shutdown_grace: Duration,
+    /// Header-read timeout, head size, connection cap, drain timeout.
+    pub(crate) limits: ServerLimits,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        Self { listen: SocketAddr::from(([127, 0, 0, 1], 8080)), shutdown_grace: Duration::ZERO }
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            shutdown_grace: Duration::ZERO,
+            limits: ServerLimits::default(),
+        }
     }
 }
 
@@ -114,6 +120,7 @@ impl Settings {
     pub(crate) fn from_figment(f: &Figment) -> anyhow::Result<Self> {
         let s: Settings = f.extract().map_err(|e| anyhow::anyhow!("{e}"))?;
         s.ingest.compile().context("ingest routes")?;
+        s.server.limits.check("server.limits")?;
         for (name, q) in &s.queues {
             if q.dead_letter.max_receive_count == 0 {
                 bail!("invalid configuration at `queues.{name}.dead_letter.max_receive_count`: must be at least 1");

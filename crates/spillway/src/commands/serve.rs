@@ -38,7 +38,9 @@ pub(crate) async fn serve(s: Settings) -> anyhow::Result<()> {
         tokio::time::sleep(grace).await;
         trigger.cancel();
     });
-    spillway_ingest::serve(listener, router, shutdown).await.context("serving HTTP")?;
+    spillway_ingest::serve(listener, router, s.server.limits.clone(), shutdown)
+        .await
+        .context("serving HTTP")?;
     tracing::info!("drained; every accepted request has its answer");
     Ok(())
 }

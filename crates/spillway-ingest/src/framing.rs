@@ -1,0 +1,303 @@
+//! Request smuggling: a request head with both `Content-Length` and
+//! `Transfer-Encoding`.
+//!
+//! Proxies in front of the gateway may read such a body by its length while
+//! hyper reads it as chunked (or the other way round), so one side sees a
+//! second request the other side does not. RFC 9112 §6.3 lets a server refuse
+//! it; Spillway does (400, nothing stored), because a gateway may sit behind
+//! proxies it does not know. hyper cannot be asked: it drops one of the two
+//! headers before the request reaches a service. So [`Framing`] wraps the
+//! connection and follows the framing of each request as hyper reads it:
+//! the head is parsed with `httparse` (hyper's own parser), then the body is
+//! skipped by its length or chunk by chunk, up to the next head. A head with
+//! both headers sets the connection's [`AmbiguousFraming`] flag, which the
+//! handler checks before it reads anything. hyper closes such a connection
+//! after its answer, so the flagged request is the last one on it.
+//!
+//! Anything the tracker does not understand (an upgrade, a head hyper will
+//! refuse anyway) switches it off for the rest of that connection.
+
+use std::{
+    io,
+    pin::Pin,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    task::{Context, Poll},
+};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// The most header lines a head is parsed with; more and tracking stops.
+const MAX_HEADERS: usize = 128;
+/// A head or a chunk line longer than this stops tracking (hyper refuses
+/// long heads itself with 431).
+const MAX_LINE: usize = 64 * 1024;
+
+/// Set once a head on this connection had both `Content-Length` and
+/// `Transfer-Encoding`. Shared between the connection and its requests.
+#[derive(Debug, Clone, Default)]
+pub struct AmbiguousFraming(Arc<AtomicBool>);
+
+impl AmbiguousFraming {
+    pub fn is_set(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+#[derive(Debug)]
+enum State {
+    Head(Vec<u8>),
+    Body(u64),
+    ChunkSize(Vec<u8>),
+    ChunkData(u64),
+    /// The line break after a chunk's data.
+    ChunkEnd,
+    Trailers(Vec<u8>),
+    Off,
+}
+
+/// Follows request framing over the bytes of one connection.
+#[derive(Debug)]
+pub(crate) struct Tracker {
+    state: State,
+    flag: AmbiguousFraming,
+}
+
+impl Tracker {
+    pub(crate) fn new(flag: AmbiguousFraming) -> Self {
+        Self { state: State::Head(Vec::new()), flag }
+    }
+
+    /// Takes the next bytes read from the client.
+    pub(crate) fn feed(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            match &mut self.state {
+                State::Off => return,
+                State::Head(buf) => {
+                    buf.extend_from_slice(data);
+                    data = &[];
+                    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                    let mut req = httparse::Request::new(&mut headers);
+                    match req.parse(buf) {
+                        Ok(httparse::Status::Complete(n)) => {
+                            let next = after_head(&self.flag, &req);
+                            let rest = buf.split_off(n);
+                            self.state = next;
+                            self.feed(&rest);
+                            return;
+                        }
+                        Ok(httparse::Status::Partial) if buf.len() <= MAX_LINE => {}
+                        _ => self.state = State::Off,
+                    }
+                }
+                State::Body(left) => {
+                    let take = usize::try_from(*left).unwrap_or(usize::MAX).min(data.len());
+                    *left -= take as u64;
+                    data = &data[take..];
+                    if *left == 0 {
+                        self.state = State::Head(Vec::new());
+                    }
+                }
+                State::ChunkData(left) => {
+                    let take = usize::try_from(*left).unwrap_or(usize::MAX).min(data.len());
+                    *left -= take as u64;
+                    data = &data[take..];
+                    if *left == 0 {
+                        self.state = State::ChunkEnd;
+                    }
+                }
+                State::ChunkEnd => match data.iter().position(|&b| b == b'\n') {
+                    Some(i) => {
+                        data = &data[i + 1..];
+                        self.state = State::ChunkSize(Vec::new());
+                    }
+                    None => return,
+                },
+                State::ChunkSize(line) | State::Trailers(line) => {
+                    let Some(i) = data.iter().position(|&b| b == b'\n') else {
+                        line.extend_from_slice(data);
+                        if line.len() > MAX_LINE {
+                            self.state = State::Off;
+                        }
+                        return;
+                    };
+                    line.extend_from_slice(&data[..i]);
+                    data = &data[i + 1..];
+                    let text = std::mem::take(line);
+                    let in_size_line = matches!(self.state, State::ChunkSize(_));
+                    self.state = if in_size_line {
+                        chunk_size(&text).map_or(State::Off, |size| match size {
+                            0 => State::Trailers(Vec::new()),
+                            n => State::ChunkData(n),
+                        })
+                    } else if text.trim_ascii().is_empty() {
+                        // An empty line ends the trailers, and the message.
+                        State::Head(Vec::new())
+                    } else {
+                        State::Trailers(Vec::new())
+                    };
+                }
+            }
+        }
+    }
+}
+
+/// Flags an ambiguous head and says how its body is framed.
+fn after_head(flag: &AmbiguousFraming, req: &httparse::Request<'_, '_>) -> State {
+    {
+        let named = |name: &'static str| named(req.headers, name);
+        let te = named("transfer-encoding").last();
+        let cl = named("content-length").next();
+        if te.is_some() && cl.is_some() {
+            flag.0.store(true, Ordering::SeqCst);
+        }
+        if req.method == Some("CONNECT") || named("upgrade").next().is_some() {
+            return State::Off;
+        }
+        match (te, cl) {
+            (Some(te), _) => {
+                let chunked = std::str::from_utf8(te.value)
+                    .ok()
+                    .and_then(|v| v.rsplit(',').next())
+                    .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
+                if chunked {
+                    State::ChunkSize(Vec::new())
+                } else {
+                    State::Off
+                }
+            }
+            (None, Some(cl)) => std::str::from_utf8(cl.value)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map_or(State::Off, |n| if n == 0 { State::Head(Vec::new()) } else { State::Body(n) }),
+            (None, None) => State::Head(Vec::new()),
+        }
+    }
+}
+
+/// The headers called `name`, in order.
+fn named<'h, 'b>(
+    headers: &'h [httparse::Header<'b>],
+    name: &'static str,
+) -> impl Iterator<Item = &'h httparse::Header<'b>> {
+    headers.iter().filter(move |h| h.name.eq_ignore_ascii_case(name))
+}
+
+/// `1a;ext=x\r` → 26.
+fn chunk_size(line: &[u8]) -> Option<u64> {
+    let text = std::str::from_utf8(line).ok()?;
+    let hex = text.split(';').next()?.trim();
+    u64::from_str_radix(hex, 16).ok()
+}
+
+/// A connection whose incoming bytes pass through a [`Tracker`].
+pub(crate) struct Framing<S> {
+    inner: S,
+    tracker: Tracker,
+}
+
+impl<S> Framing<S> {
+    pub(crate) fn new(inner: S, flag: AmbiguousFraming) -> Self {
+        Self { inner, tracker: Tracker::new(flag) }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Framing<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = polled {
+            this.tracker.feed(&buf.filled()[before..]);
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Framing<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `wire` in pieces of `step` bytes; returns the flag.
+    fn flagged(wire: &[u8], step: usize) -> bool {
+        let flag = AmbiguousFraming::default();
+        let mut t = Tracker::new(flag.clone());
+        for piece in wire.chunks(step) {
+            t.feed(piece);
+        }
+        flag.is_set()
+    }
+
+    fn all_steps(wire: &[u8]) -> Vec<bool> {
+        [1, 2, 3, 7, 64, wire.len()].iter().map(|&s| flagged(wire, s)).collect()
+    }
+
+    #[test]
+    fn both_headers_in_either_order_are_flagged() {
+        for head in [
+            "POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 7\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST /a HTTP/1.1\r\nHost: x\r\ntransfer-encoding: chunked\r\ncontent-length: 7\r\n\r\n",
+        ] {
+            let wire = [head.as_bytes(), b"2\r\n{}\r\n0\r\n\r\n"].concat();
+            assert!(all_steps(&wire).iter().all(|&f| f), "{head:?}");
+        }
+    }
+
+    #[test]
+    fn bodies_that_look_like_heads_are_skipped() {
+        // A keep-alive connection: a length-framed body and a chunked body
+        // that both contain header-like text, then a clean request.
+        let body = b"\r\n\r\nPOST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let mut wire =
+            format!("POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+        wire.extend_from_slice(body);
+        wire.extend_from_slice(b"POST /a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n");
+        wire.extend_from_slice(format!("{:x};ext=1\r\n", body.len()).as_bytes());
+        wire.extend_from_slice(body);
+        wire.extend_from_slice(b"\r\n0\r\nX-Trailer: y\r\n\r\n");
+        wire.extend_from_slice(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(all_steps(&wire).iter().all(|&f| !f));
+        // And the request after them is still followed.
+        let mut bad = wire.clone();
+        bad.extend_from_slice(b"POST /a HTTP/1.1\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert!(all_steps(&bad).iter().all(|&f| f));
+    }
+
+    #[test]
+    fn what_it_cannot_follow_switches_it_off_without_a_flag() {
+        assert!(!flagged(b"NOT HTTP AT ALL\r\n\r\n", 4));
+        assert!(!flagged(b"GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n", 5));
+    }
+}
