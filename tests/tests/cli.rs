@@ -93,6 +93,13 @@ async fn queue_stats_prints_a_table_or_json() {
         metrics.contains(r#"spillway_http_requests_total{route="/ingest",status="202"} 3"#),
         "the gateway's metrics should count the three 202s: {metrics}"
     );
+    // Queue depth and DLQ depth, for alerts and autoscaling.
+    for gauge in [
+        r#"spillway_queue_messages{queue="ingest",state="visible"} 3"#,
+        r#"spillway_queue_messages{queue="ingest",state="dead"} 0"#,
+    ] {
+        assert!(metrics.contains(gauge), "missing {gauge}: {metrics}");
+    }
 
     let purge = ws.cli(&["dlq", "purge"]);
     assert!(!purge.status.success(), "purge without --yes must refuse");

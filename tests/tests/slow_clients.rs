@@ -59,10 +59,11 @@ async fn a_half_sent_head_is_dropped_and_holds_the_only_slot_until_then() {
     let closed = tokio::spawn(closed_by_server(idle));
     // max_connections = 1: this request waits for the half-sent head's slot.
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let answer = tokio::time::timeout(BOUND, raw(gw.addr, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", false))
-        .await
-        .expect("the second connection was never served")
-        .expect("healthz");
+    let answer =
+        tokio::time::timeout(BOUND, raw(gw.addr, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n", false))
+            .await
+            .expect("the second connection was never served")
+            .expect("healthz");
     let answered = Instant::now();
     assert_eq!(answer.status, 200);
     let closed = closed.await.expect("reader");

@@ -2,10 +2,20 @@
 //! rendered on `GET /metrics` (by `serve` on its own port, by `consume` on
 //! `consumer.metrics_listen`).
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use anyhow::Context;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use spillway_queue::Backend;
+
+/// Messages in a queue by state (`visible`, `delayed`, `in_flight`, `dead`),
+/// read from the backend when `/metrics` is scraped: for alerts and for
+/// autoscaling on queue depth. `dead` is the DLQ depth.
+pub(crate) const QUEUE_MESSAGES: &str = "spillway_queue_messages";
+/// Scrapes whose queue counts could not be read (the last values stay).
+pub(crate) const QUEUE_STATS_ERRORS: &str = "spillway_queue_stats_errors_total";
+/// A scrape waits this long for the backend's counts.
+const STATS_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Seconds: from well under a millisecond (an fsync'd commit) to a 30 s sink call.
 const LATENCY_BUCKETS: [f64; 14] =
@@ -33,4 +43,42 @@ pub(crate) fn install() -> anyhow::Result<PrometheusHandle> {
         }
     });
     Ok(handle)
+}
+
+/// What `/metrics` serves: the queue gauges, refreshed now, then everything.
+/// The embedded queue's counts are O(1) and off the writer, so a scrape
+/// costs the gateway nothing it would notice.
+#[derive(Clone)]
+pub(crate) struct Metrics {
+    pub(crate) handle: PrometheusHandle,
+    pub(crate) backend: Arc<dyn Backend>,
+    pub(crate) queues: Arc<[String]>,
+}
+
+impl Metrics {
+    pub(crate) async fn render(&self) -> String {
+        for q in self.queues.iter() {
+            match tokio::time::timeout(STATS_TIMEOUT, self.backend.stats(q)).await {
+                Ok(Ok(s)) => {
+                    for (state, n) in [
+                        ("visible", s.visible),
+                        ("delayed", s.delayed),
+                        ("in_flight", s.in_flight),
+                        ("dead", s.dead),
+                    ] {
+                        metrics::gauge!(QUEUE_MESSAGES, "queue" => q.clone(), "state" => state).set(n as f64);
+                    }
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(queue = %q, error = %e, "metrics: cannot read queue counts");
+                    metrics::counter!(QUEUE_STATS_ERRORS, "queue" => q.clone()).increment(1);
+                }
+                Err(_) => {
+                    tracing::warn!(queue = %q, "metrics: queue counts did not arrive in time");
+                    metrics::counter!(QUEUE_STATS_ERRORS, "queue" => q.clone()).increment(1);
+                }
+            }
+        }
+        self.handle.render()
+    }
 }

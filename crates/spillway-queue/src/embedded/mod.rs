@@ -44,6 +44,10 @@ pub struct EmbeddedBackend {
 
 struct Shared {
     writer: Writer,
+    /// A read-only connection for `stats`, so counting never waits for the
+    /// writer nor holds it up. `None` for the memory backend, whose database
+    /// only its one connection can see.
+    reader: Option<Arc<Mutex<Connection>>>,
     kind: &'static str,
     clock: Clock,
     wakers: Mutex<HashMap<String, Arc<Notify>>>,
@@ -82,11 +86,13 @@ impl EmbeddedBackend {
                 QueueError::unavailable(format!("embedded queue: cannot open {}", path.display()), e)
             })?;
             schema::prepare(&conn, true)?;
-            Ok::<_, QueueError>(conn)
+            let reader = schema::open_reader(&path)?;
+            Ok::<_, QueueError>((conn, reader))
         })
         .await
         .map_err(|e| QueueError::unavailable("embedded queue: open task failed", e))??;
-        Self::start(conn, "embedded", clock)
+        let (conn, reader) = conn;
+        Self::start(conn, Some(reader), "embedded", clock)
     }
 
     /// The same engine on an in-memory database: **not durable**. Used by the
@@ -95,12 +101,18 @@ impl EmbeddedBackend {
         let conn = Connection::open_in_memory()
             .map_err(|e| QueueError::unavailable("memory queue: cannot open database", e))?;
         schema::prepare(&conn, false)?;
-        Self::start(conn, "memory", clock)
+        Self::start(conn, None, "memory", clock)
     }
 
-    fn start(conn: Connection, kind: &'static str, clock: Clock) -> Result<Self, QueueError> {
+    fn start(
+        conn: Connection,
+        reader: Option<Connection>,
+        kind: &'static str,
+        clock: Clock,
+    ) -> Result<Self, QueueError> {
         let writer = Writer::spawn(conn, kind, clock.is_tokio())?;
-        Ok(Self { shared: Arc::new(Shared { writer, kind, clock, wakers: Mutex::default() }) })
+        let reader = reader.map(|r| Arc::new(Mutex::new(r)));
+        Ok(Self { shared: Arc::new(Shared { writer, reader, kind, clock, wakers: Mutex::default() }) })
     }
 
     /// `journal_mode` and `synchronous` as the writer's connection reports
@@ -120,9 +132,25 @@ impl Admin for EmbeddedBackend {
         self.shared.writer.run(move |c| ops::ensure(c, &spec)).await
     }
 
+    /// O(1) in the backlog, and on the read connection: it neither waits for
+    /// the writer nor holds it up (see [`ops::stats`]).
     async fn stats(&self, queue: &str) -> Result<QueueStats, QueueError> {
         let (queue, now) = (queue.to_owned(), self.shared.now());
-        self.shared.writer.run(move |c| ops::stats(c, &queue, now)).await
+        let Some(reader) = self.shared.reader.clone() else {
+            return self.shared.writer.run(move |c| ops::stats(c, &queue, now)).await;
+        };
+        tokio::task::spawn_blocking(move || {
+            let conn = reader.lock().unwrap_or_else(PoisonError::into_inner);
+            // One read transaction: both counts from the same snapshot.
+            let begin = conn.execute_batch("BEGIN");
+            let stats = begin
+                .map_err(|e| QueueError::unavailable("embedded queue: cannot begin a read", e))
+                .and_then(|()| ops::stats(&conn, &queue, now));
+            let _ = conn.execute_batch("COMMIT");
+            stats
+        })
+        .await
+        .map_err(|e| QueueError::unavailable("embedded queue: stats task failed", e))?
     }
 
     async fn peek_dead(&self, queue: &str, max: usize) -> Result<Vec<DeadLetter>, QueueError> {
@@ -285,7 +313,8 @@ impl Consumer for EmbeddedConsumer {
 
     async fn ack(&self, d: &Delivery) -> Result<(), QueueError> {
         let h = self.settle(d)?;
-        self.shared.writer.run(move |c| ops::ack(c, h)).await
+        let queue = self.queue.clone();
+        self.shared.writer.run(move |c| ops::ack(c, &queue, h)).await
     }
 
     async fn nack(&self, d: &Delivery, delay: Duration, reason: &str) -> Result<Nacked, QueueError> {
@@ -316,8 +345,8 @@ impl Consumer for EmbeddedConsumer {
 
     async fn dead_letter(&self, d: &Delivery, reason: &str) -> Result<(), QueueError> {
         let h = self.settle(d)?;
-        let (reason, now) = (reason.to_owned(), self.shared.now());
-        self.shared.writer.run(move |c| ops::dead_letter(c, h, &reason, now)).await
+        let (queue, reason, now) = (self.queue.clone(), reason.to_owned(), self.shared.now());
+        self.shared.writer.run(move |c| ops::dead_letter(c, &queue, h, &reason, now)).await
     }
 
     /// Drains `held` on the writer thread, after every receive sent before it
@@ -356,7 +385,7 @@ mod tests {
     use super::EmbeddedBackend;
     use crate::{
         testkit::{Capabilities, Harness},
-        Backend, Clock,
+        Admin, Backend, Clock,
     };
 
     /// Each scenario gets its own database folder, kept until the harness
@@ -387,6 +416,111 @@ mod tests {
     }
 
     crate::conformance_tests!(Embedded);
+
+    /// `stats` must not go through the writer: with another connection
+    /// holding the write lock, a writer job would wait for it (and fail after
+    /// `busy_timeout`), while a read in WAL mode goes ahead.
+    #[tokio::test]
+    async fn stats_answer_while_another_connection_holds_the_write_lock() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let b = EmbeddedBackend::open(dir.path()).await.expect("open");
+        b.ensure(&crate::QueueSpec::new("q")).await.expect("ensure");
+        let p = b.producer("q").await.expect("producer");
+        p.send(crate::OutgoingMessage::new("a", "x")).await.expect("send");
+        let locker = rusqlite::Connection::open(dir.path().join("queue.db")).expect("open");
+        locker.execute_batch("BEGIN IMMEDIATE").expect("take the write lock");
+        let stats = b.stats("q").await;
+        locker.execute_batch("ROLLBACK").expect("release");
+        assert_eq!(stats.expect("stats while the writer is locked out").visible, 1);
+    }
+
+    /// The counters agree with a full scan after every kind of operation.
+    #[tokio::test(start_paused = true)]
+    async fn counters_agree_with_a_full_scan() {
+        use std::time::Duration;
+
+        use crate::{DeadLetterPolicy, OutgoingMessage, PurgeTarget, QueueSpec};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let b = EmbeddedBackend::open_with_clock(dir.path(), Clock::tokio()).await.expect("open");
+        let spec = QueueSpec {
+            name: "q".into(),
+            dead_letter: DeadLetterPolicy {
+                max_receive_count: 2,
+                visibility_timeout: Duration::from_secs(1),
+            },
+            max_message_bytes: 1024,
+        };
+        b.ensure(&spec).await.expect("ensure");
+        let p = b.producer("q").await.expect("producer");
+        let c = b.consumer("q").await.expect("consumer");
+        let check = |what: &'static str| {
+            let b = b.clone();
+            async move {
+                let now = b.shared.now();
+                let scanned = b.shared.writer.run(move |c| super::ops::stats_by_scan(c, "q", now)).await;
+                assert_eq!(b.stats("q").await.expect("stats"), scanned.expect("scan"), "after {what}");
+            }
+        };
+        for i in 0..20 {
+            let mut m = OutgoingMessage::new(format!("m{i}"), "x");
+            m.dedup_key = Some(format!("k{}", i % 15));
+            m.delay = Duration::from_millis(if i % 4 == 0 { 5000 } else { 0 });
+            p.send(m).await.expect("send");
+        }
+        check("sends with dedup and delays").await;
+        let got = c.receive(8, Duration::ZERO).await.expect("receive");
+        check("a receive").await;
+        c.ack(&got[0]).await.expect("ack");
+        c.ack(&got[0]).await.expect("double ack");
+        c.nack(&got[1], Duration::from_secs(3), "x").await.expect("nack");
+        c.release(&got[2], Duration::ZERO).await.expect("release");
+        c.dead_letter(&got[3], "poison").await.expect("dead-letter");
+        check("ack, nack, release, dead-letter").await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let again = c.receive(20, Duration::ZERO).await.expect("receive after expiry");
+        for d in &again {
+            let _ = c.nack(d, Duration::ZERO, "again").await.expect("nack");
+        }
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let _ =
+            c.receive(20, Duration::ZERO).await.expect("receive: expired last receives are dead-lettered");
+        check("nacks to the DLQ and expiry").await;
+        assert_eq!(b.redrive("q", 3).await.expect("redrive"), 3);
+        check("redrive").await;
+        b.purge("q", PurgeTarget::Dead).await.expect("purge dead");
+        check("purge dead").await;
+        b.purge("q", PurgeTarget::Source).await.expect("purge");
+        check("purge").await;
+        c.close().await.expect("close");
+    }
+
+    /// A database written before the counters existed is counted once on open.
+    #[tokio::test]
+    async fn an_old_database_gets_its_counters_on_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let conn = rusqlite::Connection::open(dir.path().join("queue.db")).expect("open");
+            conn.execute_batch(
+                "CREATE TABLE queues (name TEXT PRIMARY KEY, max_receive_count INTEGER NOT NULL,
+                                      visibility_timeout_ms INTEGER NOT NULL, max_message_bytes INTEGER NOT NULL);
+                 CREATE TABLE messages (seq INTEGER PRIMARY KEY AUTOINCREMENT, queue TEXT NOT NULL, id TEXT NOT NULL,
+                     body BLOB NOT NULL, attributes TEXT NOT NULL, ordering_key TEXT, dedup_key TEXT,
+                     enqueued_at INTEGER NOT NULL, visible_at INTEGER NOT NULL,
+                     receive_count INTEGER NOT NULL DEFAULT 0, receipt_gen INTEGER NOT NULL DEFAULT 0,
+                     receipt INTEGER, first_received_at INTEGER, last_received_at INTEGER, last_error TEXT,
+                     dead_at INTEGER);
+                 INSERT INTO queues VALUES ('q', 5, 30000, 1024);
+                 INSERT INTO messages (queue, id, body, attributes, enqueued_at, visible_at) VALUES
+                     ('q', 'a', x'00', '{}', 0, 0), ('q', 'b', x'00', '{}', 0, 0);
+                 INSERT INTO messages (queue, id, body, attributes, enqueued_at, visible_at, dead_at) VALUES
+                     ('q', 'c', x'00', '{}', 0, 0, 1);",
+            )
+            .expect("old layout");
+        }
+        let b = EmbeddedBackend::open(dir.path()).await.expect("open");
+        let s = b.stats("q").await.expect("stats");
+        assert_eq!((s.visible, s.dead), (2, 1));
+    }
 
     /// Durability rests on these two settings; the `kill -9` test cannot see
     /// them (the page cache outlives a killed process), so read them back.

@@ -110,21 +110,36 @@ pub(crate) fn send(
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )
         .map_err(sql("prepare send"))?;
+    let mut inserted = 0i64;
     for m in msgs {
         let attributes = serde_json::to_string(&m.attributes)
             .map_err(|e| QueueError::Invalid(format!("attributes: {e}")))?;
-        st.execute(params![
-            queue,
-            m.id,
-            m.body.as_ref(),
-            attributes,
-            m.ordering_key,
-            m.dedup_key,
-            now,
-            now.saturating_add(ms(m.delay))
-        ])
-        .map_err(sql("send"))?;
+        inserted += st
+            .execute(params![
+                queue,
+                m.id,
+                m.body.as_ref(),
+                attributes,
+                m.ordering_key,
+                m.dedup_key,
+                now,
+                now.saturating_add(ms(m.delay))
+            ])
+            .map_err(sql("send"))? as i64;
     }
+    count(conn, queue, inserted, 0)
+}
+
+/// Keeps the queue's `live` and `dead` counters in step with the rows, in
+/// the same transaction as the change itself, so `stats` reads two numbers
+/// instead of scanning a backlog.
+fn count(conn: &Connection, queue: &str, live: i64, dead: i64) -> Result<(), QueueError> {
+    if live == 0 && dead == 0 {
+        return Ok(());
+    }
+    conn.prepare_cached("UPDATE queues SET live = live + ?2, dead = dead + ?3 WHERE name = ?1")
+        .and_then(|mut st| st.execute(params![queue, live, dead]))
+        .map_err(sql("count"))?;
     Ok(())
 }
 
@@ -181,7 +196,7 @@ pub(crate) fn receive(conn: &Connection, queue: &str, max: usize, now: i64) -> R
         for c in rows {
             if c.receive_count >= policy.max_receive_count {
                 let reason = format!("visibility timeout expired on receive {}", c.receive_count);
-                kill(conn, c.seq, now, Some(&reason), true)?;
+                kill(conn, queue, c.seq, now, Some(&reason), true)?;
                 expired += 1;
                 continue;
             }
@@ -259,6 +274,7 @@ fn parse_attributes(json: &str) -> BTreeMap<String, String> {
 /// error text over `reason` (a timed-out receive says less than the nack before it).
 fn kill(
     conn: &Connection,
+    queue: &str,
     seq: i64,
     now: i64,
     reason: Option<&str>,
@@ -269,10 +285,11 @@ fn kill(
     } else {
         "UPDATE messages SET dead_at = ?2, receipt = NULL, last_error = ?3 WHERE seq = ?1"
     };
-    conn.prepare_cached(sql_text)
+    let n = conn
+        .prepare_cached(sql_text)
         .and_then(|mut st| st.execute(params![seq, now, reason]))
-        .map_err(sql("dead-letter"))?;
-    Ok(())
+        .map_err(sql("dead-letter"))? as i64;
+    count(conn, queue, -n, n)
 }
 
 /// Whether the handle still holds the message, and its receive count if so.
@@ -284,11 +301,12 @@ fn held(conn: &Connection, h: Handle) -> Result<Option<u32>, QueueError> {
     .map_err(sql("look up delivery"))
 }
 
-pub(crate) fn ack(conn: &Connection, h: Handle) -> Result<(), QueueError> {
-    conn.prepare_cached("DELETE FROM messages WHERE seq = ?1 AND receipt = ?2 AND dead_at IS NULL")
+pub(crate) fn ack(conn: &Connection, queue: &str, h: Handle) -> Result<(), QueueError> {
+    let n = conn
+        .prepare_cached("DELETE FROM messages WHERE seq = ?1 AND receipt = ?2 AND dead_at IS NULL")
         .and_then(|mut st| st.execute(params![h.seq, h.receipt]))
-        .map_err(sql("ack"))?;
-    Ok(())
+        .map_err(sql("ack"))? as i64;
+    count(conn, queue, -n, 0)
 }
 
 /// A failed receive: retried later, or dead-lettered if it was the last allowed.
@@ -300,10 +318,10 @@ pub(crate) fn nack(
     reason: &str,
     now: i64,
 ) -> Result<Nacked, QueueError> {
-    let Some(count) = held(conn, h)? else { return Ok(Nacked::Stale) };
+    let Some(receives) = held(conn, h)? else { return Ok(Nacked::Stale) };
     let policy = policy(conn, queue)?;
-    if count >= policy.max_receive_count {
-        kill(conn, h.seq, now, Some(reason), false)?;
+    if receives >= policy.max_receive_count {
+        kill(conn, queue, h.seq, now, Some(reason), false)?;
         return Ok(Nacked::DeadLettered);
     }
     conn.prepare_cached(
@@ -333,15 +351,49 @@ pub(crate) fn extend(conn: &Connection, h: Handle, timeout: Duration, now: i64) 
     Ok(())
 }
 
-pub(crate) fn dead_letter(conn: &Connection, h: Handle, reason: &str, now: i64) -> Result<(), QueueError> {
+pub(crate) fn dead_letter(
+    conn: &Connection,
+    queue: &str,
+    h: Handle,
+    reason: &str,
+    now: i64,
+) -> Result<(), QueueError> {
     if held(conn, h)?.is_some() {
-        kill(conn, h.seq, now, Some(reason), false)?;
+        kill(conn, queue, h.seq, now, Some(reason), false)?;
     }
     Ok(())
 }
 
+/// Counts for one queue without a scan: `live` and `dead` are counters kept
+/// in the same transactions as the rows; `delayed` and `in_flight` are
+/// counted over the index range of messages not yet visible, which holds
+/// only messages that are retrying, delayed or held by a consumer, never the
+/// visible backlog. Runs on the read connection, outside the writer.
 pub(crate) fn stats(conn: &Connection, queue: &str, now: i64) -> Result<QueueStats, QueueError> {
-    policy(conn, queue)?;
+    let to_u64 = |n: i64| u64::try_from(n).unwrap_or(0);
+    let (live, dead): (i64, i64) = conn
+        .prepare_cached("SELECT live, dead FROM queues WHERE name = ?1")
+        .and_then(|mut st| st.query_row([queue], |r| Ok((r.get(0)?, r.get(1)?))).optional())
+        .map_err(sql("stats"))?
+        .ok_or_else(|| QueueError::NotFound(queue.to_owned()))?;
+    let (hidden, held): (i64, i64) = conn
+        .prepare_cached(
+            "SELECT count(*), count(receipt) FROM messages
+             WHERE queue = ?1 AND dead_at IS NULL AND visible_at > ?2",
+        )
+        .and_then(|mut st| st.query_row(params![queue, now], |r| Ok((r.get(0)?, r.get(1)?))))
+        .map_err(sql("stats"))?;
+    Ok(QueueStats {
+        visible: to_u64(live - hidden),
+        delayed: to_u64(hidden - held),
+        in_flight: to_u64(held),
+        dead: to_u64(dead),
+    })
+}
+
+/// The counts by a full scan: what [`stats`] must always agree with.
+#[cfg(test)]
+pub(crate) fn stats_by_scan(conn: &Connection, queue: &str, now: i64) -> Result<QueueStats, QueueError> {
     let count = |n: Option<i64>| u64::try_from(n.unwrap_or(0)).unwrap_or(0);
     conn.prepare_cached(
         "SELECT sum(dead_at IS NULL AND visible_at <= ?2),
@@ -404,6 +456,7 @@ pub(crate) fn redrive(conn: &Connection, queue: &str, max: usize, now: i64) -> R
         )
         .and_then(|mut st| st.execute(params![queue, i64::try_from(max).unwrap_or(i64::MAX), now]))
         .map_err(sql("redrive"))?;
+    count(conn, queue, moved as i64, -(moved as i64))?;
     Ok(moved as u64)
 }
 
@@ -414,6 +467,10 @@ pub(crate) fn purge(conn: &Connection, queue: &str, target: PurgeTarget) -> Resu
         PurgeTarget::Dead => "DELETE FROM messages WHERE queue = ?1 AND dead_at IS NOT NULL",
     };
     let n = conn.prepare_cached(text).and_then(|mut st| st.execute([queue])).map_err(sql("purge"))?;
+    match target {
+        PurgeTarget::Source => count(conn, queue, -(n as i64), 0)?,
+        PurgeTarget::Dead => count(conn, queue, 0, -(n as i64))?,
+    }
     Ok(n as u64)
 }
 

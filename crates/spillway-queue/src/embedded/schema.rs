@@ -30,7 +30,9 @@ const SCHEMA: &str = "
         name                   TEXT PRIMARY KEY,
         max_receive_count      INTEGER NOT NULL,
         visibility_timeout_ms  INTEGER NOT NULL,
-        max_message_bytes      INTEGER NOT NULL
+        max_message_bytes      INTEGER NOT NULL,
+        live                   INTEGER NOT NULL DEFAULT 0,
+        dead                   INTEGER NOT NULL DEFAULT 0
     );
     CREATE TABLE IF NOT EXISTS messages (
         seq                INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -57,12 +59,73 @@ const SCHEMA: &str = "
         WHERE dedup_key IS NOT NULL AND dead_at IS NULL;
 ";
 
-/// Applies the settings and creates the tables if they are missing.
+/// The layout's version, in `PRAGMA user_version`. 1: the `live` and `dead`
+/// counters on `queues`.
+const VERSION: i64 = 1;
+
+/// Version 0 → 1: a database written before the counters existed gets the
+/// columns and one full count, once.
+const ADD_COUNTERS: &str = "
+    ALTER TABLE queues ADD COLUMN live INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE queues ADD COLUMN dead INTEGER NOT NULL DEFAULT 0;
+";
+const RECOUNT: &str = "
+    UPDATE queues SET
+        live = (SELECT count(*) FROM messages WHERE queue = queues.name AND dead_at IS NULL),
+        dead = (SELECT count(*) FROM messages WHERE queue = queues.name AND dead_at IS NOT NULL);
+";
+
+/// Applies the settings, creates the tables if they are missing, and brings
+/// an older layout up to date.
 pub(crate) fn prepare(conn: &Connection, durable: bool) -> Result<(), QueueError> {
     let pragmas = if durable { DURABLE_PRAGMAS } else { MEMORY_PRAGMAS };
-    conn.execute_batch(pragmas)
-        .and_then(|()| conn.execute_batch(SCHEMA))
-        .map_err(|e| QueueError::unavailable("embedded queue: cannot prepare the database", e))
+    let migrate = || -> rusqlite::Result<()> {
+        conn.execute_batch(pragmas)?;
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version < VERSION {
+            let had_queues: bool = conn.query_row(
+                "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'queues'",
+                [],
+                |r| r.get(0),
+            )?;
+            let has_counters = had_queues
+                && conn.query_row(
+                    "SELECT count(*) > 0 FROM pragma_table_info('queues') WHERE name = 'live'",
+                    [],
+                    |r| r.get::<_, bool>(0),
+                )?;
+            if had_queues && !has_counters {
+                conn.execute_batch(ADD_COUNTERS)?;
+            }
+            conn.execute_batch(SCHEMA)?;
+            conn.execute_batch(RECOUNT)?;
+            conn.execute_batch(&format!("PRAGMA user_version = {VERSION}"))?;
+        } else {
+            conn.execute_batch(SCHEMA)?;
+        }
+        conn.execute_batch("COMMIT")
+    };
+    migrate().map_err(|e| {
+        let _ = conn.execute_batch("ROLLBACK");
+        QueueError::unavailable("embedded queue: cannot prepare the database", e)
+    })
+}
+
+/// A second connection to the same file, for reads that must not wait for
+/// the writer (WAL lets readers run beside a writer).
+pub(crate) fn open_reader(path: &std::path::Path) -> Result<Connection, QueueError> {
+    use rusqlite::OpenFlags;
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
+    )
+    .map_err(|e| {
+        QueueError::unavailable(format!("embedded queue: cannot open {} to read", path.display()), e)
+    })?;
+    conn.execute_batch("PRAGMA busy_timeout = 5000;")
+        .map_err(|e| QueueError::unavailable("embedded queue: cannot set up the read connection", e))?;
+    Ok(conn)
 }
 
 /// `(journal_mode, synchronous)` of this connection.

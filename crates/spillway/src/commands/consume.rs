@@ -1,5 +1,7 @@
 //! `spillway consume`: drain a queue into the sink.
 
+use std::sync::Arc;
+
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
@@ -17,12 +19,16 @@ pub(crate) async fn consume(s: Settings, queue: Option<String>) -> anyhow::Resul
     let consumer =
         backend.consumer(&cfg.queue).await.with_context(|| format!("consuming `{}`", cfg.queue))?;
     let shutdown = CancellationToken::new();
-    let metrics = telemetry::install()?;
+    let metrics = telemetry::Metrics {
+        handle: telemetry::install()?,
+        backend: backend.clone(),
+        queues: Arc::from([cfg.queue.clone()]),
+    };
     if let Some(addr) = s.metrics.consumer_listen {
         let listener =
             TcpListener::bind(addr).await.with_context(|| format!("binding {addr} for metrics"))?;
         let app = Router::new()
-            .route("/metrics", get(move || std::future::ready(metrics.render())))
+            .route("/metrics", get(move || async move { metrics.render().await }))
             .route("/healthz", get(|| std::future::ready("ok")));
         let stop = shutdown.clone();
         tokio::spawn(async move {

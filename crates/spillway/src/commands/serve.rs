@@ -11,10 +11,14 @@ use crate::{settings::Settings, signal, telemetry};
 pub(crate) async fn serve(s: Settings) -> anyhow::Result<()> {
     let backend = open_backend(&s).await?;
     let readiness = Readiness::new(backend.clone());
-    let metrics = telemetry::install()?;
+    let metrics = telemetry::Metrics {
+        handle: telemetry::install()?,
+        backend: backend.clone(),
+        queues: s.queue_specs().into_iter().map(|q| q.name).collect(),
+    };
     let router = build_router(&s.ingest, backend.clone(), readiness.clone())
         .await?
-        .route("/metrics", axum::routing::get(move || std::future::ready(metrics.render())));
+        .route("/metrics", axum::routing::get(move || async move { metrics.render().await }));
     let listener =
         TcpListener::bind(s.server.listen).await.with_context(|| format!("binding {}", s.server.listen))?;
     let addr = listener.local_addr().context("reading the bound address")?;
