@@ -29,6 +29,38 @@ allowed_origins = ["https://test.com", "https://bad.*.com"]
     }
 }
 
+/// Values `config check` used to accept although they panicked or
+/// misbehaved at start: each is now refused by `config check`, `serve` and
+/// `consume` alike, with its key named and exit code 1.
+#[test]
+fn values_that_used_to_break_start_up_are_refused_by_config_check_naming_the_key() {
+    let cases = [
+        (
+            "[ingest.cors]\nallowed_origins = [\"https://a.com\"]\nallow_credentials = true\nallowed_headers = [\"*\"]",
+            "ingest.cors.allowed_headers[0]",
+        ),
+        (
+            "[ingest.cors]\nallowed_origins = [\"https://a.com\"]\nallow_credentials = true\nexpose_headers = [\"*\"]",
+            "ingest.cors.expose_headers[0]",
+        ),
+        ("[consumer]\nretry = { jitter = nan }", "consumer.retry.jitter"),
+        ("[ingest.publisher]\nsend_timeout = \"0s\"", "ingest.publisher.send_timeout"),
+        ("[consumer.sink]\ntype = \"http\"\nurl = \"not a url\"", "consumer.sink.url"),
+        ("[consumer.sink]\ntype = \"postgres\"\nurl = \"postgres://db/x\"\ntable = \"x; drop table y\"", "consumer.sink.table"),
+        ("[queues.ingest.dead_letter]\nvisibility_timeout = \"100ms\"", "queues.ingest.dead_letter.visibility_timeout"),
+    ];
+    for (config, key) in cases {
+        let ws = Workspace::new(&format!("[queue]\nbackend = \"embedded\"\npath = \"{{data}}\"\n{config}\n"));
+        for args in [&["config", "check"][..], &["serve"][..], &["consume"][..]] {
+            let out = ws.cli(args);
+            let t = text(&out);
+            assert_eq!(out.status.code(), Some(1), "{config} / {args:?}: {t}");
+            assert!(t.contains(key), "{config} / {args:?} should name `{key}`: {t}");
+            assert!(!t.contains("panicked"), "{t}");
+        }
+    }
+}
+
 #[test]
 fn config_check_prints_the_effective_config_with_secrets_masked() {
     let ws = Workspace::new(

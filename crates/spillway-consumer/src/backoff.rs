@@ -39,11 +39,29 @@ impl Backoff {
         self.base.saturating_mul(GROWTH.saturating_pow(exp)).min(self.max)
     }
 
-    /// The delay with jitter; `unit` is a random number in `[0, 1)`.
+    /// The delay with jitter; `unit` is a random number in `[0, 1)`. Never
+    /// panics, whatever the values (a NaN jitter counts as none): the config
+    /// check refuses such values, but a panic here would kill a worker.
     pub fn delay(&self, attempt: u32, unit: f64) -> Duration {
-        let jitter = self.jitter.clamp(0.0, 1.0);
-        let factor = 1.0 - jitter + 2.0 * jitter * unit.clamp(0.0, 1.0);
-        self.nominal(attempt).mul_f64(factor).min(self.max)
+        let jitter = if self.jitter.is_finite() { self.jitter.clamp(0.0, 1.0) } else { 0.0 };
+        let unit = if unit.is_finite() { unit.clamp(0.0, 1.0) } else { 0.5 };
+        let factor = 1.0 - jitter + 2.0 * jitter * unit;
+        let nominal = self.nominal(attempt);
+        Duration::try_from_secs_f64(nominal.as_secs_f64() * factor).unwrap_or(nominal).min(self.max)
+    }
+
+    /// Checks the values; the error names the key under `prefix`.
+    pub fn check(&self, prefix: &str) -> Result<(), crate::config::ConfigError> {
+        if !(0.0..=1.0).contains(&self.jitter) {
+            return Err(crate::config::ConfigError::new(
+                format!("{prefix}.jitter"),
+                "must be a number from 0.0 to 1.0",
+            ));
+        }
+        if self.base > self.max {
+            return Err(crate::config::ConfigError::new(format!("{prefix}.base"), "must not exceed max"));
+        }
+        Ok(())
     }
 
     /// The delay with jitter from the thread's random generator.
@@ -62,6 +80,17 @@ mod tests {
         let got: Vec<_> = (1..=6).map(|n| b.nominal(n).as_millis()).collect();
         assert_eq!(got, vec![100, 200, 400, 800, 1000, 1000]);
         assert_eq!(b.nominal(u32::MAX), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn extreme_values_never_panic() {
+        for jitter in [f64::NAN, f64::INFINITY, -1.0, 2.0] {
+            let b = Backoff { base: Duration::MAX, max: Duration::MAX, jitter };
+            for unit in [0.0, 0.999, f64::NAN] {
+                let _ = b.delay(u32::MAX, unit);
+            }
+            assert!(b.check("consumer.retry").expect_err("refused").key.ends_with("jitter"));
+        }
     }
 
     #[test]

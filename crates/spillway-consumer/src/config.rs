@@ -6,6 +6,24 @@ use serde::{Deserialize, Serialize};
 
 use crate::backoff::Backoff;
 
+/// The shortest visibility timeout a consumer works with: the keeper extends
+/// held messages every third of it, and must get each extend in on time.
+pub const MIN_VISIBILITY: Duration = Duration::from_secs(1);
+
+/// A consumer setting that cannot work, with its key.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("invalid configuration at `{key}`: {message}")]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { key: key.into(), message: message.into() }
+    }
+}
+
 /// How the runtime drains a queue.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -44,6 +62,34 @@ impl Default for ConsumerConfig {
             sink_timeout: Duration::from_secs(30),
             sink: SinkConfig::default(),
         }
+    }
+}
+
+impl ConsumerConfig {
+    /// Checks every value but the sink's (see [`crate::sink::check`]).
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let positive = [
+            ("concurrency", self.concurrency as u64),
+            ("batch_size", self.batch_size as u64),
+            ("circuit_threshold", u64::from(self.circuit_threshold)),
+        ];
+        for (key, n) in positive {
+            if n == 0 {
+                return Err(ConfigError::new(format!("consumer.{key}"), "must be at least 1"));
+            }
+        }
+        if self.concurrency > 4096 {
+            return Err(ConfigError::new("consumer.concurrency", "must be at most 4096"));
+        }
+        for (key, d) in
+            [("wait", self.wait), ("sink_timeout", self.sink_timeout), ("probe.base", self.probe.base)]
+        {
+            if d.is_zero() {
+                return Err(ConfigError::new(format!("consumer.{key}"), "must be more than 0"));
+            }
+        }
+        self.retry.check("consumer.retry")?;
+        self.probe.check("consumer.probe")
     }
 }
 

@@ -31,4 +31,4 @@ pub mod sink;
 pub use config::{ConsumerConfig, SinkConfig};
 pub use outcome::SinkError;
 pub use runtime::{run, RunReport};
-pub use sink::{build_sink, Sink};
+pub use sink::{build_sink, check as check_sink, Sink};

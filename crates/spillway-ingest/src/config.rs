@@ -1,9 +1,12 @@
 //! Ingest settings as written in the config file, and their compiled form.
 //!
 //! [`IngestConfig`] is what figment reads; [`IngestConfig::compile`] checks
-//! every value and turns it into [`CompiledRoute`]s. A bad value is a
-//! [`ConfigError`] that names its key (`ingest.routes[1].cors.allowed_origins[0]`),
-//! so the operator can find it; nothing here panics on user input.
+//! every value, once, and turns it into [`CompiledIngest`]: the routes, the
+//! CORS policies and the publisher settings the router is built from. A bad
+//! value is a [`ConfigError`] that names its key
+//! (`ingest.routes[1].cors.allowed_origins[0]`), so the operator can find it;
+//! nothing here panics on user input, and nothing that compiled panics later
+//! (tower-http's CORS `assert!`s are checked here first).
 
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
@@ -257,23 +260,45 @@ impl CompiledRoute {
     }
 }
 
+/// Everything the router needs, checked.
+#[derive(Debug, Clone)]
+pub struct CompiledIngest {
+    pub routes: Vec<CompiledRoute>,
+    /// The top-level CORS policy, which also covers answers to unknown paths.
+    pub global_cors: Option<Arc<CorsPolicy>>,
+    pub publisher: PublisherConfig,
+}
+
 /// Paths the server answers itself.
 pub const RESERVED_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
 
 impl IngestConfig {
     /// Checks every value; the first bad one is the error.
-    pub fn compile(&self) -> Result<Vec<CompiledRoute>, ConfigError> {
+    pub fn compile(&self) -> Result<CompiledIngest, ConfigError> {
         if self.routes.is_empty() {
             return Err(invalid("ingest.routes", "at least one route is needed"));
         }
-        if self.publisher.max_batch == 0 || self.publisher.max_in_flight == 0 || self.publisher.backlog == 0 {
-            return Err(invalid(
-                "ingest.publisher",
-                "max_batch, max_in_flight and backlog must be at least 1",
-            ));
+        let p = &self.publisher;
+        for (key, n) in
+            [("max_batch", p.max_batch), ("max_in_flight", p.max_in_flight), ("backlog", p.backlog)]
+        {
+            if n == 0 {
+                return Err(invalid(format!("ingest.publisher.{key}"), "must be at least 1"));
+            }
+        }
+        if p.max_in_flight > tokio::sync::Semaphore::MAX_PERMITS || p.max_in_flight > u32::MAX as usize {
+            return Err(invalid("ingest.publisher.max_in_flight", "is too large"));
+        }
+        // 0 would answer 503 to requests whose messages were stored.
+        if p.send_timeout.is_zero() {
+            return Err(invalid("ingest.publisher.send_timeout", "must be more than 0"));
+        }
+        if self.limits.body_timeout.is_zero() {
+            return Err(invalid("ingest.limits.body_timeout", "must be more than 0"));
         }
         let mut shapes = HashSet::new();
-        self.routes
+        let routes = self
+            .routes
             .iter()
             .enumerate()
             .map(|(i, r)| {
@@ -287,12 +312,9 @@ impl IngestConfig {
                 }
                 self.compile_route(r, &key)
             })
-            .collect()
-    }
-
-    /// The top-level CORS policy, which also covers answers to unknown paths.
-    pub fn global_cors(&self) -> Result<Option<Arc<CorsPolicy>>, ConfigError> {
-        Ok(compile_cors(&self.cors, "ingest.cors")?.map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()?;
+        let global_cors = compile_cors(&self.cors, "ingest.cors")?.map(Arc::new);
+        Ok(CompiledIngest { routes, global_cors, publisher: self.publisher.clone() })
     }
 
     fn compile_route(&self, r: &RouteConfig, key: &str) -> Result<CompiledRoute, ConfigError> {
@@ -385,11 +407,28 @@ fn compile_cors(c: &CorsConfig, key: &str) -> Result<Option<CorsPolicy>, ConfigE
             "`*` together with allow_credentials would let every site send credentialed requests; list the origins",
         ));
     }
+    let allowed_headers = header_names(&c.allowed_headers, &format!("{key}.allowed_headers"))?;
+    let expose_headers = header_names(&c.expose_headers, &format!("{key}.expose_headers"))?;
+    // tower-http `assert!`s these away at start-up: a wildcard means nothing
+    // to a browser on a credentialed request, so refuse it here, by key.
+    for (field, names) in [("allowed_headers", &allowed_headers), ("expose_headers", &expose_headers)] {
+        if let Some(i) = names.iter().position(|h| h.as_str() == "*") {
+            if c.allow_credentials {
+                return Err(invalid(
+                    format!("{key}.{field}[{i}]"),
+                    "`*` does not work with allow_credentials: browsers ignore it on credentialed requests; list the headers",
+                ));
+            }
+        }
+    }
+    if c.max_age.as_secs() > u64::from(u32::MAX) {
+        return Err(invalid(format!("{key}.max_age"), "is too long"));
+    }
     Ok(Some(CorsPolicy {
         matcher: Arc::new(matcher),
         allow_credentials: c.allow_credentials,
-        allowed_headers: header_names(&c.allowed_headers, &format!("{key}.allowed_headers"))?,
-        expose_headers: header_names(&c.expose_headers, &format!("{key}.expose_headers"))?,
+        allowed_headers,
+        expose_headers,
         max_age: c.max_age,
         strict_origin: c.strict_origin,
     }))
@@ -445,7 +484,7 @@ mod tests {
 
     #[test]
     fn the_default_serves_ingest() {
-        let routes = IngestConfig::default().compile().expect("compiles");
+        let routes = IngestConfig::default().compile().expect("compiles").routes;
         assert_eq!(routes[0].path, "/ingest");
         assert_eq!(routes[0].methods, vec![Method::POST, Method::PUT]);
         assert_eq!(routes[0].success_status, StatusCode::ACCEPTED);
@@ -488,6 +527,39 @@ mod tests {
             let c = parse(&format!("[[routes]]\nqueue = \"q\"\n{route}\n"));
             assert_eq!(c.compile().expect_err(route).key, key, "{route}");
         }
+    }
+
+    #[test]
+    fn wildcard_headers_with_credentials_are_refused_by_key() {
+        for (field, key) in [
+            ("allowed_headers", "ingest.cors.allowed_headers[1]"),
+            ("expose_headers", "ingest.cors.expose_headers[1]"),
+        ] {
+            let c = parse(&format!(
+                "[cors]\nallowed_origins = [\"https://a.com\"]\nallow_credentials = true\n{field} = [\"x-a\", \"*\"]\n"
+            ));
+            assert_eq!(c.compile().expect_err(field).key, key);
+        }
+        let c = parse("[cors]\nallowed_origins = [\"https://a.com\"]\nallowed_headers = [\"*\"]\n");
+        let compiled = c.compile().expect("without credentials a wildcard is allowed");
+        let policy = compiled.global_cors.expect("policy");
+        // What tower-http checks when the layer is applied: no panic.
+        let _ = tower::Layer::layer(
+            &policy.layer(&[Method::POST]),
+            tower::service_fn(|_: ()| async { Ok::<_, ()>(()) }),
+        );
+    }
+
+    #[test]
+    fn zero_timeouts_are_refused_by_key() {
+        assert_eq!(
+            parse("[publisher]\nsend_timeout = \"0s\"\n").compile().expect_err("0").key,
+            "ingest.publisher.send_timeout"
+        );
+        assert_eq!(
+            parse("[limits]\nbody_timeout = \"0s\"\n").compile().expect_err("0").key,
+            "ingest.limits.body_timeout"
+        );
     }
 
     #[test]

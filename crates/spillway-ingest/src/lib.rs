@@ -35,7 +35,7 @@ pub mod publisher;
 pub mod routes;
 pub mod server;
 
-pub use config::{ConfigError, IngestConfig};
+pub use config::{CompiledIngest, ConfigError, IngestConfig};
 pub use error::ApiError;
 pub use publisher::Publisher;
 pub use routes::build_router;

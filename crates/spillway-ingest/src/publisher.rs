@@ -172,9 +172,19 @@ mod tests {
     #[tokio::test]
     async fn a_backend_failure_reaches_every_request_of_the_batch() {
         let producer = Arc::new(Counting { batches: AtomicUsize::new(0), fail: true });
-        let p = Publisher::spawn("q", producer, &cfg());
-        let err = p.publish(OutgoingMessage::new("1", "x")).await.expect_err("fails");
-        assert!(err.is_retryable());
+        let p = Arc::new(Publisher::spawn("q", producer.clone(), &cfg()));
+        let tasks: Vec<_> = (0..20)
+            .map(|i| {
+                let p = p.clone();
+                tokio::spawn(async move { p.publish(OutgoingMessage::new(format!("{i}"), "x")).await })
+            })
+            .collect();
+        for t in tasks {
+            let err = t.await.expect("task").expect_err("every request of a failed batch fails");
+            assert!(err.is_retryable(), "{err:?}");
+        }
+        let batches = producer.batches.load(Ordering::SeqCst);
+        assert!(batches < 20, "the requests shared batches: {batches} for 20");
     }
 
     #[tokio::test]

@@ -20,7 +20,7 @@ use axum::{
 use spillway_queue::{Backend, QueueError};
 
 use crate::{
-    config::{ConfigError, IngestConfig},
+    config::{CompiledIngest, ConfigError},
     cors::{self, CorsPolicy},
     error::ApiError,
     handler::{ingest, RouteState},
@@ -38,14 +38,15 @@ pub enum BuildError {
     Queue { queue: String, source: QueueError },
 }
 
-/// Builds the router: one publisher per queue, shared by the routes that use it.
-/// The queues must exist (the binary ensures them first).
+/// Builds the router from the compiled settings: one publisher per queue,
+/// shared by the routes that use it. The queues must exist (the binary
+/// ensures them first).
 pub async fn build_router(
-    cfg: &IngestConfig,
+    cfg: &CompiledIngest,
     backend: Arc<dyn Backend>,
     readiness: Readiness,
 ) -> Result<Router, BuildError> {
-    let routes = cfg.compile()?;
+    let routes = cfg.routes.clone();
     let mut publishers: HashMap<String, Arc<Publisher>> = HashMap::new();
     let mut router = Router::new();
     for route in routes {
@@ -84,7 +85,7 @@ pub async fn build_router(
     // An unknown path is answered under the top-level CORS policy, so a
     // browser on an allowed origin can read its 404.
     let not_found: MethodRouter = any(|| async { ApiError::NotFound.into_response() });
-    let global = cfg.global_cors()?;
+    let global = cfg.global_cors.clone();
     Ok(router
         .route("/healthz", get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }))
         .route("/readyz", get(move || readiness_answer(readiness.clone())))

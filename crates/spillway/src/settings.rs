@@ -3,7 +3,9 @@
 //! `SPILLWAY_QUEUE__BACKEND=memory`, `SPILLWAY_SERVER__LISTEN=0.0.0.0:8080`).
 //!
 //! Loading is [`Settings::figment`] (merge) then [`Settings::from_figment`]
-//! (extract and validate), a pure function tested with `Toml::string`.
+//! (extract, then [`Settings::compile`]: every check, in one place, once),
+//! a pure function tested with `Toml::string` and a property test that feeds
+//! arbitrary values into every key.
 //! Every field has a default that works on the embedded queue, so
 //! `spillway serve` with no file at all serves `/ingest`.
 
@@ -14,14 +16,14 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use figment::{
     providers::{Env, Format, Toml},
     Figment,
 };
 use serde::{Deserialize, Serialize};
-use spillway_consumer::ConsumerConfig;
-use spillway_ingest::{IngestConfig, ServerLimits};
+use spillway_consumer::{config::MIN_VISIBILITY, ConsumerConfig};
+use spillway_ingest::{CompiledIngest, IngestConfig, ServerLimits};
 use spillway_queue::{BackendConfig, DeadLetterPolicy, QueueSpec};
 
 /// Everything Spillway reads from its configuration.
@@ -116,25 +118,49 @@ impl Settings {
         Ok(f.merge(Env::prefixed("SPILLWAY_").split("__").ignore(&["config"])))
     }
 
-    /// Extracts and validates. The error names the key.
-    pub(crate) fn from_figment(f: &Figment) -> anyhow::Result<Self> {
+    /// Extracts and compiles. The error names the key.
+    pub(crate) fn from_figment(f: &Figment) -> anyhow::Result<(Self, CompiledIngest)> {
         let s: Settings = f.extract().map_err(|e| anyhow::anyhow!("{e}"))?;
-        s.ingest.compile().context("ingest routes")?;
-        s.server.limits.check("server.limits")?;
-        for (name, q) in &s.queues {
-            if q.dead_letter.max_receive_count == 0 {
-                bail!("invalid configuration at `queues.{name}.dead_letter.max_receive_count`: must be at least 1");
-            }
-        }
-        if s.consumer.concurrency == 0 || s.consumer.batch_size == 0 {
-            bail!("invalid configuration at `consumer`: concurrency and batch_size must be at least 1");
-        }
-        tracing_subscriber::EnvFilter::try_new(&s.log.level)
-            .map_err(|e| anyhow::anyhow!("invalid configuration at `log.level`: {e}"))?;
-        Ok(s)
+        let ingest = s.compile()?;
+        Ok((s, ingest))
     }
 
-    pub(crate) fn load(file: Option<&Path>) -> anyhow::Result<Self> {
+    /// Every check, in one place: what `serve`, `consume` and `config
+    /// check` all run before they start. Nothing that passes here may panic
+    /// or misbehave later because of a configured value. Returns the
+    /// compiled ingest settings the router is built from.
+    pub(crate) fn compile(&self) -> anyhow::Result<CompiledIngest> {
+        let ingest = self.ingest.compile()?;
+        self.server.limits.check("server.limits")?;
+        for spec in self.queue_specs() {
+            let key = |k: &str| format!("queues.{}.{k}", spec.name);
+            if spec.name.trim().is_empty() {
+                bail!("invalid configuration at `queues`: a queue name is empty");
+            }
+            if spec.dead_letter.max_receive_count == 0 {
+                bail!(
+                    "invalid configuration at `{}`: must be at least 1",
+                    key("dead_letter.max_receive_count")
+                );
+            }
+            if spec.dead_letter.visibility_timeout < MIN_VISIBILITY {
+                bail!(
+                    "invalid configuration at `{}`: must be at least {MIN_VISIBILITY:?}, so a consumer can keep held messages hidden",
+                    key("dead_letter.visibility_timeout")
+                );
+            }
+            if spec.max_message_bytes == 0 {
+                bail!("invalid configuration at `{}`: must be at least 1", key("max_message_bytes"));
+            }
+        }
+        self.consumer.check()?;
+        spillway_consumer::check_sink(&self.consumer.sink)?;
+        tracing_subscriber::EnvFilter::try_new(&self.log.level)
+            .map_err(|e| anyhow::anyhow!("invalid configuration at `log.level`: {e}"))?;
+        Ok(ingest)
+    }
+
+    pub(crate) fn load(file: Option<&Path>) -> anyhow::Result<(Self, CompiledIngest)> {
         Self::from_figment(&Self::figment(file)?)
     }
 
@@ -197,13 +223,16 @@ fn mask_url_password(s: &str) -> String {
 }
 
 #[cfg(test)]
+mod prop;
+
+#[cfg(test)]
 mod tests {
     use figment::Jail;
 
     use super::*;
 
     fn from_toml(text: &str) -> anyhow::Result<Settings> {
-        Settings::from_figment(&Figment::from(Toml::string(text)))
+        Settings::from_figment(&Figment::from(Toml::string(text))).map(|(s, _)| s)
     }
 
     #[test]
@@ -235,7 +264,7 @@ mod tests {
             jail.create_file("spillway.toml", "[server]\nlisten = \"127.0.0.1:9000\"\n")?;
             jail.set_env("SPILLWAY_QUEUE__BACKEND", "memory");
             jail.set_env("SPILLWAY_SERVER__LISTEN", "127.0.0.1:9100");
-            let s = Settings::load(Some(Path::new("spillway.toml"))).map_err(|e| e.to_string())?;
+            let (s, _) = Settings::load(Some(Path::new("spillway.toml"))).map_err(|e| e.to_string())?;
             assert_eq!(s.queue.kind(), "memory");
             assert_eq!(s.server.listen.port(), 9100);
             Ok(())

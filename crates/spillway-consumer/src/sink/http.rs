@@ -37,6 +37,12 @@ impl HttpSink {
     pub fn new(url: &str, on_4xx: On4xx, headers: &BTreeMap<String, String>) -> Result<Self, SinkSetupError> {
         let url = reqwest::Url::parse(url)
             .map_err(|e| SinkSetupError::Config { key: "url", message: format!("{url:?}: {e}") })?;
+        if !matches!(url.scheme(), "http" | "https") || !url.has_host() {
+            return Err(SinkSetupError::Config {
+                key: "url",
+                message: format!("{url} is not an http:// or https:// URL with a host"),
+            });
+        }
         let mut defaults = HeaderMap::new();
         for (k, v) in headers {
             let name = HeaderName::from_bytes(k.as_bytes()).map_err(|_| SinkSetupError::Config {

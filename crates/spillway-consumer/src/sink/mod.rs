@@ -28,10 +28,23 @@ pub trait Sink: Send + Sync {
 /// Why a sink could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkSetupError {
-    #[error("invalid sink configuration at `consumer.sink.{key}`: {message}")]
+    #[error("invalid configuration at `consumer.sink.{key}`: {message}")]
     Config { key: &'static str, message: String },
     #[error("sink unavailable at start-up: {0}")]
     Unavailable(String),
+}
+
+/// Checks the sink's settings without connecting to anything: what
+/// `config check` and start-up run, so a bad URL or table name is refused
+/// before a consumer starts. The error names the key.
+pub fn check(cfg: &SinkConfig) -> Result<(), SinkSetupError> {
+    match cfg {
+        SinkConfig::Stdout => Ok(()),
+        SinkConfig::Http { url, on_4xx, headers } => HttpSink::new(url, *on_4xx, headers).map(|_| ()),
+        SinkConfig::Postgres { url, table, lock_timeout, .. } => {
+            PostgresSink::check(url, table, *lock_timeout)
+        }
+    }
 }
 
 /// Builds the configured sink.

@@ -34,17 +34,37 @@ pub struct PostgresSink {
 }
 
 impl PostgresSink {
+    /// Checks the settings without connecting.
+    pub fn check(url: &str, table: &str, lock_timeout: Duration) -> Result<(), SinkSetupError> {
+        Self::config(url, table, lock_timeout).map(|_| ())
+    }
+
+    fn config(
+        url: &str,
+        table: &str,
+        lock_timeout: Duration,
+    ) -> Result<(tokio_postgres::Config, String), SinkSetupError> {
+        let table = quote_table(table)?;
+        let mut pg: tokio_postgres::Config =
+            url.parse().map_err(|e| SinkSetupError::Config { key: "url", message: format!("{e}") })?;
+        if lock_timeout.is_zero() || lock_timeout > Duration::from_secs(3600) {
+            return Err(SinkSetupError::Config {
+                key: "lock_timeout",
+                message: "must be more than 0 and at most 1h".into(),
+            });
+        }
+        let ms = lock_timeout.as_millis();
+        pg.options(format!("-c lock_timeout={ms} -c statement_timeout={}", ms * 2));
+        Ok((pg, table))
+    }
+
     pub async fn connect(
         url: &str,
         table: &str,
         create_table: bool,
         lock_timeout: Duration,
     ) -> Result<Self, SinkSetupError> {
-        let table = quote_table(table)?;
-        let mut pg: tokio_postgres::Config =
-            url.parse().map_err(|e| SinkSetupError::Config { key: "url", message: format!("{e}") })?;
-        let ms = lock_timeout.as_millis().max(1);
-        pg.options(format!("-c lock_timeout={ms} -c statement_timeout={}", ms * 2));
+        let (pg, table) = Self::config(url, table, lock_timeout)?;
         let manager =
             Manager::from_config(pg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)

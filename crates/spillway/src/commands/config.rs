@@ -5,7 +5,8 @@ use crate::{cli::ConfigCommand, settings::Settings};
 pub(crate) fn config(s: &Settings, cmd: ConfigCommand) -> anyhow::Result<()> {
     match cmd {
         ConfigCommand::Check => {
-            // Loading already validated everything; print what is in effect.
+            // Loading ran every check (`Settings::compile`, the sink's
+            // settings included); print what is in effect.
             let mut effective = s.masked();
             drop_nulls(&mut effective);
             let text = toml::to_string_pretty(&effective)?;

@@ -18,10 +18,10 @@ use crate::{
 };
 
 pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
-    let settings = Settings::load(cli.config.as_deref())?;
+    let (settings, ingest) = Settings::load(cli.config.as_deref())?;
     init_logging(&settings);
     match cli.command {
-        Command::Serve => serve::serve(settings).await,
+        Command::Serve => serve::serve(settings, ingest).await,
         Command::Consume { queue } => consume::consume(settings, queue).await,
         Command::Dlq(cmd) => dlq::dlq(settings, cmd).await,
         Command::Queue(cmd) => queue::queue(settings, cmd).await,

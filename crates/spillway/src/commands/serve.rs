@@ -1,14 +1,14 @@
 //! `spillway serve`: the gateway.
 
 use anyhow::Context;
-use spillway_ingest::{build_router, Readiness};
+use spillway_ingest::{build_router, CompiledIngest, Readiness};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::open_backend;
 use crate::{settings::Settings, signal, telemetry};
 
-pub(crate) async fn serve(s: Settings) -> anyhow::Result<()> {
+pub(crate) async fn serve(s: Settings, ingest: CompiledIngest) -> anyhow::Result<()> {
     let backend = open_backend(&s).await?;
     let readiness = Readiness::new(backend.clone());
     let metrics = telemetry::Metrics {
@@ -16,7 +16,7 @@ pub(crate) async fn serve(s: Settings) -> anyhow::Result<()> {
         backend: backend.clone(),
         queues: s.queue_specs().into_iter().map(|q| q.name).collect(),
     };
-    let router = build_router(&s.ingest, backend.clone(), readiness.clone())
+    let router = build_router(&ingest, backend.clone(), readiness.clone())
         .await?
         .route("/metrics", axum::routing::get(move || async move { metrics.render().await }));
     let listener =
