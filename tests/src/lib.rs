@@ -101,16 +101,19 @@ impl Workspace {
         Gateway { child, addr }
     }
 
-    /// Starts `spillway consume`.
-    pub fn consume(&self) -> Child {
-        Command::new(binary())
-            .arg("--config")
-            .arg(self.config())
-            .arg("consume")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn spillway consume")
+    /// Starts `spillway consume`; killed when dropped, so a failing test
+    /// leaves no consumer behind.
+    pub fn consume(&self) -> Process {
+        Process(
+            Command::new(binary())
+                .arg("--config")
+                .arg(self.config())
+                .arg("consume")
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("spawn spillway consume"),
+        )
     }
 
     /// Opens the embedded queue this workspace's gateway writes to (a second
@@ -121,6 +124,30 @@ impl Workspace {
 
     pub async fn stats(&self, queue: &str) -> QueueStats {
         self.queue().await.stats(queue).await.expect("queue stats")
+    }
+}
+
+/// A child process that is killed when dropped (a test that panics must not
+/// leave it running, holding its output pipe open).
+pub struct Process(pub Child);
+
+impl std::ops::Deref for Process {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Process {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
