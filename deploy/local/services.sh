@@ -5,9 +5,9 @@
 #   deploy/local/services.sh up      # start / install what is missing
 #   deploy/local/services.sh status  # say what is there
 #
-# Needed today: PostgreSQL (the postgres sink test) and Chromium (the browser
-# CORS test). RabbitMQ, tansu (Kafka) and moto (SQS) join this script with
-# their backends.
+# Needed today: PostgreSQL (the postgres sink test), RabbitMQ (the rabbitmq
+# backend's conformance kit) and Chromium (the browser CORS test). tansu
+# (Kafka) and moto (SQS) join this script with their backends.
 set -euo pipefail
 
 PG_URL="${SPILLWAY_TEST_PG:-postgres://postgres@127.0.0.1:5432/test}"
@@ -29,6 +29,26 @@ up_pg() {
     || psql "${PG_URL%/*}/postgres" -c "CREATE DATABASE test" >/dev/null 2>&1 || true
 }
 
+AMQP_PORT="${SPILLWAY_TEST_AMQP_PORT:-5672}"
+
+have_rabbit() { (exec 3<>"/dev/tcp/127.0.0.1/$AMQP_PORT") 2>/dev/null; }
+
+up_rabbit() {
+  if have_rabbit; then log "RabbitMQ is up"; return; fi
+  if ! command -v rabbitmq-server >/dev/null; then
+    log "installing RabbitMQ from Debian's packages (once per machine)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null
+    apt-get install -y -qq rabbitmq-server >/dev/null
+  fi
+  log "starting RabbitMQ"
+  rabbitmq-server -detached >/dev/null 2>&1 || true
+  for _ in $(seq 1 60); do have_rabbit && break; sleep 1; done
+  have_rabbit || { log "RabbitMQ did not come up at 127.0.0.1:$AMQP_PORT; start it (rabbitmq-server -detached) or set SPILLWAY_TEST_AMQP"; exit 1; }
+  # The AMQP port opens before the broker takes connections.
+  rabbitmq-diagnostics -q check_running >/dev/null 2>&1 || sleep 5
+}
+
 chromium_bin() { echo "${SPILLWAY_CHROMIUM:-/usr/bin/chromium}"; }
 
 up_chromium() {
@@ -42,11 +62,12 @@ up_chromium() {
 
 status() {
   if have_pg; then log "PostgreSQL: up"; else log "PostgreSQL: down"; fi
+  if have_rabbit; then log "RabbitMQ: up"; else log "RabbitMQ: down"; fi
   if [ -x "$(chromium_bin)" ]; then log "Chromium: $(chromium_bin)"; else log "Chromium: missing"; fi
 }
 
 case "${1:-up}" in
-  up) up_pg; up_chromium ;;
+  up) up_pg; up_rabbit; up_chromium ;;
   status) status ;;
   *) echo "usage: $0 up|status" >&2; exit 2 ;;
 esac

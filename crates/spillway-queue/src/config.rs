@@ -21,6 +21,9 @@ pub enum BackendConfig {
     },
     /// Process memory. **Not durable**: for examples and tests only.
     Memory {},
+    /// RabbitMQ: durable quorum queues, publisher confirms.
+    #[cfg(feature = "rabbitmq")]
+    Rabbitmq(crate::rabbitmq::RabbitConfig),
 }
 
 fn default_embedded_path() -> PathBuf {
@@ -39,6 +42,8 @@ impl BackendConfig {
         match self {
             Self::Embedded { .. } => "embedded",
             Self::Memory {} => "memory",
+            #[cfg(feature = "rabbitmq")]
+            Self::Rabbitmq(_) => "rabbitmq",
         }
     }
 }
@@ -51,5 +56,7 @@ pub async fn connect(config: &BackendConfig) -> Result<Arc<dyn Backend>, QueueEr
             Ok(Arc::new(backend))
         }
         BackendConfig::Memory {} => Ok(Arc::new(crate::memory::memory_backend()?)),
+        #[cfg(feature = "rabbitmq")]
+        BackendConfig::Rabbitmq(cfg) => Ok(Arc::new(crate::rabbitmq::RabbitBackend::connect(cfg).await?)),
     }
 }

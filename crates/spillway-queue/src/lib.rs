@@ -21,6 +21,8 @@
 //!   `synchronous=FULL`; one writer thread group-commits every pending operation.
 //! - [`memory`]: the embedded engine on an in-memory database.
 //!   Same semantics, **not durable**.
+//! - `rabbitmq` (feature `rabbitmq`): durable quorum queues with publisher
+//!   confirms; the count carried in headers across republishes.
 //! - `testkit` (feature `testkit`): the conformance suite, plain async functions
 //!   over a [`testkit::Harness`], that every backend's tests run.
 #![forbid(unsafe_code)]
@@ -35,6 +37,8 @@ pub mod traits;
 
 pub mod embedded;
 pub mod memory;
+#[cfg(feature = "rabbitmq")]
+pub mod rabbitmq;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 

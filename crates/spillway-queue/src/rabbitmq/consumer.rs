@@ -1,0 +1,349 @@
+//! Receiving from RabbitMQ with the contract's semantics.
+//!
+//! - `receive` pulls with `basic.get` on the consumer's own channel, and
+//!   polls every [`POLL`] while the queue is empty (a long poll in steps).
+//!   It runs in a task of its own that records each delivery in `held`
+//!   before handing it over, so a receive whose caller went away still
+//!   leaves its deliveries for `close` to release (cancel safety).
+//! - `ack` acks; `nack`, `release` and `dead_letter` first republish (to a
+//!   retry tier, the queue itself or the DLQ) and wait for the confirm, then
+//!   ack the original: a crash between the two gives a duplicate, never a
+//!   loss.
+//! - There is no visibility timeout: a held message stays held until it is
+//!   settled or its channel closes, and then the broker returns it at once
+//!   with `x-delivery-count` one higher. `extend` has nothing to do.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, PoisonError,
+    },
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use lapin::{
+    options::{BasicAckOptions, BasicGetOptions},
+    types::ShortString,
+    BasicProperties, Channel,
+};
+use tokio::time::Instant;
+
+use super::{ms_time, publish_confirmed, queue_error, short, topology, wire, wire::Headers, Shared};
+use crate::{Consumer, DeadLetterPolicy, Delivery, Nacked, QueueError, Receipt, ReceivedMessage};
+
+/// Channel generations, unique in the process, so a receipt names one
+/// channel of one consumer: another consumer's receipt is stale here.
+static GENERATIONS: AtomicU64 = AtomicU64::new(0);
+
+/// How often an idle long poll asks again.
+const POLL: Duration = Duration::from_millis(50);
+
+/// A delivery this consumer holds: what it takes to ack or republish it.
+struct Held {
+    generation: u64,
+    tag: u64,
+    body: Vec<u8>,
+    props: BasicProperties,
+    /// This receive's count: carried failures + broker returns + 1.
+    count: u32,
+    first_received_ms: i64,
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    queue: String,
+    policy: DeadLetterPolicy,
+    /// The consumer's channel and its generation; a new channel (after the
+    /// old one died, which returned its messages) makes old receipts stale.
+    channel: tokio::sync::Mutex<Option<(u64, Channel)>>,
+    held: Mutex<HashMap<u64, Held>>,
+    /// Held by a receive in progress, taken before its task is spawned;
+    /// `close` waits for it.
+    receiving: Arc<tokio::sync::Mutex<()>>,
+}
+
+pub(crate) struct RabbitConsumer {
+    inner: Arc<Inner>,
+}
+
+impl RabbitConsumer {
+    pub(crate) fn new(shared: Arc<Shared>, queue: &str, policy: DeadLetterPolicy) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                shared,
+                queue: queue.to_owned(),
+                policy,
+                channel: tokio::sync::Mutex::default(),
+                held: Mutex::default(),
+                receiving: Arc::default(),
+            }),
+        }
+    }
+}
+
+impl Drop for RabbitConsumer {
+    /// A consumer dropped without `close` (a crash, in the kit): its channel
+    /// closes, and the broker returns what it held, counted.
+    fn drop(&mut self) {
+        let inner = self.inner.clone();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let _receiving = inner.receiving.lock().await;
+                if let Some((_, ch)) = inner.channel.lock().await.take() {
+                    let _ = ch.close(200, ShortString::from("consumer dropped")).await;
+                }
+            });
+        }
+    }
+}
+
+fn receipt(generation: u64, tag: u64) -> Receipt {
+    Receipt(format!("{generation}.{tag}"))
+}
+
+fn parse_receipt(r: &Receipt) -> Option<(u64, u64)> {
+    let (g, t) = r.0.split_once('.')?;
+    Some((g.parse().ok()?, t.parse().ok()?))
+}
+
+impl Inner {
+    async fn channel(&self) -> Result<(u64, Channel), QueueError> {
+        let mut ch = self.channel.lock().await;
+        if let Some((g, c)) = ch.as_ref().filter(|(_, c)| c.status().connected()) {
+            return Ok((*g, c.clone()));
+        }
+        let c = self.shared.link.channel(false).await?;
+        let g = GENERATIONS.fetch_add(1, Ordering::SeqCst) + 1;
+        // Receipts of the dead channel are stale: the broker returned those messages.
+        self.held.lock().unwrap_or_else(PoisonError::into_inner).retain(|_, h| h.generation == g);
+        *ch = Some((g, c.clone()));
+        Ok((g, c))
+    }
+
+    /// Runs with the `receiving` guard held by the caller.
+    async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>, QueueError> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let (generation, ch) = self.channel().await?;
+            let mut out = Vec::new();
+            while out.len() < max {
+                let got = ch
+                    .basic_get(short(&self.queue)?, BasicGetOptions { no_ack: false })
+                    .await
+                    .map_err(|e| queue_error("get", &self.queue, &e))?;
+                let Some(m) = got else { break };
+                if let Some(d) = self.take(generation, m.delivery).await? {
+                    out.push(d);
+                }
+            }
+            if !out.is_empty() || Instant::now() >= deadline {
+                return Ok(out);
+            }
+            tokio::time::sleep(POLL.min(deadline.saturating_duration_since(Instant::now()))).await;
+        }
+    }
+
+    /// Holds one delivery, or dead-letters it if its failures are used up.
+    async fn take(
+        &self,
+        generation: u64,
+        d: lapin::message::Delivery,
+    ) -> Result<Option<Delivery>, QueueError> {
+        let h = Headers::of(&d.properties);
+        let now = self.shared.now_ms();
+        let carried = h.int(wire::FAILURES).unwrap_or(0).max(0);
+        let returned = h.int(wire::DELIVERY_COUNT).unwrap_or(0).max(0);
+        let count = u32::try_from(carried + returned + 1).unwrap_or(u32::MAX);
+        let first_received_ms = h.int(wire::FIRST_RECEIVED_AT).unwrap_or(now);
+        if count > self.policy.max_receive_count {
+            // Its last allowed receive went away without a verdict.
+            let reason = h
+                .text(wire::LAST_ERROR)
+                .unwrap_or_else(|| format!("its consumer went away holding it on receive {}", count - 1));
+            let dead = self.dead_copy(&h, &d.properties, count - 1, first_received_ms, &reason, now);
+            let publisher = self.shared.link.publisher().await?;
+            publish_confirmed(&publisher, &topology::dlq(&self.queue), &d.data, dead).await?;
+            d.acker.ack(BasicAckOptions::default()).await.map_err(|e| queue_error("ack", &self.queue, &e))?;
+            return Ok(None);
+        }
+        let id = h
+            .text(wire::ID)
+            .or_else(|| d.properties.message_id().as_ref().map(|s| s.as_str().to_owned()))
+            .unwrap_or_default();
+        let delivery = Delivery {
+            queue: self.queue.clone(),
+            message: ReceivedMessage {
+                id,
+                body: d.data.clone().into(),
+                attributes: h.attributes(),
+                ordering_key: h.text(wire::ORDERING_KEY),
+                enqueued_at: ms_time(h.int(wire::ENQUEUED_AT).unwrap_or(now)),
+            },
+            receive_count: count,
+            first_received_at: ms_time(first_received_ms),
+            receipt: receipt(generation, d.delivery_tag),
+        };
+        let held = Held {
+            generation,
+            tag: d.delivery_tag,
+            body: d.data,
+            props: d.properties,
+            count,
+            first_received_ms,
+        };
+        self.held.lock().unwrap_or_else(PoisonError::into_inner).insert(d.delivery_tag, held);
+        Ok(Some(delivery))
+    }
+
+    /// The properties of a dead letter, with its metadata.
+    fn dead_copy(
+        &self,
+        h: &Headers,
+        original: &BasicProperties,
+        count: u32,
+        first_received_ms: i64,
+        reason: &str,
+        now: i64,
+    ) -> BasicProperties {
+        let mut h = h.clone().without(&[]);
+        h.set_text(wire::SOURCE_QUEUE, &self.queue);
+        h.set_int(wire::RECEIVE_COUNT, i64::from(count));
+        h.set_text(wire::LAST_ERROR, reason);
+        h.set_int(wire::FIRST_RECEIVED_AT, first_received_ms);
+        h.set_int(wire::LAST_RECEIVED_AT, now);
+        h.set_int(wire::DEAD_LETTERED_AT, now);
+        h.into_properties(original)
+    }
+
+    /// Takes the held delivery a receipt names, if this consumer still holds it.
+    fn settle(&self, r: &Receipt) -> Option<Held> {
+        let (generation, tag) = parse_receipt(r)?;
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        if held.get(&tag).is_some_and(|h| h.generation == generation) {
+            held.remove(&tag)
+        } else {
+            None
+        }
+    }
+
+    async fn ack_original(&self, h: &Held) -> Result<(), QueueError> {
+        let ch = self.channel.lock().await;
+        let Some((g, c)) = ch.as_ref().filter(|(g, _)| *g == h.generation) else {
+            return Ok(()); // its channel is gone: the broker returned it already
+        };
+        let _ = g;
+        c.basic_ack(h.tag, BasicAckOptions::default()).await.map_err(|e| queue_error("ack", &self.queue, &e))
+    }
+
+    /// Republishes a held delivery to `route` with `failures` carried, then
+    /// acks the original.
+    async fn republish(
+        &self,
+        h: &Held,
+        route: &str,
+        failures: u32,
+        last_error: Option<&str>,
+    ) -> Result<(), QueueError> {
+        let mut headers = Headers::of(&h.props).without(&[]);
+        headers.set_int(wire::FAILURES, i64::from(failures));
+        headers.set_int(wire::FIRST_RECEIVED_AT, h.first_received_ms);
+        if let Some(e) = last_error {
+            headers.set_text(wire::LAST_ERROR, e);
+        }
+        let ch = self.shared.link.publisher().await?;
+        publish_confirmed(&ch, route, &h.body, headers.into_properties(&h.props)).await?;
+        self.ack_original(h).await
+    }
+
+    async fn dead_letter(&self, h: &Held, reason: &str) -> Result<(), QueueError> {
+        let headers = Headers::of(&h.props);
+        let props =
+            self.dead_copy(&headers, &h.props, h.count, h.first_received_ms, reason, self.shared.now_ms());
+        let ch = self.shared.link.publisher().await?;
+        publish_confirmed(&ch, &topology::dlq(&self.queue), &h.body, props).await?;
+        self.ack_original(h).await
+    }
+
+    async fn release(&self, h: &Held, delay: Duration) -> Result<(), QueueError> {
+        let route = topology::route_for(&self.queue, delay.min(topology::MAX_DELAY));
+        self.republish(h, &route, h.count.saturating_sub(1), None).await
+    }
+}
+
+#[async_trait]
+impl Consumer for RabbitConsumer {
+    async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>, QueueError> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let inner = self.inner.clone();
+        // Taken before the task exists, so `close` cannot slip in between.
+        let receiving = inner.receiving.clone().lock_owned().await;
+        tokio::spawn(async move {
+            let got = inner.receive(max, wait).await;
+            drop(receiving);
+            got
+        })
+        .await
+        .map_err(|e| QueueError::unavailable("rabbitmq: receive task failed", e))?
+    }
+
+    async fn ack(&self, d: &Delivery) -> Result<(), QueueError> {
+        match self.inner.settle(&d.receipt) {
+            Some(h) => self.inner.ack_original(&h).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn nack(&self, d: &Delivery, delay: Duration, reason: &str) -> Result<Nacked, QueueError> {
+        let Some(h) = self.inner.settle(&d.receipt) else { return Ok(Nacked::Stale) };
+        if h.count >= self.inner.policy.max_receive_count {
+            self.inner.dead_letter(&h, reason).await?;
+            return Ok(Nacked::DeadLettered);
+        }
+        let route = topology::route_for(&self.inner.queue, delay.min(topology::MAX_DELAY));
+        self.inner.republish(&h, &route, h.count, Some(reason)).await?;
+        Ok(Nacked::Retried)
+    }
+
+    async fn release(&self, d: &Delivery, delay: Duration) -> Result<(), QueueError> {
+        match self.inner.settle(&d.receipt) {
+            Some(h) => self.inner.release(&h, delay).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Nothing to do: a held message stays held until settled or until its
+    /// channel closes (declared in the kit as redelivery on disconnect).
+    async fn extend(&self, _d: &Delivery, _timeout: Duration) -> Result<(), QueueError> {
+        Ok(())
+    }
+
+    async fn dead_letter(&self, d: &Delivery, reason: &str) -> Result<(), QueueError> {
+        match self.inner.settle(&d.receipt) {
+            Some(h) => self.inner.dead_letter(&h, reason).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Waits for a receive in progress (even one whose caller went away),
+    /// then releases every held delivery, uncounted, and closes the channel.
+    async fn close(&self) -> Result<(), QueueError> {
+        let _receiving = self.inner.receiving.lock().await;
+        let held: Vec<Held> =
+            self.inner.held.lock().unwrap_or_else(PoisonError::into_inner).drain().map(|(_, h)| h).collect();
+        for h in &held {
+            self.inner.release(h, Duration::ZERO).await?;
+        }
+        if let Some((_, ch)) = self.inner.channel.lock().await.take() {
+            let _ = ch.close(200, ShortString::from("closed")).await;
+        }
+        Ok(())
+    }
+
+    fn visibility_timeout(&self) -> Duration {
+        self.inner.policy.visibility_timeout
+    }
+}

@@ -1,0 +1,579 @@
+//! The RabbitMQ backend: durable quorum queues, publisher confirms, and the
+//! same dead-letter rule as every backend, counted by Spillway itself.
+//!
+//! - [`topology`]: the queues behind one Spillway queue (source, DLQ, retry
+//!   tiers) and their arguments.
+//! - [`wire`]: a message as AMQP body and headers.
+//! - [`consumer`]: receive, ack, nack, release, dead-letter, close.
+//!
+//! # The count
+//!
+//! RabbitMQ's `x-delivery-count` counts every return of a message to its
+//! queue, so it cannot tell a failure from a release. A failed message is
+//! therefore **republished** with the failures it really had in
+//! `x-spillway-failures`, and only then acked (a crash between the two
+//! gives a duplicate, never a loss). The count of a delivery is the carried
+//! failures, plus the broker's `x-delivery-count` of this copy (receives
+//! whose consumer went away holding it), plus one. Spillway dead-letters by
+//! that count, with its metadata, on the receive after the
+//! `max_receive_count`-th failed one; the queue's `x-delivery-limit` stays
+//! as the backstop. `docs/backends.md` has the whole design.
+//!
+//! # Connections
+//!
+//! One connection per backend, opened on first use and opened again on the
+//! next use after it failed (a broker restart needs no process restart).
+//! While the broker is down every call fails fast with `Unavailable`.
+
+mod consumer;
+pub mod topology;
+mod wire;
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use lapin::{
+    options::{
+        BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions, QueuePurgeOptions,
+    },
+    types::{FieldTable, ShortString},
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ErrorKind,
+};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use self::wire::Headers;
+use crate::{
+    Admin, Backend, Clock, Consumer, DeadLetter, OutgoingMessage, Producer, PurgeTarget, QueueError,
+    QueueSpec, QueueStats,
+};
+
+/// How long opening a connection may take before the call is `Timeout`.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `[queue] backend = "rabbitmq"`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RabbitConfig {
+    /// `amqp://user:password@host:5672/vhost` or `amqps://…` (the password is
+    /// masked by `config check`).
+    pub url: String,
+    /// Shown in the broker's connection list.
+    #[serde(default = "default_connection_name")]
+    pub connection_name: String,
+}
+
+fn default_connection_name() -> String {
+    "spillway".to_owned()
+}
+
+/// Turns a lapin error into what the caller does next.
+fn queue_error(what: &str, queue: &str, e: &lapin::Error) -> QueueError {
+    if let ErrorKind::ProtocolError(amqp) = e.kind() {
+        match amqp.get_id() {
+            404 => return QueueError::NotFound(queue.to_owned()),
+            // PRECONDITION_FAILED: "inequivalent arg 'x-…' for queue …" names the argument.
+            406 => return QueueError::Invalid(format!("{what}: {}", amqp.get_message())),
+            _ => {}
+        }
+    }
+    QueueError::Unavailable { reason: format!("rabbitmq: {what}: {e}"), source: Some(Arc::new(e.clone())) }
+}
+
+fn short(name: &str) -> Result<ShortString, QueueError> {
+    ShortString::try_new(name).map_err(|e| QueueError::Invalid(format!("queue name {name:?}: {e}")))
+}
+
+/// The connection, opened again after a failure.
+struct Link {
+    url: String,
+    name: String,
+    conn: tokio::sync::Mutex<Option<Arc<Connection>>>,
+    publisher: tokio::sync::Mutex<Option<Channel>>,
+}
+
+impl Link {
+    async fn connection(&self) -> Result<Arc<Connection>, QueueError> {
+        let mut conn = self.conn.lock().await;
+        if let Some(c) = conn.as_ref().filter(|c| c.status().connected()) {
+            return Ok(c.clone());
+        }
+        let props = ConnectionProperties::default().with_connection_name(self.name.clone().into());
+        let connected = tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(&self.url, props))
+            .await
+            .map_err(|_| QueueError::Timeout { after: CONNECT_TIMEOUT })?
+            .map_err(|e| queue_error("connect", "", &e))?;
+        let c = Arc::new(connected);
+        *conn = Some(c.clone());
+        Ok(c)
+    }
+
+    /// A new channel, with publisher confirms when asked.
+    async fn channel(&self, confirms: bool) -> Result<Channel, QueueError> {
+        let conn = self.connection().await?;
+        let ch = conn.create_channel().await.map_err(|e| queue_error("open channel", "", &e))?;
+        if confirms {
+            ch.confirm_select(ConfirmSelectOptions::default())
+                .await
+                .map_err(|e| queue_error("enable confirms", "", &e))?;
+        }
+        Ok(ch)
+    }
+
+    /// The shared channel for publishing, with confirms.
+    async fn publisher(&self) -> Result<Channel, QueueError> {
+        let mut ch = self.publisher.lock().await;
+        if let Some(c) = ch.as_ref().filter(|c| c.status().connected()) {
+            return Ok(c.clone());
+        }
+        let c = self.channel(true).await?;
+        *ch = Some(c.clone());
+        Ok(c)
+    }
+}
+
+/// Publishes and waits for the broker's confirm. `Ok` only for an ack of a
+/// message that was routed: `mandatory` is set, and an unroutable message
+/// is returned **and then acked**, so a returned message is an error.
+async fn publish_confirmed(
+    ch: &Channel,
+    queue: &str,
+    body: &[u8],
+    props: BasicProperties,
+) -> Result<(), QueueError> {
+    let pending = start_publish(ch, queue, body, props).await?;
+    finish_publish(queue, pending).await
+}
+
+async fn start_publish(
+    ch: &Channel,
+    queue: &str,
+    body: &[u8],
+    props: BasicProperties,
+) -> Result<lapin::PublisherConfirm, QueueError> {
+    let options = BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() };
+    ch.basic_publish(ShortString::from(""), short(queue)?, options, body, props)
+        .await
+        .map_err(|e| queue_error("publish", queue, &e))
+}
+
+async fn finish_publish(queue: &str, pending: lapin::PublisherConfirm) -> Result<(), QueueError> {
+    match pending.await.map_err(|e| queue_error("publish confirm", queue, &e))? {
+        Confirmation::Ack(None) => Ok(()),
+        Confirmation::Ack(Some(_)) => Err(QueueError::NotFound(queue.to_owned())),
+        Confirmation::Nack(_) => Err(QueueError::unavailable_msg(format!(
+            "rabbitmq: the broker did not store the message for `{queue}` (nack)"
+        ))),
+        Confirmation::NotRequested => Err(QueueError::unavailable_msg("rabbitmq: confirms are not enabled")),
+    }
+}
+
+struct Shared {
+    link: Link,
+    clock: Clock,
+    /// The policies of queues ensured by this process.
+    specs: Mutex<HashMap<String, QueueSpec>>,
+}
+
+impl Shared {
+    fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    fn spec(&self, queue: &str) -> QueueSpec {
+        self.specs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(queue)
+            .cloned()
+            .unwrap_or_else(|| QueueSpec::new(queue))
+    }
+
+    /// Ready messages in `queue`; `NotFound` if it does not exist.
+    async fn count(&self, ch: &Channel, queue: &str) -> Result<u64, QueueError> {
+        let options = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
+        let q = ch
+            .queue_declare(short(queue)?, options, FieldTable::default())
+            .await
+            .map_err(|e| queue_error("declare (passive)", queue, &e))?;
+        Ok(u64::from(q.message_count()))
+    }
+
+    async fn declare(&self, ch: &Channel, queue: &str, args: FieldTable) -> Result<(), QueueError> {
+        let options = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
+        ch.queue_declare(short(queue)?, options, args)
+            .await
+            .map_err(|e| queue_error(&format!("declare queue `{queue}`"), queue, &e))?;
+        Ok(())
+    }
+}
+
+/// A connection to a RabbitMQ broker. Cheap to clone.
+#[derive(Clone)]
+pub struct RabbitBackend {
+    shared: Arc<Shared>,
+}
+
+impl RabbitBackend {
+    /// Connects to the broker (once now, to fail early on a wrong URL).
+    pub async fn connect(cfg: &RabbitConfig) -> Result<Self, QueueError> {
+        Self::connect_with_clock(cfg, Clock::system()).await
+    }
+
+    /// [`RabbitBackend::connect`] with the time read from `clock`.
+    pub async fn connect_with_clock(cfg: &RabbitConfig, clock: Clock) -> Result<Self, QueueError> {
+        let link = Link {
+            url: cfg.url.clone(),
+            name: cfg.connection_name.clone(),
+            conn: tokio::sync::Mutex::default(),
+            publisher: tokio::sync::Mutex::default(),
+        };
+        link.connection().await?;
+        Ok(Self { shared: Arc::new(Shared { link, clock, specs: Mutex::default() }) })
+    }
+}
+
+#[async_trait]
+impl Admin for RabbitBackend {
+    /// Declares the DLQ, the retry tiers and the source queue. A queue that
+    /// exists with other arguments is `Invalid`, naming the argument.
+    async fn ensure(&self, spec: &QueueSpec) -> Result<(), QueueError> {
+        if spec.dead_letter.max_receive_count == 0 {
+            return Err(QueueError::Invalid("max_receive_count must be at least 1".into()));
+        }
+        let ch = self.shared.link.channel(false).await?;
+        let name = &spec.name;
+        let declared = async {
+            self.shared.declare(&ch, &topology::dlq(name), topology::dlq_args()).await?;
+            for tier in topology::TIERS_MS {
+                self.shared
+                    .declare(&ch, &topology::tier_queue(name, tier), topology::tier_args(name, tier))
+                    .await?;
+            }
+            self.shared
+                .declare(&ch, name, topology::source_args(name, spec.dead_letter.max_receive_count))
+                .await
+        }
+        .await;
+        let _ = ch.close(200, ShortString::from("done")).await;
+        declared?;
+        self.shared.specs.lock().unwrap_or_else(PoisonError::into_inner).insert(name.clone(), spec.clone());
+        Ok(())
+    }
+
+    /// `visible` and `dead` are the broker's ready counts; `delayed` is the
+    /// ready count of the retry tiers. Messages held by consumers are not
+    /// reported (`in_flight` is 0): AMQP tells them only through the
+    /// management plugin. The counts converge within moments of a change.
+    async fn stats(&self, queue: &str) -> Result<QueueStats, QueueError> {
+        let ch = self.shared.link.channel(false).await?;
+        let counted = async {
+            let visible = self.shared.count(&ch, queue).await?;
+            let dead = self.shared.count(&ch, &topology::dlq(queue)).await?;
+            let mut delayed = 0;
+            for tier in topology::TIERS_MS {
+                delayed += self.shared.count(&ch, &topology::tier_queue(queue, tier)).await?;
+            }
+            Ok(QueueStats { visible, delayed, in_flight: 0, dead })
+        }
+        .await;
+        let _ = ch.close(200, ShortString::from("done")).await;
+        counted
+    }
+
+    /// Takes up to `max` dead letters without acking them, then closes the
+    /// channel, which returns them to the DLQ.
+    async fn peek_dead(&self, queue: &str, max: usize) -> Result<Vec<DeadLetter>, QueueError> {
+        let ch = self.shared.link.channel(false).await?;
+        let dlq = topology::dlq(queue);
+        let peeked = async {
+            self.shared.count(&ch, &dlq).await?;
+            let mut out = Vec::new();
+            while out.len() < max {
+                let got = ch
+                    .basic_get(short(&dlq)?, BasicGetOptions { no_ack: false })
+                    .await
+                    .map_err(|e| queue_error("get", &dlq, &e))?;
+                let Some(m) = got else { break };
+                out.push(dead_letter_of(queue, &m.delivery.properties, m.delivery.data));
+            }
+            Ok(out)
+        }
+        .await;
+        let _ = ch.close(200, ShortString::from("peeked")).await;
+        peeked
+    }
+
+    /// Moves dead letters back: republished to the source queue with their
+    /// count and error cleared, confirmed, then acked in the DLQ.
+    async fn redrive(&self, queue: &str, max: usize) -> Result<u64, QueueError> {
+        let ch = self.shared.link.channel(true).await?;
+        let dlq = topology::dlq(queue);
+        let moved = async {
+            self.shared.count(&ch, queue).await?;
+            let mut moved = 0u64;
+            while (moved as usize) < max {
+                let got = ch
+                    .basic_get(short(&dlq)?, BasicGetOptions { no_ack: false })
+                    .await
+                    .map_err(|e| queue_error("get", &dlq, &e))?;
+                let Some(m) = got else { break };
+                let d = m.delivery;
+                let headers = Headers::of(&d.properties).without(&[
+                    wire::FAILURES,
+                    wire::FIRST_RECEIVED_AT,
+                    wire::LAST_ERROR,
+                    wire::SOURCE_QUEUE,
+                    wire::RECEIVE_COUNT,
+                    wire::LAST_RECEIVED_AT,
+                    wire::DEAD_LETTERED_AT,
+                ]);
+                publish_confirmed(&ch, queue, &d.data, headers.into_properties(&d.properties)).await?;
+                d.acker
+                    .ack(lapin::options::BasicAckOptions::default())
+                    .await
+                    .map_err(|e| queue_error("ack", &dlq, &e))?;
+                moved += 1;
+            }
+            Ok(moved)
+        }
+        .await;
+        let _ = ch.close(200, ShortString::from("redriven")).await;
+        moved
+    }
+
+    async fn purge(&self, queue: &str, target: PurgeTarget) -> Result<u64, QueueError> {
+        let ch = self.shared.link.channel(false).await?;
+        let names: Vec<String> = match target {
+            PurgeTarget::Source => std::iter::once(queue.to_owned())
+                .chain(topology::TIERS_MS.iter().map(|&t| topology::tier_queue(queue, t)))
+                .collect(),
+            PurgeTarget::Dead => vec![topology::dlq(queue)],
+        };
+        let purged = async {
+            let mut n = 0u64;
+            for name in &names {
+                self.shared.count(&ch, name).await?;
+                n += u64::from(
+                    ch.queue_purge(short(name)?, QueuePurgeOptions::default())
+                        .await
+                        .map_err(|e| queue_error("purge", name, &e))?,
+                );
+            }
+            Ok(n)
+        }
+        .await;
+        let _ = ch.close(200, ShortString::from("purged")).await;
+        purged
+    }
+}
+
+/// A dead letter as stored: metadata from its headers.
+fn dead_letter_of(queue: &str, props: &BasicProperties, body: Vec<u8>) -> DeadLetter {
+    let h = Headers::of(props);
+    let time = |name: &str| h.int(name).map(ms_time);
+    DeadLetter {
+        id: h
+            .text(wire::ID)
+            .or_else(|| props.message_id().as_ref().map(|s| s.as_str().to_owned()))
+            .unwrap_or_default(),
+        source_queue: h.text(wire::SOURCE_QUEUE).unwrap_or_else(|| queue.to_owned()),
+        receive_count: h.int(wire::RECEIVE_COUNT).and_then(|n| u32::try_from(n).ok()).unwrap_or(0),
+        last_error: h.text(wire::LAST_ERROR),
+        first_received_at: time(wire::FIRST_RECEIVED_AT),
+        last_received_at: time(wire::LAST_RECEIVED_AT),
+        dead_lettered_at: time(wire::DEAD_LETTERED_AT).unwrap_or(OffsetDateTime::UNIX_EPOCH),
+        enqueued_at: time(wire::ENQUEUED_AT).unwrap_or(OffsetDateTime::UNIX_EPOCH),
+        body: body.into(),
+        attributes: h.attributes(),
+    }
+}
+
+pub(crate) fn ms_time(ms: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+#[async_trait]
+impl Backend for RabbitBackend {
+    fn kind(&self) -> &'static str {
+        "rabbitmq"
+    }
+
+    async fn producer(&self, queue: &str) -> Result<Arc<dyn Producer>, QueueError> {
+        let ch = self.shared.link.channel(false).await?;
+        let exists = self.shared.count(&ch, queue).await;
+        let _ = ch.close(200, ShortString::from("done")).await;
+        exists?;
+        Ok(Arc::new(RabbitProducer {
+            shared: self.shared.clone(),
+            queue: queue.to_owned(),
+            max_message_bytes: self.shared.spec(queue).max_message_bytes,
+        }))
+    }
+
+    async fn consumer(&self, queue: &str) -> Result<Arc<dyn Consumer>, QueueError> {
+        let ch = self.shared.link.channel(false).await?;
+        let exists = self.shared.count(&ch, queue).await;
+        let _ = ch.close(200, ShortString::from("done")).await;
+        exists?;
+        Ok(Arc::new(consumer::RabbitConsumer::new(
+            self.shared.clone(),
+            queue,
+            self.shared.spec(queue).dead_letter,
+        )))
+    }
+
+    async fn ready(&self) -> Result<(), QueueError> {
+        self.shared.link.publisher().await.map(|_| ())
+    }
+}
+
+struct RabbitProducer {
+    shared: Arc<Shared>,
+    queue: String,
+    max_message_bytes: usize,
+}
+
+#[async_trait]
+impl Producer for RabbitProducer {
+    /// Publishes the whole batch on the shared confirm channel, then waits
+    /// for every confirm: one round trip for the batch, not one per message.
+    async fn send_batch(
+        &self,
+        msgs: Vec<OutgoingMessage>,
+    ) -> Result<Vec<Result<(), QueueError>>, QueueError> {
+        let limit = self.max_message_bytes;
+        let now = self.shared.now_ms();
+        let ch = self.shared.link.publisher().await?;
+        let mut pending = Vec::with_capacity(msgs.len());
+        for m in &msgs {
+            if m.size() > limit {
+                pending.push(Err(QueueError::TooLarge { size: m.size(), limit }));
+                continue;
+            }
+            if m.delay > topology::MAX_DELAY {
+                pending.push(Err(QueueError::Invalid(format!(
+                    "a delay of {:?} is longer than RabbitMQ's longest retry tier ({:?})",
+                    m.delay,
+                    topology::MAX_DELAY
+                ))));
+                continue;
+            }
+            let props = match wire::properties_for(m, now) {
+                Ok(p) => p,
+                Err(e) => {
+                    pending.push(Err(e));
+                    continue;
+                }
+            };
+            let route = topology::route_for(&self.queue, m.delay);
+            pending.push(start_publish(&ch, &route, &m.body, props).await.map(|c| (route, c)));
+        }
+        let mut outcomes = Vec::with_capacity(pending.len());
+        for p in pending {
+            outcomes.push(match p {
+                Ok((route, confirm)) => finish_publish(&route, confirm).await,
+                Err(e) => Err(e),
+            });
+        }
+        Ok(outcomes)
+    }
+
+    fn max_message_bytes(&self) -> usize {
+        self.max_message_bytes
+    }
+}
+
+impl RabbitBackend {
+    /// Deletes the queues behind every queue this handle ensured: source,
+    /// retry tiers and DLQ. For tests on a shared broker.
+    pub async fn delete_ensured(&self) -> Result<(), QueueError> {
+        let names: Vec<String> =
+            self.shared.specs.lock().unwrap_or_else(PoisonError::into_inner).keys().cloned().collect();
+        let ch = self.shared.link.channel(false).await?;
+        for name in names {
+            let all = std::iter::once(name.clone())
+                .chain(std::iter::once(topology::dlq(&name)))
+                .chain(topology::TIERS_MS.iter().map(|&t| topology::tier_queue(&name, t)));
+            for q in all {
+                ch.queue_delete(short(&q)?, lapin::options::QueueDeleteOptions::default())
+                    .await
+                    .map_err(|e| queue_error("delete", &q, &e))?;
+            }
+        }
+        let _ = ch.close(200, ShortString::from("deleted")).await;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The conformance kit against the machine's RabbitMQ. Each scenario
+    //! makes its own queues (random names) and deletes them when it passed.
+    use std::{sync::Arc, time::Duration};
+
+    use async_trait::async_trait;
+
+    use super::{RabbitBackend, RabbitConfig};
+    use crate::{
+        testkit::{Capabilities, Harness, KeyOrder, Redelivery, StatsAccuracy, TimeSource},
+        Backend,
+    };
+
+    /// `SPILLWAY_TEST_AMQP`, or the machine's RabbitMQ.
+    fn url() -> String {
+        std::env::var("SPILLWAY_TEST_AMQP")
+            .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+    }
+
+    async fn connect() -> RabbitBackend {
+        let cfg = RabbitConfig { url: url(), connection_name: "spillway-tests".into() };
+        match RabbitBackend::connect(&cfg).await {
+            Ok(b) => b,
+            Err(e) => panic!(
+                "RabbitMQ is not reachable at {} ({e}): start it with `deploy/local/services.sh up`, \
+                 or point SPILLWAY_TEST_AMQP at one",
+                cfg.url
+            ),
+        }
+    }
+
+    struct Rabbit(RabbitBackend);
+
+    #[async_trait]
+    impl Harness for Rabbit {
+        fn capabilities() -> Capabilities {
+            Capabilities {
+                time: TimeSource::Wall,
+                visibility: Duration::from_secs(1),
+                durable: true,
+                redelivery: Redelivery::OnDisconnect,
+                stats: StatsAccuracy::Converges { within: Duration::from_secs(5) },
+                in_flight_reported: false,
+                dedup: false,
+                key_order: KeyOrder::UntilRetried,
+            }
+        }
+        async fn new() -> Self {
+            Self(connect().await)
+        }
+        async fn backend(&self) -> Arc<dyn Backend> {
+            Arc::new(self.0.clone())
+        }
+        async fn reopen(&self) -> Arc<dyn Backend> {
+            Arc::new(connect().await)
+        }
+        async fn cleanup(&self) {
+            if let Err(e) = self.0.delete_ensured().await {
+                eprintln!("could not delete the test queues: {e}");
+            }
+        }
+    }
+
+    crate::conformance_tests!(Rabbit);
+}
