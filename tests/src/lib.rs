@@ -353,3 +353,33 @@ pub async fn queued_ids(backend: &Arc<dyn Backend>, queue: &str) -> std::collect
         ids.extend(batch.into_iter().map(|d| d.message.id));
     }
 }
+
+/// `SPILLWAY_TEST_PG`, or the machine's PostgreSQL.
+pub fn pg_url() -> String {
+    std::env::var("SPILLWAY_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+/// A PostgreSQL client; a loud failure that says how to start it when missing.
+pub async fn pg() -> tokio_postgres::Client {
+    let (client, conn) =
+        tokio_postgres::connect(&pg_url(), tokio_postgres::NoTls).await.unwrap_or_else(|e| {
+            panic!(
+                "PostgreSQL is needed at {} ({e}). Start it with \
+             `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start` \
+             or point SPILLWAY_TEST_PG at one.",
+                pg_url()
+            )
+        });
+    tokio::spawn(conn);
+    client
+}
+
+/// Rows in `table` (-1 if it cannot be counted).
+pub async fn count(db: &tokio_postgres::Client, table: &str) -> i64 {
+    db.query_one(&format!("SELECT count(*) FROM {table}"), &[]).await.map(|r| r.get(0)).unwrap_or(-1)
+}
+
+/// `SPILLWAY_TEST_AMQP`, or the machine's RabbitMQ.
+pub fn amqp_url() -> String {
+    std::env::var("SPILLWAY_TEST_AMQP").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+}

@@ -12,30 +12,12 @@
 
 use std::{collections::HashSet, time::Duration};
 
-use spillway_e2e::{eventually, post_accepted, Workspace};
-use tokio_postgres::NoTls;
+use spillway_e2e::{count, eventually, pg, pg_url, post_accepted, Workspace};
 
 /// Retry backoff of the consumer in this test; the lock outlasts
 /// 3 × max_receive_count × this many times over.
 const BACKOFF_MAX_MS: u64 = 200;
 const MAX_RECEIVE_COUNT: u64 = 5;
-
-fn pg_url() -> String {
-    std::env::var("SPILLWAY_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
-}
-
-async fn pg() -> tokio_postgres::Client {
-    let (client, conn) = tokio_postgres::connect(&pg_url(), NoTls).await.unwrap_or_else(|e| {
-        panic!(
-            "PostgreSQL is needed at {} ({e}). Start it with \
-             `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start` \
-             or point SPILLWAY_TEST_PG at one.",
-            pg_url()
-        )
-    });
-    tokio::spawn(conn);
-    client
-}
 
 async fn scrape(http: &reqwest::Client, port: u16) -> String {
     let url = format!("http://127.0.0.1:{port}/metrics");
@@ -47,10 +29,6 @@ async fn scrape(http: &reqwest::Client, port: u16) -> String {
         .text()
         .await
         .expect("text")
-}
-
-async fn count(db: &tokio_postgres::Client, table: &str) -> i64 {
-    db.query_one(&format!("SELECT count(*) FROM {table}"), &[]).await.map(|r| r.get(0)).unwrap_or(-1)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
