@@ -714,6 +714,24 @@ pub async fn expired_last_receive_dead_letters_on_next_receive<H: Harness>(h: &H
     assert_eq!(dead[0].receive_count, 2);
 }
 
+/// A message whose consumers keep crashing while they hold it is delivered
+/// exactly `max_receive_count` times (the crash counts as a failed
+/// receive), then it is in the DLQ and never delivered again.
+pub async fn crashing_consumers_count_and_dead_letter_at_the_limit<H: Harness>(h: &H) {
+    let b = h.backend().await;
+    let (name, p, mut c) = queue::<H>(&b, "crash").await;
+    p.send(msg(1)).await.expect("send");
+    for n in 1..=5 {
+        let d = receive_one(&c).await;
+        assert_eq!(d.receive_count, n, "delivery {n}");
+        c = come_back::<H>(&b, &name, c).await;
+    }
+    assert_empty(&c).await;
+    assert_stats::<H>(&b, &name, |s| (s.pending(), s.dead) == (0, 1)).await;
+    let dead = b.peek_dead(&name, 1).await.expect("peek");
+    assert_eq!(dead[0].receive_count, 5);
+}
+
 /// `extend` keeps a message hidden past its visibility timeout.
 pub async fn extend_keeps_a_message_hidden<H: Harness>(h: &H) {
     let b = h.backend().await;
@@ -866,6 +884,7 @@ macro_rules! conformance_tests {
             close_releases_held_messages,
             release_does_not_count_toward_the_dlq,
             expired_last_receive_dead_letters_on_next_receive,
+            crashing_consumers_count_and_dead_letter_at_the_limit,
             extend_keeps_a_message_hidden,
             dead_letter_moves_at_once,
             ensure_is_idempotent,
