@@ -49,6 +49,21 @@ up_rabbit() {
   rabbitmq-diagnostics -q check_running >/dev/null 2>&1 || sleep 5
 }
 
+# Python tools the tests drive (pika for the AMQP interop test), in a venv at a
+# fixed path so it is made once per machine and reused.
+VENV="${SPILLWAY_VENV:-/var/tmp/spillway-venv}"
+PY_PACKAGES=(pika==1.3.2)
+
+have_venv() { [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c 'import pika' 2>/dev/null; }
+
+up_venv() {
+  if have_venv; then log "Python venv is ready at $VENV"; return; fi
+  log "making the Python venv at $VENV (once per machine)"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q "${PY_PACKAGES[@]}"
+  have_venv || { log "the venv at $VENV lacks pika; remove it and run this again"; exit 1; }
+}
+
 chromium_bin() { echo "${SPILLWAY_CHROMIUM:-/usr/bin/chromium}"; }
 
 up_chromium() {
@@ -63,11 +78,12 @@ up_chromium() {
 status() {
   if have_pg; then log "PostgreSQL: up"; else log "PostgreSQL: down"; fi
   if have_rabbit; then log "RabbitMQ: up"; else log "RabbitMQ: down"; fi
+  if have_venv; then log "Python venv: $VENV"; else log "Python venv: missing"; fi
   if [ -x "$(chromium_bin)" ]; then log "Chromium: $(chromium_bin)"; else log "Chromium: missing"; fi
 }
 
 case "${1:-up}" in
-  up) up_pg; up_rabbit; up_chromium ;;
+  up) up_pg; up_rabbit; up_venv; up_chromium ;;
   status) status ;;
   *) echo "usage: $0 up|status" >&2; exit 2 ;;
 esac
