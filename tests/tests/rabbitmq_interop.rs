@@ -80,7 +80,11 @@ queue = "{QUEUE}"
     // pika → Spillway.
     pika(&["publish", QUEUE, "from-pika-1"]);
     let backend = spillway_queue::connect(&spillway_queue::BackendConfig::Rabbitmq(
-        spillway_queue::rabbitmq::RabbitConfig { url: amqp_url(), connection_name: "interop-test".into() },
+        spillway_queue::rabbitmq::RabbitConfig {
+            url: amqp_url(),
+            connection_name: "interop-test".into(),
+            confirm_timeout: std::time::Duration::from_secs(10),
+        },
     ))
     .await
     .expect("connect");

@@ -164,7 +164,8 @@ impl Inner {
                 .unwrap_or_else(|| format!("its consumer went away holding it on receive {}", count - 1));
             let dead = self.dead_copy(&h, &d.properties, count - 1, first_received_ms, &reason, now);
             let publisher = self.shared.link.publisher().await?;
-            publish_confirmed(&publisher, &topology::dlq(&self.queue), &d.data, dead).await?;
+            let timeout = self.shared.confirm_timeout;
+            publish_confirmed(&publisher, &topology::dlq(&self.queue), &d.data, dead, timeout).await?;
             d.acker.ack(BasicAckOptions::default()).await.map_err(|e| queue_error("ack", &self.queue, &e))?;
             return Ok(None);
         }
@@ -253,7 +254,8 @@ impl Inner {
             headers.set_text(wire::LAST_ERROR, e);
         }
         let ch = self.shared.link.publisher().await?;
-        publish_confirmed(&ch, route, &h.body, headers.into_properties(&h.props)).await?;
+        let props = headers.into_properties(&h.props);
+        publish_confirmed(&ch, route, &h.body, props, self.shared.confirm_timeout).await?;
         self.ack_original(h).await
     }
 
@@ -262,7 +264,8 @@ impl Inner {
         let props =
             self.dead_copy(&headers, &h.props, h.count, h.first_received_ms, reason, self.shared.now_ms());
         let ch = self.shared.link.publisher().await?;
-        publish_confirmed(&ch, &topology::dlq(&self.queue), &h.body, props).await?;
+        publish_confirmed(&ch, &topology::dlq(&self.queue), &h.body, props, self.shared.confirm_timeout)
+            .await?;
         self.ack_original(h).await
     }
 

@@ -65,10 +65,19 @@ pub struct RabbitConfig {
     /// Shown in the broker's connection list.
     #[serde(default = "default_connection_name")]
     pub connection_name: String,
+    /// A publish (a send, a retry, a dead letter) whose confirm has not come
+    /// by then is `Timeout`: the broker may or may not have it, so nothing is
+    /// acked on the strength of it. Bounds every wait on a silent broker.
+    #[serde(default = "default_confirm_timeout", with = "humantime_serde")]
+    pub confirm_timeout: Duration,
 }
 
 fn default_connection_name() -> String {
     "spillway".to_owned()
+}
+
+fn default_confirm_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 
 /// Turns a lapin error into what the caller does next.
@@ -144,9 +153,10 @@ async fn publish_confirmed(
     queue: &str,
     body: &[u8],
     props: BasicProperties,
+    timeout: Duration,
 ) -> Result<(), QueueError> {
     let pending = start_publish(ch, queue, body, props).await?;
-    finish_publish(queue, pending).await
+    finish_publish(queue, pending, timeout).await
 }
 
 async fn start_publish(
@@ -161,8 +171,14 @@ async fn start_publish(
         .map_err(|e| queue_error("publish", queue, &e))
 }
 
-async fn finish_publish(queue: &str, pending: lapin::PublisherConfirm) -> Result<(), QueueError> {
-    match pending.await.map_err(|e| queue_error("publish confirm", queue, &e))? {
+async fn finish_publish(
+    queue: &str,
+    pending: lapin::PublisherConfirm,
+    timeout: Duration,
+) -> Result<(), QueueError> {
+    let confirmed =
+        tokio::time::timeout(timeout, pending).await.map_err(|_| QueueError::Timeout { after: timeout })?;
+    match confirmed.map_err(|e| queue_error("publish confirm", queue, &e))? {
         Confirmation::Ack(None) => Ok(()),
         Confirmation::Ack(Some(_)) => Err(QueueError::NotFound(queue.to_owned())),
         Confirmation::Nack(_) => Err(QueueError::unavailable_msg(format!(
@@ -175,6 +191,7 @@ async fn finish_publish(queue: &str, pending: lapin::PublisherConfirm) -> Result
 struct Shared {
     link: Link,
     clock: Clock,
+    confirm_timeout: Duration,
     /// The policies of queues ensured by this process.
     specs: Mutex<HashMap<String, QueueSpec>>,
 }
@@ -233,7 +250,8 @@ impl RabbitBackend {
             publisher: tokio::sync::Mutex::default(),
         };
         link.connection().await?;
-        Ok(Self { shared: Arc::new(Shared { link, clock, specs: Mutex::default() }) })
+        let confirm_timeout = cfg.confirm_timeout;
+        Ok(Self { shared: Arc::new(Shared { link, clock, confirm_timeout, specs: Mutex::default() }) })
     }
 }
 
@@ -332,7 +350,8 @@ impl Admin for RabbitBackend {
                     wire::LAST_RECEIVED_AT,
                     wire::DEAD_LETTERED_AT,
                 ]);
-                publish_confirmed(&ch, queue, &d.data, headers.into_properties(&d.properties)).await?;
+                let props = headers.into_properties(&d.properties);
+                publish_confirmed(&ch, queue, &d.data, props, self.shared.confirm_timeout).await?;
                 d.acker
                     .ack(lapin::options::BasicAckOptions::default())
                     .await
@@ -477,7 +496,7 @@ impl Producer for RabbitProducer {
         let mut outcomes = Vec::with_capacity(pending.len());
         for p in pending {
             outcomes.push(match p {
-                Ok((route, confirm)) => finish_publish(&route, confirm).await,
+                Ok((route, confirm)) => finish_publish(&route, confirm, self.shared.confirm_timeout).await,
                 Err(e) => Err(e),
             });
         }
@@ -532,7 +551,11 @@ mod tests {
     }
 
     async fn connect() -> RabbitBackend {
-        let cfg = RabbitConfig { url: url(), connection_name: "spillway-tests".into() };
+        let cfg = RabbitConfig {
+            url: url(),
+            connection_name: "spillway-tests".into(),
+            confirm_timeout: Duration::from_secs(10),
+        };
         match RabbitBackend::connect(&cfg).await {
             Ok(b) => b,
             Err(e) => panic!(
@@ -576,4 +599,21 @@ mod tests {
     }
 
     crate::conformance_tests!(Rabbit);
+
+    /// A queue that exists with other arguments is refused with the
+    /// argument named, not a closed channel or a silent mismatch.
+    #[tokio::test]
+    async fn a_queue_with_other_arguments_is_an_error_naming_the_argument() {
+        let b = connect().await;
+        let name = format!("conf-args-{:08x}", rand::random::<u32>());
+        let mut spec = crate::QueueSpec::new(&name);
+        crate::Admin::ensure(&b, &spec).await.expect("ensure");
+        spec.dead_letter.max_receive_count = 3;
+        let err = crate::Admin::ensure(&b, &spec).await.expect_err("other arguments");
+        assert!(matches!(&err, crate::QueueError::Invalid(m) if m.contains("x-delivery-limit")), "{err:?}");
+        // The backend still works after the refusal.
+        spec.dead_letter.max_receive_count = 5;
+        crate::Admin::ensure(&b, &spec).await.expect("the original arguments still pass");
+        b.delete_ensured().await.expect("cleanup");
+    }
 }
