@@ -264,18 +264,54 @@ impl Worker {
         }
     }
 
+    /// Hands a batch to the sink: in one call when the sink takes batches
+    /// (one statement for PostgreSQL), else one message at a time, each with
+    /// its own `sink_timeout`. Either way each message is settled by its own
+    /// answer, and the keeper keeps the unsettled ones hidden meanwhile.
     async fn handle_batch(&self, batch: Vec<Delivery>) {
         let unsettled: Unsettled = Arc::new(Mutex::new(batch.clone()));
         let keeper = tokio::spawn(keep_visible(self.consumer.clone(), unsettled.clone()));
-        for d in batch {
-            if self.shutdown.is_cancelled() || self.circuit.is_open() {
-                self.release(&d, Duration::ZERO).await;
-            } else {
-                self.handle(&d).await;
-            }
+        let settled = |d: &Delivery| {
             unsettled.lock().unwrap_or_else(PoisonError::into_inner).retain(|u| u.receipt != d.receipt);
+        };
+        if self.sink.batches() && !self.shutdown.is_cancelled() && !self.circuit.is_open() {
+            let answers = self.deliver_batch(&batch).await;
+            for (d, (answer, blamed)) in batch.iter().zip(answers) {
+                self.settle(d, answer, blamed).await;
+                settled(d);
+            }
+        } else {
+            for d in &batch {
+                if self.shutdown.is_cancelled() || self.circuit.is_open() {
+                    self.release(d, Duration::ZERO).await;
+                } else {
+                    let (answer, blamed) = self.deliver(d).await;
+                    self.settle(d, answer, blamed).await;
+                }
+                settled(d);
+            }
         }
         keeper.abort();
+    }
+
+    /// One sink call for the batch, bounded by `sink_timeout`; for each
+    /// message its answer and whether it is to blame for a `Down` answer.
+    async fn deliver_batch(&self, batch: &[Delivery]) -> Vec<(Result<(), SinkError>, bool)> {
+        let started = tokio::time::Instant::now();
+        let answers = match tokio::time::timeout(self.cfg.sink_timeout, self.sink.deliver_batch(batch)).await
+        {
+            Ok(answers) if answers.len() == batch.len() => answers,
+            Ok(answers) => {
+                let e = format!("the sink answered {} times for {} messages", answers.len(), batch.len());
+                batch.iter().map(|_| Err(SinkError::Transient(e.clone()))).collect()
+            }
+            Err(_) => {
+                let e = format!("sink did not answer within {:?}", self.cfg.sink_timeout);
+                batch.iter().map(|_| Err(SinkError::Down(e.clone()))).collect()
+            }
+        };
+        self.meters.sink.record(started.elapsed().as_secs_f64());
+        batch.iter().zip(answers).map(|(d, answer)| self.judge(d, answer)).collect()
     }
 
     fn circuit_gauge(&self, open: bool) {
@@ -291,16 +327,22 @@ impl Worker {
             Err(_) => Err(SinkError::Down(format!("sink did not answer within {:?}", self.cfg.sink_timeout))),
         };
         self.meters.sink.record(started.elapsed().as_secs_f64());
-        let blamed = matches!(answer, Err(SinkError::Down(_))) && self.suspects.blamed(&d.message.id);
-        if matches!(answer, Err(SinkError::Down(_))) {
+        self.judge(d, answer)
+    }
+
+    /// Whether a `Down` answer is the message's fault (see [`Suspects`]),
+    /// remembering the failure for next time.
+    fn judge(&self, d: &Delivery, answer: Result<(), SinkError>) -> (Result<(), SinkError>, bool) {
+        let down = matches!(answer, Err(SinkError::Down(_)));
+        let blamed = down && self.suspects.blamed(&d.message.id);
+        if down {
             self.suspects.failed_down(&d.message.id);
         }
         (answer, blamed)
     }
 
-    /// One delivery while the circuit is closed.
-    async fn handle(&self, d: &Delivery) {
-        let (answer, blamed) = self.deliver(d).await;
+    /// Settles one delivery by its answer while the circuit is closed.
+    async fn settle(&self, d: &Delivery, answer: Result<(), SinkError>, blamed: bool) {
         let (action, health) = decide(&answer, Mode::Normal, blamed);
         match health {
             Health::Up => self.circuit.record_up(),

@@ -23,6 +23,26 @@ use crate::{config::SinkConfig, SinkError};
 pub trait Sink: Send + Sync {
     /// Delivers one message. `Ok` means the sink has it for good.
     async fn deliver(&self, d: &Delivery) -> Result<(), SinkError>;
+
+    /// Whether [`Sink::deliver_batch`] takes a batch in one call. If not,
+    /// the runtime hands messages over one by one, each with its own
+    /// `sink_timeout`.
+    fn batches(&self) -> bool {
+        false
+    }
+
+    /// Delivers a batch: one answer per delivery, in order, each meaning
+    /// what [`Sink::deliver`]'s would. A sink that can take many messages
+    /// in one call overrides this (PostgreSQL: one statement; stdout: one
+    /// write), and must still answer for each message on its own, so one
+    /// bad message fails alone. The default delivers one by one.
+    async fn deliver_batch(&self, ds: &[Delivery]) -> Vec<Result<(), SinkError>> {
+        let mut out = Vec::with_capacity(ds.len());
+        for d in ds {
+            out.push(self.deliver(d).await);
+        }
+        out
+    }
 }
 
 /// Why a sink could not be set up.

@@ -1,0 +1,92 @@
+//! How fast `spillway consume` drains a backlog into PostgreSQL, in one
+//! run: the batching sink (one statement per received batch) against the
+//! same sink handed one message at a time (what every sink did before), on
+//! the same backlog size, the same machine, alternating.
+//!
+//! ```text
+//! drain MESSAGES POSTGRES_URL
+//! ```
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use async_trait::async_trait;
+use spillway_consumer::{sink::PostgresSink, ConsumerConfig, Sink, SinkError};
+use spillway_queue::{embedded::EmbeddedBackend, Admin, Backend, Delivery, OutgoingMessage, QueueSpec};
+use tokio_util::sync::CancellationToken;
+
+/// The same sink, but never in batches.
+struct OneByOne(Arc<PostgresSink>);
+
+#[async_trait]
+impl Sink for OneByOne {
+    async fn deliver(&self, d: &Delivery) -> Result<(), SinkError> {
+        self.0.deliver(d).await
+    }
+}
+
+async fn drain(n: usize, sink: Arc<dyn Sink>, concurrency: usize, batch: usize) -> f64 {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = EmbeddedBackend::open(dir.path()).await.expect("open");
+    b.ensure(&QueueSpec::new("q")).await.expect("ensure");
+    let p = b.producer("q").await.expect("producer");
+    for chunk in 0..n.div_ceil(1000) {
+        let msgs = (0..1000)
+            .map(|i| {
+                let id = format!("{:08}-{chunk}-{i}", rand_prefix());
+                let body = format!(r#"{{"event":"page_view","user":{i},"pad":"{}"}}"#, "x".repeat(150));
+                OutgoingMessage::new(id, body)
+            })
+            .collect();
+        p.send_batch(msgs).await.expect("fill");
+    }
+    let cfg = ConsumerConfig {
+        queue: "q".into(),
+        concurrency,
+        batch_size: batch,
+        wait: Duration::from_millis(100),
+        ..ConsumerConfig::default()
+    };
+    let stop = CancellationToken::new();
+    let consumer = b.consumer("q").await.expect("consumer");
+    let started = Instant::now();
+    let task = tokio::spawn(spillway_consumer::run(consumer, sink, cfg, stop.clone()));
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if b.stats("q").await.expect("stats").pending() == 0 {
+            break;
+        }
+    }
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    stop.cancel();
+    let _ = task.await;
+    rate
+}
+
+fn rand_prefix() -> u32 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static RUN: AtomicU32 = AtomicU32::new(0);
+    RUN.fetch_add(1, Ordering::Relaxed)
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let n: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(100_000);
+    let url = args.get(2).cloned().unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let table = format!("drain_bench_{}", std::process::id());
+    let sink =
+        Arc::new(PostgresSink::connect(&url, &table, true, Duration::from_secs(5)).await.expect("postgres"));
+    println!("| workers × batch | one by one, msg/s | batched, msg/s | batched / one by one |");
+    println!("|---|---|---|---|");
+    for (workers, batch) in [(4, 10), (16, 100)] {
+        let one = drain(n, Arc::new(OneByOne(sink.clone())), workers, batch).await;
+        let many = drain(n, sink.clone(), workers, batch).await;
+        println!("| {workers} × {batch} | {one:.0} | {many:.0} | {:.2} |", many / one);
+    }
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.expect("connect");
+    tokio::spawn(conn);
+    let _ = client.batch_execute(&format!("DROP TABLE IF EXISTS \"{table}\"")).await;
+}
