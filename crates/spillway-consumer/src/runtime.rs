@@ -276,10 +276,20 @@ impl Worker {
         };
         if self.sink.batches() && !self.shutdown.is_cancelled() && !self.circuit.is_open() {
             let answers = self.deliver_batch(&batch).await;
+            // The acks go to the queue together: one round trip (one commit
+            // on the embedded queue) for the batch, not one per message.
+            let mut acks = Vec::new();
             for (d, (answer, blamed)) in batch.iter().zip(answers) {
-                self.settle(d, answer, blamed).await;
-                settled(d);
+                match self.assess(&answer, blamed) {
+                    Action::Ack => acks.push(d.clone()),
+                    action => {
+                        self.act(d, action, Duration::ZERO).await;
+                        settled(d);
+                    }
+                }
             }
+            self.ack_all(&acks).await;
+            acks.iter().for_each(settled);
         } else {
             for d in &batch {
                 if self.shutdown.is_cancelled() || self.circuit.is_open() {
@@ -343,24 +353,31 @@ impl Worker {
 
     /// Settles one delivery by its answer while the circuit is closed.
     async fn settle(&self, d: &Delivery, answer: Result<(), SinkError>, blamed: bool) {
-        let (action, health) = decide(&answer, Mode::Normal, blamed);
+        let action = self.assess(&answer, blamed);
+        self.act(d, action, Duration::ZERO).await;
+    }
+
+    /// What to do with a delivery given its answer, while the circuit is
+    /// closed; keeps the circuit's books on the way.
+    fn assess(&self, answer: &Result<(), SinkError>, blamed: bool) -> Action {
+        let (action, health) = decide(answer, Mode::Normal, blamed);
         match health {
             Health::Up => self.circuit.record_up(),
             Health::Down => {
                 if self.circuit.open() {
                     self.circuit_gauge(true);
-                    tracing::warn!(reason = %reason(&answer), "sink is down: circuit open, receiving stops until a probe succeeds");
+                    tracing::warn!(reason = %reason(answer), "sink is down: circuit open, receiving stops until a probe succeeds");
                 }
             }
             Health::Transient => {
                 if self.circuit.record_transient() {
                     self.circuit_gauge(true);
-                    tracing::warn!(reason = %reason(&answer), "sink failed repeatedly: circuit open");
+                    tracing::warn!(reason = %reason(answer), "sink failed repeatedly: circuit open");
                 }
             }
             Health::Unknown => {}
         }
-        self.act(d, action, Duration::ZERO).await;
+        action
     }
 
     /// Tries the sink with one message after a backoff, until it answers.
@@ -417,6 +434,20 @@ impl Worker {
             () = tokio::time::sleep(d) => true,
             () = self.shutdown.cancelled() => false,
         }
+    }
+
+    async fn ack_all(&self, ds: &[Delivery]) {
+        if ds.is_empty() {
+            return;
+        }
+        for d in ds {
+            self.suspects.success(&d.message.id);
+        }
+        if let Err(e) = self.consumer.ack_batch(ds).await {
+            tracing::warn!(error = %e, messages = ds.len(), "ack failed; the messages will be redelivered");
+        }
+        self.counters.delivered.fetch_add(ds.len() as u64, Ordering::Relaxed);
+        self.meters.acked.increment(ds.len() as u64);
     }
 
     async fn ack(&self, d: &Delivery) {

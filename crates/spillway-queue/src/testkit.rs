@@ -239,6 +239,29 @@ pub async fn ack_removes<H: Harness>(h: &H) {
     assert_stats::<H>(&b, &name, |s| s.pending() == 0).await;
 }
 
+/// `ack_batch` removes every message it names, and only those.
+pub async fn ack_batch_removes_exactly_those<H: Harness>(h: &H) {
+    let b = h.backend().await;
+    let (name, p, c) = queue::<H>(&b, "ackbatch").await;
+    send_all(&p, (0..6).map(msg).collect()).await;
+    let mut got = Vec::new();
+    while got.len() < 6 {
+        got.extend(c.receive(6 - got.len(), WAIT).await.expect("receive"));
+    }
+    c.ack_batch(&got[..4]).await.expect("ack batch");
+    c.ack_batch(&got[..4]).await.expect("acking again is harmless");
+    c.close().await.expect("close");
+    let other = b.consumer(&name).await.expect("consumer");
+    let mut left: Vec<String> = Vec::new();
+    for d in other.receive(10, WAIT).await.expect("receive") {
+        left.push(d.message.id.clone());
+    }
+    left.sort();
+    let mut expected: Vec<String> = got[4..].iter().map(|d| d.message.id.clone()).collect();
+    expected.sort();
+    assert_eq!(left, expected);
+}
+
 /// 100 messages sent in batches are each received exactly once.
 pub async fn batch_of_100_is_received_once_each<H: Harness>(h: &H) {
     let b = h.backend().await;
@@ -859,6 +882,7 @@ macro_rules! conformance_tests {
         $crate::conformance_tests!(@each $harness;
             ack_removes,
             batch_of_100_is_received_once_each,
+            ack_batch_removes_exactly_those,
             empty_body_round_trips,
             binary_body_round_trips,
             max_size_body_round_trips,

@@ -88,6 +88,15 @@ pub trait Consumer: Send + Sync {
     /// delivered again (at-least-once).
     async fn ack(&self, d: &Delivery) -> Result<(), QueueError>;
 
+    /// Acks several deliveries; the same as acking each, in one round trip
+    /// where the backend can (embedded: one writer job, one commit).
+    async fn ack_batch(&self, ds: &[Delivery]) -> Result<(), QueueError> {
+        for d in ds {
+            self.ack(d).await?;
+        }
+        Ok(())
+    }
+
     /// A failed receive: the message is visible again after `delay`, or moved
     /// to the dead-letter queue if this was its `max_receive_count`-th receive.
     /// `reason` is kept as the dead letter's `last_error`.

@@ -317,6 +317,13 @@ impl Consumer for EmbeddedConsumer {
         self.shared.writer.run(move |c| ops::ack(c, &queue, h)).await
     }
 
+    /// One writer job for the whole batch: one commit, not one per message.
+    async fn ack_batch(&self, ds: &[Delivery]) -> Result<(), QueueError> {
+        let handles = ds.iter().map(|d| self.settle(d)).collect::<Result<Vec<_>, _>>()?;
+        let queue = self.queue.clone();
+        self.shared.writer.run(move |c| handles.into_iter().try_for_each(|h| ops::ack(c, &queue, h))).await
+    }
+
     async fn nack(&self, d: &Delivery, delay: Duration, reason: &str) -> Result<Nacked, QueueError> {
         let h = self.settle(d)?;
         let (queue, reason, now) = (self.queue.clone(), reason.to_owned(), self.shared.now());
