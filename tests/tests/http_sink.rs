@@ -39,14 +39,20 @@ async fn hook(State(e): State<Endpoint>, headers: axum::http::HeaderMap, body: S
     StatusCode::NO_CONTENT
 }
 
+/// Serves the endpoint on loopback; returns its URL.
+async fn serve_endpoint(endpoint: &Endpoint) -> String {
+    let app = Router::new().route("/hook", post(hook)).with_state(endpoint.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    url
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn five_hundreds_on_every_call_cost_nothing_and_a_4xx_dead_letters_at_once() {
     let endpoint = Endpoint::default();
     endpoint.failing.store(true, Ordering::SeqCst);
-    let app = Router::new().route("/hook", post(hook)).with_state(endpoint.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let hook_url = format!("http://{}/hook", listener.local_addr().expect("addr"));
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let hook_url = serve_endpoint(&endpoint).await;
 
     let ws = Workspace::new(&format!(
         r#"
@@ -107,10 +113,7 @@ on_4xx = "dead_letter"
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_endpoint_that_hangs_for_one_message_sends_only_that_one_to_the_dlq() {
     let endpoint = Endpoint::default();
-    let app = Router::new().route("/hook", post(hook)).with_state(endpoint.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let hook_url = format!("http://{}/hook", listener.local_addr().expect("addr"));
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let hook_url = serve_endpoint(&endpoint).await;
 
     let ws = Workspace::new(&format!(
         r#"
