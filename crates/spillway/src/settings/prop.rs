@@ -1,3 +1,4 @@
+#![cfg(test)]
 //! Arbitrary values in every key: an error that names the key, or settings
 //! that start without a panic. Never a panic, never a silent misbehaviour.
 //!
