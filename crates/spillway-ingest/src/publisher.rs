@@ -49,9 +49,7 @@ impl Publisher {
 
     /// Stores one message; `Ok` once it is durable. See the module doc.
     pub async fn publish(&self, msg: OutgoingMessage) -> Result<(), QueueError> {
-        if msg.size() > self.max_message_bytes {
-            return Err(QueueError::TooLarge { size: msg.size(), limit: self.max_message_bytes });
-        }
+        msg.check_size(self.max_message_bytes)?;
         let (reply, outcome) = oneshot::channel();
         self.tx.try_send(Pending { msg, reply }).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => QueueError::unavailable_msg("publisher backlog is full"),

@@ -41,6 +41,16 @@ impl OutgoingMessage {
     pub fn size(&self) -> usize {
         self.body.len() + self.attributes.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
     }
+
+    /// `TooLarge` if the message exceeds `limit`: the one check every
+    /// producer (and ingest's publisher) runs before any I/O.
+    pub fn check_size(&self, limit: usize) -> Result<(), crate::QueueError> {
+        let size = self.size();
+        if size > limit {
+            return Err(crate::QueueError::TooLarge { size, limit });
+        }
+        Ok(())
+    }
 }
 
 /// The message as a consumer sees it.

@@ -218,16 +218,7 @@ impl Producer for EmbeddedProducer {
         msgs: Vec<OutgoingMessage>,
     ) -> Result<Vec<Result<(), QueueError>>, QueueError> {
         let limit = self.max_message_bytes;
-        let outcomes: Vec<Result<(), QueueError>> =
-            msgs.iter()
-                .map(|m| {
-                    if m.size() > limit {
-                        Err(QueueError::TooLarge { size: m.size(), limit })
-                    } else {
-                        Ok(())
-                    }
-                })
-                .collect();
+        let outcomes: Vec<Result<(), QueueError>> = msgs.iter().map(|m| m.check_size(limit)).collect();
         let fits: Vec<OutgoingMessage> =
             msgs.into_iter().zip(&outcomes).filter(|(_, o)| o.is_ok()).map(|(m, _)| m).collect();
         if !fits.is_empty() {

@@ -23,14 +23,10 @@ use std::{
 };
 
 use async_trait::async_trait;
-use lapin::{
-    options::{BasicAckOptions, BasicGetOptions},
-    types::ShortString,
-    BasicProperties, Channel,
-};
+use lapin::{options::BasicAckOptions, types::ShortString, BasicProperties, Channel};
 use tokio::time::Instant;
 
-use super::{ms_time, publish_confirmed, queue_error, short, topology, wire, wire::Headers, Shared};
+use super::{ms_time, publish_confirmed, queue_error, topology, wire, wire::Headers, Shared};
 use crate::{Consumer, DeadLetterPolicy, Delivery, Nacked, QueueError, Receipt, ReceivedMessage};
 
 /// Channel generations, unique in the process, so a receipt names one
@@ -129,12 +125,8 @@ impl Inner {
             let (generation, ch) = self.channel().await?;
             let mut out = Vec::new();
             while out.len() < max {
-                let got = ch
-                    .basic_get(short(&self.queue)?, BasicGetOptions { no_ack: false })
-                    .await
-                    .map_err(|e| queue_error("get", &self.queue, &e))?;
-                let Some(m) = got else { break };
-                if let Some(d) = self.take(generation, m.delivery).await? {
+                let Some(got) = self.shared.get(&ch, &self.queue).await? else { break };
+                if let Some(d) = self.take(generation, got).await? {
                     out.push(d);
                 }
             }
@@ -231,10 +223,9 @@ impl Inner {
 
     async fn ack_original(&self, h: &Held) -> Result<(), QueueError> {
         let ch = self.channel.lock().await;
-        let Some((g, c)) = ch.as_ref().filter(|(g, _)| *g == h.generation) else {
+        let Some((_, c)) = ch.as_ref().filter(|(g, _)| *g == h.generation) else {
             return Ok(()); // its channel is gone: the broker returned it already
         };
-        let _ = g;
         c.basic_ack(h.tag, BasicAckOptions::default()).await.map_err(|e| queue_error("ack", &self.queue, &e))
     }
 

@@ -220,6 +220,24 @@ impl Shared {
         Ok(u64::from(q.message_count()))
     }
 
+    /// `NotFound` unless `queue` exists. On a channel of its own: a passive
+    /// declare of a missing queue closes the channel it ran on.
+    async fn must_exist(&self, queue: &str) -> Result<(), QueueError> {
+        let ch = self.link.channel(false).await?;
+        let exists = self.count(&ch, queue).await;
+        let _ = ch.close(200, ShortString::from("done")).await;
+        exists.map(|_| ())
+    }
+
+    /// The next message of `queue`, unacked, if there is one.
+    async fn get(&self, ch: &Channel, queue: &str) -> Result<Option<lapin::message::Delivery>, QueueError> {
+        let got = ch
+            .basic_get(short(queue)?, BasicGetOptions { no_ack: false })
+            .await
+            .map_err(|e| queue_error("get", queue, &e))?;
+        Ok(got.map(|m| m.delivery))
+    }
+
     async fn declare(&self, ch: &Channel, queue: &str, args: FieldTable) -> Result<(), QueueError> {
         let options = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
         ch.queue_declare(short(queue)?, options, args)
@@ -312,12 +330,8 @@ impl Admin for RabbitBackend {
             self.shared.count(&ch, &dlq).await?;
             let mut out = Vec::new();
             while out.len() < max {
-                let got = ch
-                    .basic_get(short(&dlq)?, BasicGetOptions { no_ack: false })
-                    .await
-                    .map_err(|e| queue_error("get", &dlq, &e))?;
-                let Some(m) = got else { break };
-                out.push(dead_letter_of(queue, &m.delivery.properties, m.delivery.data));
+                let Some(d) = self.shared.get(&ch, &dlq).await? else { break };
+                out.push(dead_letter_of(queue, &d.properties, d.data));
             }
             Ok(out)
         }
@@ -335,12 +349,7 @@ impl Admin for RabbitBackend {
             self.shared.count(&ch, queue).await?;
             let mut moved = 0u64;
             while (moved as usize) < max {
-                let got = ch
-                    .basic_get(short(&dlq)?, BasicGetOptions { no_ack: false })
-                    .await
-                    .map_err(|e| queue_error("get", &dlq, &e))?;
-                let Some(m) = got else { break };
-                let d = m.delivery;
+                let Some(d) = self.shared.get(&ch, &dlq).await? else { break };
                 let headers = Headers::of(&d.properties).without(&[
                     wire::FAILURES,
                     wire::FIRST_RECEIVED_AT,
@@ -424,10 +433,7 @@ impl Backend for RabbitBackend {
     }
 
     async fn producer(&self, queue: &str) -> Result<Arc<dyn Producer>, QueueError> {
-        let ch = self.shared.link.channel(false).await?;
-        let exists = self.shared.count(&ch, queue).await;
-        let _ = ch.close(200, ShortString::from("done")).await;
-        exists?;
+        self.shared.must_exist(queue).await?;
         Ok(Arc::new(RabbitProducer {
             shared: self.shared.clone(),
             queue: queue.to_owned(),
@@ -436,10 +442,7 @@ impl Backend for RabbitBackend {
     }
 
     async fn consumer(&self, queue: &str) -> Result<Arc<dyn Consumer>, QueueError> {
-        let ch = self.shared.link.channel(false).await?;
-        let exists = self.shared.count(&ch, queue).await;
-        let _ = ch.close(200, ShortString::from("done")).await;
-        exists?;
+        self.shared.must_exist(queue).await?;
         Ok(Arc::new(consumer::RabbitConsumer::new(
             self.shared.clone(),
             queue,
@@ -471,8 +474,8 @@ impl Producer for RabbitProducer {
         let ch = self.shared.link.publisher().await?;
         let mut pending = Vec::with_capacity(msgs.len());
         for m in &msgs {
-            if m.size() > limit {
-                pending.push(Err(QueueError::TooLarge { size: m.size(), limit }));
+            if let Err(e) = m.check_size(limit) {
+                pending.push(Err(e));
                 continue;
             }
             if m.delay > topology::MAX_DELAY {
