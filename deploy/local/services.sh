@@ -6,8 +6,8 @@
 #   deploy/local/services.sh status  # say what is there
 #
 # Needed today: PostgreSQL (the postgres sink test), RabbitMQ (the rabbitmq
-# backend's conformance kit) and Chromium (the browser CORS test). tansu
-# (Kafka) and moto (SQS) join this script with their backends.
+# backend's conformance kit), moto (an SQS server, for the sqs backend) and
+# Chromium (the browser CORS test). tansu (Kafka) joins with its backend.
 set -euo pipefail
 
 PG_URL="${SPILLWAY_TEST_PG:-postgres://postgres@127.0.0.1:5432/test}"
@@ -49,19 +49,35 @@ up_rabbit() {
   rabbitmq-diagnostics -q check_running >/dev/null 2>&1 || sleep 5
 }
 
-# Python tools the tests drive (pika for the AMQP interop test), in a venv at a
-# fixed path so it is made once per machine and reused.
+# Python tools the tests drive, in a venv at a fixed path so it is made once
+# per machine and reused: pika (the AMQP interop test), moto (the SQS server)
+# and boto3 (the SQS interop test).
 VENV="${SPILLWAY_VENV:-/var/tmp/spillway-venv}"
-PY_PACKAGES=(pika==1.3.2)
+PY_PACKAGES=(pika==1.3.2 "moto[server]==5.2.5" boto3==1.44.8)
 
-have_venv() { [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c 'import pika' 2>/dev/null; }
+have_venv() { [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c 'import pika, moto, boto3, flask' 2>/dev/null; }
 
 up_venv() {
   if have_venv; then log "Python venv is ready at $VENV"; return; fi
   log "making the Python venv at $VENV (once per machine)"
-  python3 -m venv "$VENV"
+  [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q "${PY_PACKAGES[@]}"
-  have_venv || { log "the venv at $VENV lacks pika; remove it and run this again"; exit 1; }
+  have_venv || { log "the venv at $VENV lacks pika, moto or boto3; remove it and run this again"; exit 1; }
+}
+
+# moto's SQS server, from the venv, in the background. It keeps everything in
+# memory: a restart starts empty, which the tests never rely on.
+SQS_PORT="${SPILLWAY_TEST_SQS_PORT:-4566}"
+MOTO_LOG="${SPILLWAY_MOTO_LOG:-/var/tmp/spillway-moto.log}"
+
+have_moto() { (exec 3<>"/dev/tcp/127.0.0.1/$SQS_PORT") 2>/dev/null; }
+
+up_moto() {
+  if have_moto; then log "the SQS server is up on 127.0.0.1:$SQS_PORT"; return; fi
+  log "starting moto (SQS) on 127.0.0.1:$SQS_PORT, log in $MOTO_LOG"
+  setsid nohup "$VENV/bin/moto_server" -H 127.0.0.1 -p "$SQS_PORT" >"$MOTO_LOG" 2>&1 < /dev/null &
+  for _ in $(seq 1 30); do have_moto && break; sleep 1; done
+  have_moto || { log "moto did not come up on 127.0.0.1:$SQS_PORT; see $MOTO_LOG, or set SPILLWAY_TEST_SQS"; exit 1; }
 }
 
 chromium_bin() { echo "${SPILLWAY_CHROMIUM:-/usr/bin/chromium}"; }
@@ -79,11 +95,12 @@ status() {
   if have_pg; then log "PostgreSQL: up"; else log "PostgreSQL: down"; fi
   if have_rabbit; then log "RabbitMQ: up"; else log "RabbitMQ: down"; fi
   if have_venv; then log "Python venv: $VENV"; else log "Python venv: missing"; fi
+  if have_moto; then log "SQS (moto): up on $SQS_PORT"; else log "SQS (moto): down"; fi
   if [ -x "$(chromium_bin)" ]; then log "Chromium: $(chromium_bin)"; else log "Chromium: missing"; fi
 }
 
 case "${1:-up}" in
-  up) up_pg; up_rabbit; up_venv; up_chromium ;;
+  up) up_pg; up_rabbit; up_venv; up_moto; up_chromium ;;
   status) status ;;
   *) echo "usage: $0 up|status" >&2; exit 2 ;;
 esac

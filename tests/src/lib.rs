@@ -379,6 +379,37 @@ pub async fn count(db: &tokio_postgres::Client, table: &str) -> i64 {
     db.query_one(&format!("SELECT count(*) FROM {table}"), &[]).await.map(|r| r.get(0)).unwrap_or(-1)
 }
 
+/// The ids in a sink table (empty if it does not exist yet).
+pub async fn ids(db: &tokio_postgres::Client, table: &str) -> std::collections::HashSet<String> {
+    match db.query(&format!("SELECT id FROM {table}"), &[]).await {
+        Ok(rows) => rows.iter().map(|r| r.get(0)).collect(),
+        Err(_) => std::collections::HashSet::new(),
+    }
+}
+
+/// After an outage under load: waits until every accepted id is in the
+/// table, then checks that what else is there is no more than the requests
+/// answered 503 (a send that timed out may have been stored: the client was
+/// told to retry, so that is at-least-once, not a loss).
+pub async fn assert_every_accepted_delivered(
+    db: &tokio_postgres::Client,
+    table: &str,
+    accepted: &std::collections::HashSet<String>,
+    answered_503: usize,
+) {
+    eventually(Duration::from_secs(60), "every 2xx in the table", || async {
+        accepted.is_subset(&ids(db, table).await)
+    })
+    .await;
+    let stored = ids(db, table).await;
+    let extra: Vec<&String> = stored.difference(accepted).collect();
+    assert!(
+        extra.len() <= answered_503,
+        "{} rows were never accepted, more than the {answered_503} requests answered 503: {extra:?}",
+        extra.len()
+    );
+}
+
 /// `SPILLWAY_TEST_AMQP`, or the machine's RabbitMQ.
 pub fn amqp_url() -> String {
     std::env::var("SPILLWAY_TEST_AMQP").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())

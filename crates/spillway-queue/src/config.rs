@@ -24,6 +24,9 @@ pub enum BackendConfig {
     /// RabbitMQ: durable quorum queues, publisher confirms.
     #[cfg(feature = "rabbitmq")]
     Rabbitmq(crate::rabbitmq::RabbitConfig),
+    /// AWS SQS, or any server with its API: standard and FIFO queues.
+    #[cfg(feature = "sqs")]
+    Sqs(crate::sqs::SqsConfig),
 }
 
 fn default_embedded_path() -> PathBuf {
@@ -44,6 +47,8 @@ impl BackendConfig {
             Self::Memory {} => "memory",
             #[cfg(feature = "rabbitmq")]
             Self::Rabbitmq(_) => "rabbitmq",
+            #[cfg(feature = "sqs")]
+            Self::Sqs(_) => "sqs",
         }
     }
 }
@@ -58,5 +63,7 @@ pub async fn connect(config: &BackendConfig) -> Result<Arc<dyn Backend>, QueueEr
         BackendConfig::Memory {} => Ok(Arc::new(crate::memory::memory_backend()?)),
         #[cfg(feature = "rabbitmq")]
         BackendConfig::Rabbitmq(cfg) => Ok(Arc::new(crate::rabbitmq::RabbitBackend::connect(cfg).await?)),
+        #[cfg(feature = "sqs")]
+        BackendConfig::Sqs(cfg) => Ok(Arc::new(crate::sqs::SqsBackend::connect(cfg).await?)),
     }
 }

@@ -23,6 +23,8 @@
 //!   Same semantics, **not durable**.
 //! - `rabbitmq` (feature `rabbitmq`): durable quorum queues with publisher
 //!   confirms; the count carried in headers across republishes.
+//! - `sqs` (feature `sqs`): AWS SQS or any server with its API; standard
+//!   and FIFO queues, the count carried in an attribute across re-sends.
 //! - `testkit` (feature `testkit`): the conformance suite, plain async functions
 //!   over a [`testkit::Harness`], that every backend's tests run.
 #![forbid(unsafe_code)]
@@ -39,6 +41,8 @@ pub mod embedded;
 pub mod memory;
 #[cfg(feature = "rabbitmq")]
 pub mod rabbitmq;
+#[cfg(feature = "sqs")]
+pub mod sqs;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 

@@ -84,6 +84,9 @@ pub enum KeyOrder {
     /// Send order per key until a message is retried: the retried one comes
     /// back after the others (a broker queue has one order for everyone).
     UntilRetried,
+    /// No order is promised (a standard SQS queue): every message arrives,
+    /// in whatever order.
+    None,
 }
 
 /// What a backend declares about itself: every way it differs from the
@@ -103,6 +106,13 @@ pub struct Capabilities {
     /// Whether a repeated dedup key is dropped while the first is queued.
     pub dedup: bool,
     pub key_order: KeyOrder,
+    /// Whether a release counts toward the DLQ like a failure (SQS FIFO:
+    /// SQS's count cannot be undone, and a re-send would break the group's
+    /// order). Where it does, `max_receive_count` releases dead-letter too.
+    pub release_counts: bool,
+    /// Whether a send can carry its own delay (SQS FIFO: no). Where not, a
+    /// delayed send is refused with `Invalid` and nothing is stored.
+    pub per_message_delay: bool,
 }
 
 impl Capabilities {
@@ -117,6 +127,8 @@ impl Capabilities {
             in_flight_reported: true,
             dedup: true,
             key_order: KeyOrder::Strict,
+            release_counts: false,
+            per_message_delay: true,
         }
     }
 }
@@ -136,6 +148,11 @@ pub trait Harness: Send + Sync + Sized + 'static {
     /// A new connection to the same storage, as after a process restart
     /// (for a backend that keeps nothing: a new, empty one).
     async fn reopen(&self) -> Arc<dyn Backend>;
+    /// What every queue name of this backend ends with (`.fifo` for SQS
+    /// FIFO queues).
+    fn queue_suffix() -> &'static str {
+        ""
+    }
     /// Runs after a scenario that passed: remove what it created on a
     /// shared broker.
     async fn cleanup(&self) {}
@@ -181,16 +198,16 @@ async fn queue<H: Harness>(
     b: &Arc<dyn Backend>,
     tag: &str,
 ) -> (String, Arc<dyn Producer>, Arc<dyn Consumer>) {
-    queue_with(b, tag, policy::<H>(5), 64 * 1024).await
+    queue_with::<H>(b, tag, policy::<H>(5), 64 * 1024).await
 }
 
-async fn queue_with(
+async fn queue_with<H: Harness>(
     b: &Arc<dyn Backend>,
     tag: &str,
     dead_letter: DeadLetterPolicy,
     max_message_bytes: usize,
 ) -> (String, Arc<dyn Producer>, Arc<dyn Consumer>) {
-    let name = format!("conf-{tag}-{:08x}", rand::thread_rng().gen::<u32>());
+    let name = format!("conf-{tag}-{:08x}{}", rand::thread_rng().gen::<u32>(), H::queue_suffix());
     let spec = QueueSpec { name: name.clone(), dead_letter, max_message_bytes };
     b.ensure(&spec).await.expect("ensure queue");
     let p = b.producer(&name).await.expect("producer");
@@ -417,7 +434,7 @@ pub async fn a_dropped_receive_costs_nothing_after_close<H: Harness>(h: &H) {
     let other = b.consumer(&name).await.expect("second consumer");
     let got = other.receive(1, SHORT).await.expect("receive");
     assert_eq!(got.len(), 1, "the message a dropped receive took is hidden after close");
-    assert_eq!(got[0].receive_count, 1, "the dropped receive was counted");
+    assert_eq!(got[0].receive_count, released_count::<H>(), "the dropped receive was counted");
 }
 
 /// Polls a future once; `Some` if it completed.
@@ -454,7 +471,7 @@ pub async fn dead_lettered_after_max_receive_count<H: Harness>(h: &H) {
 pub async fn dead_letter_carries_metadata<H: Harness>(h: &H) {
     let b = h.backend().await;
     let dl = policy::<H>(2);
-    let (name, p, c) = queue_with(&b, "dlmeta", dl, 64 * 1024).await;
+    let (name, p, c) = queue_with::<H>(&b, "dlmeta", dl, 64 * 1024).await;
     let mut m = msg(7);
     m.attributes.insert("k".into(), "v".into());
     p.send(m).await.expect("send");
@@ -556,6 +573,11 @@ pub async fn ordering_key_keeps_send_order<H: Harness>(h: &H) {
         KeyOrder::UntilRetried => {
             (0..10).filter(|&i| i != 3).map(|i| format!("m{i:04}")).chain(["m0003".to_owned()]).collect()
         }
+        // Every message, in whatever order.
+        KeyOrder::None => {
+            order.sort();
+            (0..10).map(|i| format!("m{i:04}")).collect()
+        }
     };
     assert_eq!(order, expected);
 }
@@ -620,13 +642,15 @@ pub async fn stats_count_each_state<H: Harness>(h: &H) {
     send_all(&p, (0..5).map(msg).collect()).await;
     let mut later = msg(9);
     later.delay = Duration::from_secs(60);
-    p.send(later).await.expect("send delayed");
+    let delayed = send_delayed::<H>(&p, later).await;
     let held = c.receive(2, WAIT).await.expect("receive");
     assert_eq!(held.len(), 2);
     kill_one(&c, "dead").await;
     let in_flight = if H::capabilities().in_flight_reported { 2 } else { 0 };
-    assert_stats::<H>(&b, &name, |s| (s.visible, s.delayed, s.in_flight, s.dead) == (2, 1, in_flight, 1))
-        .await;
+    assert_stats::<H>(&b, &name, |s| {
+        (s.visible, s.delayed, s.in_flight, s.dead) == (2, delayed, in_flight, 1)
+    })
+    .await;
 }
 
 /// Purge empties the queue or its DLQ, and only that.
@@ -669,23 +693,47 @@ pub async fn stale_receipt_cannot_ack_a_redelivery<H: Harness>(h: &H) {
     let other = b.consumer(&name).await.expect("consumer");
     let again = receive_one(&other).await;
     assert_eq!(again.message.id, new.message.id, "the stale ack removed the redelivery");
-    assert_eq!(again.receive_count, 2);
+    // The close released it: uncounted, or counted where declared.
+    assert_eq!(again.receive_count, 1 + released_count::<H>());
     other.ack(&again).await.expect("ack");
     assert_stats::<H>(&b, &name, |s| s.pending() == 0).await;
 }
 
-/// A message sent with a delay is hidden for at least that delay.
+/// A message sent with a delay is hidden for at least that delay (where
+/// declared without [`Capabilities::per_message_delay`]: refused, and
+/// nothing stored).
 pub async fn delayed_send_is_hidden_until_due<H: Harness>(h: &H) {
     let b = h.backend().await;
-    let (_, p, c) = queue::<H>(&b, "delay").await;
+    let (name, p, c) = queue::<H>(&b, "delay").await;
     let mut m = msg(1);
     m.delay = Duration::from_millis(700);
     let sent_at = Instant::now();
-    p.send(m).await.expect("send");
-    assert!(c.receive(1, Duration::ZERO).await.expect("receive").is_empty());
-    let d = receive_one(&c).await;
-    assert!(sent_at.elapsed() >= Duration::from_millis(700), "delivered before its delay");
-    assert_eq!(d.receive_count, 1);
+    if send_delayed::<H>(&p, m).await == 0 {
+        assert_empty(&c).await;
+        assert_stats::<H>(&b, &name, |s| s.pending() == 0).await;
+    } else {
+        assert!(c.receive(1, Duration::ZERO).await.expect("receive").is_empty());
+        let d = receive_one(&c).await;
+        assert!(sent_at.elapsed() >= Duration::from_millis(700), "delivered before its delay");
+        assert_eq!(d.receive_count, 1);
+    }
+}
+
+/// Sends a delayed message: stored where the backend takes per-message
+/// delays (returns 1), refused with `Invalid` where it declares it cannot
+/// (returns 0).
+async fn send_delayed<H: Harness>(p: &Arc<dyn Producer>, m: OutgoingMessage) -> u64 {
+    let sent = p.send(m).await;
+    if H::capabilities().per_message_delay {
+        sent.expect("send delayed");
+        1
+    } else {
+        assert!(
+            matches!(sent, Err(QueueError::Invalid(_))),
+            "a declared-impossible delay was not refused: {sent:?}"
+        );
+        0
+    }
 }
 
 /// Closing a consumer gives its held messages back at once, not after the
@@ -700,22 +748,47 @@ pub async fn close_releases_held_messages<H: Harness>(h: &H) {
     let other = b.consumer(&name).await.expect("consumer");
     let again = other.receive(3, SHORT).await.expect("receive");
     assert_eq!(again.len(), 3, "released messages are visible at once");
-    assert!(again.iter().all(|d| d.receive_count == 1), "a released receive is not counted");
+    assert!(
+        again.iter().all(|d| d.receive_count == released_count::<H>()),
+        "a released receive is not counted (or, where declared, counted once)"
+    );
 }
 
-/// A receive that is released does not walk the message toward the DLQ.
+/// A receive that is released does not walk the message toward the DLQ
+/// (where declared [`Capabilities::release_counts`], it does, exactly as a
+/// failure would).
 pub async fn release_does_not_count_toward_the_dlq<H: Harness>(h: &H) {
     let b = h.backend().await;
     let dl = policy::<H>(2);
-    let (name, p, c) = queue_with(&b, "release", dl, 1024).await;
+    let (name, p, c) = queue_with::<H>(&b, "release", dl, 1024).await;
     p.send(msg(1)).await.expect("send");
-    for _ in 0..5 {
+    if H::capabilities().release_counts {
+        for n in 1..=2 {
+            let d = receive_one(&c).await;
+            assert_eq!(d.receive_count, n, "a release counts, as declared");
+            c.release(&d, Duration::ZERO).await.expect("release");
+        }
+        assert_empty(&c).await;
+        assert_stats::<H>(&b, &name, |s| (s.pending(), s.dead) == (0, 1)).await;
+    } else {
+        for _ in 0..5 {
+            let d = receive_one(&c).await;
+            c.release(&d, Duration::ZERO).await.expect("release");
+        }
         let d = receive_one(&c).await;
-        c.release(&d, Duration::ZERO).await.expect("release");
+        assert_eq!(d.receive_count, 1);
+        assert_stats::<H>(&b, &name, |s| s.dead == 0).await;
     }
-    let d = receive_one(&c).await;
-    assert_eq!(d.receive_count, 1);
-    assert_stats::<H>(&b, &name, |s| s.dead == 0).await;
+}
+
+/// The count of a message's first receive after a release: 1, or 2 where
+/// releases count.
+fn released_count<H: Harness>() -> u32 {
+    if H::capabilities().release_counts {
+        2
+    } else {
+        1
+    }
 }
 
 /// A message whose last allowed receive timed out (or whose consumer went
@@ -724,7 +797,7 @@ pub async fn release_does_not_count_toward_the_dlq<H: Harness>(h: &H) {
 pub async fn expired_last_receive_dead_letters_on_next_receive<H: Harness>(h: &H) {
     let b = h.backend().await;
     let dl = policy::<H>(2);
-    let (name, p, c) = queue_with(&b, "expire", dl, 1024).await;
+    let (name, p, c) = queue_with::<H>(&b, "expire", dl, 1024).await;
     p.send(msg(1)).await.expect("send");
     let d1 = receive_one(&c).await;
     c.nack(&d1, Duration::ZERO, "boom").await.expect("nack");
@@ -793,7 +866,7 @@ pub async fn ensure_is_idempotent<H: Harness>(h: &H) {
 /// A queue that was never created is `NotFound`, a configuration error.
 pub async fn unknown_queue_is_not_found<H: Harness>(h: &H) {
     let b = h.backend().await;
-    let name = format!("conf-missing-{:08x}", rand::thread_rng().gen::<u32>());
+    let name = format!("conf-missing-{:08x}{}", rand::thread_rng().gen::<u32>(), H::queue_suffix());
     assert!(matches!(b.stats(&name).await, Err(QueueError::NotFound(_))));
     assert!(matches!(b.producer(&name).await.map(|_| ()), Err(QueueError::NotFound(_))));
 }

@@ -47,6 +47,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use self::wire::Headers;
+pub(crate) use crate::clock::ms_time;
 use crate::{
     Admin, Backend, Clock, Consumer, DeadLetter, OutgoingMessage, Producer, PurgeTarget, QueueError,
     QueueSpec, QueueStats,
@@ -421,11 +422,6 @@ fn dead_letter_of(queue: &str, props: &BasicProperties, body: Vec<u8>) -> DeadLe
     }
 }
 
-pub(crate) fn ms_time(ms: i64) -> OffsetDateTime {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
-}
-
 #[async_trait]
 impl Backend for RabbitBackend {
     fn kind(&self) -> &'static str {
@@ -583,6 +579,7 @@ mod tests {
                 in_flight_reported: false,
                 dedup: false,
                 key_order: KeyOrder::UntilRetried,
+                ..Capabilities::embedded()
             }
         }
         async fn new() -> Self {
