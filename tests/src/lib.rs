@@ -40,6 +40,9 @@ pub fn binary() -> PathBuf {
 /// A temporary folder with a config file and the embedded queue's data.
 pub struct Workspace {
     pub dir: tempfile::TempDir,
+    /// Environment variables every process of this workspace gets (config
+    /// overrides such as `SPILLWAY_QUEUE__ENDPOINT_URL`).
+    env: Vec<(String, String)>,
 }
 
 impl Workspace {
@@ -49,7 +52,13 @@ impl Workspace {
         let data = dir.path().join("data");
         let text = config.replace("{data}", &data.display().to_string());
         std::fs::write(dir.path().join("config.toml"), text).expect("write config");
-        Self { dir }
+        Self { dir, env: Vec::new() }
+    }
+
+    /// Every process of this workspace gets `key=value` in its environment.
+    pub fn with_env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_owned(), value.to_owned()));
+        self
     }
 
     pub fn config(&self) -> PathBuf {
@@ -71,6 +80,7 @@ impl Workspace {
             .arg("--config")
             .arg(self.config())
             .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "warn")
             .envs(env.iter().copied())
             .output()
@@ -83,6 +93,7 @@ impl Workspace {
             .arg("--config")
             .arg(self.config())
             .arg("serve")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("SPILLWAY_SERVER__LISTEN", "127.0.0.1:0")
             .env_remove("RUST_LOG")
             .stdout(Stdio::piped())
@@ -109,6 +120,7 @@ impl Workspace {
                 .arg("--config")
                 .arg(self.config())
                 .arg("consume")
+                .envs(self.env.iter().map(|(k, v)| (k, v)))
                 .stdout(Stdio::null())
                 .stderr(Stdio::inherit())
                 .spawn()
@@ -413,4 +425,207 @@ pub async fn assert_every_accepted_delivered(
 /// `SPILLWAY_TEST_AMQP`, or the machine's RabbitMQ.
 pub fn amqp_url() -> String {
     std::env::var("SPILLWAY_TEST_AMQP").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+}
+
+/// The Python venv `deploy/local/services.sh` makes (moto, boto3, pika).
+pub fn venv() -> PathBuf {
+    let venv =
+        PathBuf::from(std::env::var("SPILLWAY_VENV").unwrap_or_else(|_| "/var/tmp/spillway-venv".to_owned()));
+    assert!(
+        venv.join("bin/python").is_file(),
+        "no Python venv at {}: make it with `deploy/local/services.sh up`",
+        venv.display()
+    );
+    venv
+}
+
+/// A moto SQS server of the test's own, on a free port, killed when
+/// dropped. Its own, so the test may stop it, and fixed queue names (the
+/// original setup's `my-queue`) never meet another test's.
+pub struct Moto {
+    pub process: Process,
+    pub port: u16,
+}
+
+impl Moto {
+    pub async fn start() -> Self {
+        let port = free_port();
+        let child = Command::new(venv().join("bin/moto_server"))
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start moto_server from the venv (deploy/local/services.sh up installs it)");
+        let moto = Self { process: Process(child), port };
+        eventually(Duration::from_secs(30), "moto listening", || async {
+            TcpStream::connect(("127.0.0.1", port)).await.is_ok()
+        })
+        .await;
+        moto
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The config overrides that point `spillway` at this server.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("SPILLWAY_QUEUE__ENDPOINT_URL", self.url()),
+            ("SPILLWAY_QUEUE__REGION", "us-east-1".to_owned()),
+            ("SPILLWAY_QUEUE__ACCESS_KEY_ID", "test".to_owned()),
+            ("SPILLWAY_QUEUE__SECRET_ACCESS_KEY", "test".to_owned()),
+        ]
+    }
+
+    /// A client of this server, as the tests' own view of the queues.
+    pub async fn backend(&self) -> spillway_queue::sqs::SqsBackend {
+        spillway_queue::sqs::SqsBackend::connect(&spillway_queue::sqs::SqsConfig::local(&self.url()))
+            .await
+            .expect("sqs client")
+    }
+}
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
+}
+
+/// A TCP proxy that can be taken down and brought back on the same port:
+/// down, it refuses connections and cuts the open ones, as a server that
+/// stopped would; up, it forwards to the target again. For outages of a
+/// server that keeps its state only in memory (moto).
+pub struct Proxy {
+    pub port: u16,
+    target: u16,
+    tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl Proxy {
+    pub async fn start(target: u16) -> Arc<Self> {
+        let proxy = Arc::new(Self { port: free_port(), target, tasks: std::sync::Mutex::default() });
+        proxy.up().await;
+        proxy
+    }
+
+    /// Listens and forwards.
+    pub async fn up(self: &Arc<Self>) {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port)).await.expect("proxy bind");
+        let this = self.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let target = this.target;
+                let conn = tokio::spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(("127.0.0.1", target)).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                this.tasks.lock().expect("lock").push(conn);
+            }
+        });
+        self.tasks.lock().expect("lock").push(accept);
+    }
+
+    /// Stops listening and cuts every open connection.
+    pub fn down(&self) {
+        for t in self.tasks.lock().expect("lock").drain(..) {
+            t.abort();
+        }
+    }
+}
+
+/// What a [`SteadyLoad`] saw.
+#[derive(Debug, Default)]
+pub struct Seen {
+    /// Ids of the 2xx answers.
+    pub accepted: std::collections::HashSet<String>,
+    /// Every status, in order.
+    pub statuses: Vec<u16>,
+    /// Answers that took longer than the send timeout plus a second.
+    pub slow: Vec<Duration>,
+}
+
+impl Seen {
+    /// The checks every outage test makes: only 202 and 503 (with
+    /// `Retry-After`, checked as they came), some 503s, none slow, and 2xx
+    /// again at the end.
+    pub fn assert_fast_503s_and_recovery(&self) {
+        let unexpected: Vec<u16> = self.statuses.iter().copied().filter(|s| *s != 202 && *s != 503).collect();
+        assert!(unexpected.is_empty(), "only 202 and 503 are right here: {unexpected:?}");
+        assert!(self.statuses.contains(&503), "the outage produced no 503 at all");
+        assert!(self.slow.is_empty(), "answers slower than the send timeout: {:?}", self.slow);
+        let after = self.statuses.iter().rev().take_while(|s| **s == 202).count();
+        assert!(after > 10, "the gateway did not recover: {after} 2xx at the end");
+    }
+
+    pub fn answered_503(&self) -> usize {
+        self.statuses.iter().filter(|s| **s == 503).count()
+    }
+}
+
+/// One client posting small JSON bodies one after another (20 ms apart)
+/// until stopped, recording what each answer said.
+pub struct SteadyLoad {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    seen: Arc<std::sync::Mutex<Seen>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SteadyLoad {
+    /// `method` on `url`; a 503 must carry `Retry-After`; an answer slower
+    /// than `send_timeout` + 1 s is recorded as slow.
+    pub fn start(
+        http: reqwest::Client,
+        method: reqwest::Method,
+        url: String,
+        send_timeout: Duration,
+    ) -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen = Arc::new(std::sync::Mutex::new(Seen::default()));
+        let task = {
+            let (stop, seen) = (stop.clone(), seen.clone());
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let sent = tokio::time::Instant::now();
+                    let res = http
+                        .request(method.clone(), &url)
+                        .header("content-type", "application/json")
+                        .body(format!(r#"{{"n":{n}}}"#))
+                        .send()
+                        .await;
+                    n += 1;
+                    let took = sent.elapsed();
+                    let r = res.unwrap_or_else(|e| panic!("the gateway did not answer: {e}"));
+                    let status = r.status().as_u16();
+                    if status == 503 {
+                        assert!(r.headers().contains_key("retry-after"), "a 503 without Retry-After");
+                    }
+                    let id = if r.status().is_success() {
+                        let v: serde_json::Value = r.json().await.expect("json");
+                        Some(v["id"].as_str().expect("id").to_owned())
+                    } else {
+                        None
+                    };
+                    {
+                        let mut s = seen.lock().expect("lock");
+                        s.statuses.push(status);
+                        if took > send_timeout + Duration::from_secs(1) {
+                            s.slow.push(took);
+                        }
+                        s.accepted.extend(id);
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+        };
+        Self { stop, seen, task }
+    }
+
+    /// Stops the client and returns what it saw.
+    pub async fn finish(self) -> Seen {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.task.await.expect("load task");
+        std::mem::take(&mut *self.seen.lock().expect("lock"))
+    }
 }

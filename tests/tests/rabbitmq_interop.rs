@@ -7,24 +7,18 @@
 use std::process::Command;
 
 use base64::Engine as _;
-use spillway_e2e::{amqp_url, Workspace};
+use spillway_e2e::{amqp_url, venv, Workspace};
 
 const QUEUE: &str = "spillway-e2e-interop";
 
-fn venv_python() -> String {
-    let venv = std::env::var("SPILLWAY_VENV").unwrap_or_else(|_| "/var/tmp/spillway-venv".to_owned());
-    let python = format!("{venv}/bin/python");
-    assert!(
-        std::path::Path::new(&python).is_file(),
-        "{python} is missing: make the test venv with `deploy/local/services.sh up` (or set SPILLWAY_VENV)"
-    );
-    python
-}
-
 fn pika(args: &[&str]) -> String {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/interop/pika_client.py");
-    let out =
-        Command::new(venv_python()).arg(script).arg(amqp_url()).args(args).output().expect("run python");
+    let out = Command::new(venv().join("bin/python"))
+        .arg(script)
+        .arg(amqp_url())
+        .args(args)
+        .output()
+        .expect("run python");
     assert!(out.status.success(), "pika {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }

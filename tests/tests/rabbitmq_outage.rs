@@ -8,15 +8,11 @@
 //! the only test in its binary, and a guard starts the broker again even
 //! when the test fails.
 
-use std::{
-    collections::HashSet,
-    process::Command,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{process::Command, time::Duration};
 
-use spillway_e2e::{amqp_url, assert_every_accepted_delivered, eventually, pg, pg_url, Workspace};
-use tokio::time::Instant;
+use spillway_e2e::{
+    amqp_url, assert_every_accepted_delivered, eventually, pg, pg_url, SteadyLoad, Workspace,
+};
 
 /// The publisher's send timeout: a 503 must come within it (plus slack).
 const SEND_TIMEOUT: Duration = Duration::from_secs(2);
@@ -37,13 +33,6 @@ impl Drop for Restart {
     fn drop(&mut self) {
         let _ = Command::new("rabbitmqctl").arg("start_app").status();
     }
-}
-
-#[derive(Default)]
-struct Seen {
-    accepted: HashSet<String>,
-    statuses: Vec<u16>,
-    slow: Vec<Duration>,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -91,45 +80,7 @@ table = "{table}"
     let gw = ws.serve();
     let _consumer = ws.consume();
     let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("client");
-    let seen = Arc::new(Mutex::new(Seen::default()));
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let load = {
-        let (http, url, seen, stop) = (http.clone(), gw.url("/ingest"), seen.clone(), stop.clone());
-        tokio::spawn(async move {
-            let mut n = 0u64;
-            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                let sent = Instant::now();
-                let res = http
-                    .post(&url)
-                    .header("content-type", "application/json")
-                    .body(format!(r#"{{"n":{n}}}"#))
-                    .send()
-                    .await;
-                n += 1;
-                let took = sent.elapsed();
-                let r = res.unwrap_or_else(|e| panic!("the gateway did not answer: {e}"));
-                let status = r.status().as_u16();
-                if status == 503 {
-                    assert!(r.headers().contains_key("retry-after"), "a 503 without Retry-After");
-                }
-                let id = if status == 202 {
-                    let v: serde_json::Value = r.json().await.expect("json");
-                    Some(v["id"].as_str().expect("id").to_owned())
-                } else {
-                    None
-                };
-                {
-                    let mut s = seen.lock().expect("lock");
-                    s.statuses.push(status);
-                    if took > SEND_TIMEOUT + Duration::from_secs(1) {
-                        s.slow.push(took);
-                    }
-                    s.accepted.extend(id);
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-    };
+    let load = SteadyLoad::start(http.clone(), reqwest::Method::POST, gw.url("/ingest"), SEND_TIMEOUT);
 
     tokio::time::sleep(Duration::from_secs(2)).await;
     let restart = Restart;
@@ -145,18 +96,8 @@ table = "{table}"
     })
     .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    load.await.expect("load task");
-
-    let seen = std::mem::take(&mut *seen.lock().expect("lock"));
-    let unexpected: Vec<u16> = seen.statuses.iter().copied().filter(|s| *s != 202 && *s != 503).collect();
-    assert!(unexpected.is_empty(), "only 202 and 503 are right here: {unexpected:?}");
-    assert!(seen.statuses.contains(&503), "the outage produced no 503 at all");
-    assert!(seen.slow.is_empty(), "answers slower than the send timeout: {:?}", seen.slow);
-    let after = seen.statuses.iter().rev().take_while(|s| **s == 202).count();
-    assert!(after > 10, "the gateway did not recover: {after} 2xx at the end");
-
-    let answered_503 = seen.statuses.iter().filter(|s| **s == 503).count();
-    assert_every_accepted_delivered(&db, &table, &seen.accepted, answered_503).await;
+    let seen = load.finish().await;
+    seen.assert_fast_503s_and_recovery();
+    assert_every_accepted_delivered(&db, &table, &seen.accepted, seen.answered_503()).await;
     let _ = db.batch_execute(&format!("DROP TABLE IF EXISTS {table}")).await;
 }

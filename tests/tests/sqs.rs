@@ -1,0 +1,253 @@
+//! The `sqs` backend end to end, each test on a moto server of its own
+//! (from the venv `deploy/local/services.sh up` makes):
+//!
+//! - the original setup, from `docs/examples/seed.toml` as shipped: CORS on
+//!   the PUT answer, the message in `my-queue`, and a message the database
+//!   refuses in `my-queue-dlq` after exactly 5 receives;
+//! - interop with boto3: it reads what Spillway sent, with the body and
+//!   attributes `docs/backends.md` documents, and Spillway reads what it sent;
+//! - an outage under steady load into PostgreSQL: fast 503s with
+//!   `Retry-After`, `/readyz` false and back, and every 2xx in the table.
+
+use std::{process::Command, time::Duration};
+
+use spillway_e2e::{
+    assert_every_accepted_delivered, count, eventually, pg, pg_url, venv, Moto, Proxy, SteadyLoad, Workspace,
+};
+use spillway_queue::{Admin, Backend};
+
+fn boto3(endpoint: &str, args: &[&str]) -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/interop/boto3_client.py");
+    let out = Command::new(venv().join("bin/python"))
+        .arg(script)
+        .arg(endpoint)
+        .args(args)
+        .output()
+        .expect("run python");
+    assert!(out.status.success(), "boto3 {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn workspace(config: &str, moto_url: &str) -> Workspace {
+    [
+        ("SPILLWAY_QUEUE__ENDPOINT_URL", moto_url.to_owned()),
+        ("SPILLWAY_QUEUE__ACCESS_KEY_ID", "test".to_owned()),
+        ("SPILLWAY_QUEUE__SECRET_ACCESS_KEY", "test".to_owned()),
+    ]
+    .iter()
+    .fold(Workspace::new(config), |ws, (k, v)| ws.with_env(k, v))
+}
+
+fn header<'a>(res: &'a reqwest::Response, name: &str) -> Option<&'a str> {
+    res.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_original_setup_runs_from_the_seed_config() {
+    let moto = Moto::start().await;
+    let db = pg().await;
+    let table = format!("seed_{}", std::process::id());
+    db.batch_execute(&format!(
+        "DROP TABLE IF EXISTS {table};
+         CREATE TABLE {table} (
+             id text PRIMARY KEY, queue text NOT NULL, payload jsonb NOT NULL,
+             enqueued_at timestamptz NOT NULL, inserted_at timestamptz NOT NULL DEFAULT now(),
+             CONSTRAINT no_poison CHECK (NOT (payload->'body' ? 'poison')))"
+    ))
+    .await
+    .expect("create table");
+    let seed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/examples/seed.toml"))
+        .expect("docs/examples/seed.toml");
+    let ws = workspace(&seed, &moto.url())
+        .with_env("SPILLWAY_CONSUMER__SINK__URL", &pg_url())
+        .with_env("SPILLWAY_CONSUMER__SINK__TABLE", &table)
+        .with_env("SPILLWAY_CONSUMER__SINK__CREATE_TABLE", "false")
+        .with_env("SPILLWAY_CONSUMER__WAIT", "1s")
+        .with_env("SPILLWAY_CONSUMER__RETRY", "{ base = \"100ms\", max = \"300ms\", jitter = 0.1 }");
+    let ensured = ws.cli(&["queue", "ensure"]);
+    assert!(ensured.status.success(), "{}", String::from_utf8_lossy(&ensured.stderr));
+    let gw = ws.serve();
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("client");
+    let origin = "https://app.test.com";
+
+    // The preflight, the PUT and an error answer all reflect the origin.
+    let pre = http
+        .request(reqwest::Method::OPTIONS, gw.url("/my/path"))
+        .header("origin", origin)
+        .header("access-control-request-method", "PUT")
+        .send()
+        .await
+        .expect("preflight");
+    assert!(pre.status().is_success(), "{}", pre.status());
+    assert_eq!(header(&pre, "access-control-allow-origin"), Some(origin));
+    let put = |body: &'static str| {
+        http.put(gw.url("/my/path"))
+            .header("origin", origin)
+            .header("content-type", "application/json")
+            .body(body)
+    };
+    let res = put(r#"{"poison":true}"#).send().await.expect("put");
+    assert_eq!(res.status(), 202);
+    assert_eq!(header(&res, "access-control-allow-origin"), Some(origin));
+    assert_eq!(header(&res, "access-control-allow-credentials"), Some("true"));
+    let poison = res.json::<serde_json::Value>().await.expect("json")["id"].as_str().expect("id").to_owned();
+    let bad = put("{not json").send().await.expect("put");
+    assert_eq!(bad.status(), 400);
+    assert_eq!(header(&bad, "access-control-allow-origin"), Some(origin), "an error answer without CORS");
+
+    // The message is in `my-queue`, and nothing else is.
+    let sqs = moto.backend().await;
+    assert_eq!(sqs.stats("my-queue").await.expect("stats").visible, 1);
+
+    // The database refuses it: 5 receives, then `my-queue-dlq`.
+    let good = put(r#"{"fine":true}"#).send().await.expect("put");
+    assert_eq!(good.status(), 202);
+    let _consumer = ws.consume();
+    eventually(Duration::from_secs(60), "the refused message in the DLQ", || async {
+        sqs.stats("my-queue").await.is_ok_and(|s| s.dead == 1 && s.pending() == 0)
+    })
+    .await;
+    assert_eq!(count(&db, &table).await, 1, "the good message is in the table");
+    let dead: serde_json::Value =
+        serde_json::from_str(&boto3(&moto.url(), &["read", "my-queue-dlq"])).expect("json");
+    let meta: serde_json::Value =
+        serde_json::from_str(dead["attributes"]["spillway"].as_str().expect("spillway attribute"))
+            .expect("meta");
+    assert_eq!(meta["id"], poison.as_str());
+    assert_eq!(meta["rc"], 5, "dead-lettered after exactly 5 receives: {meta}");
+    assert_eq!(meta["src"], "my-queue");
+    assert!(meta["err"].as_str().is_some_and(|e| e.contains("no_poison")), "{meta}");
+    let _ = db.batch_execute(&format!("DROP TABLE IF EXISTS {table}")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boto3_reads_what_spillway_sent_and_spillway_reads_what_boto3_sent() {
+    let moto = Moto::start().await;
+    let ws = workspace(
+        r#"
+[queue]
+backend = "sqs"
+
+[[ingest.routes]]
+path = "/raw"
+queue = "interop"
+format = "raw"
+forward_headers = ["x-tenant"]
+
+[consumer]
+queue = "interop"
+"#,
+        &moto.url(),
+    );
+    let gw = ws.serve();
+
+    // Spillway → boto3: a text body as is, a binary one in base64.
+    let http = reqwest::Client::new();
+    let post = |body: Vec<u8>| {
+        http.post(gw.url("/raw"))
+            .header("content-type", "application/json")
+            .header("x-tenant", "acme")
+            .body(body)
+    };
+    let res = post(br#"{"event":"signup"}"#.to_vec()).send().await.expect("post");
+    assert_eq!(res.status(), 202);
+    let id = res.json::<serde_json::Value>().await.expect("json")["id"].as_str().expect("id").to_owned();
+    let read: serde_json::Value =
+        serde_json::from_str(&boto3(&moto.url(), &["read", "interop"])).expect("json");
+    assert_eq!(read["body"], r#"{"event":"signup"}"#);
+    let a = &read["attributes"];
+    assert_eq!(a["spillway-route"], "/raw");
+    assert_eq!(a["spillway-format"], "raw");
+    assert_eq!(a["content-type"], "application/json");
+    assert_eq!(a["header-x-tenant"], "acme");
+    let meta: serde_json::Value =
+        serde_json::from_str(a["spillway"].as_str().expect("spillway")).expect("meta");
+    assert_eq!(meta["id"], id.as_str());
+    assert!(meta["enq"].as_i64().is_some_and(|ms| ms > 1_600_000_000_000), "{meta}");
+    assert!(meta.get("enc").is_none(), "text travels as is: {meta}");
+
+    // boto3 → Spillway: the SQS message id is the id, attributes as sent.
+    let sent_id = boto3(&moto.url(), &["send", "interop", r#"{"from":"boto3"}"#, "tenant=acme"]);
+    let backend = moto.backend().await;
+    let consumer = backend.consumer("interop").await.expect("consumer");
+    let got = consumer.receive(1, Duration::from_secs(5)).await.expect("receive");
+    assert_eq!(got.len(), 1, "Spillway did not receive boto3's message");
+    let d = &got[0];
+    assert_eq!(d.message.id, sent_id);
+    assert_eq!(d.message.body.as_ref(), br#"{"from":"boto3"}"#);
+    assert_eq!(d.message.attributes.get("tenant").map(String::as_str), Some("acme"));
+    assert_eq!(d.receive_count, 1);
+    consumer.ack(d).await.expect("ack");
+    consumer.close().await.expect("close");
+}
+
+/// The publisher's send timeout: a 503 must come within it (plus slack).
+const SEND_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// moto keeps its queues in memory only, so the outage is a proxy between
+/// Spillway and moto going down (connections refused, open ones cut) and
+/// coming back: what Spillway sees of a stopped and restarted server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_outage_under_load_gives_fast_503s_and_loses_nothing() {
+    let moto = Moto::start().await;
+    let proxy = Proxy::start(moto.port).await;
+    let db = pg().await;
+    let table = format!("sqs_outage_{}", std::process::id());
+    db.batch_execute(&format!("DROP TABLE IF EXISTS {table}")).await.expect("drop table");
+    let ws = workspace(
+        &format!(
+            r#"
+[queue]
+backend = "sqs"
+timeout = "2s"
+
+[queues.outage.dead_letter]
+max_receive_count = 5
+visibility_timeout = "5s"
+
+[ingest.publisher]
+send_timeout = "2s"
+
+[[ingest.routes]]
+path = "/ingest"
+queue = "outage"
+
+[consumer]
+queue = "outage"
+concurrency = 2
+wait = "1s"
+retry = {{ base = "100ms", max = "500ms", jitter = 0.1 }}
+probe = {{ base = "100ms", max = "500ms", jitter = 0.1 }}
+
+[consumer.sink]
+type = "postgres"
+url = "{pg}"
+table = "{table}"
+"#,
+            pg = pg_url(),
+        ),
+        &format!("http://127.0.0.1:{}", proxy.port),
+    );
+    let gw = ws.serve();
+    let _consumer = ws.consume();
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("client");
+    let load = SteadyLoad::start(http.clone(), reqwest::Method::POST, gw.url("/ingest"), SEND_TIMEOUT);
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    proxy.down();
+    eventually(Duration::from_secs(10), "readiness false while SQS is down", || async {
+        http.get(gw.url("/readyz")).send().await.is_ok_and(|r| r.status() == 503)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    proxy.up().await;
+    eventually(Duration::from_secs(60), "readiness back after SQS is back", || async {
+        http.get(gw.url("/readyz")).send().await.is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let seen = load.finish().await;
+    seen.assert_fast_503s_and_recovery();
+    assert_every_accepted_delivered(&db, &table, &seen.accepted, seen.answered_503()).await;
+    let _ = db.batch_execute(&format!("DROP TABLE IF EXISTS {table}")).await;
+}
