@@ -89,6 +89,24 @@ headers = { authorization = "Bearer very-secret" }
 }
 
 #[test]
+fn config_check_masks_the_sqs_secret_key() {
+    let ws = Workspace::new(
+        r#"
+[queue]
+backend = "sqs"
+region = "eu-west-1"
+access_key_id = "AKIAEXAMPLE"
+"#,
+    );
+    let out =
+        ws.cli_env(&["config", "check"], &[("SPILLWAY_QUEUE__SECRET_ACCESS_KEY", "wJalrXUtnFEMI-secret")]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("backend = \"sqs\"") && t.contains("eu-west-1"), "{t}");
+    assert!(!t.contains("wJalrXUtnFEMI"), "the secret key leaked: {t}");
+}
+
+#[test]
 fn an_invalid_value_from_the_environment_names_the_field() {
     let ws = Workspace::new("");
     for (var, value, key) in [
