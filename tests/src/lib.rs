@@ -25,13 +25,23 @@ use tokio::{
 
 /// The `spillway` binary built beside this test executable.
 pub fn binary() -> PathBuf {
+    built("spillway")
+}
+
+/// The `spillway-load` binary (the load harness) built beside this test
+/// executable.
+pub fn load_binary() -> PathBuf {
+    built("spillway-load")
+}
+
+fn built(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test> → target/<profile>/spillway
+    // target/<profile>/deps/<test> → target/<profile>/<name>
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let bin = dir.join(format!("spillway{}", std::env::consts::EXE_SUFFIX));
+    let bin = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
     assert!(
         bin.is_file(),
-        "{} is missing: build it first with `cargo build -p spillway` (the README's test command does)",
+        "{} is missing: build it first with `cargo build -p spillway -p spillway-load` (the README's test command does)",
         bin.display()
     );
     bin
@@ -122,6 +132,23 @@ impl Workspace {
                 .arg("consume")
                 .envs(self.env.iter().map(|(k, v)| (k, v)))
                 .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("spawn spillway consume"),
+        )
+    }
+
+    /// Starts `spillway consume` with its standard output (the stdout
+    /// sink's JSON lines) going to `path`.
+    pub fn consume_to(&self, path: &Path) -> Process {
+        let out = std::fs::File::create(path).expect("create the consumer's output file");
+        Process(
+            Command::new(binary())
+                .arg("--config")
+                .arg(self.config())
+                .arg("consume")
+                .envs(self.env.iter().map(|(k, v)| (k, v)))
+                .stdout(out)
                 .stderr(Stdio::inherit())
                 .spawn()
                 .expect("spawn spillway consume"),
@@ -275,8 +302,11 @@ pub async fn post_accepted(http: &reqwest::Client, url: &str, body: String) -> S
         http.post(url).header("content-type", "application/json").body(body).send().await.expect("post");
     let status = res.status();
     assert_eq!(status, reqwest::StatusCode::ACCEPTED, "the gateway answered {status}, not 202");
+    let header = res.headers().get("x-spillway-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
     let v: serde_json::Value = res.json().await.expect("a JSON body");
-    v["id"].as_str().expect("a 2xx names its message id").to_owned()
+    let id = v["id"].as_str().expect("a 2xx names its message id").to_owned();
+    assert_eq!(header.as_deref(), Some(id.as_str()), "a 2xx carries its id in `x-spillway-id` too");
+    id
 }
 
 /// Polls `check` every 100 ms until it holds or `timeout` passes.

@@ -181,14 +181,23 @@ fn build_message(
     msg
 }
 
+/// The success answer. Whatever the configured body says, the message id
+/// is also in `x-spillway-id`, so a client (and the load harness's
+/// delivery check) can always name what was accepted.
 fn success(route: &CompiledRoute, id: &str) -> Response {
     let body = route.success_body.replace("${id}", id);
     let mut res = (route.success_status, body).into_response();
     if let Ok(ct) = HeaderValue::from_str(&route.success_content_type) {
         res.headers_mut().insert(header::CONTENT_TYPE, ct);
     }
+    if let Ok(v) = HeaderValue::from_str(id) {
+        res.headers_mut().insert(ID_HEADER, v);
+    }
     res
 }
+
+/// The response header that names the accepted message.
+pub const ID_HEADER: header::HeaderName = header::HeaderName::from_static("x-spillway-id");
 
 fn content_length(parts: &Parts) -> Result<Option<u64>, ApiError> {
     let Some(v) = parts.headers.get(header::CONTENT_LENGTH) else { return Ok(None) };

@@ -5,6 +5,7 @@
 //! - [`producer`]: `SendMessageBatch` in chunks, several in flight, failed
 //!   entries retried.
 //! - [`consumer`]: receive, ack, nack, release, dead-letter, close.
+//! - [`calls`]: every request counted by operation, for the bill.
 //!
 //! # The count
 //!
@@ -26,6 +27,7 @@
 //! cannot take a re-send without breaking its group's order, so there a
 //! release counts like a failure (declared; `docs/backends.md`).
 
+mod calls;
 mod consumer;
 mod producer;
 pub(crate) mod wire;
@@ -583,7 +585,9 @@ impl SqsBackend {
         }
         Ok(Self {
             shared: Arc::new(Shared {
-                client: Client::new(&sdk),
+                client: Client::from_conf(
+                    aws_sdk_sqs::config::Builder::from(&sdk).interceptor(calls::CountRequests).build(),
+                ),
                 clock: Clock::system(),
                 timeout: cfg.timeout,
                 batches_in_flight: cfg.batches_in_flight,
