@@ -1,0 +1,271 @@
+//! `spillway-load`: drives a Spillway gateway at a set rate, measures
+//! latency honestly, and verifies that every accepted request was delivered.
+//!
+//! ```text
+//! spillway-load run --url http://127.0.0.1:8080/ingest --rate 500 --duration 30s \
+//!     --verify-jsonl out.jsonl --out results/
+//! ```
+//!
+//! - [`schedule`]: when each request is due (constant, steps, ramp).
+//! - [`driver`]: open loop (latency from the due time) and closed loop.
+//! - [`payload`]: the bodies.
+//! - [`record`]: HDR histograms, per second and overall.
+//! - [`verify`]: accepted ids against delivered ids: lost and duplicates.
+//! - [`report`], [`plot`]: JSON, Markdown and SVG charts.
+//!
+//! Exits 1 when any accepted request was lost.
+
+mod driver;
+mod payload;
+mod plot;
+mod record;
+mod report;
+mod schedule;
+mod verify;
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use tokio::{sync::mpsc, time::Instant};
+
+use crate::{
+    driver::Target,
+    payload::{Payload, Shape},
+    record::Recorder,
+    report::Results,
+    schedule::Schedule,
+    verify::Source,
+};
+
+#[derive(Parser)]
+#[command(
+    name = "spillway-load",
+    version,
+    about = "Load, latency and zero-loss checks for a Spillway gateway"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Sends load to one route and reports; verifies delivery when asked.
+    Run(RunArgs),
+}
+
+#[derive(clap::Args, Clone)]
+struct RunArgs {
+    /// The route to send to.
+    #[arg(long)]
+    url: String,
+    #[arg(long, default_value = "POST")]
+    method: String,
+    /// Sent as `Origin` on every request (CORS paths cost too).
+    #[arg(long)]
+    origin: Option<String>,
+    #[arg(long, default_value = "application/json")]
+    content_type: String,
+    /// Open loop at this constant rate (requests per second).
+    #[arg(long, conflicts_with_all = ["steps", "ramp", "closed"])]
+    rate: Option<f64>,
+    /// Open loop in steps: `100,200,400`, each for `--step`.
+    #[arg(long, value_delimiter = ',', conflicts_with_all = ["ramp", "closed"])]
+    steps: Option<Vec<f64>>,
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    step: Duration,
+    /// Open loop on a linear ramp: `100..1000` over `--duration`.
+    #[arg(long, conflicts_with = "closed")]
+    ramp: Option<String>,
+    /// Closed loop: this many clients as fast as they go.
+    #[arg(long)]
+    closed: Option<usize>,
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Most requests outstanding at once (open loop); the dispatcher waits
+    /// beyond it, and the wait counts in the latency.
+    #[arg(long, default_value_t = 4096)]
+    max_in_flight: usize,
+    /// Most connections open at once.
+    #[arg(long, default_value_t = 256)]
+    connections: usize,
+    #[arg(long, default_value_t = 200)]
+    body_bytes: usize,
+    #[arg(long, value_enum, default_value = "fixed")]
+    payload: Shape,
+    /// Per request.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+    /// Verify against the `id` column of this PostgreSQL table…
+    #[arg(long, requires = "verify_table")]
+    verify_pg: Option<String>,
+    #[arg(long)]
+    verify_table: Option<String>,
+    /// …or against the JSON lines the stdout sink wrote.
+    #[arg(long, conflicts_with = "verify_pg")]
+    verify_jsonl: Option<PathBuf>,
+    /// How long to wait for the last deliveries after the load, since the
+    /// last progress.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    settle: Duration,
+    /// Where results.json, results.md and the charts go.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+impl RunArgs {
+    fn schedule(&self) -> anyhow::Result<Option<Schedule>> {
+        let s = if let Some(rate) = self.rate {
+            Schedule::Constant { rate, duration: self.duration }
+        } else if let Some(rates) = &self.steps {
+            Schedule::Steps { rates: rates.clone(), step: self.step }
+        } else if let Some(ramp) = &self.ramp {
+            let (from, to) = ramp.split_once("..").context("--ramp takes FROM..TO")?;
+            Schedule::Ramp { from: from.trim().parse()?, to: to.trim().parse()?, duration: self.duration }
+        } else if self.closed.is_some() {
+            return Ok(None);
+        } else {
+            bail!("give --rate, --steps, --ramp or --closed");
+        };
+        s.check().map_err(anyhow::Error::msg)?;
+        Ok(Some(s))
+    }
+
+    fn source(&self) -> Option<Source> {
+        match (&self.verify_pg, &self.verify_table, &self.verify_jsonl) {
+            (Some(url), Some(table), _) => Some(Source::Postgres { url: url.clone(), table: table.clone() }),
+            (_, _, Some(path)) => Some(Source::Jsonl { path: path.clone() }),
+            _ => None,
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(args) => {
+            let results = run(&args).await?;
+            print!("{}", results.markdown());
+            if let Some(dir) = &args.out {
+                results.write(dir)?;
+                plot::write(dir, &results)?;
+            }
+            if results.verification.as_ref().is_some_and(|v| !v.ok()) {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn run(args: &RunArgs) -> anyhow::Result<Results> {
+    let schedule = args.schedule()?;
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(reqwest::header::CONTENT_TYPE, args.content_type.parse()?);
+    if let Some(o) = &args.origin {
+        headers.insert(reqwest::header::ORIGIN, o.parse()?);
+    }
+    let http =
+        reqwest::Client::builder().timeout(args.timeout).pool_max_idle_per_host(args.connections).build()?;
+    let target = Target {
+        http,
+        url: args.url.clone(),
+        method: args.method.parse()?,
+        headers,
+        connections: Arc::new(tokio::sync::Semaphore::new(args.connections.max(1))),
+    };
+    let payload = Payload::new(args.payload, args.body_bytes);
+    let duration = schedule.as_ref().map_or(args.duration, Schedule::duration);
+    let total = schedule.as_ref().map(|s| s.due_times().count() as u64);
+    let load = match (&schedule, args.closed) {
+        (Some(Schedule::Constant { rate, duration }), _) => format!("open loop, {rate}/s for {duration:?}"),
+        (Some(Schedule::Steps { rates, step }), _) => format!("open loop, steps {rates:?}/s, {step:?} each"),
+        (Some(Schedule::Ramp { from, to, duration }), _) => {
+            format!("open loop, ramp {from}→{to}/s over {duration:?}")
+        }
+        (None, Some(n)) => format!("closed loop, {n} clients for {duration:?}"),
+        (None, None) => bail!("no schedule"),
+    };
+
+    let bar = if args.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(total.unwrap_or(duration.as_secs()))
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] [{bar:40}] {pos}/{len} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let start = Instant::now();
+    let fire = {
+        let (target, payload) = (target.clone(), payload.clone());
+        move |i: u64, due: Duration| {
+            let (target, body) = (target.clone(), payload.body(i));
+            async move { target.send(body, due, start).await }
+        }
+    };
+    let driver = {
+        let schedule = schedule.clone();
+        let closed = args.closed;
+        let max_in_flight = args.max_in_flight;
+        tokio::spawn(async move {
+            match (schedule, closed) {
+                (Some(s), _) => driver::open_loop(&s, max_in_flight, start, fire, tx).await,
+                (None, Some(n)) => driver::closed_loop(n, duration, start, fire, tx).await,
+                (None, None) => {}
+            }
+        })
+    };
+    let mut rec = Recorder::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            got = rx.recv() => match got {
+                Some(o) => {
+                    rec.record(o);
+                    if total.is_some() { bar.inc(1); }
+                }
+                None => break,
+            },
+            _ = tick.tick() => {
+                if total.is_none() { bar.set_position(start.elapsed().as_secs()); }
+                let l = rec.latency();
+                bar.set_message(format!("accepted {} · p99 {:.1} ms · {:?}", rec.accepted_count(), l.p99_ms, rec.statuses));
+            }
+        }
+    }
+    driver.await.context("the load task failed")?;
+    let seconds = start.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+
+    let verification = match args.source() {
+        Some(source) => {
+            if !args.quiet {
+                eprintln!("verifying {} accepted ids…", rec.accepted.len());
+            }
+            Some(verify::wait_and_compare(&source, &rec.accepted, args.settle).await?)
+        }
+        None => None,
+    };
+    let accepted = rec.accepted_count();
+    Ok(Results {
+        load,
+        target: format!("{} {}", args.method, args.url),
+        seconds,
+        sent: rec.sent,
+        accepted,
+        statuses: rec.statuses.clone(),
+        accepted_per_second: accepted as f64 / duration.as_secs_f64().max(f64::MIN_POSITIVE),
+        latency: rec.latency(),
+        verification,
+        faults: Vec::new(),
+        timeline: rec.timeline(),
+    })
+}

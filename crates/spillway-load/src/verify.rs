@@ -1,0 +1,165 @@
+//! Did every accepted request reach the end? The ids of the 2xx answers
+//! against the ids found where the consumer delivers: the PostgreSQL sink's
+//! table, or the JSON lines of the stdout sink.
+
+use std::{
+    collections::{HashMap, HashSet},
+    path::PathBuf,
+    time::Duration,
+};
+
+use anyhow::Context;
+use serde::Serialize;
+
+/// Where delivered messages are found.
+#[derive(Debug, Clone)]
+pub(crate) enum Source {
+    /// The `id` column of a PostgreSQL table (the postgres sink's).
+    Postgres { url: String, table: String },
+    /// `{"id": …}` JSON lines, as the stdout sink writes them.
+    Jsonl { path: PathBuf },
+}
+
+impl Source {
+    /// Every id delivered so far, each as often as it was delivered.
+    pub(crate) async fn delivered(&self) -> anyhow::Result<Vec<String>> {
+        match self {
+            Self::Postgres { url, table } => {
+                let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+                    .await
+                    .with_context(|| format!("connecting to {url}"))?;
+                tokio::spawn(conn);
+                let rows = client
+                    .query(&format!("SELECT id FROM {table}"), &[])
+                    .await
+                    .with_context(|| format!("reading the ids of {table}"))?;
+                Ok(rows.iter().map(|r| r.get::<_, String>(0)).collect())
+            }
+            Self::Jsonl { path } => {
+                let text = match tokio::fs::read_to_string(path).await {
+                    Ok(t) => t,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+                    Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+                };
+                Ok(text
+                    .lines()
+                    .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                    .filter_map(|v| v.get("id").and_then(|id| id.as_str()).map(str::to_owned))
+                    .collect())
+            }
+        }
+    }
+}
+
+/// What the check found.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub(crate) struct Verdict {
+    pub(crate) accepted: u64,
+    /// Accepted ids found at the end.
+    pub(crate) delivered: u64,
+    /// Accepted but never delivered: must be empty.
+    pub(crate) lost: Vec<String>,
+    /// Deliveries beyond the first of an accepted id (at-least-once).
+    pub(crate) duplicates: u64,
+    /// Ids at the end that no 2xx named (a request answered 503 on a
+    /// timeout may still have been stored; other traffic).
+    pub(crate) unexpected: u64,
+}
+
+impl Verdict {
+    pub(crate) fn ok(&self) -> bool {
+        self.lost.is_empty()
+    }
+}
+
+/// Compares what was accepted with what was delivered.
+pub(crate) fn compare(accepted: &HashSet<String>, delivered: &[String]) -> Verdict {
+    let mut times: HashMap<&str, u64> = HashMap::new();
+    for id in delivered {
+        *times.entry(id.as_str()).or_default() += 1;
+    }
+    let mut lost: Vec<String> =
+        accepted.iter().filter(|id| !times.contains_key(id.as_str())).cloned().collect();
+    lost.sort();
+    let (mut found, mut duplicates, mut unexpected) = (0, 0, 0);
+    for (id, n) in &times {
+        if accepted.contains(*id) {
+            found += 1;
+            duplicates += n - 1;
+        } else {
+            unexpected += n;
+        }
+    }
+    Verdict { accepted: accepted.len() as u64, delivered: found, lost, duplicates, unexpected }
+}
+
+/// Polls `source` until every accepted id is there or `settle` has passed
+/// since the last progress, then compares.
+pub(crate) async fn wait_and_compare(
+    source: &Source,
+    accepted: &HashSet<String>,
+    settle: Duration,
+) -> anyhow::Result<Verdict> {
+    let mut best = 0;
+    let mut last_progress = tokio::time::Instant::now();
+    loop {
+        let verdict = compare(accepted, &source.delivered().await?);
+        if verdict.ok() || last_progress.elapsed() >= settle {
+            return Ok(verdict);
+        }
+        if verdict.delivered > best {
+            best = verdict.delivered;
+            last_progress = tokio::time::Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn everything_delivered_once_is_ok() {
+        let accepted: HashSet<String> = ids(&["a", "b", "c"]).into_iter().collect();
+        let v = compare(&accepted, &ids(&["c", "a", "b"]));
+        assert_eq!(v, Verdict { accepted: 3, delivered: 3, lost: vec![], duplicates: 0, unexpected: 0 });
+        assert!(v.ok());
+    }
+
+    #[test]
+    fn a_lost_id_is_named_and_fails_the_run() {
+        let accepted: HashSet<String> = ids(&["a", "b", "c"]).into_iter().collect();
+        let v = compare(&accepted, &ids(&["a", "c"]));
+        assert_eq!(v.lost, ids(&["b"]));
+        assert_eq!(v.delivered, 2);
+        assert!(!v.ok());
+    }
+
+    #[test]
+    fn duplicates_and_unexpected_ids_are_counted_not_lost() {
+        let accepted: HashSet<String> = ids(&["a", "b"]).into_iter().collect();
+        let v = compare(&accepted, &ids(&["a", "a", "b", "a", "zz"]));
+        assert_eq!(v.duplicates, 2);
+        assert_eq!(v.unexpected, 1);
+        assert!(v.ok());
+    }
+
+    #[tokio::test]
+    async fn jsonl_lines_are_read_by_their_id() {
+        let dir = std::env::temp_dir().join(format!("spillway-load-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("out.jsonl");
+        std::fs::write(&path, "{\"id\":\"a\",\"body\":{}}\nnot json\n{\"id\":\"b\"}\n{\"id\":\"a\"}\n")
+            .expect("write");
+        let got = Source::Jsonl { path: path.clone() }.delivered().await.expect("read");
+        assert_eq!(got, ids(&["a", "b", "a"]));
+        let missing = Source::Jsonl { path: dir.join("none.jsonl") }.delivered().await.expect("no file yet");
+        assert!(missing.is_empty());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
