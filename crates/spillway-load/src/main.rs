@@ -12,6 +12,8 @@
 //! - [`record`]: HDR histograms, per second and overall.
 //! - [`verify`]: accepted ids against delivered ids: lost and duplicates.
 //! - [`report`], [`plot`]: JSON, Markdown and SVG charts.
+//! - [`scenario`], [`supervisor`]: fault drills from a TOML file: the
+//!   processes, restarted when they die, and the faults at their times.
 //!
 //! Exits 1 when any accepted request was lost.
 
@@ -20,7 +22,9 @@ mod payload;
 mod plot;
 mod record;
 mod report;
+mod scenario;
 mod schedule;
+mod supervisor;
 mod verify;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
@@ -53,7 +57,17 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Sends load to one route and reports; verifies delivery when asked.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
+    /// Runs a drill from a scenario file: starts its processes, sends its
+    /// load, injects its faults, verifies, reports.
+    Drill {
+        scenario: PathBuf,
+        /// Where results.json, results.md and the charts go.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long)]
+        quiet: bool,
+    },
 }
 
 #[derive(clap::Args, Clone)]
@@ -148,42 +162,164 @@ impl RunArgs {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    match cli.command {
+    let (results, out) = match cli.command {
         Command::Run(args) => {
-            let results = run(&args).await?;
-            print!("{}", results.markdown());
-            if let Some(dir) = &args.out {
-                results.write(dir)?;
-                plot::write(dir, &results)?;
-            }
-            if results.verification.as_ref().is_some_and(|v| !v.ok()) {
-                std::process::exit(1);
-            }
-            Ok(())
+            let plan = Plan::from_args(&args)?;
+            (drive(&plan, None).await?, args.out.clone())
         }
+        Command::Drill { scenario, out, quiet } => {
+            let s = scenario::Scenario::load(&scenario)?;
+            (drill(s, quiet).await?, out)
+        }
+    };
+    print!("{}", results.markdown());
+    if let Some(dir) = &out {
+        results.write(dir)?;
+        plot::write(dir, &results)?;
+    }
+    if results.verification.as_ref().is_some_and(|v| !v.ok()) {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// Everything a run needs, from the command line or a scenario.
+struct Plan {
+    load: scenario::LoadSpec,
+    target: Target,
+    payload: Payload,
+    source: Option<Source>,
+    settle: Duration,
+    max_in_flight: usize,
+    quiet: bool,
+}
+
+fn target(
+    url: &str,
+    method: &str,
+    origin: Option<&str>,
+    content_type: &str,
+    connections: usize,
+    timeout: Duration,
+) -> anyhow::Result<Target> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(reqwest::header::CONTENT_TYPE, content_type.parse()?);
+    if let Some(o) = origin {
+        headers.insert(reqwest::header::ORIGIN, o.parse()?);
+    }
+    let http = reqwest::Client::builder().timeout(timeout).pool_max_idle_per_host(connections).build()?;
+    Ok(Target {
+        http,
+        url: url.to_owned(),
+        method: method.parse()?,
+        headers,
+        connections: Arc::new(tokio::sync::Semaphore::new(connections.max(1))),
+    })
+}
+
+impl Plan {
+    fn from_args(args: &RunArgs) -> anyhow::Result<Self> {
+        let load = match (args.schedule()?, args.closed) {
+            (Some(s), _) => scenario::LoadSpec::Open(s),
+            (None, Some(n)) => scenario::LoadSpec::Closed { closed: n, duration: args.duration },
+            (None, None) => bail!("give --rate, --steps, --ramp or --closed"),
+        };
+        Ok(Self {
+            load,
+            target: target(
+                &args.url,
+                &args.method,
+                args.origin.as_deref(),
+                &args.content_type,
+                args.connections,
+                args.timeout,
+            )?,
+            payload: Payload::new(args.payload, args.body_bytes),
+            source: args.source(),
+            settle: args.settle,
+            max_in_flight: args.max_in_flight,
+            quiet: args.quiet,
+        })
+    }
+
+    fn from_scenario(s: &scenario::Scenario, quiet: bool) -> anyhow::Result<Self> {
+        let t = &s.target;
+        let source = s.verify.as_ref().and_then(|v| match (&v.postgres, &v.table, &v.jsonl) {
+            (Some(url), Some(table), _) => Some(Source::Postgres { url: url.clone(), table: table.clone() }),
+            (_, _, Some(path)) => Some(Source::Jsonl { path: path.clone() }),
+            _ => None,
+        });
+        Ok(Self {
+            load: s.load.clone(),
+            target: target(
+                &t.url,
+                &t.method,
+                t.origin.as_deref(),
+                "application/json",
+                t.connections,
+                t.timeout,
+            )?,
+            payload: Payload::new(s.payload.shape, s.payload.bytes),
+            source,
+            settle: s.verify.as_ref().map_or(Duration::from_secs(120), |v| v.settle),
+            max_in_flight: t.max_in_flight,
+            quiet,
+        })
     }
 }
 
-async fn run(args: &RunArgs) -> anyhow::Result<Results> {
-    let schedule = args.schedule()?;
-    let mut headers = reqwest::header::HeaderMap::new();
-    headers.insert(reqwest::header::CONTENT_TYPE, args.content_type.parse()?);
-    if let Some(o) = &args.origin {
-        headers.insert(reqwest::header::ORIGIN, o.parse()?);
+/// A drill: setup, processes, load with faults, verification, usage.
+async fn drill(s: scenario::Scenario, quiet: bool) -> anyhow::Result<Results> {
+    for cmd in &s.setup {
+        let (program, args) = cmd.split_first().context("an empty setup command")?;
+        let status = tokio::process::Command::new(program).args(args).status().await?;
+        anyhow::ensure!(status.success(), "setup {cmd:?} failed: {status}");
     }
-    let http =
-        reqwest::Client::builder().timeout(args.timeout).pool_max_idle_per_host(args.connections).build()?;
-    let target = Target {
-        http,
-        url: args.url.clone(),
-        method: args.method.parse()?,
-        headers,
-        connections: Arc::new(tokio::sync::Semaphore::new(args.connections.max(1))),
+    let plan = Plan::from_scenario(&s, quiet)?;
+    let sup = supervisor::Supervisor::start(&s.processes).await?;
+    let lock = s.verify.as_ref().and_then(|v| v.postgres.clone().zip(v.table.clone()));
+    let faults = s.faults.clone();
+    let mut fault_task = None;
+    let results = drive(
+        &plan,
+        Some(&mut |start| fault_task = Some(sup.schedule_faults(faults.clone(), lock.clone(), start))),
+    )
+    .await;
+    let events = match fault_task {
+        Some(t) => t.await.unwrap_or_default(),
+        None => Vec::new(),
     };
-    let payload = Payload::new(args.payload, args.body_bytes);
-    let duration = schedule.as_ref().map_or(args.duration, Schedule::duration);
+    let usage = sup.stop().await;
+    let mut results = results?;
+    results.faults = events;
+    let accepted = results.accepted.max(1) as f64;
+    results.processes = usage
+        .into_iter()
+        .map(|(name, (u, unexpected))| {
+            (
+                name,
+                report::ProcessUsage {
+                    cpu_seconds: u.cpu_seconds,
+                    cpu_seconds_per_million_accepted: u.cpu_seconds * 1e6 / accepted,
+                    peak_rss_kib: u.peak_rss_kib,
+                    starts: u.starts,
+                    unexpected_exits: unexpected,
+                },
+            )
+        })
+        .collect();
+    Ok(results)
+}
+
+/// Sends the plan's load, records, verifies. `on_start` runs at the start
+/// instant (a drill schedules its faults from it).
+async fn drive(plan: &Plan, on_start: Option<&mut dyn FnMut(Instant)>) -> anyhow::Result<Results> {
+    let (schedule, closed, duration) = match &plan.load {
+        scenario::LoadSpec::Open(s) => (Some(s.clone()), None, s.duration()),
+        scenario::LoadSpec::Closed { closed, duration } => (None, Some(*closed), *duration),
+    };
     let total = schedule.as_ref().map(|s| s.due_times().count() as u64);
-    let load = match (&schedule, args.closed) {
+    let load = match (&schedule, closed) {
         (Some(Schedule::Constant { rate, duration }), _) => format!("open loop, {rate}/s for {duration:?}"),
         (Some(Schedule::Steps { rates, step }), _) => format!("open loop, steps {rates:?}/s, {step:?} each"),
         (Some(Schedule::Ramp { from, to, duration }), _) => {
@@ -192,8 +328,7 @@ async fn run(args: &RunArgs) -> anyhow::Result<Results> {
         (None, Some(n)) => format!("closed loop, {n} clients for {duration:?}"),
         (None, None) => bail!("no schedule"),
     };
-
-    let bar = if args.quiet {
+    let bar = if plan.quiet {
         ProgressBar::hidden()
     } else {
         ProgressBar::new(total.unwrap_or(duration.as_secs()))
@@ -204,17 +339,18 @@ async fn run(args: &RunArgs) -> anyhow::Result<Results> {
     );
     let (tx, mut rx) = mpsc::unbounded_channel();
     let start = Instant::now();
+    if let Some(f) = on_start {
+        f(start);
+    }
     let fire = {
-        let (target, payload) = (target.clone(), payload.clone());
+        let (target, payload) = (plan.target.clone(), plan.payload.clone());
         move |i: u64, due: Duration| {
             let (target, body) = (target.clone(), payload.body(i));
             async move { target.send(body, due, start).await }
         }
     };
     let driver = {
-        let schedule = schedule.clone();
-        let closed = args.closed;
-        let max_in_flight = args.max_in_flight;
+        let max_in_flight = plan.max_in_flight;
         tokio::spawn(async move {
             match (schedule, closed) {
                 (Some(s), _) => driver::open_loop(&s, max_in_flight, start, fire, tx).await,
@@ -245,19 +381,19 @@ async fn run(args: &RunArgs) -> anyhow::Result<Results> {
     let seconds = start.elapsed().as_secs_f64();
     bar.finish_and_clear();
 
-    let verification = match args.source() {
+    let verification = match &plan.source {
         Some(source) => {
-            if !args.quiet {
+            if !plan.quiet {
                 eprintln!("verifying {} accepted ids…", rec.accepted.len());
             }
-            Some(verify::wait_and_compare(&source, &rec.accepted, args.settle).await?)
+            Some(verify::wait_and_compare(source, &rec.accepted, plan.settle).await?)
         }
         None => None,
     };
     let accepted = rec.accepted_count();
     Ok(Results {
         load,
-        target: format!("{} {}", args.method, args.url),
+        target: format!("{} {}", plan.target.method, plan.target.url),
         seconds,
         sent: rec.sent,
         accepted,
@@ -266,6 +402,7 @@ async fn run(args: &RunArgs) -> anyhow::Result<Results> {
         latency: rec.latency(),
         verification,
         faults: Vec::new(),
+        processes: std::collections::BTreeMap::new(),
         timeline: rec.timeline(),
     })
 }

@@ -34,7 +34,19 @@ pub(crate) struct Results {
     pub(crate) latency: Latency,
     pub(crate) verification: Option<Verdict>,
     pub(crate) faults: Vec<FaultEvent>,
+    /// What each supervised process used (drills).
+    pub(crate) processes: BTreeMap<String, ProcessUsage>,
     pub(crate) timeline: Vec<Second>,
+}
+
+/// CPU and memory of one process of a drill, over all its lives.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct ProcessUsage {
+    pub(crate) cpu_seconds: f64,
+    pub(crate) cpu_seconds_per_million_accepted: f64,
+    pub(crate) peak_rss_kib: u64,
+    pub(crate) starts: u32,
+    pub(crate) unexpected_exits: u32,
 }
 
 impl Results {
@@ -64,6 +76,25 @@ impl Results {
                 v.duplicates,
                 v.unexpected
             );
+        }
+        if !self.processes.is_empty() {
+            let _ = writeln!(
+                md,
+                "| process | CPU-s | CPU-s per 1M accepted | peak RSS | starts | unexpected exits |"
+            );
+            let _ = writeln!(md, "|---|---|---|---|---|---|");
+            for (name, u) in &self.processes {
+                let _ = writeln!(
+                    md,
+                    "| {name} | {:.1} | {:.1} | {} MiB | {} | {} |",
+                    u.cpu_seconds,
+                    u.cpu_seconds_per_million_accepted,
+                    u.peak_rss_kib / 1024,
+                    u.starts,
+                    u.unexpected_exits
+                );
+            }
+            let _ = writeln!(md);
         }
         if !self.faults.is_empty() {
             let _ = writeln!(md, "Faults:");
