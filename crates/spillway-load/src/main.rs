@@ -68,6 +68,32 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
+    /// Finds the highest constant rate the target sustains: steps the rate
+    /// up (each step a separate open-loop run) and keeps the highest whose
+    /// p99 stays under the limit with every answer a 2xx.
+    MaxRate {
+        #[arg(long)]
+        url: String,
+        /// First rate, and the step it grows by, requests per second.
+        #[arg(long, default_value_t = 1000.0)]
+        from: f64,
+        #[arg(long, default_value_t = 1000.0)]
+        by: f64,
+        #[arg(long, default_value_t = 100_000.0)]
+        to: f64,
+        /// How long each rate runs.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        each: Duration,
+        #[arg(long, default_value_t = 10.0)]
+        p99_ms: f64,
+        #[arg(long, default_value_t = 256)]
+        connections: usize,
+        #[arg(long, default_value_t = 200)]
+        body_bytes: usize,
+        /// Where max-rate.json goes.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(clap::Args, Clone)]
@@ -170,6 +196,15 @@ async fn main() -> anyhow::Result<()> {
         Command::Drill { scenario, out, quiet } => {
             let s = scenario::Scenario::load(&scenario)?;
             (drill(s, quiet).await?, out)
+        }
+        Command::MaxRate { url, from, by, to, each, p99_ms, connections, body_bytes, out } => {
+            let found = max_rate(&url, (from, by, to), each, p99_ms, connections, body_bytes).await?;
+            println!("{}", serde_json::to_string_pretty(&found)?);
+            if let Some(dir) = out {
+                std::fs::create_dir_all(&dir)?;
+                std::fs::write(dir.join("max-rate.json"), serde_json::to_string_pretty(&found)?)?;
+            }
+            return Ok(());
         }
     };
     print!("{}", results.markdown());
@@ -405,4 +440,78 @@ async fn drive(plan: &Plan, on_start: Option<&mut dyn FnMut(Instant)>) -> anyhow
         processes: std::collections::BTreeMap::new(),
         timeline: rec.timeline(),
     })
+}
+
+/// One step of a max-rate search.
+#[derive(Debug, serde::Serialize)]
+struct RateStep {
+    rate: f64,
+    accepted_per_second: f64,
+    non_2xx: u64,
+    latency: record::Latency,
+    held: bool,
+}
+
+/// The answer of a max-rate search: the highest rate that held, and every
+/// step tried.
+#[derive(Debug, serde::Serialize)]
+struct MaxRate {
+    url: String,
+    p99_limit_ms: f64,
+    max_sustainable_rate: Option<f64>,
+    steps: Vec<RateStep>,
+}
+
+/// Steps the rate up from `from` by `by` to `to`; stops after the first
+/// rate that does not hold (p99 over the limit, or any answer not a 2xx).
+async fn max_rate(
+    url: &str,
+    (from, by, to): (f64, f64, f64),
+    each: Duration,
+    p99_ms: f64,
+    connections: usize,
+    body_bytes: usize,
+) -> anyhow::Result<MaxRate> {
+    anyhow::ensure!(
+        from > 0.0 && by > 0.0 && to >= from,
+        "rates must grow: --from > 0, --by > 0, --to >= --from"
+    );
+    let mut steps = Vec::new();
+    let mut best = None;
+    let mut rate = from;
+    while rate <= to {
+        let plan = Plan {
+            load: scenario::LoadSpec::Open(Schedule::Constant { rate, duration: each }),
+            target: target(url, "POST", None, "application/json", connections, Duration::from_secs(10))?,
+            payload: Payload::new(Shape::Fixed, body_bytes),
+            source: None,
+            settle: Duration::ZERO,
+            max_in_flight: 65_536,
+            quiet: true,
+        };
+        let r = drive(&plan, None).await?;
+        let non_2xx = r.sent - r.accepted;
+        let held = non_2xx == 0 && r.latency.p99_ms <= p99_ms;
+        eprintln!(
+            "{rate:>8.0}/s: accepted {:.0}/s, p99 {:.2} ms, non-2xx {non_2xx}: {}",
+            r.accepted_per_second,
+            r.latency.p99_ms,
+            if held { "holds" } else { "does not hold" }
+        );
+        steps.push(RateStep {
+            rate,
+            accepted_per_second: r.accepted_per_second,
+            non_2xx,
+            latency: r.latency,
+            held,
+        });
+        if !held {
+            break;
+        }
+        best = Some(rate);
+        rate += by;
+        // Let the server settle between steps.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    Ok(MaxRate { url: url.to_owned(), p99_limit_ms: p99_ms, max_sustainable_rate: best, steps })
 }
