@@ -603,10 +603,17 @@ impl SqsBackend {
     pub async fn delete_ensured(&self) -> Result<(), QueueError> {
         let infos: Vec<Arc<QueueInfo>> =
             self.shared.queues.lock().unwrap_or_else(PoisonError::into_inner).values().cloned().collect();
-        for info in infos {
-            for url in [&info.url, &info.dlq_url] {
-                let deleted = self.shared.client.delete_queue().queue_url(url).send().await;
-                deleted.map_err(|e| self.shared.err("delete queue", &info.name, e))?;
+        let mut urls: Vec<(String, String)> = infos
+            .iter()
+            .flat_map(|i| [(i.url.clone(), i.name.clone()), (i.dlq_url.clone(), i.name.clone())])
+            .collect();
+        urls.sort();
+        urls.dedup_by(|a, b| a.0 == b.0);
+        for (url, name) in urls {
+            let deleted = self.shared.client.delete_queue().queue_url(&url).send().await;
+            match deleted.map_err(|e| self.shared.err("delete queue", &name, e)) {
+                Ok(_) | Err(QueueError::NotFound(_)) => {}
+                Err(e) => return Err(e),
             }
         }
         Ok(())

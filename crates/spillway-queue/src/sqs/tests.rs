@@ -104,3 +104,24 @@ mod fifo {
     use super::Fifo;
     crate::conformance_tests!(Fifo);
 }
+
+/// A queue can be named by its URL as well as by its name.
+#[tokio::test]
+async fn a_queue_given_by_url_is_the_same_queue() {
+    use crate::{Admin, OutgoingMessage, QueueSpec};
+    let b = connect().await;
+    let name = format!("conf-url-{:08x}", rand::random::<u32>());
+    b.ensure(&QueueSpec::new(&name)).await.expect("ensure by name");
+    // moto's URLs: <endpoint>/<account>/<name>.
+    let url = format!("{}/123456789012/{name}", endpoint());
+    let p = b.producer(&url).await.expect("a producer by URL");
+    p.send(OutgoingMessage::new("by-url", "hello")).await.expect("send by URL");
+    let c = b.consumer(&name).await.expect("a consumer by name");
+    let got = c.receive(1, Duration::from_secs(5)).await.expect("receive");
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].message.id, "by-url");
+    assert_eq!(got[0].queue, name);
+    c.ack(&got[0]).await.expect("ack");
+    assert_eq!(b.stats(&url).await.expect("stats by URL").pending(), 0);
+    b.delete_ensured().await.expect("cleanup");
+}
