@@ -307,7 +307,7 @@ impl Plan {
 async fn drill(s: scenario::Scenario, quiet: bool) -> anyhow::Result<Results> {
     for cmd in &s.setup {
         let (program, args) = cmd.split_first().context("an empty setup command")?;
-        let status = tokio::process::Command::new(program).args(args).status().await?;
+        let status = tokio::process::Command::new(program).args(args).envs(&s.env).status().await?;
         anyhow::ensure!(status.success(), "setup {cmd:?} failed: {status}");
     }
     let plan = Plan::from_scenario(&s, quiet)?;

@@ -56,6 +56,10 @@ pub(crate) struct Scenario {
     /// Commands run once before the processes start (create a table…).
     #[serde(default)]
     pub(crate) setup: Vec<Vec<String>>,
+    /// Environment for the setup commands and every process (a process's
+    /// own `env` wins): config overrides such as `SPILLWAY_QUEUE__PATH`.
+    #[serde(default)]
+    pub(crate) env: BTreeMap<String, String>,
     #[serde(default)]
     pub(crate) faults: Vec<FaultSpec>,
 }
@@ -192,6 +196,12 @@ impl Scenario {
         let text = expand(&text, |name| std::env::var(name).ok())
             .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         let s: Self = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let mut s = s;
+        for p in s.processes.values_mut() {
+            for (k, v) in &s.env {
+                p.env.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+        }
         if let LoadSpec::Open(schedule) = &s.load {
             schedule.check().map_err(anyhow::Error::msg)?;
         }
