@@ -108,6 +108,9 @@ async fn the_original_setup_runs_from_the_seed_config() {
     })
     .await;
     assert_eq!(count(&db, &table).await, 1, "the good message is in the table");
+    let peek = ws.cli(&["dlq", "peek"]);
+    let peeked = String::from_utf8_lossy(&peek.stdout);
+    assert!(peek.status.success() && peeked.contains(&poison), "dlq peek: {peeked}");
     let dead: serde_json::Value =
         serde_json::from_str(&boto3(&moto.url(), &["read", "my-queue-dlq"])).expect("json");
     let meta: serde_json::Value =
