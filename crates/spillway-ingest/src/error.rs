@@ -97,7 +97,9 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
         if status.is_server_error() {
-            tracing::warn!(error = %self, code = self.code(), "request failed");
+            if let Some(suppressed) = WARNINGS.admit(unix_seconds()) {
+                tracing::warn!(error = %self, code = self.code(), suppressed, "request failed");
+            }
         } else {
             tracing::debug!(error = %self, code = self.code(), "request refused");
         }
@@ -121,5 +123,62 @@ impl IntoResponse for ApiError {
             _ => {}
         }
         res
+    }
+}
+
+/// At most one "request failed" warning a second. A broker outage at
+/// thousands of requests a second must not become thousands of log lines a
+/// second (they cost CPU the gateway needs to recover, and bury the first
+/// line that says what happened). Each warning carries how many were left
+/// out since the last; every request is still counted in the metrics.
+struct Throttle {
+    second: std::sync::atomic::AtomicU64,
+    suppressed: std::sync::atomic::AtomicU64,
+}
+
+static WARNINGS: Throttle = Throttle::new();
+
+impl Throttle {
+    const fn new() -> Self {
+        Self {
+            second: std::sync::atomic::AtomicU64::new(0),
+            suppressed: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(left out since the last)` if a warning may be logged in
+    /// `second`; `None` (and one more left out) otherwise.
+    fn admit(&self, second: u64) -> Option<u64> {
+        use std::sync::atomic::Ordering;
+        let last = self.second.load(Ordering::Relaxed);
+        if second > last
+            && self.second.compare_exchange(last, second, Ordering::Relaxed, Ordering::Relaxed).is_ok()
+        {
+            return Some(self.suppressed.swap(0, Ordering::Relaxed));
+        }
+        self.suppressed.fetch_add(1, Ordering::Relaxed);
+        None
+    }
+}
+
+fn unix_seconds() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod throttle_tests {
+    use super::Throttle;
+
+    #[test]
+    fn one_warning_a_second_and_the_count_of_the_rest() {
+        let t = Throttle::new();
+        assert_eq!(t.admit(100), Some(0));
+        for _ in 0..4999 {
+            assert_eq!(t.admit(100), None);
+        }
+        assert_eq!(t.admit(101), Some(4999), "the next second's warning says how many were left out");
+        assert_eq!(t.admit(101), None);
+        assert_eq!(t.admit(99), None, "a clock that steps back does not open the gate");
+        assert_eq!(t.admit(105), Some(2));
     }
 }
