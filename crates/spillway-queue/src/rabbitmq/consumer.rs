@@ -1,10 +1,19 @@
 //! Receiving from RabbitMQ with the contract's semantics.
 //!
-//! - `receive` pulls with `basic.get` on the consumer's own channel, and
-//!   polls every [`POLL`] while the queue is empty (a long poll in steps).
-//!   It runs in a task of its own that records each delivery in `held`
-//!   before handing it over, so a receive whose caller went away still
-//!   leaves its deliveries for `close` to release (cancel safety).
+//! - `receive` pulls with `basic.get`, and polls every [`POLL`] while the
+//!   queue is empty (a long poll in steps). Each receive in progress has a
+//!   channel of its own, taken from the consumer's pool, so the workers of
+//!   one consumer receive in parallel instead of queueing behind one
+//!   channel's round trips. It runs in a task of its own that records each
+//!   delivery in `held` before handing it over, so a receive whose caller
+//!   went away still leaves its deliveries for `close` to release (cancel
+//!   safety).
+//! - Why `basic.get` and not `basic.consume` with a prefetch: a prefetched
+//!   message that was never handed out comes back with `x-delivery-count`
+//!   one higher when its channel dies, exactly like one whose consumer
+//!   crashed while working on it; with a prefetch of hundreds, one crash
+//!   would count a failure against hundreds of messages nobody tried.
+//!   `basic.get` leaves unacked only what a caller holds.
 //! - `ack` acks; `nack`, `release` and `dead_letter` first republish (to a
 //!   retry tier, the queue itself or the DLQ) and wait for the confirm, then
 //!   ack the original: a crash between the two gives a duplicate, never a
@@ -51,13 +60,17 @@ struct Inner {
     shared: Arc<Shared>,
     queue: String,
     policy: DeadLetterPolicy,
-    /// The consumer's channel and its generation; a new channel (after the
-    /// old one died, which returned its messages) makes old receipts stale.
-    channel: tokio::sync::Mutex<Option<(u64, Channel)>>,
-    held: Mutex<HashMap<u64, Held>>,
-    /// Held by a receive in progress, taken before its task is spawned;
-    /// `close` waits for it.
-    receiving: Arc<tokio::sync::Mutex<()>>,
+    /// Every live channel of this consumer by generation; a new channel
+    /// (after one died, which returned its messages) has a new generation,
+    /// which makes the old receipts stale.
+    channels: Mutex<HashMap<u64, Channel>>,
+    /// Channels no receive is using now.
+    idle: Mutex<Vec<u64>>,
+    /// Held deliveries by (generation, delivery tag).
+    held: Mutex<HashMap<(u64, u64), Held>>,
+    /// Read-held by every receive in progress, taken before its task is
+    /// spawned; `close` takes it for writing, so it sees what they took.
+    receiving: Arc<tokio::sync::RwLock<()>>,
 }
 
 pub(crate) struct RabbitConsumer {
@@ -71,7 +84,8 @@ impl RabbitConsumer {
                 shared,
                 queue: queue.to_owned(),
                 policy,
-                channel: tokio::sync::Mutex::default(),
+                channels: Mutex::default(),
+                idle: Mutex::default(),
                 held: Mutex::default(),
                 receiving: Arc::default(),
             }),
@@ -86,8 +100,8 @@ impl Drop for RabbitConsumer {
         let inner = self.inner.clone();
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
-                let _receiving = inner.receiving.lock().await;
-                if let Some((_, ch)) = inner.channel.lock().await.take() {
+                let _receiving = inner.receiving.write().await;
+                for ch in inner.take_channels() {
                     let _ = ch.close(200, ShortString::from("consumer dropped")).await;
                 }
             });
@@ -105,27 +119,64 @@ fn parse_receipt(r: &Receipt) -> Option<(u64, u64)> {
 }
 
 impl Inner {
-    async fn channel(&self) -> Result<(u64, Channel), QueueError> {
-        let mut ch = self.channel.lock().await;
-        if let Some((g, c)) = ch.as_ref().filter(|(_, c)| c.status().connected()) {
-            return Ok((*g, c.clone()));
+    /// A channel for one receive: an idle one, or a new one.
+    async fn checkout(&self) -> Result<(u64, Channel), QueueError> {
+        loop {
+            let next = self.idle.lock().unwrap_or_else(PoisonError::into_inner).pop();
+            let Some(g) = next else { break };
+            let ch = self.channels.lock().unwrap_or_else(PoisonError::into_inner).get(&g).cloned();
+            match ch {
+                Some(c) if c.status().connected() => return Ok((g, c)),
+                _ => self.forget(g),
+            }
         }
         let c = self.shared.link.channel(false).await?;
         let g = GENERATIONS.fetch_add(1, Ordering::SeqCst) + 1;
-        // Receipts of the dead channel are stale: the broker returned those messages.
-        self.held.lock().unwrap_or_else(PoisonError::into_inner).retain(|_, h| h.generation == g);
-        *ch = Some((g, c.clone()));
+        self.channels.lock().unwrap_or_else(PoisonError::into_inner).insert(g, c.clone());
         Ok((g, c))
     }
 
-    /// Runs with the `receiving` guard held by the caller.
+    fn checkin(&self, generation: u64) {
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner).push(generation);
+    }
+
+    /// A channel that died: the broker returned what was held on it, so
+    /// those receipts are stale.
+    fn forget(&self, generation: u64) {
+        self.channels.lock().unwrap_or_else(PoisonError::into_inner).remove(&generation);
+        self.held.lock().unwrap_or_else(PoisonError::into_inner).retain(|(g, _), _| *g != generation);
+    }
+
+    fn take_channels(&self) -> Vec<Channel> {
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner).clear();
+        self.channels.lock().unwrap_or_else(PoisonError::into_inner).drain().map(|(_, c)| c).collect()
+    }
+
+    /// Runs with the `receiving` guard read-held by the caller, on a
+    /// channel of its own.
     async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>, QueueError> {
+        let (generation, ch) = self.checkout().await?;
+        let got = self.receive_on(generation, &ch, max, wait).await;
+        if ch.status().connected() {
+            self.checkin(generation);
+        } else {
+            self.forget(generation);
+        }
+        got
+    }
+
+    async fn receive_on(
+        &self,
+        generation: u64,
+        ch: &Channel,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<Delivery>, QueueError> {
         let deadline = Instant::now() + wait;
         loop {
-            let (generation, ch) = self.channel().await?;
             let mut out = Vec::new();
             while out.len() < max {
-                let Some(got) = self.shared.get(&ch, &self.queue).await? else { break };
+                let Some(got) = self.shared.get(ch, &self.queue).await? else { break };
                 if let Some(d) = self.take(generation, got).await? {
                     out.push(d);
                 }
@@ -186,7 +237,7 @@ impl Inner {
             count,
             first_received_ms,
         };
-        self.held.lock().unwrap_or_else(PoisonError::into_inner).insert(d.delivery_tag, held);
+        self.held.lock().unwrap_or_else(PoisonError::into_inner).insert((generation, d.delivery_tag), held);
         Ok(Some(delivery))
     }
 
@@ -212,18 +263,13 @@ impl Inner {
 
     /// Takes the held delivery a receipt names, if this consumer still holds it.
     fn settle(&self, r: &Receipt) -> Option<Held> {
-        let (generation, tag) = parse_receipt(r)?;
-        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
-        if held.get(&tag).is_some_and(|h| h.generation == generation) {
-            held.remove(&tag)
-        } else {
-            None
-        }
+        let key = parse_receipt(r)?;
+        self.held.lock().unwrap_or_else(PoisonError::into_inner).remove(&key)
     }
 
     async fn ack_original(&self, h: &Held) -> Result<(), QueueError> {
-        let ch = self.channel.lock().await;
-        let Some((_, c)) = ch.as_ref().filter(|(g, _)| *g == h.generation) else {
+        let ch = self.channels.lock().unwrap_or_else(PoisonError::into_inner).get(&h.generation).cloned();
+        let Some(c) = ch.filter(|c| c.status().connected()) else {
             return Ok(()); // its channel is gone: the broker returned it already
         };
         c.basic_ack(h.tag, BasicAckOptions::default()).await.map_err(|e| queue_error("ack", &self.queue, &e))
@@ -274,7 +320,7 @@ impl Consumer for RabbitConsumer {
         }
         let inner = self.inner.clone();
         // Taken before the task exists, so `close` cannot slip in between.
-        let receiving = inner.receiving.clone().lock_owned().await;
+        let receiving = inner.receiving.clone().read_owned().await;
         tokio::spawn(async move {
             let got = inner.receive(max, wait).await;
             drop(receiving);
@@ -325,13 +371,13 @@ impl Consumer for RabbitConsumer {
     /// Waits for a receive in progress (even one whose caller went away),
     /// then releases every held delivery, uncounted, and closes the channel.
     async fn close(&self) -> Result<(), QueueError> {
-        let _receiving = self.inner.receiving.lock().await;
+        let _receiving = self.inner.receiving.write().await;
         let held: Vec<Held> =
             self.inner.held.lock().unwrap_or_else(PoisonError::into_inner).drain().map(|(_, h)| h).collect();
         for h in &held {
             self.inner.release(h, Duration::ZERO).await?;
         }
-        if let Some((_, ch)) = self.inner.channel.lock().await.take() {
+        for ch in self.inner.take_channels() {
             let _ = ch.close(200, ShortString::from("closed")).await;
         }
         Ok(())
