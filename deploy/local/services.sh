@@ -49,6 +49,19 @@ up_rabbit() {
   rabbitmq-diagnostics -q check_running >/dev/null 2>&1 || sleep 5
 }
 
+# The management plugin's HTTP API: the rabbitmq backend reads the count of
+# held (unacknowledged) messages from it. Shipped with the broker, disabled
+# by default; enabling it needs no restart.
+have_rabbit_management() { (exec 3<>"/dev/tcp/127.0.0.1/15672") 2>/dev/null; }
+
+up_rabbit_management() {
+  if have_rabbit_management; then log "RabbitMQ management API is up"; return; fi
+  log "enabling RabbitMQ's management plugin"
+  rabbitmq-plugins enable rabbitmq_management >/dev/null
+  for _ in $(seq 1 60); do have_rabbit_management && break; sleep 1; done
+  have_rabbit_management || { log "the management API did not come up on 127.0.0.1:15672; run: rabbitmq-plugins enable rabbitmq_management"; exit 1; }
+}
+
 # Python tools the tests drive, in a venv at a fixed path so it is made once
 # per machine and reused: pika (the AMQP interop test), moto (the SQS server)
 # and boto3 (the SQS interop test).
@@ -94,13 +107,14 @@ up_chromium() {
 status() {
   if have_pg; then log "PostgreSQL: up"; else log "PostgreSQL: down"; fi
   if have_rabbit; then log "RabbitMQ: up"; else log "RabbitMQ: down"; fi
+  if have_rabbit_management; then log "RabbitMQ management: up"; else log "RabbitMQ management: off"; fi
   if have_venv; then log "Python venv: $VENV"; else log "Python venv: missing"; fi
   if have_moto; then log "SQS (moto): up on $SQS_PORT"; else log "SQS (moto): down"; fi
   if [ -x "$(chromium_bin)" ]; then log "Chromium: $(chromium_bin)"; else log "Chromium: missing"; fi
 }
 
 case "${1:-up}" in
-  up) up_pg; up_rabbit; up_venv; up_moto; up_chromium ;;
+  up) up_pg; up_rabbit; up_rabbit_management; up_venv; up_moto; up_chromium ;;
   status) status ;;
   *) echo "usage: $0 up|status" >&2; exit 2 ;;
 esac

@@ -78,6 +78,7 @@ queue = "{QUEUE}"
             url: amqp_url(),
             connection_name: "interop-test".into(),
             confirm_timeout: std::time::Duration::from_secs(10),
+            management_url: None,
         },
     ))
     .await
