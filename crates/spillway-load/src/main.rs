@@ -463,7 +463,8 @@ struct MaxRate {
 }
 
 /// Steps the rate up from `from` by `by` to `to`; stops after the first
-/// rate that does not hold (p99 over the limit, or any answer not a 2xx).
+/// rate that does not hold twice in a row (p99 over the limit, or any
+/// answer not a 2xx).
 async fn max_rate(
     url: &str,
     (from, by, to): (f64, f64, f64),
@@ -489,22 +490,34 @@ async fn max_rate(
             max_in_flight: 65_536,
             quiet: true,
         };
-        let r = drive(&plan, None).await?;
-        let non_2xx = r.sent - r.accepted;
-        let held = non_2xx == 0 && r.latency.p99_ms <= p99_ms;
-        eprintln!(
-            "{rate:>8.0}/s: accepted {:.0}/s, p99 {:.2} ms, non-2xx {non_2xx}: {}",
-            r.accepted_per_second,
-            r.latency.p99_ms,
-            if held { "holds" } else { "does not hold" }
-        );
-        steps.push(RateStep {
-            rate,
-            accepted_per_second: r.accepted_per_second,
-            non_2xx,
-            latency: r.latency,
-            held,
-        });
+        // A rate fails only if it fails twice: on a shared machine one
+        // step's p99 can catch a hiccup of something else.
+        let mut held = false;
+        for attempt in 0..2 {
+            let r = drive(&plan, None).await?;
+            let non_2xx = r.sent - r.accepted;
+            held = non_2xx == 0 && r.latency.p99_ms <= p99_ms;
+            let verdict = match (held, attempt) {
+                (true, _) => "holds",
+                (false, 0) => "does not hold; once more",
+                (false, _) => "does not hold",
+            };
+            eprintln!(
+                "{rate:>8.0}/s: accepted {:.0}/s, p99 {:.2} ms, non-2xx {non_2xx}: {verdict}",
+                r.accepted_per_second, r.latency.p99_ms
+            );
+            steps.push(RateStep {
+                rate,
+                accepted_per_second: r.accepted_per_second,
+                non_2xx,
+                latency: r.latency,
+                held,
+            });
+            if held {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
         if !held {
             break;
         }
