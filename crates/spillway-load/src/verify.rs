@@ -25,11 +25,8 @@ impl Source {
     pub(crate) async fn count(&self) -> anyhow::Result<u64> {
         match self {
             Self::Postgres { url, table } => {
-                let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-                    .await
-                    .with_context(|| format!("connecting to {url}"))?;
-                tokio::spawn(conn);
-                let row = client
+                let row = connect(url)
+                    .await?
                     .query_one(&format!("SELECT count(*) FROM {table}"), &[])
                     .await
                     .with_context(|| format!("counting {table}"))?;
@@ -47,11 +44,8 @@ impl Source {
     pub(crate) async fn delivered(&self) -> anyhow::Result<Vec<String>> {
         match self {
             Self::Postgres { url, table } => {
-                let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-                    .await
-                    .with_context(|| format!("connecting to {url}"))?;
-                tokio::spawn(conn);
-                let rows = client
+                let rows = connect(url)
+                    .await?
                     .query(&format!("SELECT id FROM {table}"), &[])
                     .await
                     .with_context(|| format!("reading the ids of {table}"))?;
@@ -71,6 +65,14 @@ impl Source {
             }
         }
     }
+}
+
+async fn connect(url: &str) -> anyhow::Result<tokio_postgres::Client> {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .with_context(|| format!("connecting to {url}"))?;
+    tokio::spawn(conn);
+    Ok(client)
 }
 
 /// What the check found.

@@ -41,38 +41,28 @@ fn sqs_capabilities() -> Capabilities {
     }
 }
 
-struct Standard(SqsBackend);
+/// Which kind of queue a harness runs the kit on.
+trait Kind: Send + Sync + 'static {
+    fn capabilities() -> Capabilities;
+    fn suffix() -> &'static str;
+}
 
-#[async_trait]
-impl Harness for Standard {
+/// Standard queues: no dedup, no order.
+struct StandardQueues;
+
+impl Kind for StandardQueues {
     fn capabilities() -> Capabilities {
         Capabilities { dedup: false, key_order: KeyOrder::None, ..sqs_capabilities() }
     }
-    async fn new() -> Self {
-        Self(connect().await)
-    }
-    async fn backend(&self) -> Arc<dyn Backend> {
-        Arc::new(self.0.clone())
-    }
-    async fn reopen(&self) -> Arc<dyn Backend> {
-        Arc::new(connect().await)
-    }
-    async fn cleanup(&self) {
-        if let Err(e) = self.0.delete_ensured().await {
-            eprintln!("could not delete the test queues: {e}");
-        }
+    fn suffix() -> &'static str {
+        ""
     }
 }
 
-mod standard {
-    use super::Standard;
-    crate::conformance_tests!(Standard);
-}
+/// FIFO queues: releases count, no per-message delay, order until retried.
+struct FifoQueues;
 
-struct Fifo(SqsBackend);
-
-#[async_trait]
-impl Harness for Fifo {
+impl Kind for FifoQueues {
     fn capabilities() -> Capabilities {
         Capabilities {
             key_order: KeyOrder::UntilRetried,
@@ -81,11 +71,23 @@ impl Harness for Fifo {
             ..sqs_capabilities()
         }
     }
-    fn queue_suffix() -> &'static str {
+    fn suffix() -> &'static str {
         ".fifo"
     }
+}
+
+struct Sqs<K>(SqsBackend, std::marker::PhantomData<K>);
+
+#[async_trait]
+impl<K: Kind> Harness for Sqs<K> {
+    fn capabilities() -> Capabilities {
+        K::capabilities()
+    }
+    fn queue_suffix() -> &'static str {
+        K::suffix()
+    }
     async fn new() -> Self {
-        Self(connect().await)
+        Self(connect().await, std::marker::PhantomData)
     }
     async fn backend(&self) -> Arc<dyn Backend> {
         Arc::new(self.0.clone())
@@ -98,6 +100,14 @@ impl Harness for Fifo {
             eprintln!("could not delete the test queues: {e}");
         }
     }
+}
+
+type Standard = Sqs<StandardQueues>;
+type Fifo = Sqs<FifoQueues>;
+
+mod standard {
+    use super::Standard;
+    crate::conformance_tests!(Standard);
 }
 
 mod fifo {
