@@ -97,6 +97,11 @@ impl Supervised {
                     "{} was not ready at {url} within 60 s",
                     self.name
                 );
+                let exited = match self.life.lock().await.as_mut() {
+                    Some(life) => matches!(life.child.try_wait(), Ok(Some(_))),
+                    None => true,
+                };
+                anyhow::ensure!(!exited, "{} exited before it was ready", self.name);
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
@@ -156,7 +161,17 @@ impl Supervisor {
                 held_down: AtomicBool::new(false),
                 unexpected_exits: AtomicU32::new(0),
             });
-            p.spawn().await?;
+            // A process that exits before it is ready (two opening one new
+            // file at once, say) gets two more tries.
+            let mut started = p.spawn().await;
+            for _ in 0..2 {
+                if started.is_ok() {
+                    break;
+                }
+                p.kill9().await;
+                started = p.spawn().await;
+            }
+            started?;
             procs.push(p);
         }
         let sup = Arc::new(Self { procs, watcher: Mutex::new(None) });

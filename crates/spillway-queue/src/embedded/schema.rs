@@ -106,11 +106,34 @@ pub(crate) fn prepare(conn: &Connection, durable: bool) -> Result<(), QueueError
         }
         conn.execute_batch("COMMIT")
     };
-    migrate().map_err(|e| {
-        let _ = conn.execute_batch("ROLLBACK");
-        QueueError::unavailable("embedded queue: cannot prepare the database", e)
-    })
+    // Two processes opening a new file at once (`serve` and `consume`
+    // started together) can get SQLITE_BUSY at once, without the busy
+    // handler: SQLite refuses to wait where waiting could deadlock (the
+    // switch to WAL, a lock upgrade). The whole preparation is idempotent,
+    // so it is tried again for a while.
+    let deadline = std::time::Instant::now() + PREPARE_PATIENCE;
+    let mut pause = std::time::Duration::from_millis(10);
+    loop {
+        match migrate() {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                let busy = matches!(
+                    e.sqlite_error_code(),
+                    Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+                );
+                if !busy || std::time::Instant::now() >= deadline {
+                    return Err(QueueError::unavailable("embedded queue: cannot prepare the database", e));
+                }
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(std::time::Duration::from_millis(200));
+            }
+        }
+    }
 }
+
+/// How long opening waits for another process preparing the same file.
+const PREPARE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// A second connection to the same file, for reads that must not wait for
 /// the writer (WAL lets readers run beside a writer).
