@@ -125,30 +125,24 @@ impl Workspace {
     /// Starts `spillway consume`; killed when dropped, so a failing test
     /// leaves no consumer behind.
     pub fn consume(&self) -> Process {
-        Process(
-            Command::new(binary())
-                .arg("--config")
-                .arg(self.config())
-                .arg("consume")
-                .envs(self.env.iter().map(|(k, v)| (k, v)))
-                .stdout(Stdio::null())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .expect("spawn spillway consume"),
-        )
+        self.spawn_consume(Stdio::null())
     }
 
     /// Starts `spillway consume` with its standard output (the stdout
     /// sink's JSON lines) going to `path`.
     pub fn consume_to(&self, path: &Path) -> Process {
         let out = std::fs::File::create(path).expect("create the consumer's output file");
+        self.spawn_consume(out.into())
+    }
+
+    fn spawn_consume(&self, stdout: Stdio) -> Process {
         Process(
             Command::new(binary())
                 .arg("--config")
                 .arg(self.config())
                 .arg("consume")
                 .envs(self.env.iter().map(|(k, v)| (k, v)))
-                .stdout(out)
+                .stdout(stdout)
                 .stderr(Stdio::inherit())
                 .spawn()
                 .expect("spawn spillway consume"),

@@ -56,3 +56,31 @@ impl QueueSpec {
         }
     }
 }
+
+/// The policies of the queues a broker backend ensured in this process: a
+/// broker keeps no Spillway policy of its own, so producers and consumers
+/// read it here (the defaults for a queue this process did not ensure).
+#[cfg(any(feature = "rabbitmq", feature = "sqs"))]
+#[derive(Debug, Default)]
+pub(crate) struct Specs(std::sync::Mutex<std::collections::HashMap<String, QueueSpec>>);
+
+#[cfg(any(feature = "rabbitmq", feature = "sqs"))]
+impl Specs {
+    fn map(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, QueueSpec>> {
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The queue's policy as ensured, or the defaults.
+    pub(crate) fn get(&self, queue: &str) -> QueueSpec {
+        self.map().get(queue).cloned().unwrap_or_else(|| QueueSpec::new(queue))
+    }
+
+    pub(crate) fn insert(&self, spec: &QueueSpec) {
+        self.map().insert(spec.name.clone(), spec.clone());
+    }
+
+    /// The names of every queue ensured.
+    pub(crate) fn names(&self) -> Vec<String> {
+        self.map().keys().cloned().collect()
+    }
+}

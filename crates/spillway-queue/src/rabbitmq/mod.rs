@@ -29,11 +29,7 @@ mod consumer;
 pub mod topology;
 mod wire;
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex, PoisonError},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use lapin::{
@@ -259,7 +255,7 @@ struct Shared {
     confirm_timeout: Duration,
     management: Option<Management>,
     /// The policies of queues ensured by this process.
-    specs: Mutex<HashMap<String, QueueSpec>>,
+    specs: crate::spec::Specs,
 }
 
 impl Shared {
@@ -268,12 +264,7 @@ impl Shared {
     }
 
     fn spec(&self, queue: &str) -> QueueSpec {
-        self.specs
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(queue)
-            .cloned()
-            .unwrap_or_else(|| QueueSpec::new(queue))
+        self.specs.get(queue)
     }
 
     /// Ready messages in `queue`; `NotFound` if it does not exist.
@@ -337,7 +328,13 @@ impl RabbitBackend {
         link.connection().await?;
         let confirm_timeout = cfg.confirm_timeout;
         Ok(Self {
-            shared: Arc::new(Shared { link, clock, confirm_timeout, management, specs: Mutex::default() }),
+            shared: Arc::new(Shared {
+                link,
+                clock,
+                confirm_timeout,
+                management,
+                specs: crate::spec::Specs::default(),
+            }),
         })
     }
 }
@@ -366,7 +363,7 @@ impl Admin for RabbitBackend {
         .await;
         let _ = ch.close(200, ShortString::from("done")).await;
         declared?;
-        self.shared.specs.lock().unwrap_or_else(PoisonError::into_inner).insert(name.clone(), spec.clone());
+        self.shared.specs.insert(spec);
         Ok(())
     }
 
@@ -585,8 +582,7 @@ impl RabbitBackend {
     /// Deletes the queues behind every queue this handle ensured: source,
     /// retry tiers and DLQ. For tests on a shared broker.
     pub async fn delete_ensured(&self) -> Result<(), QueueError> {
-        let names: Vec<String> =
-            self.shared.specs.lock().unwrap_or_else(PoisonError::into_inner).keys().cloned().collect();
+        let names = self.shared.specs.names();
         let ch = self.shared.link.channel(false).await?;
         for name in names {
             let all = std::iter::once(name.clone())

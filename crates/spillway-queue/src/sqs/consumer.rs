@@ -34,7 +34,6 @@ use crate::{
 };
 
 /// A delivery this consumer holds: what it takes to settle or re-send it.
-#[derive(Clone)]
 struct Held {
     /// SQS's id of this copy: a newer receive of it makes this one stale.
     sqs_id: String,
@@ -112,7 +111,7 @@ impl Inner {
                         first_ms: now,
                         received_ms: now,
                     };
-                    self.dead_letter_held(receipt, &held, 1, &e.to_string()).await?;
+                    self.dead_letter_held(receipt, &held, 1, Some(now), &e.to_string()).await?;
                     continue;
                 }
             };
@@ -129,9 +128,8 @@ impl Inner {
                     "its last receive was never settled (the consumer stopped, or the visibility timeout passed)"
                         .to_owned()
                 });
-                let mut dead = held.clone();
-                dead.received_ms = 0;
-                self.dead_letter_held(receipt, &dead, count - 1, &reason).await?;
+                // When that last receive happened is not known.
+                self.dead_letter_held(receipt, &held, count - 1, None, &reason).await?;
                 continue;
             }
             let d = &held.decoded;
@@ -156,12 +154,14 @@ impl Inner {
     }
 
     /// Sends the message to the DLQ with its metadata (`count` failed
-    /// receives, `reason`), then deletes it from the queue.
+    /// receives, the last at `last_received_ms` if known, `reason`), then
+    /// deletes it from the queue.
     async fn dead_letter_held(
         &self,
         receipt: &str,
         h: &Held,
         count: u32,
+        last_received_ms: Option<i64>,
         reason: &str,
     ) -> Result<(), QueueError> {
         let now = self.shared.now_ms();
@@ -170,7 +170,7 @@ impl Inner {
         meta.src = Some(self.queue().to_owned());
         meta.rc = Some(count);
         meta.first = Some(h.first_ms);
-        meta.last = (h.received_ms > 0).then_some(h.received_ms.max(h.first_ms));
+        meta.last = last_received_ms.map(|ms| ms.max(h.first_ms));
         meta.dl = Some(now);
         meta.set_error(reason);
         let group = h.decoded.group.clone().or_else(|| meta.key.clone()).unwrap_or_else(|| meta.id.clone());
@@ -257,7 +257,10 @@ impl Consumer for SqsConsumer {
         let inner = &self.inner;
         let Some(h) = inner.take_held(&d.receipt) else { return Ok(Nacked::Stale) };
         let done = if h.count >= inner.policy.max_receive_count {
-            inner.dead_letter_held(&d.receipt.0, &h, h.count, reason).await.map(|()| Nacked::DeadLettered)
+            inner
+                .dead_letter_held(&d.receipt.0, &h, h.count, Some(h.received_ms), reason)
+                .await
+                .map(|()| Nacked::DeadLettered)
         } else {
             inner.set_visibility(&d.receipt.0, ceil_secs(delay, MAX_VISIBILITY_SECS)).await.map(|fresh| {
                 if fresh {
@@ -293,7 +296,7 @@ impl Consumer for SqsConsumer {
     async fn dead_letter(&self, d: &Delivery, reason: &str) -> Result<(), QueueError> {
         let inner = &self.inner;
         let Some(h) = inner.take_held(&d.receipt) else { return Ok(()) };
-        let done = inner.dead_letter_held(&d.receipt.0, &h, h.count, reason).await;
+        let done = inner.dead_letter_held(&d.receipt.0, &h, h.count, Some(h.received_ms), reason).await;
         if done.is_err() {
             inner.held().insert(d.receipt.0.clone(), h);
         }

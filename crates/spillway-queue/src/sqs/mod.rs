@@ -230,7 +230,7 @@ pub(crate) struct Shared {
     timeout: Duration,
     batches_in_flight: usize,
     /// The policies of queues ensured by this process.
-    specs: Mutex<HashMap<String, QueueSpec>>,
+    specs: crate::spec::Specs,
     queues: Mutex<HashMap<String, Arc<QueueInfo>>>,
     /// Cleared once the server answers that it has no `StartMessageMoveTask`.
     move_tasks: AtomicBool,
@@ -251,12 +251,7 @@ impl Shared {
     }
 
     fn spec(&self, queue: &str) -> QueueSpec {
-        self.specs
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(queue)
-            .cloned()
-            .unwrap_or_else(|| QueueSpec::new(queue))
+        self.specs.get(queue)
     }
 
     async fn url_of(&self, queue: &str) -> Result<String, QueueError> {
@@ -591,7 +586,7 @@ impl SqsBackend {
                 clock: Clock::system(),
                 timeout: cfg.timeout,
                 batches_in_flight: cfg.batches_in_flight,
-                specs: Mutex::default(),
+                specs: crate::spec::Specs::default(),
                 queues: Mutex::default(),
                 move_tasks: AtomicBool::new(true),
             }),
@@ -718,7 +713,7 @@ impl Admin for SqsBackend {
             }
         }
         s.info(&spec.name).await?;
-        s.specs.lock().unwrap_or_else(PoisonError::into_inner).insert(spec.name.clone(), spec.clone());
+        s.specs.insert(spec);
         Ok(())
     }
 
