@@ -7,7 +7,8 @@
 #
 # Needed today: PostgreSQL (the postgres sink test), RabbitMQ (the rabbitmq
 # backend's conformance kit), moto (an SQS server, for the sqs backend) and
-# Chromium (the browser CORS test). tansu (Kafka) joins with its backend.
+# Chromium (the browser CORS test) and tansu (a Kafka-protocol broker, for
+# the kafka backend).
 set -euo pipefail
 
 PG_URL="${SPILLWAY_TEST_PG:-postgres://postgres@127.0.0.1:5432/test}"
@@ -93,6 +94,34 @@ up_moto() {
   have_moto || { log "moto did not come up on 127.0.0.1:$SQS_PORT; see $MOTO_LOG, or set SPILLWAY_TEST_SQS"; exit 1; }
 }
 
+# tansu, a Kafka-protocol broker written in Rust, from the crate registry:
+# about 7-11 minutes to build once, then cached in ~/.cargo/bin. It keeps its
+# data in SQLite in a fixed folder; the sqlite URL must be relative to it.
+KAFKA_PORT="${SPILLWAY_TEST_KAFKA_PORT:-9092}"
+TANSU_VERSION=0.6.0
+TANSU_DIR="${SPILLWAY_TANSU_DIR:-/var/tmp/spillway-tansu}"
+TANSU_BIN="${CARGO_HOME:-$HOME/.cargo}/bin/tansu"
+
+have_tansu_bin() { [ -x "$TANSU_BIN" ] && "$TANSU_BIN" --version 2>/dev/null | grep -q "$TANSU_VERSION"; }
+have_kafka() { (exec 3<>"/dev/tcp/127.0.0.1/$KAFKA_PORT") 2>/dev/null; }
+
+up_tansu() {
+  if have_kafka; then log "the Kafka broker is up on 127.0.0.1:$KAFKA_PORT"; return; fi
+  if ! have_tansu_bin; then
+    log "installing tansu $TANSU_VERSION with cargo (once per machine, about 10 minutes)"
+    cargo install tansu --version "$TANSU_VERSION" --locked --features libsql,dynostore >/var/tmp/spillway-tansu-install.log 2>&1 \
+      || { log "cargo install tansu failed; see /var/tmp/spillway-tansu-install.log"; exit 1; }
+  fi
+  mkdir -p "$TANSU_DIR"
+  log "starting tansu (Kafka) on 127.0.0.1:$KAFKA_PORT, data and log in $TANSU_DIR"
+  (cd "$TANSU_DIR" && setsid nohup "$TANSU_BIN" broker \
+      --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+      --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+      --storage-engine sqlite://tansu.db >tansu.log 2>&1 < /dev/null &)
+  for _ in $(seq 1 30); do have_kafka && break; sleep 1; done
+  have_kafka || { log "tansu did not come up on 127.0.0.1:$KAFKA_PORT; see $TANSU_DIR/tansu.log, or set SPILLWAY_TEST_KAFKA"; exit 1; }
+}
+
 chromium_bin() { echo "${SPILLWAY_CHROMIUM:-/usr/bin/chromium}"; }
 
 up_chromium() {
@@ -111,10 +140,11 @@ status() {
   if have_venv; then log "Python venv: $VENV"; else log "Python venv: missing"; fi
   if have_moto; then log "SQS (moto): up on $SQS_PORT"; else log "SQS (moto): down"; fi
   if [ -x "$(chromium_bin)" ]; then log "Chromium: $(chromium_bin)"; else log "Chromium: missing"; fi
+  if have_kafka; then log "Kafka (tansu): up on $KAFKA_PORT"; elif have_tansu_bin; then log "Kafka (tansu): installed, down"; else log "Kafka (tansu): not installed"; fi
 }
 
 case "${1:-up}" in
-  up) up_pg; up_rabbit; up_rabbit_management; up_venv; up_moto; up_chromium ;;
+  up) up_pg; up_rabbit; up_rabbit_management; up_venv; up_moto; up_chromium; up_tansu ;;
   status) status ;;
   *) echo "usage: $0 up|status" >&2; exit 2 ;;
 esac

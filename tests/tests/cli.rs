@@ -137,6 +137,25 @@ access_key_id = "AKIAEXAMPLE"
 }
 
 #[test]
+fn config_check_masks_kafka_secrets_in_client_options() {
+    let ws = Workspace::new(
+        r#"
+[queue]
+backend = "kafka"
+brokers = "broker-1:9092,broker-2:9092"
+[queue.options]
+"security.protocol" = "sasl_ssl"
+"sasl.password" = "kafka-secret-42"
+"#,
+    );
+    let out = ws.cli(&["config", "check"]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("backend = \"kafka\"") && t.contains("sasl_ssl"), "{t}");
+    assert!(!t.contains("kafka-secret-42"), "the SASL password leaked: {t}");
+}
+
+#[test]
 fn an_invalid_value_from_the_environment_names_the_field() {
     let ws = Workspace::new("");
     for (var, value, key) in [

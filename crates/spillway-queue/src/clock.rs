@@ -68,7 +68,7 @@ fn system_ms() -> i64 {
 
 /// A time from milliseconds since the Unix epoch, as brokers report it; the
 /// epoch itself for a value out of range.
-#[cfg(any(feature = "rabbitmq", feature = "sqs"))]
+#[cfg(any(feature = "rabbitmq", feature = "sqs", feature = "kafka"))]
 pub(crate) fn ms_time(ms: i64) -> time::OffsetDateTime {
     time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)

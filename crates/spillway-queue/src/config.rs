@@ -27,6 +27,9 @@ pub enum BackendConfig {
     /// AWS SQS, or any server with its API: standard and FIFO queues.
     #[cfg(feature = "sqs")]
     Sqs(crate::sqs::SqsConfig),
+    /// Kafka, or any broker with its protocol: `acks=all`, consumer groups.
+    #[cfg(feature = "kafka")]
+    Kafka(crate::kafka::KafkaConfig),
 }
 
 fn default_embedded_path() -> PathBuf {
@@ -49,6 +52,8 @@ impl BackendConfig {
             Self::Rabbitmq(_) => "rabbitmq",
             #[cfg(feature = "sqs")]
             Self::Sqs(_) => "sqs",
+            #[cfg(feature = "kafka")]
+            Self::Kafka(_) => "kafka",
         }
     }
 }
@@ -65,5 +70,7 @@ pub async fn connect(config: &BackendConfig) -> Result<Arc<dyn Backend>, QueueEr
         BackendConfig::Rabbitmq(cfg) => Ok(Arc::new(crate::rabbitmq::RabbitBackend::connect(cfg).await?)),
         #[cfg(feature = "sqs")]
         BackendConfig::Sqs(cfg) => Ok(Arc::new(crate::sqs::SqsBackend::connect(cfg).await?)),
+        #[cfg(feature = "kafka")]
+        BackendConfig::Kafka(cfg) => Ok(Arc::new(crate::kafka::KafkaBackend::connect(cfg).await?)),
     }
 }

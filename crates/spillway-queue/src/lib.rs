@@ -23,6 +23,8 @@
 //!   Same semantics, **not durable**.
 //! - `rabbitmq` (feature `rabbitmq`): durable quorum queues with publisher
 //!   confirms; the count carried in headers across republishes.
+//! - `kafka` (feature `kafka`): `acks=all` and consumer groups; the count
+//!   carried in headers across republishes, crashes counted in the commit.
 //! - `sqs` (feature `sqs`): AWS SQS or any server with its API; standard
 //!   and FIFO queues, the count carried in an attribute across re-sends.
 //! - `testkit` (feature `testkit`): the conformance suite, plain async functions
@@ -38,6 +40,8 @@ pub mod spec;
 pub mod traits;
 
 pub mod embedded;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod memory;
 #[cfg(feature = "rabbitmq")]
 pub mod rabbitmq;

@@ -60,11 +60,11 @@ impl QueueSpec {
 /// The policies of the queues a broker backend ensured in this process: a
 /// broker keeps no Spillway policy of its own, so producers and consumers
 /// read it here (the defaults for a queue this process did not ensure).
-#[cfg(any(feature = "rabbitmq", feature = "sqs"))]
+#[cfg(any(feature = "rabbitmq", feature = "sqs", feature = "kafka"))]
 #[derive(Debug, Default)]
 pub(crate) struct Specs(std::sync::Mutex<std::collections::HashMap<String, QueueSpec>>);
 
-#[cfg(any(feature = "rabbitmq", feature = "sqs"))]
+#[cfg(any(feature = "rabbitmq", feature = "sqs", feature = "kafka"))]
 impl Specs {
     fn map(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, QueueSpec>> {
         self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)

@@ -1,0 +1,652 @@
+//! The Kafka backend: `acks=all` with an idempotent producer, consumer
+//! groups, and the same queue contract as every backend, on a log that has
+//! no per-message ack.
+//!
+//! - [`topics`]: the topics behind one Spillway queue (source, retry tiers,
+//!   dead letters) and where a retry goes.
+//! - [`wire`]: a message as Kafka key, value and headers.
+//! - [`ledger`]: the offsets of one partition, settled out of order, and
+//!   the commit metadata that carries them (and crashes) to the next reader.
+//! - [`member`]: the process's group member for one queue, shared by all
+//!   its consumers: fetch, hand out, settle, commit.
+//! - [`producer`]: sends, each `Ok` only on its delivery report.
+//!
+//! # The shape
+//!
+//! One group member per queue per process, however many consumers the
+//! process runs: Kafka scales across processes by partitions, and within a
+//! process the member hands records out one by one, as a queue does. Each
+//! handed-out record is hidden for the queue's visibility timeout, and
+//! comes back (counted) when its consumer neither settles nor extends it.
+//!
+//! A failed message is **republished** (to the source topic, or to the
+//! retry tier its delay rounds up to) with its failures in a header, and
+//! only then settled: a crash between the two gives a duplicate, never a
+//! loss. An offset is committed only once every record before it is
+//! settled, and the commit's metadata names what is settled above it and
+//! what was held (see [`ledger`]). `docs/backends.md` has the whole design.
+
+mod consumer;
+mod ledger;
+mod member;
+mod producer;
+pub mod topics;
+mod wire;
+
+#[cfg(test)]
+mod tests;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use rdkafka::{
+    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
+    client::DefaultClientContext,
+    config::ClientConfig,
+    consumer::{BaseConsumer, CommitMode, Consumer as _},
+    error::{KafkaError, RDKafkaErrorCode},
+    producer::{FutureProducer, FutureRecord, Producer as _},
+    Offset, TopicPartitionList,
+};
+use serde::{Deserialize, Serialize};
+
+use self::{member::Member, wire::Record};
+use crate::{
+    spec::Specs, Admin, Backend, Clock, Consumer, DeadLetter, Producer, PurgeTarget, QueueError, QueueSpec,
+    QueueStats,
+};
+
+/// `[queue] backend = "kafka"`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// `bootstrap.servers`: `host:port[,host:port…]`.
+    pub brokers: String,
+    /// Consumer groups are `<group_prefix>.<queue>`; the dead-letter
+    /// cursor is the group `<group_prefix>.<queue>.dlq`.
+    #[serde(default = "default_group_prefix")]
+    pub group_prefix: String,
+    /// Partitions of the source topic and of each retry tier, when
+    /// `queue ensure` creates them. The DLQ has one (oldest first).
+    #[serde(default = "default_partitions")]
+    pub partitions: i32,
+    /// Replicas of each topic `queue ensure` creates. 1 suits a single
+    /// broker; use 3 (with `min.insync.replicas = 2`) in production.
+    #[serde(default = "default_replication")]
+    pub replication: i32,
+    /// A send without its delivery report by then fails (`message.timeout.ms`):
+    /// nothing is acknowledged on the strength of it.
+    #[serde(default = "default_send_timeout", with = "humantime_serde")]
+    pub send_timeout: Duration,
+    /// How long the producer waits to fill a batch (`linger.ms`).
+    #[serde(default = "default_linger", with = "humantime_serde")]
+    pub linger: Duration,
+    /// The largest producer batch per partition, in bytes (`batch.size`).
+    #[serde(default = "default_batch_bytes")]
+    pub batch_bytes: usize,
+    /// How long a fetch waits for data (`fetch.wait.max.ms`). Low, because
+    /// it is the floor of delivery latency on brokers that do not answer a
+    /// waiting fetch when data arrives.
+    #[serde(default = "default_fetch_wait", with = "humantime_serde")]
+    pub fetch_wait: Duration,
+    /// A member that misses heartbeats this long is taken out of the group,
+    /// and its partitions go to the others (`session.timeout.ms`).
+    #[serde(default = "default_session_timeout", with = "humantime_serde")]
+    pub session_timeout: Duration,
+    /// Any other librdkafka property, for every client (TLS, SASL, …).
+    /// Values of keys naming a password or secret are masked by `config check`.
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+}
+
+fn default_group_prefix() -> String {
+    "spillway".to_owned()
+}
+fn default_partitions() -> i32 {
+    6
+}
+fn default_replication() -> i32 {
+    1
+}
+fn default_send_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_linger() -> Duration {
+    Duration::from_millis(2)
+}
+fn default_batch_bytes() -> usize {
+    1024 * 1024
+}
+fn default_fetch_wait() -> Duration {
+    Duration::from_millis(10)
+}
+fn default_session_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl KafkaConfig {
+    /// The defaults, for brokers at `brokers`.
+    pub fn new(brokers: impl Into<String>) -> Self {
+        Self {
+            brokers: brokers.into(),
+            group_prefix: default_group_prefix(),
+            partitions: default_partitions(),
+            replication: default_replication(),
+            send_timeout: default_send_timeout(),
+            linger: default_linger(),
+            batch_bytes: default_batch_bytes(),
+            fetch_wait: default_fetch_wait(),
+            session_timeout: default_session_timeout(),
+            options: BTreeMap::new(),
+        }
+    }
+
+    fn client(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers);
+        c.set("client.id", "spillway");
+        for (k, v) in &self.options {
+            c.set(k, v);
+        }
+        c
+    }
+
+    pub(crate) fn group(&self, queue: &str) -> String {
+        format!("{}.{queue}", self.group_prefix)
+    }
+
+    fn dlq_group(&self, queue: &str) -> String {
+        format!("{}.{queue}.dlq", self.group_prefix)
+    }
+}
+
+fn ms(d: Duration) -> String {
+    d.as_millis().to_string()
+}
+
+/// Turns a Kafka error into what the caller does next.
+pub(crate) fn queue_error(what: &str, queue: &str, e: &KafkaError) -> QueueError {
+    let code = e.rdkafka_error_code();
+    match code {
+        Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic) => {
+            QueueError::NotFound(queue.to_owned())
+        }
+        Some(RDKafkaErrorCode::MessageSizeTooLarge | RDKafkaErrorCode::InvalidMessageSize) => {
+            QueueError::Rejected(format!("kafka: {what}: {e}"))
+        }
+        Some(
+            RDKafkaErrorCode::MessageTimedOut
+            | RDKafkaErrorCode::OperationTimedOut
+            | RDKafkaErrorCode::RequestTimedOut,
+        ) => QueueError::unavailable(format!("kafka: {what}: timed out"), e.clone()),
+        _ => QueueError::unavailable(format!("kafka: {what}"), e.clone()),
+    }
+}
+
+/// What every part of the backend shares: clients, config, policies.
+pub(crate) struct Shared {
+    pub(crate) config: KafkaConfig,
+    pub(crate) producer: FutureProducer,
+    admin: AdminClient<DefaultClientContext>,
+    pub(crate) specs: Specs,
+    pub(crate) clock: Clock,
+    /// Group readers for committed offsets (stats, purge), one per group.
+    readers: Mutex<HashMap<String, Arc<BaseConsumer>>>,
+}
+
+impl Shared {
+    pub(crate) fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    /// Runs a blocking librdkafka call off the async threads.
+    pub(crate) async fn blocking<T: Send + 'static>(
+        f: impl FnOnce() -> Result<T, KafkaError> + Send + 'static,
+    ) -> Result<Result<T, KafkaError>, QueueError> {
+        tokio::task::spawn_blocking(f).await.map_err(|e| QueueError::unavailable("kafka: blocking call", e))
+    }
+
+    fn timeout(&self) -> Duration {
+        self.config.send_timeout
+    }
+
+    /// The partitions of `topic`, `NotFound` when it does not exist.
+    pub(crate) async fn partitions(
+        self: &Arc<Self>,
+        queue: &str,
+        topic: &str,
+    ) -> Result<Vec<i32>, QueueError> {
+        let me = self.clone();
+        let t = topic.to_owned();
+        let md = Self::blocking(move || me.producer.client().fetch_metadata(Some(&t), me.timeout()))
+            .await?
+            .map_err(|e| queue_error("metadata", queue, &e))?;
+        let Some(found) = md.topics().iter().find(|x| x.name() == topic) else {
+            return Err(QueueError::NotFound(queue.to_owned()));
+        };
+        if let Some(err) = found.error() {
+            let code = RDKafkaErrorCode::from(err);
+            if matches!(code, RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic) {
+                return Err(QueueError::NotFound(queue.to_owned()));
+            }
+            return Err(QueueError::unavailable_msg(format!("kafka: metadata of {topic}: {code}")));
+        }
+        if found.partitions().is_empty() {
+            return Err(QueueError::NotFound(queue.to_owned()));
+        }
+        Ok(found.partitions().iter().map(|p| p.id()).collect())
+    }
+
+    /// Low and high watermarks of one partition.
+    pub(crate) async fn watermarks(
+        self: &Arc<Self>,
+        queue: &str,
+        topic: &str,
+        partition: i32,
+    ) -> Result<(i64, i64), QueueError> {
+        let me = self.clone();
+        let t = topic.to_owned();
+        Self::blocking(move || me.producer.client().fetch_watermarks(&t, partition, me.timeout()))
+            .await?
+            .map_err(|e| queue_error("watermarks", queue, &e))
+    }
+
+    fn reader(&self, group: &str) -> Result<Arc<BaseConsumer>, QueueError> {
+        let mut readers = self.readers.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(r) = readers.get(group) {
+            return Ok(r.clone());
+        }
+        let r: BaseConsumer = self
+            .config
+            .client()
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .create()
+            .map_err(|e| queue_error("group reader", group, &e))?;
+        let r = Arc::new(r);
+        readers.insert(group.to_owned(), r.clone());
+        Ok(r)
+    }
+
+    /// The committed offset (or `None`) and metadata of each partition.
+    pub(crate) async fn committed(
+        self: &Arc<Self>,
+        queue: &str,
+        group: &str,
+        parts: Vec<(String, i32)>,
+    ) -> Result<HashMap<(String, i32), (Option<i64>, String)>, QueueError> {
+        let reader = self.reader(group)?;
+        let timeout = self.timeout();
+        let mut tpl = TopicPartitionList::new();
+        for (t, p) in &parts {
+            tpl.add_partition(t, *p);
+        }
+        let got = Self::blocking(move || reader.committed_offsets(tpl, timeout))
+            .await?
+            .map_err(|e| queue_error("committed offsets", queue, &e))?;
+        Ok(got
+            .elements()
+            .iter()
+            .map(|e| {
+                let off = match e.offset() {
+                    Offset::Offset(o) => Some(o),
+                    _ => None,
+                };
+                ((e.topic().to_owned(), e.partition()), (off, e.metadata().to_owned()))
+            })
+            .collect())
+    }
+
+    /// Commits offsets for a group this process is not a member of (the
+    /// DLQ cursor, a purge with no member here).
+    pub(crate) async fn commit_as(
+        self: &Arc<Self>,
+        queue: &str,
+        group: &str,
+        offsets: Vec<(String, i32, i64, String)>,
+    ) -> Result<(), QueueError> {
+        let reader = self.reader(group)?;
+        let mut tpl = TopicPartitionList::new();
+        for (t, p, o, md) in &offsets {
+            tpl.add_partition_offset(t, *p, Offset::Offset(*o))
+                .map_err(|e| queue_error("commit", queue, &e))?;
+            if let Some(mut e) = tpl.find_partition(t, *p) {
+                e.set_metadata(md);
+            }
+        }
+        Self::blocking(move || reader.commit(&tpl, CommitMode::Sync))
+            .await?
+            .map_err(|e| queue_error("commit", queue, &e))
+    }
+
+    /// Produces one record and waits for its delivery report.
+    pub(crate) async fn produce(
+        &self,
+        queue: &str,
+        topic: &str,
+        key: Option<&[u8]>,
+        body: &[u8],
+        headers: rdkafka::message::OwnedHeaders,
+    ) -> Result<(), QueueError> {
+        let mut rec = FutureRecord::<[u8], [u8]>::to(topic).payload(body).headers(headers);
+        if let Some(k) = key {
+            rec = rec.key(k);
+        }
+        match self.producer.send(rec, rdkafka::util::Timeout::After(Duration::ZERO)).await {
+            Ok(_) => Ok(()),
+            Err((e, _)) => Err(queue_error("produce", queue, &e)),
+        }
+    }
+
+    pub(crate) fn spec(&self, queue: &str) -> QueueSpec {
+        self.specs.get(queue)
+    }
+}
+
+/// The Kafka backend: one producer, one admin client, one group member per
+/// queue consumed in this process.
+pub struct KafkaBackend {
+    shared: Arc<Shared>,
+    members: tokio::sync::Mutex<HashMap<String, Arc<Member>>>,
+}
+
+impl KafkaBackend {
+    /// Clients for the configured brokers. Connects lazily: a broker that is
+    /// down makes calls fail, not this.
+    pub async fn connect(cfg: &KafkaConfig) -> Result<Self, QueueError> {
+        let producer: FutureProducer = cfg
+            .client()
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("message.timeout.ms", ms(cfg.send_timeout))
+            .set("linger.ms", ms(cfg.linger))
+            .set("batch.size", cfg.batch_bytes.to_string())
+            .create()
+            .map_err(|e| queue_error("producer", "", &e))?;
+        let admin: AdminClient<DefaultClientContext> =
+            cfg.client().create().map_err(|e| queue_error("admin client", "", &e))?;
+        let shared = Arc::new(Shared {
+            config: cfg.clone(),
+            producer,
+            admin,
+            specs: Specs::default(),
+            clock: Clock::system(),
+            readers: Mutex::new(HashMap::new()),
+        });
+        Ok(Self { shared, members: tokio::sync::Mutex::new(HashMap::new()) })
+    }
+
+    async fn member(&self, queue: &str) -> Result<Arc<Member>, QueueError> {
+        let mut members = self.members.lock().await;
+        if let Some(m) = members.get(queue) {
+            return Ok(m.clone());
+        }
+        self.shared.partitions(queue, queue).await?;
+        let m = Arc::new(Member::start(self.shared.clone(), queue)?);
+        // A consumer is ready once the group gave its member partitions:
+        // until then every receive would come back empty.
+        let deadline =
+            tokio::time::Instant::now() + self.shared.config.session_timeout.max(Duration::from_secs(10));
+        while !m.assigned() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if !m.assigned() {
+            tracing::warn!(
+                queue,
+                "kafka: the group has not assigned partitions yet; receives stay empty until it does"
+            );
+        }
+        members.insert(queue.to_owned(), m.clone());
+        Ok(m)
+    }
+
+    /// Deletes the topics of every queue this backend ensured (tests).
+    pub async fn delete_ensured(&self) {
+        self.members.lock().await.clear();
+        let names: Vec<String> = self.shared.specs.names().iter().flat_map(|q| topics::all(q)).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        if let Err(e) = self.shared.admin.delete_topics(&refs, &opts).await {
+            tracing::warn!(error = %e, "could not delete test topics");
+        }
+    }
+
+    /// Counts of the source and the retry tiers: (unsettled not held, held), per kind.
+    async fn counts(&self, queue: &str) -> Result<QueueStats, QueueError> {
+        let s = &self.shared;
+        let group = s.config.group(queue);
+        let mut parts = Vec::new();
+        for topic in topics::consumed(queue) {
+            let ps = match s.partitions(queue, &topic).await {
+                Ok(ps) => ps,
+                // A tier that was never created (an older ensure): nothing in it.
+                Err(QueueError::NotFound(_)) if topic != queue => continue,
+                Err(e) => return Err(e),
+            };
+            parts.extend(ps.into_iter().map(|p| (topic.clone(), p)));
+        }
+        let mut committed = s.committed(queue, &group, parts.clone()).await?;
+        // This process's own member knows better than the commit: exact, and
+        // independent of whether the broker keeps commit metadata (tansu
+        // 0.6.0 drops it).
+        if let Some(m) = self.members.lock().await.get(queue) {
+            for (tp, (o, md)) in m.commit_points() {
+                committed.insert(tp, (Some(o), md));
+            }
+        }
+        let mut stats = QueueStats::default();
+        for (topic, p) in parts {
+            let (low, high) = s.watermarks(queue, &topic, p).await?;
+            let (off, md) = committed.get(&(topic.clone(), p)).cloned().unwrap_or((None, String::new()));
+            let from = off.unwrap_or(low).max(low);
+            let window = ledger::decode(from, &md);
+            let held_now = window.unsettled.iter().filter(|(o, i)| i.held && **o < high).count() as u64;
+            let unsettled =
+                u64::try_from(high - from).unwrap_or(0).saturating_sub(window.settled_count(from));
+            let waiting = unsettled.saturating_sub(held_now);
+            stats.in_flight += held_now;
+            if topic == queue {
+                stats.visible += waiting;
+            } else {
+                stats.delayed += waiting;
+            }
+        }
+        let dlq = topics::dlq(queue);
+        let (low, high) = s.watermarks(queue, &dlq, 0).await?;
+        let cursor = s.committed(queue, &s.config.dlq_group(queue), vec![(dlq.clone(), 0)]).await?;
+        let from = cursor.get(&(dlq, 0)).and_then(|(o, _)| *o).unwrap_or(low).max(low);
+        stats.dead = u64::try_from(high - from).unwrap_or(0);
+        Ok(stats)
+    }
+
+    /// Reads up to `max` dead letters from the cursor on: (offset, record).
+    async fn read_dead(&self, queue: &str, max: usize) -> Result<(i64, Vec<Record>), QueueError> {
+        let s = self.shared.clone();
+        let dlq = topics::dlq(queue);
+        s.partitions(queue, &dlq).await?;
+        let (low, high) = s.watermarks(queue, &dlq, 0).await?;
+        let cursor = s.committed(queue, &s.config.dlq_group(queue), vec![(dlq.clone(), 0)]).await?;
+        let from = cursor.get(&(dlq.clone(), 0)).and_then(|(o, _)| *o).unwrap_or(low).max(low);
+        if from >= high || max == 0 {
+            return Ok((from, Vec::new()));
+        }
+        let want = usize::try_from(high - from).unwrap_or(usize::MAX).min(max);
+        let reader: BaseConsumer = s
+            .config
+            .client()
+            .set("group.id", format!("{}.peek", s.config.dlq_group(queue)))
+            .set("enable.auto.commit", "false")
+            .set("fetch.wait.max.ms", "10")
+            .create()
+            .map_err(|e| queue_error("dlq reader", queue, &e))?;
+        let timeout = s.timeout();
+        let records = Shared::blocking(move || {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(&dlq, 0, Offset::Offset(from))?;
+            reader.assign(&tpl)?;
+            let deadline = std::time::Instant::now() + timeout;
+            let mut out = Vec::new();
+            while out.len() < want && std::time::Instant::now() < deadline {
+                match reader.poll(Duration::from_millis(100)) {
+                    Some(Ok(m)) => {
+                        let r = Record::of(&m);
+                        if r.offset >= from {
+                            out.push(r);
+                        }
+                    }
+                    Some(Err(e)) => return Err(e),
+                    None => {}
+                }
+            }
+            Ok(out)
+        })
+        .await?
+        .map_err(|e| queue_error("read dead letters", queue, &e))?;
+        if records.len() < want {
+            return Err(QueueError::unavailable_msg(format!(
+                "kafka: read {} of {want} dead letters of {queue} before the timeout",
+                records.len()
+            )));
+        }
+        Ok((from, records))
+    }
+}
+
+#[async_trait]
+impl Admin for KafkaBackend {
+    /// Creates the source topic, the retry tiers and the DLQ; topics that
+    /// exist are kept as they are.
+    async fn ensure(&self, spec: &QueueSpec) -> Result<(), QueueError> {
+        topics::check_name(&spec.name)?;
+        let cfg = &self.shared.config;
+        let names = topics::all(&spec.name);
+        let dlq = topics::dlq(&spec.name);
+        let new: Vec<NewTopic<'_>> = names
+            .iter()
+            .map(|t| {
+                let partitions = if *t == dlq { 1 } else { cfg.partitions };
+                NewTopic::new(t, partitions, TopicReplication::Fixed(cfg.replication))
+            })
+            .collect();
+        let opts = AdminOptions::new().operation_timeout(Some(cfg.send_timeout));
+        let results = self
+            .shared
+            .admin
+            .create_topics(&new, &opts)
+            .await
+            .map_err(|e| queue_error("create topics", &spec.name, &e))?;
+        for r in results {
+            if let Err((topic, code)) = r {
+                if code != RDKafkaErrorCode::TopicAlreadyExists {
+                    return Err(QueueError::unavailable_msg(format!("kafka: create topic {topic}: {code}")));
+                }
+            }
+        }
+        self.shared.specs.insert(spec);
+        Ok(())
+    }
+
+    async fn stats(&self, queue: &str) -> Result<QueueStats, QueueError> {
+        self.counts(queue).await
+    }
+
+    async fn peek_dead(&self, queue: &str, max: usize) -> Result<Vec<DeadLetter>, QueueError> {
+        let (_, records) = self.read_dead(queue, max).await?;
+        Ok(records.iter().map(Record::dead_letter).collect())
+    }
+
+    /// Sends up to `max` dead letters back to the source topic with their
+    /// count reset, then moves the DLQ cursor past them. A crash between
+    /// the two sends them again on the next redrive (duplicates, no loss).
+    async fn redrive(&self, queue: &str, max: usize) -> Result<u64, QueueError> {
+        let (from, records) = self.read_dead(queue, max).await?;
+        let Some(last) = records.last().map(|r| r.offset) else {
+            return Ok(0);
+        };
+        let sends = records.iter().map(|r| {
+            let headers = r.headers_with(&wire::DEAD_ONLY, &[]);
+            self.shared.produce(queue, queue, r.key.as_deref(), &r.body, headers)
+        });
+        for outcome in futures::future::join_all(sends).await {
+            outcome?;
+        }
+        let dlq = topics::dlq(queue);
+        self.shared
+            .commit_as(queue, &self.shared.config.dlq_group(queue), vec![(dlq, 0, last + 1, String::new())])
+            .await?;
+        debug_assert!(last >= from);
+        Ok(records.len() as u64)
+    }
+
+    /// Moves the group (or the DLQ cursor) past everything there is now.
+    /// Kafka's DeleteRecords is not used: some Kafka-protocol brokers do
+    /// not have it, and the records are still needed by nobody.
+    async fn purge(&self, queue: &str, target: PurgeTarget) -> Result<u64, QueueError> {
+        match target {
+            PurgeTarget::Dead => {
+                let before = self.counts(queue).await?.dead;
+                let dlq = topics::dlq(queue);
+                let (_, high) = self.shared.watermarks(queue, &dlq, 0).await?;
+                self.shared
+                    .commit_as(
+                        queue,
+                        &self.shared.config.dlq_group(queue),
+                        vec![(dlq, 0, high, String::new())],
+                    )
+                    .await?;
+                Ok(before)
+            }
+            PurgeTarget::Source => {
+                let before = self.counts(queue).await?.pending();
+                let mut ends = Vec::new();
+                for topic in topics::consumed(queue) {
+                    let Ok(ps) = self.shared.partitions(queue, &topic).await else { continue };
+                    for p in ps {
+                        let (_, high) = self.shared.watermarks(queue, &topic, p).await?;
+                        ends.push((topic.clone(), p, high));
+                    }
+                }
+                let member = self.members.lock().await.get(queue).cloned();
+                match member {
+                    Some(m) => m.purge(ends).await?,
+                    None => {
+                        let offsets = ends.into_iter().map(|(t, p, o)| (t, p, o, String::new())).collect();
+                        self.shared.commit_as(queue, &self.shared.config.group(queue), offsets).await?;
+                    }
+                }
+                Ok(before)
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Backend for KafkaBackend {
+    fn kind(&self) -> &'static str {
+        "kafka"
+    }
+
+    async fn producer(&self, queue: &str) -> Result<Arc<dyn Producer>, QueueError> {
+        self.shared.partitions(queue, queue).await?;
+        Ok(Arc::new(producer::KafkaProducer::new(self.shared.clone(), queue)))
+    }
+
+    async fn consumer(&self, queue: &str) -> Result<Arc<dyn Consumer>, QueueError> {
+        let member = self.member(queue).await?;
+        Ok(Arc::new(consumer::KafkaConsumer::new(member)))
+    }
+
+    /// A metadata round trip to the brokers.
+    async fn ready(&self) -> Result<(), QueueError> {
+        let me = self.shared.clone();
+        let timeout = Duration::from_secs(2).min(me.config.send_timeout);
+        Shared::blocking(move || me.producer.client().fetch_metadata(None, timeout).map(|_| ()))
+            .await?
+            .map_err(|e| queue_error("metadata", "", &e))
+    }
+}
