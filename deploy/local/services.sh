@@ -64,19 +64,19 @@ up_rabbit_management() {
 }
 
 # Python tools the tests drive, in a venv at a fixed path so it is made once
-# per machine and reused: pika (the AMQP interop test), moto (the SQS server)
-# and boto3 (the SQS interop test).
+# per machine and reused: pika (the AMQP interop test), moto (the SQS server),
+# boto3 (the SQS interop test) and confluent-kafka (the Kafka interop test).
 VENV="${SPILLWAY_VENV:-/var/tmp/spillway-venv}"
-PY_PACKAGES=(pika==1.3.2 "moto[server]==5.2.5" boto3==1.44.8)
+PY_PACKAGES=(pika==1.3.2 "moto[server]==5.2.5" boto3==1.44.8 confluent-kafka==2.12.1)
 
-have_venv() { [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c 'import pika, moto, boto3, flask' 2>/dev/null; }
+have_venv() { [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c 'import pika, moto, boto3, flask, confluent_kafka' 2>/dev/null; }
 
 up_venv() {
   if have_venv; then log "Python venv is ready at $VENV"; return; fi
   log "making the Python venv at $VENV (once per machine)"
   [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q "${PY_PACKAGES[@]}"
-  have_venv || { log "the venv at $VENV lacks pika, moto or boto3; remove it and run this again"; exit 1; }
+  have_venv || { log "the venv at $VENV lacks pika, moto, boto3 or confluent-kafka; remove it and run this again"; exit 1; }
 }
 
 # moto's SQS server, from the venv, in the background. It keeps everything in
