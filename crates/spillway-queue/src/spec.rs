@@ -84,3 +84,16 @@ impl Specs {
         self.map().keys().cloned().collect()
     }
 }
+
+/// The retry tier a delay goes to: the smallest of `tiers_ms` at least as
+/// long as the delay (never hidden for less than asked), the last one for
+/// longer delays; `None` for no delay. Shared by the broker backends that
+/// build delays from fixed-delay tiers (RabbitMQ queues, Kafka topics).
+#[cfg(any(feature = "rabbitmq", feature = "kafka"))]
+pub(crate) fn tier_for(tiers_ms: &[u64], delay: Duration) -> Option<u64> {
+    if delay.is_zero() {
+        return None;
+    }
+    let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+    tiers_ms.iter().copied().find(|&t| t >= ms).or_else(|| tiers_ms.last().copied())
+}

@@ -405,31 +405,26 @@ impl KafkaBackend {
         Ok(m)
     }
 
-    /// Deletes the topics of every queue this backend ensured (tests).
-    pub async fn delete_ensured(&self) {
-        self.members.lock().await.clear();
-        let names: Vec<String> = self.shared.specs.names().iter().flat_map(|q| topics::all(q)).collect();
-        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-        if let Err(e) = self.shared.admin.delete_topics(&refs, &opts).await {
-            tracing::warn!(error = %e, "could not delete test topics");
+    /// Every partition of the source topic and the retry tiers. A tier that
+    /// was never created (an older ensure) has nothing in it and is left out.
+    async fn consumed_partitions(&self, queue: &str) -> Result<Vec<(String, i32)>, QueueError> {
+        let mut parts = Vec::new();
+        for topic in topics::consumed(queue) {
+            let ps = match self.shared.partitions(queue, &topic).await {
+                Ok(ps) => ps,
+                Err(QueueError::NotFound(_)) if topic != queue => continue,
+                Err(e) => return Err(e),
+            };
+            parts.extend(ps.into_iter().map(|p| (topic.clone(), p)));
         }
+        Ok(parts)
     }
 
     /// Counts of the source and the retry tiers: (unsettled not held, held), per kind.
     async fn counts(&self, queue: &str) -> Result<QueueStats, QueueError> {
         let s = &self.shared;
         let group = s.config.group(queue);
-        let mut parts = Vec::new();
-        for topic in topics::consumed(queue) {
-            let ps = match s.partitions(queue, &topic).await {
-                Ok(ps) => ps,
-                // A tier that was never created (an older ensure): nothing in it.
-                Err(QueueError::NotFound(_)) if topic != queue => continue,
-                Err(e) => return Err(e),
-            };
-            parts.extend(ps.into_iter().map(|p| (topic.clone(), p)));
-        }
+        let parts = self.consumed_partitions(queue).await?;
         let mut committed = s.committed(queue, &group, parts.clone()).await?;
         // This process's own member knows better than the commit: exact, and
         // independent of whether the broker keeps commit metadata (tansu
@@ -604,12 +599,9 @@ impl Admin for KafkaBackend {
             PurgeTarget::Source => {
                 let before = self.counts(queue).await?.pending();
                 let mut ends = Vec::new();
-                for topic in topics::consumed(queue) {
-                    let Ok(ps) = self.shared.partitions(queue, &topic).await else { continue };
-                    for p in ps {
-                        let (_, high) = self.shared.watermarks(queue, &topic, p).await?;
-                        ends.push((topic.clone(), p, high));
-                    }
+                for (topic, p) in self.consumed_partitions(queue).await? {
+                    let (_, high) = self.shared.watermarks(queue, &topic, p).await?;
+                    ends.push((topic, p, high));
                 }
                 let member = self.members.lock().await.get(queue).cloned();
                 match member {

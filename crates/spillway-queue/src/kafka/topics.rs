@@ -52,12 +52,7 @@ pub(crate) fn all(queue: &str) -> Vec<String> {
 /// The topic a message with `delay` goes to: the source, or the smallest
 /// tier at least as long as the delay.
 pub(crate) fn route_for(queue: &str, delay: Duration) -> String {
-    if delay.is_zero() {
-        return queue.to_owned();
-    }
-    let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
-    let t = TIERS_MS.iter().copied().find(|&t| t >= ms).unwrap_or(TIERS_MS[TIERS_MS.len() - 1]);
-    tier(queue, t)
+    crate::spec::tier_for(&TIERS_MS, delay).map_or_else(|| queue.to_owned(), |t| tier(queue, t))
 }
 
 /// Kafka topic names: ASCII letters, digits, `.`, `_`, `-`, and short

@@ -38,12 +38,7 @@ pub(crate) fn tier_queue(queue: &str, tier_ms: u64) -> String {
 /// The queue a message with `delay` goes to: the source, or the smallest tier
 /// at least as long as the delay.
 pub(crate) fn route_for(queue: &str, delay: Duration) -> String {
-    if delay.is_zero() {
-        return queue.to_owned();
-    }
-    let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
-    let tier = TIERS_MS.iter().copied().find(|&t| t >= ms).unwrap_or(TIERS_MS[TIERS_MS.len() - 1]);
-    tier_queue(queue, tier)
+    crate::spec::tier_for(&TIERS_MS, delay).map_or_else(|| queue.to_owned(), |t| tier_queue(queue, t))
 }
 
 fn text(s: &str) -> AMQPValue {
