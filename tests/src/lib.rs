@@ -510,6 +510,106 @@ impl Moto {
     }
 }
 
+/// A tansu (Kafka-protocol) broker of the test's own, on a free port with
+/// its SQLite data in a folder of its own, so the test may `kill -9` and
+/// restart it without touching the shared broker other tests use. Killed
+/// when dropped.
+pub struct Tansu {
+    pub port: u16,
+    /// The address it tells clients to use (a proxy in front of it, say).
+    advertised: u16,
+    dir: tempfile::TempDir,
+    process: Option<Process>,
+}
+
+impl Tansu {
+    /// The binary `deploy/local/services.sh up` installs.
+    fn bin() -> PathBuf {
+        let home = std::env::var("CARGO_HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo"));
+        let bin = home.join("bin/tansu");
+        assert!(
+            bin.is_file(),
+            "no tansu at {}: install it with `deploy/local/services.sh up` (cargo install tansu --version 0.6.0 --locked --features libsql,dynostore)",
+            bin.display()
+        );
+        bin
+    }
+
+    pub async fn start() -> Self {
+        let port = free_port();
+        Self::start_advertising(port, port).await
+    }
+
+    /// Listens on `port` and tells clients to connect to `advertised`,
+    /// where a [`Proxy`] to `port` will be.
+    pub async fn start_advertising(port: u16, advertised: u16) -> Self {
+        let mut t = Self { port, advertised, dir: tempfile::tempdir().expect("tansu dir"), process: None };
+        t.restart().await;
+        t
+    }
+
+    /// The port it tells clients to use.
+    pub fn advertised(&self) -> u16 {
+        self.advertised
+    }
+
+    /// `host:port` for `brokers`: the advertised address.
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.advertised)
+    }
+
+    /// Starts it (again) on the same port and data, and waits until it listens.
+    pub async fn restart(&mut self) {
+        let listen = format!("tcp://127.0.0.1:{}", self.port);
+        let advertised = format!("tcp://127.0.0.1:{}", self.advertised);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("tansu.log"))
+            .expect("tansu log");
+        let child = Command::new(Self::bin())
+            .current_dir(self.dir.path())
+            .args(["broker", "--listener-url", &listen, "--advertised-listener-url", &advertised])
+            // Relative: tansu resolves an absolute sqlite URL against the current folder.
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start tansu");
+        self.process = Some(Process(child));
+        let port = self.port;
+        eventually(Duration::from_secs(30), "tansu listening", || async {
+            TcpStream::connect(("127.0.0.1", port)).await.is_ok()
+        })
+        .await;
+    }
+
+    /// The broker's own panics, from its log: what to look at first when a
+    /// test on it failed.
+    pub fn panics(&self) -> Vec<String> {
+        let log = std::fs::read_to_string(self.dir.path().join("tansu.log")).unwrap_or_default();
+        log.lines().filter(|l| l.contains("panicked at")).map(str::to_owned).collect()
+    }
+
+    /// `kill -9`: no clean shutdown, as a crash or a lost node.
+    pub fn kill9(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            let _ = p.0.kill();
+            let _ = p.0.wait();
+        }
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("tansu's panics in this test: {:#?}", self.panics());
+        }
+    }
+}
+
 /// A port nothing listens on right now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
@@ -527,7 +627,12 @@ pub struct Proxy {
 
 impl Proxy {
     pub async fn start(target: u16) -> Arc<Self> {
-        let proxy = Arc::new(Self { port: free_port(), target, tasks: std::sync::Mutex::default() });
+        Self::start_on(free_port(), target).await
+    }
+
+    /// Listens on `port` (one a server advertises), forwarding to `target`.
+    pub async fn start_on(port: u16, target: u16) -> Arc<Self> {
+        let proxy = Arc::new(Self { port, target, tasks: std::sync::Mutex::default() });
         proxy.up().await;
         proxy
     }
@@ -565,6 +670,8 @@ pub struct Seen {
     pub accepted: std::collections::HashSet<String>,
     /// Every status, in order.
     pub statuses: Vec<u16>,
+    /// How long each answer took, in the same order.
+    pub took: Vec<Duration>,
     /// Answers that took longer than the send timeout plus a second.
     pub slow: Vec<Duration>,
 }
@@ -580,6 +687,15 @@ impl Seen {
         assert!(self.slow.is_empty(), "answers slower than the send timeout: {:?}", self.slow);
         let after = self.statuses.iter().rev().take_while(|s| **s == 202).count();
         assert!(after > 10, "the gateway did not recover: {after} 2xx at the end");
+    }
+
+    /// The share of 503s answered within `within`: a backend that knows
+    /// its broker is down refuses at once instead of waiting out the
+    /// send timeout on every request.
+    pub fn fast_503_share(&self, within: Duration) -> f64 {
+        let took: Vec<&Duration> =
+            self.statuses.iter().zip(&self.took).filter(|(s, _)| **s == 503).map(|(_, t)| t).collect();
+        took.iter().filter(|t| ***t <= within).count() as f64 / took.len().max(1) as f64
     }
 
     pub fn answered_503(&self) -> usize {
@@ -634,6 +750,7 @@ impl SteadyLoad {
                     {
                         let mut s = seen.lock().expect("lock");
                         s.statuses.push(status);
+                        s.took.push(took);
                         if took > send_timeout + Duration::from_secs(1) {
                             s.slow.push(took);
                         }

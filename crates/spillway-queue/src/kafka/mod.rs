@@ -27,6 +27,7 @@
 //! what was held (see [`ledger`]). `docs/backends.md` has the whole design.
 
 mod consumer;
+mod health;
 mod ledger;
 mod member;
 mod producer;
@@ -54,7 +55,11 @@ use rdkafka::{
 };
 use serde::{Deserialize, Serialize};
 
-use self::{member::Member, wire::Record};
+use self::{
+    health::{Health, ProducerCtx},
+    member::Member,
+    wire::Record,
+};
 use crate::{
     spec::Specs, Admin, Backend, Clock, Consumer, DeadLetter, Producer, PurgeTarget, QueueError, QueueSpec,
     QueueStats,
@@ -149,6 +154,9 @@ impl KafkaConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.brokers);
         c.set("client.id", "spillway");
+        // librdkafka backs off up to 10 s between reconnects by default: a
+        // broker back after a restart would wait that long for traffic.
+        c.set("reconnect.backoff.max.ms", "1000");
         for (k, v) in &self.options {
             c.set(k, v);
         }
@@ -190,7 +198,9 @@ pub(crate) fn queue_error(what: &str, queue: &str, e: &KafkaError) -> QueueError
 /// What every part of the backend shares: clients, config, policies.
 pub(crate) struct Shared {
     pub(crate) config: KafkaConfig,
-    pub(crate) producer: FutureProducer,
+    pub(crate) producer: FutureProducer<ProducerCtx>,
+    /// Whether the brokers answer; sends fail fast while they do not.
+    health: Arc<Health>,
     admin: AdminClient<DefaultClientContext>,
     pub(crate) specs: Specs,
     pub(crate) clock: Clock,
@@ -333,13 +343,19 @@ impl Shared {
         body: &[u8],
         headers: rdkafka::message::OwnedHeaders,
     ) -> Result<(), QueueError> {
+        if self.health.is_down() {
+            return Err(QueueError::unavailable_msg("kafka: brokers unreachable"));
+        }
         let mut rec = FutureRecord::<[u8], [u8]>::to(topic).payload(body).headers(headers);
         if let Some(k) = key {
             rec = rec.key(k);
         }
         match self.producer.send(rec, rdkafka::util::Timeout::After(Duration::ZERO)).await {
             Ok(_) => Ok(()),
-            Err((e, _)) => Err(queue_error("produce", queue, &e)),
+            Err((e, _)) => {
+                self.health.observe(&e);
+                Err(queue_error("produce", queue, &e))
+            }
         }
     }
 
@@ -359,20 +375,23 @@ impl KafkaBackend {
     /// Clients for the configured brokers. Connects lazily: a broker that is
     /// down makes calls fail, not this.
     pub async fn connect(cfg: &KafkaConfig) -> Result<Self, QueueError> {
-        let producer: FutureProducer = cfg
+        let probe: BaseConsumer = cfg.client().create().map_err(|e| queue_error("probe client", "", &e))?;
+        let health = Health::new(probe);
+        let producer: FutureProducer<ProducerCtx> = cfg
             .client()
             .set("acks", "all")
             .set("enable.idempotence", "true")
             .set("message.timeout.ms", ms(cfg.send_timeout))
             .set("linger.ms", ms(cfg.linger))
             .set("batch.size", cfg.batch_bytes.to_string())
-            .create()
+            .create_with_context(ProducerCtx(health.clone()))
             .map_err(|e| queue_error("producer", "", &e))?;
         let admin: AdminClient<DefaultClientContext> =
             cfg.client().create().map_err(|e| queue_error("admin client", "", &e))?;
         let shared = Arc::new(Shared {
             config: cfg.clone(),
             producer,
+            health,
             admin,
             specs: Specs::default(),
             clock: Clock::system(),
@@ -633,12 +652,19 @@ impl Backend for KafkaBackend {
         Ok(Arc::new(consumer::KafkaConsumer::new(member)))
     }
 
-    /// A metadata round trip to the brokers.
+    /// Not while the brokers are known to be down; else a metadata round
+    /// trip to them.
     async fn ready(&self) -> Result<(), QueueError> {
+        if self.shared.health.is_down() {
+            return Err(QueueError::unavailable_msg("kafka: brokers unreachable"));
+        }
         let me = self.shared.clone();
         let timeout = Duration::from_secs(2).min(me.config.send_timeout);
-        Shared::blocking(move || me.producer.client().fetch_metadata(None, timeout).map(|_| ()))
-            .await?
-            .map_err(|e| queue_error("metadata", "", &e))
+        let reached =
+            Shared::blocking(move || me.producer.client().fetch_metadata(None, timeout).map(|_| ())).await?;
+        if reached.is_err() {
+            self.shared.health.suspect();
+        }
+        reached.map_err(|e| queue_error("metadata", "", &e))
     }
 }

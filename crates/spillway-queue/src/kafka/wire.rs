@@ -3,7 +3,7 @@
 //!
 //! | header | what |
 //! |---|---|
-//! | every attribute, by its own name | the message's attributes (names starting `spillway-` are refused at send) |
+//! | every attribute, by its own name | the message's attributes (the names below are refused at send; other `spillway-` names, such as the gateway's `spillway-format` and `spillway-route`, are attributes like any other) |
 //! | `spillway-id` | the message id |
 //! | `spillway-enqueued-at` | when it was first sent, ms since the epoch |
 //! | `spillway-dedup-key` | the dedup key, for sinks that want it (Kafka drops nothing) |
@@ -23,7 +23,6 @@ use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 
 use crate::{clock::ms_time, DeadLetter, OutgoingMessage, QueueError, ReceivedMessage};
 
-pub(crate) const PREFIX: &str = "spillway-";
 pub(crate) const ID: &str = "spillway-id";
 pub(crate) const ENQUEUED_AT: &str = "spillway-enqueued-at";
 pub(crate) const DEDUP_KEY: &str = "spillway-dedup-key";
@@ -35,6 +34,20 @@ pub(crate) const SOURCE_QUEUE: &str = "spillway-source-queue";
 pub(crate) const RECEIVE_COUNT: &str = "spillway-receive-count";
 pub(crate) const LAST_RECEIVED_AT: &str = "spillway-last-received-at";
 pub(crate) const DEAD_LETTERED_AT: &str = "spillway-dead-lettered-at";
+/// Every header the backend writes itself: never an attribute.
+pub(crate) const RESERVED: [&str; 11] = [
+    ID,
+    ENQUEUED_AT,
+    DEDUP_KEY,
+    DUE_AT,
+    FAILURES,
+    FIRST_RECEIVED_AT,
+    LAST_ERROR,
+    SOURCE_QUEUE,
+    RECEIVE_COUNT,
+    LAST_RECEIVED_AT,
+    DEAD_LETTERED_AT,
+];
 /// The headers of one life of a message, dropped when a dead letter is
 /// redriven: it starts again with a count of zero.
 pub(crate) const DEAD_ONLY: [&str; 8] = [
@@ -113,11 +126,11 @@ impl Record {
         self.int(ENQUEUED_AT).or(self.timestamp_ms).unwrap_or(0)
     }
 
-    /// The attributes: every header not starting with `spillway-`.
+    /// The attributes: every header the backend did not write itself.
     pub(crate) fn attributes(&self) -> BTreeMap<String, String> {
         self.headers
             .iter()
-            .filter(|(k, _)| !k.starts_with(PREFIX))
+            .filter(|(k, _)| !RESERVED.contains(&k.as_str()))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect()
     }
@@ -168,9 +181,9 @@ impl Record {
 pub(crate) fn headers_for(m: &OutgoingMessage, now_ms: i64) -> Result<OwnedHeaders, QueueError> {
     let mut h = OwnedHeaders::new_with_capacity(m.attributes.len() + 4);
     for (k, v) in &m.attributes {
-        if k.starts_with(PREFIX) {
+        if RESERVED.contains(&k.as_str()) {
             return Err(QueueError::Invalid(format!(
-                "attribute {k:?}: names starting with `{PREFIX}` are reserved for Spillway on Kafka"
+                "attribute {k:?}: the Kafka backend writes that header itself"
             )));
         }
         h = h.insert(Header { key: k, value: Some(v.as_bytes()) });
@@ -196,6 +209,30 @@ mod tests {
         let mut m = OutgoingMessage::new("a", "b");
         m.attributes.insert("spillway-failures".into(), "0".into());
         assert!(matches!(headers_for(&m, 0), Err(QueueError::Invalid(_))));
+    }
+
+    /// The gateway's own attributes (`spillway-format`, `spillway-route`)
+    /// are not the backend's headers: they travel, and come back.
+    #[test]
+    fn other_spillway_attributes_round_trip() {
+        let mut m = OutgoingMessage::new("a", "b");
+        m.attributes.insert("spillway-format".into(), "json".into());
+        let h = headers_for(&m, 0).expect("not reserved");
+        let headers = h
+            .iter()
+            .map(|h| (h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()))
+            .collect();
+        let r = Record {
+            topic: "q".into(),
+            partition: 0,
+            offset: 0,
+            key: None,
+            body: Bytes::new(),
+            headers,
+            timestamp_ms: None,
+        };
+        assert_eq!(r.attributes().get("spillway-format").map(String::as_str), Some("json"));
+        assert!(!r.attributes().contains_key(ID), "the id is not an attribute");
     }
 
     #[test]
