@@ -113,6 +113,12 @@ pub struct Capabilities {
     /// Whether a send can carry its own delay (SQS FIFO: no). Where not, a
     /// delayed send is refused with `Invalid` and nothing is stored.
     pub per_message_delay: bool,
+    /// Whether a message held by a process that went away comes back to the
+    /// next process counted, as a failure would. Kafka carries that count in
+    /// its commit metadata, which some brokers drop (tansu 0.6.0); where it
+    /// is not counted the message comes back with the count it had (at
+    /// least once, never lost).
+    pub crash_counted_across_processes: bool,
 }
 
 impl Capabilities {
@@ -129,6 +135,7 @@ impl Capabilities {
             key_order: KeyOrder::Strict,
             release_counts: false,
             per_message_delay: true,
+            crash_counted_across_processes: true,
         }
     }
 }
@@ -828,6 +835,55 @@ pub async fn crashing_consumers_count_and_dead_letter_at_the_limit<H: Harness>(h
     assert_eq!(dead[0].receive_count, 5);
 }
 
+/// A message held by a consumer whose process went away (a new connection
+/// to the same storage, as after a restart, received it and was dropped
+/// without a verdict) comes back to the next process counted, so a message
+/// that kills every process it reaches still walks to the DLQ. Where that
+/// is declared uncounted, it comes back with its old count; where the
+/// backend keeps nothing across processes, the next one does not have it.
+pub async fn a_crash_in_another_process_is_counted<H: Harness>(h: &H) {
+    let caps = H::capabilities();
+    let b = h.backend().await;
+    let name = format!("conf-xcrash-{:08x}{}", rand::thread_rng().gen::<u32>(), H::queue_suffix());
+    let spec = QueueSpec { name: name.clone(), dead_letter: policy::<H>(5), max_message_bytes: 64 * 1024 };
+    b.ensure(&spec).await.expect("ensure queue");
+    b.producer(&name).await.expect("producer").send(msg(1)).await.expect("send");
+    let process = || {
+        let spec = spec.clone();
+        async move {
+            let other = h.reopen().await;
+            other.ensure(&spec).await.expect("ensure in the other process");
+            let c = other.consumer(&spec.name).await.expect("consumer in the other process");
+            (other, c)
+        }
+    };
+    if !caps.durable {
+        let (_other, c) = process().await;
+        assert_empty(&c).await;
+        return;
+    }
+    {
+        let (crashed, c) = process().await;
+        let d = receive_one(&c).await;
+        assert_eq!(d.receive_count, 1);
+        // Gone without a verdict: no ack, no nack, no close.
+        drop((c, crashed));
+    }
+    let (_next, c) = process().await;
+    if caps.redelivery == Redelivery::AfterVisibilityTimeout {
+        tokio::time::sleep(visibility::<H>() + Duration::from_millis(200)).await;
+    }
+    let d = receive_one(&c).await;
+    let want = if caps.crash_counted_across_processes { 2 } else { 1 };
+    assert_eq!(
+        d.receive_count,
+        want,
+        "the crash of the process that held it (declared counted: {})",
+        want == 2
+    );
+    c.ack(&d).await.expect("ack");
+}
+
 /// `extend` keeps a message hidden past its visibility timeout.
 pub async fn extend_keeps_a_message_hidden<H: Harness>(h: &H) {
     let b = h.backend().await;
@@ -982,6 +1038,7 @@ macro_rules! conformance_tests {
             release_does_not_count_toward_the_dlq,
             expired_last_receive_dead_letters_on_next_receive,
             crashing_consumers_count_and_dead_letter_at_the_limit,
+            a_crash_in_another_process_is_counted,
             extend_keeps_a_message_hidden,
             dead_letter_moves_at_once,
             ensure_is_idempotent,
