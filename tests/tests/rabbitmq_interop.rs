@@ -79,6 +79,7 @@ queue = "{QUEUE}"
             connection_name: "interop-test".into(),
             confirm_timeout: std::time::Duration::from_secs(10),
             management_url: None,
+            publisher_channels: 1,
         },
     ))
     .await
