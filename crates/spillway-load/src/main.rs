@@ -143,9 +143,16 @@ struct RunArgs {
     verify_pg: Option<String>,
     #[arg(long)]
     verify_table: Option<String>,
-    /// …or against the JSON lines the stdout sink wrote.
+    /// …or against the JSON lines the stdout sink wrote…
     #[arg(long, conflicts_with = "verify_pg")]
     verify_jsonl: Option<PathBuf>,
+    /// …or by draining this queue (no consumer running): the backend is the
+    /// `[queue]` of `--verify-config`. Destructive.
+    #[arg(long, requires = "verify_config", conflicts_with_all = ["verify_pg", "verify_jsonl"])]
+    verify_queue: Option<String>,
+    /// A spillway config file, for `--verify-queue`.
+    #[arg(long)]
+    verify_config: Option<PathBuf>,
     /// How long to wait for the last deliveries after the load, since the
     /// last progress.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
@@ -177,9 +184,15 @@ impl RunArgs {
     }
 
     fn source(&self) -> Option<Source> {
-        match (&self.verify_pg, &self.verify_table, &self.verify_jsonl) {
-            (Some(url), Some(table), _) => Some(Source::Postgres { url: url.clone(), table: table.clone() }),
-            (_, _, Some(path)) => Some(Source::Jsonl { path: path.clone() }),
+        match (&self.verify_pg, &self.verify_table, &self.verify_jsonl, &self.verify_queue) {
+            (Some(url), Some(table), _, _) => {
+                Some(Source::Postgres { url: url.clone(), table: table.clone() })
+            }
+            (_, _, Some(path), _) => Some(Source::Jsonl { path: path.clone() }),
+            (_, _, _, Some(queue)) => {
+                let config = self.verify_config.as_deref().unwrap_or(std::path::Path::new("spillway.toml"));
+                Some(Source::Queue(std::sync::Arc::new(verify::QueueDrain::new(config, queue))))
+            }
             _ => None,
         }
     }
@@ -279,9 +292,15 @@ impl Plan {
 
     fn from_scenario(s: &scenario::Scenario, quiet: bool) -> anyhow::Result<Self> {
         let t = &s.target;
-        let source = s.verify.as_ref().and_then(|v| match (&v.postgres, &v.table, &v.jsonl) {
-            (Some(url), Some(table), _) => Some(Source::Postgres { url: url.clone(), table: table.clone() }),
-            (_, _, Some(path)) => Some(Source::Jsonl { path: path.clone() }),
+        let source = s.verify.as_ref().and_then(|v| match (&v.postgres, &v.table, &v.jsonl, &v.queue) {
+            (Some(url), Some(table), _, _) => {
+                Some(Source::Postgres { url: url.clone(), table: table.clone() })
+            }
+            (_, _, Some(path), _) => Some(Source::Jsonl { path: path.clone() }),
+            (_, _, _, Some(queue)) => {
+                let config = v.config.as_deref().unwrap_or(std::path::Path::new("spillway.toml"));
+                Some(Source::Queue(std::sync::Arc::new(verify::QueueDrain::new(config, queue))))
+            }
             _ => None,
         });
         Ok(Self {

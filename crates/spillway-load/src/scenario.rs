@@ -132,6 +132,10 @@ pub(crate) struct VerifySpec {
     pub(crate) postgres: Option<String>,
     pub(crate) table: Option<String>,
     pub(crate) jsonl: Option<PathBuf>,
+    /// Drain this queue directly (no consumer in the scenario)…
+    pub(crate) queue: Option<String>,
+    /// …on the `[queue]` backend of this spillway config file.
+    pub(crate) config: Option<PathBuf>,
     #[serde(default = "default_settle", with = "humantime_serde")]
     pub(crate) settle: Duration,
 }
@@ -146,8 +150,11 @@ pub(crate) struct ProcessSpec {
     pub(crate) cmd: Vec<String>,
     #[serde(default)]
     pub(crate) env: BTreeMap<String, String>,
-    /// Polled after each start until it answers 2xx.
+    /// Polled after each start until it answers 2xx; `tcp://host:port`
+    /// until it accepts a connection (a broker).
     pub(crate) ready: Option<String>,
+    /// The folder it runs in (a broker with relative data paths).
+    pub(crate) cwd: Option<PathBuf>,
     /// Where its standard output goes (the stdout sink's JSON lines),
     /// appended across restarts.
     pub(crate) stdout: Option<PathBuf>,

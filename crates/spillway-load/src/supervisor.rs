@@ -71,6 +71,9 @@ impl Supervised {
         let (program, args) = self.spec.cmd.split_first().context("a process needs a command")?;
         let mut cmd = tokio::process::Command::new(program);
         cmd.args(args).envs(&self.spec.env).stdin(std::process::Stdio::null()).kill_on_drop(true);
+        if let Some(dir) = &self.spec.cwd {
+            cmd.current_dir(dir);
+        }
         match &self.spec.stdout {
             Some(path) => {
                 let file = std::fs::OpenOptions::new()
@@ -91,7 +94,7 @@ impl Supervised {
         if let Some(url) = &self.spec.ready {
             let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
             let deadline = Instant::now() + Duration::from_secs(60);
-            while !http.get(url).send().await.is_ok_and(|r| r.status().is_success()) {
+            while !is_ready(&http, url).await {
                 anyhow::ensure!(
                     Instant::now() < deadline,
                     "{} was not ready at {url} within 60 s",
@@ -301,9 +304,28 @@ async fn run_command(cmd: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `tcp://host:port`: something accepts connections there (a broker);
+/// anything else is an HTTP URL that must answer 2xx.
+async fn is_ready(http: &reqwest::Client, url: &str) -> bool {
+    match url.strip_prefix("tcp://") {
+        Some(addr) => tokio::net::TcpStream::connect(addr).await.is_ok(),
+        None => http.get(url).send().await.is_ok_and(|r| r.status().is_success()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_tcp_ready_url_waits_for_a_listener() {
+        let http = reqwest::Client::new();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("tcp://{}", listener.local_addr().expect("addr"));
+        assert!(is_ready(&http, &url).await);
+        drop(listener);
+        assert!(!is_ready(&http, &url).await, "nothing listens there any more");
+    }
 
     #[test]
     fn this_process_has_cpu_time_and_memory_in_proc() {
@@ -321,6 +343,7 @@ mod tests {
                 cmd: vec!["sleep".into(), "30".into()],
                 env: BTreeMap::new(),
                 ready: None,
+                cwd: None,
                 stdout: None,
             },
         )]);

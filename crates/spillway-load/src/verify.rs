@@ -1,15 +1,18 @@
 //! Did every accepted request reach the end? The ids of the 2xx answers
 //! against the ids found where the consumer delivers: the PostgreSQL sink's
-//! table, or the JSON lines of the stdout sink.
+//! table, or the JSON lines of the stdout sink; or, with no consumer at
+//! all, the queue itself, drained by the harness.
 
 use std::{
     collections::{HashMap, HashSet},
-    path::PathBuf,
+    path::{Path, PathBuf},
+    sync::Arc,
     time::Duration,
 };
 
 use anyhow::Context;
 use serde::Serialize;
+use spillway_queue::{Backend, BackendConfig, Consumer};
 
 /// Where delivered messages are found.
 #[derive(Debug, Clone)]
@@ -18,6 +21,87 @@ pub(crate) enum Source {
     Postgres { url: String, table: String },
     /// `{"id": …}` JSON lines, as the stdout sink writes them.
     Jsonl { path: PathBuf },
+    /// The queue, drained (received and acked) by the harness: the check of
+    /// the ingest side alone, on any backend. Destructive: what it reads is
+    /// gone from the queue.
+    Queue(Arc<QueueDrain>),
+}
+
+/// A queue the verifier empties, keeping the id of every message it took.
+/// It connects on first use, so a broker that is not up yet when the run
+/// starts is no error.
+pub(crate) struct QueueDrain {
+    /// The spillway config file whose `[queue]` names the backend.
+    config: PathBuf,
+    queue: String,
+    consumer: tokio::sync::OnceCell<Arc<dyn Consumer>>,
+    ids: tokio::sync::Mutex<Vec<String>>,
+}
+
+impl std::fmt::Debug for QueueDrain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueueDrain").field("config", &self.config).field("queue", &self.queue).finish()
+    }
+}
+
+impl QueueDrain {
+    /// `queue` on the `[queue]` backend of the spillway config file `config`.
+    pub(crate) fn new(config: &Path, queue: &str) -> Self {
+        Self {
+            config: config.to_owned(),
+            queue: queue.to_owned(),
+            consumer: tokio::sync::OnceCell::new(),
+            ids: tokio::sync::Mutex::default(),
+        }
+    }
+
+    /// `queue` on a backend already open (tests).
+    #[cfg(test)]
+    async fn of(backend: Arc<dyn Backend>, queue: &str) -> anyhow::Result<Self> {
+        let d = Self::new(Path::new(""), queue);
+        let c = backend.consumer(queue).await?;
+        d.consumer.set(c).map_err(|_| anyhow::anyhow!("set twice"))?;
+        Ok(d)
+    }
+
+    async fn consumer(&self) -> anyhow::Result<&Arc<dyn Consumer>> {
+        self.consumer
+            .get_or_try_init(|| async {
+                #[derive(serde::Deserialize)]
+                struct File {
+                    #[serde(default)]
+                    queue: BackendConfig,
+                }
+                let path = &self.config;
+                let text =
+                    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+                let file: File =
+                    toml::from_str(&text).with_context(|| format!("the [queue] of {}", path.display()))?;
+                let backend: Arc<dyn Backend> = spillway_queue::connect(&file.queue)
+                    .await
+                    .with_context(|| format!("opening the {} queue", file.queue.kind()))?;
+                backend
+                    .consumer(&self.queue)
+                    .await
+                    .with_context(|| format!("consuming `{}` to verify it", self.queue))
+            })
+            .await
+    }
+
+    /// Takes everything the queue hands out now, acking each message once
+    /// its id is kept; returns how many it holds in all.
+    async fn drain(&self) -> anyhow::Result<u64> {
+        let consumer = self.consumer().await?;
+        let mut ids = self.ids.lock().await;
+        loop {
+            let got = consumer.receive(256, Duration::from_millis(200)).await?;
+            if got.is_empty() {
+                return Ok(ids.len() as u64);
+            }
+            ids.extend(got.iter().map(|d| d.message.id.clone()));
+            consumer.ack_batch(&got).await?;
+        }
+    }
 }
 
 impl Source {
@@ -37,6 +121,7 @@ impl Source {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
                 Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
             },
+            Self::Queue(q) => q.drain().await,
         }
     }
 
@@ -62,6 +147,10 @@ impl Source {
                     .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
                     .filter_map(|v| v.get("id").and_then(|id| id.as_str()).map(str::to_owned))
                     .collect())
+            }
+            Self::Queue(q) => {
+                q.drain().await?;
+                Ok(q.ids.lock().await.clone())
             }
         }
     }
@@ -152,6 +241,24 @@ mod tests {
 
     fn ids(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    /// The queue drained directly: what it held is delivered, what it
+    /// never held is lost.
+    #[tokio::test(start_paused = true)]
+    async fn a_drained_queue_delivers_what_it_held_and_names_what_it_did_not() {
+        let b: Arc<dyn Backend> = Arc::new(spillway_queue::memory::memory_backend().expect("memory"));
+        b.ensure(&spillway_queue::QueueSpec::new("q")).await.expect("ensure");
+        let p = b.producer("q").await.expect("producer");
+        for id in ["a", "b"] {
+            p.send(spillway_queue::OutgoingMessage::new(id, "{}")).await.expect("send");
+        }
+        let source = Source::Queue(Arc::new(QueueDrain::of(b.clone(), "q").await.expect("drain")));
+        let accepted: HashSet<String> = ids(&["a", "b", "c"]).into_iter().collect();
+        let v = wait_and_compare(&source, &accepted, Duration::from_secs(3)).await.expect("verdict");
+        assert_eq!(v.delivered, 2);
+        assert_eq!(v.lost, ids(&["c"]));
+        assert_eq!(b.stats("q").await.expect("stats").pending(), 0, "the drain acked what it read");
     }
 
     #[test]

@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# The gateway against its backend's raw publisher, in one run, at the same
+# concurrency, with the same 200-byte message:
+#   1. raw      - the backend's own client with no HTTP and no Spillway:
+#                 embedded  benches/src/bin/raw_embedded.rs (the queue's send_batch)
+#                 rabbitmq  benches/src/bin/raw_lapin.rs (confirms, durable quorum queue)
+#                 kafka     benches/src/bin/raw_rdkafka.rs (acks=all, idempotent)
+#   2. gateway  - `spillway serve` on that backend, driven by wrk
+# alternating, ROUNDS times. Prints a Markdown table with each gateway figure
+# as a ratio to the raw figure of the same round, and the gateway's CPU
+# seconds per million accepted requests (from /proc).
+#
+#   benches/publish.sh BACKEND [seconds] [concurrency] [rounds] [out-dir]
+#
+# Needs wrk; rabbitmq needs a RabbitMQ at $SPILLWAY_TEST_AMQP (default: the
+# machine's), kafka a broker at $SPILLWAY_TEST_KAFKA (default: the tansu
+# `deploy/local/services.sh up` starts on 127.0.0.1:9092).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BACKEND="${1:?usage: benches/publish.sh embedded|rabbitmq|kafka [seconds] [concurrency] [rounds] [out-dir]}"
+DURATION="${2:-10}"
+CONNS="${3:-64}"
+ROUNDS="${4:-2}"
+OUT="${5:-benches/results/latest}"
+AMQP="${SPILLWAY_TEST_AMQP:-amqp://guest:guest@127.0.0.1:5672/%2f}"
+KAFKA="${SPILLWAY_TEST_KAFKA:-127.0.0.1:9092}"
+command -v wrk >/dev/null || { echo "wrk is needed: apt-get install -y wrk" >&2; exit 1; }
+case "$BACKEND" in
+  embedded) RAW=raw_embedded ;;
+  rabbitmq) RAW=raw_lapin ;;
+  kafka) RAW=raw_rdkafka ;;
+  *) echo "unknown backend $BACKEND: embedded, rabbitmq or kafka" >&2; exit 2 ;;
+esac
+cargo build --release -q -p spillway -p spillway-benches --bin spillway --bin "$RAW"
+BIN="${CARGO_TARGET_DIR:-target}/release"
+mkdir -p "$OUT"
+WORK="$(mktemp -d)"
+cleanup() { kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+PAD="$(head -c 160 /dev/zero | tr '\0' 'x')"
+cat > "$WORK/post.lua" <<LUA
+wrk.method = "POST"
+wrk.body = '{"event":"page_view","user":42,"pad":"$PAD"}'
+wrk.headers["Content-Type"] = "application/json"
+LUA
+BODY_BYTES=$(printf '{"event":"page_view","user":42,"pad":"%s"}' "$PAD" | wc -c)
+cpu_secs() { awk '{print ($14 + $15) / 100}' "/proc/$1/stat"; }  # utime + stime, at 100 Hz
+RUN="$(date +%s)"
+
+raw_run() {  # raw_run ROUND -> msgs/s
+  case "$BACKEND" in
+    embedded) "$BIN/raw_embedded" "$WORK/raw-$1" "$CONNS" "$DURATION" "$BODY_BYTES" ;;
+    rabbitmq) "$BIN/raw_lapin" "$AMQP" spillway-bench-raw "$CONNS" "$DURATION" "$BODY_BYTES" ;;
+    kafka) "$BIN/raw_rdkafka" "$KAFKA" "spillway-bench-raw-$RUN" "$CONNS" "$DURATION" "$BODY_BYTES" ;;
+  esac 2>/dev/null | tail -n1
+}
+
+gateway_env() {  # the backend's settings, as environment overrides
+  case "$BACKEND" in
+    embedded) echo "SPILLWAY_QUEUE__BACKEND=embedded SPILLWAY_QUEUE__PATH=$WORK/gw-$1" ;;
+    rabbitmq) echo "SPILLWAY_QUEUE__BACKEND=rabbitmq SPILLWAY_QUEUE__URL=$AMQP" ;;
+    kafka) echo "SPILLWAY_QUEUE__BACKEND=kafka SPILLWAY_QUEUE__BROKERS=$KAFKA" ;;
+  esac
+}
+
+for round in $(seq 1 "$ROUNDS"); do
+  raw=$(raw_run "$round")
+  # A fresh queue per round on Kafka (topics are never deleted: tansu cannot).
+  queue="spillway-bench-gw"; [ "$BACKEND" = kafka ] && queue="spillway-bench-gw-$RUN-$round"
+  env $(gateway_env "$round") SPILLWAY_SERVER__LISTEN=127.0.0.1:18082 SPILLWAY_LOG__LEVEL=warn \
+    SPILLWAY_CONSUMER__QUEUE="$queue" SPILLWAY_INGEST__ROUTES="[{path=\"/ingest\",queue=\"$queue\"}]" \
+    "$BIN/spillway" serve >/dev/null & pid=$!
+  for _ in $(seq 1 100); do curl -fs http://127.0.0.1:18082/readyz >/dev/null && break; sleep 0.2; done
+  wrk -t1 -c8 -d2s -s "$WORK/post.lua" http://127.0.0.1:18082/ingest >/dev/null
+  cpu0=$(cpu_secs $pid)
+  wrk -t2 -c"$CONNS" -d"${DURATION}s" --latency -s "$WORK/post.lua" http://127.0.0.1:18082/ingest > "$OUT/$BACKEND-gw-c$CONNS-r$round.txt"
+  cpu1=$(cpu_secs $pid)
+  kill -TERM $pid; wait $pid 2>/dev/null || true
+  gw=$(awk '/Requests\/sec/ {print $2}' "$OUT/$BACKEND-gw-c$CONNS-r$round.txt")
+  non2xx=$(awk '/Non-2xx/ {print $5}' "$OUT/$BACKEND-gw-c$CONNS-r$round.txt")
+  p99=$(awk '$1 == "99%" {print $2}' "$OUT/$BACKEND-gw-c$CONNS-r$round.txt")
+  echo "$round $raw $gw ${non2xx:-0} $p99 $cpu0 $cpu1" >> "$WORK/rows"
+  if [ "$BACKEND" = rabbitmq ]; then
+    env $(gateway_env "$round") "$BIN/spillway" queue purge --yes --queue "$queue" >/dev/null 2>&1 || true
+  fi
+  rm -rf "$WORK/raw-$round" "$WORK/gw-$round"
+done
+
+case "$BACKEND" in
+  embedded) broker="the embedded queue (SQLite, synchronous=FULL)" ;;
+  rabbitmq) broker="RabbitMQ $(rabbitmqctl version 2>/dev/null || echo '?')" ;;
+  kafka) broker="Kafka protocol at $KAFKA ($(tansu --version 2>/dev/null || echo 'broker ?'))" ;;
+esac
+{
+  echo "$broker: ${CONNS} concurrent senders, ${DURATION}s per case, ${BODY_BYTES}-byte body; $(nproc) cores; $(date -u +%Y-%m-%dT%H:%MZ)"
+  echo
+  echo "| round | raw $RAW, msg/s | gateway, req/s | gateway / raw | gateway non-2xx | gateway p99 | gateway CPU-s per 1M |"
+  echo "|---|---|---|---|---|---|---|"
+  awk -v d="$DURATION" '{ printf "| %s | %.0f | %.0f | %.2f | %s | %s | %.0f |\n", $1, $2, $3, $3 / $2, $4, $5, ($7 - $6) / ($3 * d) * 1e6 }' "$WORK/rows"
+} | tee "$OUT/$BACKEND-publish-c$CONNS.md"

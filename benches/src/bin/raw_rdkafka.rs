@@ -1,0 +1,76 @@
+//! The baseline for the Kafka backend: rdkafka producing straight to a
+//! topic with `acks=all` and the idempotent producer (the settings the
+//! backend uses, `linger.ms` 2), no HTTP and no Spillway. `in_flight`
+//! senders, each waiting for its delivery report before the next message,
+//! like as many HTTP clients each waiting for their 202. Prints `msgs/s` as
+//! one number on the last line.
+//!
+//! ```text
+//! raw_rdkafka BROKERS TOPIC IN_FLIGHT SECONDS BODY_BYTES
+//! ```
+
+use std::{
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use rdkafka::{
+    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
+    client::DefaultClientContext,
+    producer::{FutureProducer, FutureRecord},
+    ClientConfig,
+};
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    let [_, brokers, topic, in_flight, seconds, body_bytes] = args.as_slice() else {
+        return Err("usage: raw_rdkafka BROKERS TOPIC IN_FLIGHT SECONDS BODY_BYTES".into());
+    };
+    let (in_flight, seconds, body_bytes): (usize, u64, usize) =
+        (in_flight.parse()?, seconds.parse()?, body_bytes.parse()?);
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", brokers);
+    let admin: AdminClient<DefaultClientContext> = cfg.create()?;
+    // Six partitions, as the backend's `queue ensure` makes; one that exists is kept.
+    let _ = admin
+        .create_topics(&[NewTopic::new(topic, 6, TopicReplication::Fixed(1))], &AdminOptions::new())
+        .await?;
+    let producer: FutureProducer = cfg
+        .clone()
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "2")
+        .set("batch.size", "1048576")
+        .set("message.timeout.ms", "10000")
+        .create()?;
+    let body = vec![b'x'; body_bytes];
+    let sent = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for _ in 0..in_flight {
+        let (producer, topic, body, sent, stop) =
+            (producer.clone(), topic.clone(), body.clone(), sent.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let rec = FutureRecord::<[u8], [u8]>::to(&topic).payload(&body);
+                producer.send(rec, Duration::ZERO).await.map_err(|(e, _)| e).expect("delivered");
+                sent.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    let elapsed = started.elapsed();
+    for t in tasks {
+        t.await?;
+    }
+    let n = sent.load(Ordering::Relaxed);
+    eprintln!("{n} delivered in {elapsed:?} with {in_flight} in flight");
+    println!("{:.0}", n as f64 / elapsed.as_secs_f64());
+    Ok(())
+}
