@@ -45,6 +45,9 @@ wrk.headers["Content-Type"] = "application/json"
 LUA
 BODY_BYTES=$(printf '{"event":"page_view","user":42,"pad":"%s"}' "$PAD" | wc -c)
 cpu_secs() { awk '{print ($14 + $15) / 100}' "/proc/$1/stat"; }  # utime + stime, at 100 Hz
+# The whole machine's busy and total jiffies, to tell "CPU-bound" from "waiting".
+machine() { awk '/^cpu / {busy = $2 + $3 + $4 + $7 + $8; print busy, busy + $5 + $6}' /proc/stat; }
+busy_share() { echo "$1 $2" | awk '{printf "%.0f", ($3 - $1) / ($4 - $2) * 100}'; }  # "b0 t0" "b1 t1" -> %
 RUN="$(date +%s)"
 
 raw_run() {  # raw_run ROUND -> msgs/s
@@ -64,7 +67,10 @@ gateway_env() {  # the backend's settings, as environment overrides
 }
 
 for round in $(seq 1 "$ROUNDS"); do
+  m0=$(machine)
   raw=$(raw_run "$round")
+  m1=$(machine)
+  raw_busy=$(busy_share "$m0" "$m1")
   # A fresh queue per round on Kafka (topics are never deleted: tansu cannot).
   queue="spillway-bench-gw"; [ "$BACKEND" = kafka ] && queue="spillway-bench-gw-$RUN-$round"
   env $(gateway_env "$round") SPILLWAY_SERVER__LISTEN=127.0.0.1:18082 SPILLWAY_LOG__LEVEL=warn \
@@ -73,13 +79,16 @@ for round in $(seq 1 "$ROUNDS"); do
   for _ in $(seq 1 100); do curl -fs http://127.0.0.1:18082/readyz >/dev/null && break; sleep 0.2; done
   wrk -t1 -c8 -d2s -s "$WORK/post.lua" http://127.0.0.1:18082/ingest >/dev/null
   cpu0=$(cpu_secs $pid)
+  m0=$(machine)
   wrk -t2 -c"$CONNS" -d"${DURATION}s" --latency -s "$WORK/post.lua" http://127.0.0.1:18082/ingest > "$OUT/$BACKEND-gw-c$CONNS-r$round.txt"
   cpu1=$(cpu_secs $pid)
+  m1=$(machine)
+  gw_busy=$(busy_share "$m0" "$m1")
   kill -TERM $pid; wait $pid 2>/dev/null || true
   gw=$(awk '/Requests\/sec/ {print $2}' "$OUT/$BACKEND-gw-c$CONNS-r$round.txt")
   non2xx=$(awk '/Non-2xx/ {print $5}' "$OUT/$BACKEND-gw-c$CONNS-r$round.txt")
   p99=$(awk '$1 == "99%" {print $2}' "$OUT/$BACKEND-gw-c$CONNS-r$round.txt")
-  echo "$round $raw $gw ${non2xx:-0} $p99 $cpu0 $cpu1" >> "$WORK/rows"
+  echo "$round $raw $gw ${non2xx:-0} $p99 $cpu0 $cpu1 $raw_busy $gw_busy" >> "$WORK/rows"
   if [ "$BACKEND" = rabbitmq ]; then
     env $(gateway_env "$round") "$BIN/spillway" queue purge --yes --queue "$queue" >/dev/null 2>&1 || true
   fi
@@ -94,7 +103,7 @@ esac
 {
   echo "$broker: ${CONNS} concurrent senders, ${DURATION}s per case, ${BODY_BYTES}-byte body; $(nproc) cores; $(date -u +%Y-%m-%dT%H:%MZ)"
   echo
-  echo "| round | raw $RAW, msg/s | gateway, req/s | gateway / raw | gateway non-2xx | gateway p99 | gateway CPU-s per 1M |"
-  echo "|---|---|---|---|---|---|---|"
-  awk -v d="$DURATION" '{ printf "| %s | %.0f | %.0f | %.2f | %s | %s | %.0f |\n", $1, $2, $3, $3 / $2, $4, $5, ($7 - $6) / ($3 * d) * 1e6 }' "$WORK/rows"
+  echo "| round | raw $RAW, msg/s | gateway, req/s | gateway / raw | gateway non-2xx | gateway p99 | gateway CPU-s per 1M | machine busy, raw / gateway |"
+  echo "|---|---|---|---|---|---|---|---|"
+  awk -v d="$DURATION" '{ printf "| %s | %.0f | %.0f | %.2f | %s | %s | %.0f | %s %% / %s %% |\n", $1, $2, $3, $3 / $2, $4, $5, ($7 - $6) / ($3 * d) * 1e6, $8, $9 }' "$WORK/rows"
 } | tee "$OUT/$BACKEND-publish-c$CONNS.md"

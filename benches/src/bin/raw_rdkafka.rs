@@ -5,8 +5,14 @@
 //! like as many HTTP clients each waiting for their 202. Prints `msgs/s` as
 //! one number on the last line.
 //!
+//! Each record carries the four headers the gateway's records carry
+//! (`spillway-id`, `spillway-enqueued-at`, `spillway-route`,
+//! `spillway-format`): a broker that stores headers row by row pays for
+//! them, and the baseline should too. `bare` as the last argument sends
+//! none.
+//!
 //! ```text
-//! raw_rdkafka BROKERS TOPIC IN_FLIGHT SECONDS BODY_BYTES
+//! raw_rdkafka BROKERS TOPIC IN_FLIGHT SECONDS BODY_BYTES [bare]
 //! ```
 
 use std::{
@@ -20,6 +26,7 @@ use std::{
 use rdkafka::{
     admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
     client::DefaultClientContext,
+    message::{Header, OwnedHeaders},
     producer::{FutureProducer, FutureRecord},
     ClientConfig,
 };
@@ -27,8 +34,12 @@ use rdkafka::{
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
+    let (args, bare) = match args.split_last() {
+        Some((last, rest)) if last == "bare" => (rest.to_vec(), true),
+        _ => (args.clone(), false),
+    };
     let [_, brokers, topic, in_flight, seconds, body_bytes] = args.as_slice() else {
-        return Err("usage: raw_rdkafka BROKERS TOPIC IN_FLIGHT SECONDS BODY_BYTES".into());
+        return Err("usage: raw_rdkafka BROKERS TOPIC IN_FLIGHT SECONDS BODY_BYTES [bare]".into());
     };
     let (in_flight, seconds, body_bytes): (usize, u64, usize) =
         (in_flight.parse()?, seconds.parse()?, body_bytes.parse()?);
@@ -56,7 +67,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             (producer.clone(), topic.clone(), body.clone(), sent.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                let rec = FutureRecord::<[u8], [u8]>::to(&topic).payload(&body);
+                let mut rec = FutureRecord::<[u8], [u8]>::to(&topic).payload(&body);
+                if !bare {
+                    let id = ulid::Ulid::new().to_string();
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis())
+                        .to_string();
+                    let headers = OwnedHeaders::new_with_capacity(4)
+                        .insert(Header { key: "spillway-id", value: Some(id.as_bytes()) })
+                        .insert(Header { key: "spillway-enqueued-at", value: Some(now.as_bytes()) })
+                        .insert(Header { key: "spillway-route", value: Some(b"ingest".as_slice()) })
+                        .insert(Header { key: "spillway-format", value: Some(b"envelope".as_slice()) });
+                    rec = rec.headers(headers);
+                }
                 producer.send(rec, Duration::ZERO).await.map_err(|(e, _)| e).expect("delivered");
                 sent.fetch_add(1, Ordering::Relaxed);
             }

@@ -131,17 +131,17 @@ pub struct RabbitConfig {
     /// `in_flight` is 0.
     #[serde(default)]
     pub management_url: Option<String>,
-    /// Confirm channels sends are spread over, batch by batch. The broker
-    /// runs each channel as one process, so one channel caps the publish
-    /// rate of the whole gateway (about half of what 64 channels reach on
-    /// 2 cores); a message never moves between channels, so a batch keeps
-    /// its order.
+    /// Confirm channels sends are spread over, batch by batch (a message
+    /// never moves between channels, so a batch keeps its order). The
+    /// broker runs each channel as one process; on this project's 2-core
+    /// test machine 8 channels measured no faster than 1 (docs/benchmarks.md),
+    /// so 1 is the default. On a broker with cores to spare, try more.
     #[serde(default = "default_publisher_channels")]
     pub publisher_channels: usize,
 }
 
 fn default_publisher_channels() -> usize {
-    8
+    1
 }
 
 fn default_connection_name() -> String {
