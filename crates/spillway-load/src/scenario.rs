@@ -200,10 +200,14 @@ impl Scenario {
     pub(crate) fn load(path: &std::path::Path) -> anyhow::Result<Self> {
         let text =
             std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
-        let text = expand(&text, |name| std::env::var(name).ok())
-            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        let s: Self = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        let mut s = s;
+        Self::parse(&text, |name| std::env::var(name).ok())
+            .map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))
+    }
+
+    /// A scenario from its text, `${NAME}`s expanded by `var`, checked.
+    fn parse(text: &str, var: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
+        let text = expand(text, var).map_err(anyhow::Error::msg)?;
+        let mut s: Self = toml::from_str(&text)?;
         for p in s.processes.values_mut() {
             for (k, v) in &s.env {
                 p.env.entry(k.clone()).or_insert_with(|| v.clone());
@@ -255,6 +259,25 @@ fn expand(text: &str, var: impl Fn(&str) -> Option<String>) -> Result<String, St
 
 #[cfg(test)]
 mod tests {
+    /// Every drill in `benches/scenarios` parses and passes the checks, so
+    /// a drill that is run once an hour cannot rot unseen.
+    #[test]
+    fn every_bench_scenario_is_valid() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../benches/scenarios");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).expect("benches/scenarios") {
+            let path = entry.expect("entry").path();
+            if path.to_string_lossy().ends_with("-drill.toml") {
+                let text = std::fs::read_to_string(&path).expect("read");
+                if let Err(e) = super::Scenario::parse(&text, |_| Some("x".into())) {
+                    panic!("{}: {e:#}", path.display());
+                }
+                n += 1;
+            }
+        }
+        assert!(n >= 3, "only {n} drills found in {}", dir.display());
+    }
+
     use super::*;
 
     #[test]
