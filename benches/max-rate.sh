@@ -7,11 +7,19 @@
 # million accepted requests and its peak RSS. Prints a Markdown table with
 # each rate as a ratio to the baseline's.
 #
-#   benches/max-rate.sh [step-seconds] [out-dir]      # needs RabbitMQ for its row
+#   benches/max-rate.sh [step-seconds] [out-dir] [targets]
+#
+# targets default to "ceiling embedded rabbitmq kafka" (RabbitMQ and the
+# tansu of deploy/local/services.sh for their rows); the ratio column needs
+# ceiling in the same run. Kafka steps by 100/s: tansu carries hundreds, not
+# thousands, per second.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EACH="${1:-8}"
 OUT="${2:-benches/results/latest/max-rate}"
+TARGETS="${3:-ceiling embedded rabbitmq kafka}"
+KAFKA="${SPILLWAY_TEST_KAFKA:-127.0.0.1:9092}"
+RUN="$(date +%s)"
 AMQP="${SPILLWAY_TEST_AMQP:-amqp://guest:guest@127.0.0.1:5672/%2f}"
 cargo build --release -q -p spillway -p spillway-load -p spillway-benches --bin spillway --bin spillway-load --bin ceiling
 BIN="${CARGO_TARGET_DIR:-target}/release"
@@ -32,16 +40,20 @@ start() {
     rabbitmq) SPILLWAY_SERVER__LISTEN=127.0.0.1:18380 SPILLWAY_QUEUE__BACKEND=rabbitmq SPILLWAY_QUEUE__URL="$AMQP" \
         SPILLWAY_CONSUMER__QUEUE=spillway-bench-max SPILLWAY_INGEST__ROUTES='[{path="/ingest",queue="spillway-bench-max"}]' \
         "$BIN/spillway" serve >/dev/null 2>&1 & pid=$! ;;
+    kafka) SPILLWAY_SERVER__LISTEN=127.0.0.1:18380 SPILLWAY_QUEUE__BACKEND=kafka SPILLWAY_QUEUE__BROKERS="$KAFKA" \
+        SPILLWAY_CONSUMER__QUEUE="spillway-bench-max-$RUN" SPILLWAY_INGEST__ROUTES="[{path=\"/ingest\",queue=\"spillway-bench-max-$RUN\"}]" \
+        "$BIN/spillway" serve >/dev/null 2>&1 & pid=$! ;;
   esac
   for _ in $(seq 1 60); do curl -sf -o /dev/null -X POST -H 'content-type: application/json' -d '{}' http://127.0.0.1:18380/ingest && return; sleep 0.5; done
   echo "$1 did not answer 2xx on 127.0.0.1:18380/ingest" >&2; exit 1
 }
 
 echo "target max_rate p50 p99 p999 cpu_per_million rss_kib" > "$WORK/rows"
-for target in ceiling embedded rabbitmq; do
+for target in $TARGETS; do
   start $target
   mkdir -p "$OUT/$target"
-  "$BIN/spillway-load" max-rate --url http://127.0.0.1:18380/ingest --from 1000 --by 1000 --to 60000 \
+  step=1000; [ "$target" = kafka ] && step=100
+  "$BIN/spillway-load" max-rate --url http://127.0.0.1:18380/ingest --from "$step" --by "$step" --to 60000 \
     --each "${EACH}s" --p99-ms 10 --out "$OUT/$target" 2> "$OUT/$target/steps.txt" >/dev/null || true
   rate=$(json "$OUT/$target/max-rate.json" "v['max_sustainable_rate'] or 0")
   quarter=$(python3 -c "print(max(1, int(float('$rate') / 4)))")
@@ -56,7 +68,7 @@ $(python3 -c "print(($cpu1 - $cpu0) * 1e6 / max(1, $(json "$r" "v['accepted']"))
 done
 
 {
-  echo "spillway-load max-rate: steps of 1,000/s, ${EACH}s each, p99 under 10 ms and every answer 2xx; 200-byte JSON; the load generator on the same $(nproc) cores; $(date -u +%Y-%m-%dT%H:%MZ)"
+  echo "spillway-load max-rate: steps of 1,000/s (Kafka 100/s), ${EACH}s each, p99 under 10 ms and every answer 2xx; 200-byte JSON; the load generator on the same $(nproc) cores; $(date -u +%Y-%m-%dT%H:%MZ)"
   echo
   echo "| target | max sustainable rate | ratio to the bare server | p50 at 25 % | p99 at 25 % | p99.9 at 25 % | server CPU-s per 1M at 25 % | peak RSS |"
   echo "|---|---|---|---|---|---|---|---|"
