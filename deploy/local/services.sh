@@ -122,6 +122,20 @@ up_tansu() {
   have_kafka || { log "tansu did not come up on 127.0.0.1:$KAFKA_PORT; see $TANSU_DIR/tansu.log, or set SPILLWAY_TEST_KAFKA"; exit 1; }
 }
 
+# The test broker starts each test run empty. tansu never deletes a topic
+# (deleting one crashes it, docs/backends.md), so every run's random topics
+# and every benchmark's records pile up in its SQLite file, and a tansu with
+# thousands of topics and half a gigabyte answers the kit too slowly. Only
+# a tansu this script started (on our port, our data folder) is replaced.
+fresh_tansu() {
+  if pkill -9 -f "tansu broker --listener-url tcp://127.0.0.1:$KAFKA_PORT " 2>/dev/null; then
+    for _ in $(seq 1 30); do have_kafka || break; sleep 0.2; done
+  fi
+  if have_kafka; then log "something else serves 127.0.0.1:$KAFKA_PORT; leaving it as it is"; return; fi
+  rm -f "$TANSU_DIR"/tansu.db "$TANSU_DIR"/tansu.db-shm "$TANSU_DIR"/tansu.db-wal
+  up_tansu
+}
+
 chromium_bin() { echo "${SPILLWAY_CHROMIUM:-/usr/bin/chromium}"; }
 
 up_chromium() {
@@ -145,6 +159,7 @@ status() {
 
 case "${1:-up}" in
   up) up_pg; up_rabbit; up_rabbit_management; up_venv; up_moto; up_chromium; up_tansu ;;
+  fresh-kafka) fresh_tansu ;;
   status) status ;;
-  *) echo "usage: $0 up|status" >&2; exit 2 ;;
+  *) echo "usage: $0 up|fresh-kafka|status" >&2; exit 2 ;;
 esac

@@ -4,5 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 deploy/local/services.sh up
+# An empty Kafka test broker for each run (see fresh_tansu in services.sh).
+[ -n "${SPILLWAY_TEST_KAFKA:-}" ] || deploy/local/services.sh fresh-kafka
 cargo build --locked -p spillway -p spillway-load
 cargo test --locked --workspace
