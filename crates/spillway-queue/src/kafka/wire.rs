@@ -34,20 +34,6 @@ pub(crate) const SOURCE_QUEUE: &str = "spillway-source-queue";
 pub(crate) const RECEIVE_COUNT: &str = "spillway-receive-count";
 pub(crate) const LAST_RECEIVED_AT: &str = "spillway-last-received-at";
 pub(crate) const DEAD_LETTERED_AT: &str = "spillway-dead-lettered-at";
-/// Every header the backend writes itself: never an attribute.
-pub(crate) const RESERVED: [&str; 11] = [
-    ID,
-    ENQUEUED_AT,
-    DEDUP_KEY,
-    DUE_AT,
-    FAILURES,
-    FIRST_RECEIVED_AT,
-    LAST_ERROR,
-    SOURCE_QUEUE,
-    RECEIVE_COUNT,
-    LAST_RECEIVED_AT,
-    DEAD_LETTERED_AT,
-];
 /// The headers of one life of a message, dropped when a dead letter is
 /// redriven: it starts again with a count of zero.
 pub(crate) const DEAD_ONLY: [&str; 8] = [
@@ -60,6 +46,12 @@ pub(crate) const DEAD_ONLY: [&str; 8] = [
     DEAD_LETTERED_AT,
     DUE_AT,
 ];
+
+/// Whether the backend writes this header itself (then it is never an
+/// attribute): the message's identity, and every header of one life.
+pub(crate) fn is_reserved(name: &str) -> bool {
+    [ID, ENQUEUED_AT, DEDUP_KEY].contains(&name) || DEAD_ONLY.contains(&name)
+}
 
 /// One record as fetched, owned, with its headers decoded.
 #[derive(Debug, Clone)]
@@ -130,7 +122,7 @@ impl Record {
     pub(crate) fn attributes(&self) -> BTreeMap<String, String> {
         self.headers
             .iter()
-            .filter(|(k, _)| !RESERVED.contains(&k.as_str()))
+            .filter(|(k, _)| !is_reserved(k))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect()
     }
@@ -181,7 +173,7 @@ impl Record {
 pub(crate) fn headers_for(m: &OutgoingMessage, now_ms: i64) -> Result<OwnedHeaders, QueueError> {
     let mut h = OwnedHeaders::new_with_capacity(m.attributes.len() + 4);
     for (k, v) in &m.attributes {
-        if RESERVED.contains(&k.as_str()) {
+        if is_reserved(k) {
             return Err(QueueError::Invalid(format!(
                 "attribute {k:?}: the Kafka backend writes that header itself"
             )));
