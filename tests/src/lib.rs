@@ -663,6 +663,42 @@ impl Proxy {
     }
 }
 
+/// The config every outage test runs: `backend` (its `[queue]` table),
+/// queue `queue` behind `/ingest`, a 2 s publisher timeout, a consumer of 2
+/// workers polling every `wait` into the PostgreSQL table `table`, with
+/// short retry and probe backoffs so recovery shows within the test.
+pub fn outage_config(backend: &str, queue: &str, wait: &str, table: &str) -> String {
+    format!(
+        r#"
+{backend}
+
+[queues.{queue}.dead_letter]
+max_receive_count = 5
+visibility_timeout = "5s"
+
+[ingest.publisher]
+send_timeout = "2s"
+
+[[ingest.routes]]
+path = "/ingest"
+queue = "{queue}"
+
+[consumer]
+queue = "{queue}"
+concurrency = 2
+wait = "{wait}"
+retry = {{ base = "100ms", max = "500ms", jitter = 0.1 }}
+probe = {{ base = "100ms", max = "500ms", jitter = 0.1 }}
+
+[consumer.sink]
+type = "postgres"
+url = "{pg}"
+table = "{table}"
+"#,
+        pg = pg_url(),
+    )
+}
+
 /// What a [`SteadyLoad`] saw.
 #[derive(Debug, Default)]
 pub struct Seen {

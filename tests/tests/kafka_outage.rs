@@ -23,7 +23,8 @@
 use std::time::Duration;
 
 use spillway_e2e::{
-    assert_every_accepted_delivered, eventually, free_port, pg, pg_url, Proxy, SteadyLoad, Tansu, Workspace,
+    assert_every_accepted_delivered, eventually, free_port, outage_config, pg, Proxy, SteadyLoad, Tansu,
+    Workspace,
 };
 
 /// The publisher's send timeout: a 503 must come within it (plus slack).
@@ -38,41 +39,12 @@ async fn a_broker_kill_under_load_gives_fast_503s_and_loses_nothing() {
     let db = pg().await;
     let table = format!("kafka_outage_{}", std::process::id());
     db.batch_execute(&format!("DROP TABLE IF EXISTS {table}")).await.expect("drop table");
-    let ws = Workspace::new(&format!(
-        r#"
-[queue]
-backend = "kafka"
-brokers = "{brokers}"
-partitions = 2
-# Longer than the outage: see the module doc.
-send_timeout = "60s"
-
-[queues.{QUEUE}.dead_letter]
-max_receive_count = 5
-visibility_timeout = "5s"
-
-[ingest.publisher]
-send_timeout = "2s"
-
-[[ingest.routes]]
-path = "/ingest"
-queue = "{QUEUE}"
-
-[consumer]
-queue = "{QUEUE}"
-concurrency = 2
-wait = "200ms"
-retry = {{ base = "100ms", max = "500ms", jitter = 0.1 }}
-probe = {{ base = "100ms", max = "500ms", jitter = 0.1 }}
-
-[consumer.sink]
-type = "postgres"
-url = "{pg}"
-table = "{table}"
-"#,
-        brokers = broker.brokers(),
-        pg = pg_url(),
-    ));
+    // The backend's send_timeout outlasts the outage: see the module doc.
+    let backend = format!(
+        "[queue]\nbackend = \"kafka\"\nbrokers = \"{}\"\npartitions = 2\nsend_timeout = \"60s\"",
+        broker.brokers()
+    );
+    let ws = Workspace::new(&outage_config(&backend, QUEUE, "200ms", &table));
     let ensure = ws.cli(&["queue", "ensure"]);
     assert!(ensure.status.success(), "{}", String::from_utf8_lossy(&ensure.stderr));
 

@@ -11,7 +11,7 @@
 use std::{process::Command, time::Duration};
 
 use spillway_e2e::{
-    amqp_url, assert_every_accepted_delivered, eventually, pg, pg_url, SteadyLoad, Workspace,
+    amqp_url, assert_every_accepted_delivered, eventually, outage_config, pg, SteadyLoad, Workspace,
 };
 
 /// The publisher's send timeout: a 503 must come within it (plus slack).
@@ -40,38 +40,8 @@ async fn a_broker_restart_under_load_gives_fast_503s_and_loses_nothing() {
     let db = pg().await;
     let table = format!("rabbit_outage_{}", std::process::id());
     db.batch_execute(&format!("DROP TABLE IF EXISTS {table}")).await.expect("drop table");
-    let ws = Workspace::new(&format!(
-        r#"
-[queue]
-backend = "rabbitmq"
-url = "{amqp}"
-
-[queues.{QUEUE}.dead_letter]
-max_receive_count = 5
-visibility_timeout = "5s"
-
-[ingest.publisher]
-send_timeout = "2s"
-
-[[ingest.routes]]
-path = "/ingest"
-queue = "{QUEUE}"
-
-[consumer]
-queue = "{QUEUE}"
-concurrency = 2
-wait = "200ms"
-retry = {{ base = "100ms", max = "500ms", jitter = 0.1 }}
-probe = {{ base = "100ms", max = "500ms", jitter = 0.1 }}
-
-[consumer.sink]
-type = "postgres"
-url = "{pg}"
-table = "{table}"
-"#,
-        amqp = amqp_url(),
-        pg = pg_url(),
-    ));
+    let backend = format!("[queue]\nbackend = \"rabbitmq\"\nurl = \"{}\"", amqp_url());
+    let ws = Workspace::new(&outage_config(&backend, QUEUE, "200ms", &table));
     // A fixed queue name, emptied first: runs do not pile up queues on the broker.
     let purge = ws.cli(&["queue", "purge", "--yes"]);
     assert!(purge.status.success(), "{}", String::from_utf8_lossy(&purge.stderr));

@@ -12,7 +12,8 @@
 use std::{process::Command, time::Duration};
 
 use spillway_e2e::{
-    assert_every_accepted_delivered, count, eventually, pg, pg_url, venv, Moto, Proxy, SteadyLoad, Workspace,
+    assert_every_accepted_delivered, count, eventually, outage_config, pg, pg_url, venv, Moto, Proxy,
+    SteadyLoad, Workspace,
 };
 use spillway_queue::{Admin, Backend};
 
@@ -198,37 +199,7 @@ async fn an_outage_under_load_gives_fast_503s_and_loses_nothing() {
     let table = format!("sqs_outage_{}", std::process::id());
     db.batch_execute(&format!("DROP TABLE IF EXISTS {table}")).await.expect("drop table");
     let ws = workspace(
-        &format!(
-            r#"
-[queue]
-backend = "sqs"
-timeout = "2s"
-
-[queues.outage.dead_letter]
-max_receive_count = 5
-visibility_timeout = "5s"
-
-[ingest.publisher]
-send_timeout = "2s"
-
-[[ingest.routes]]
-path = "/ingest"
-queue = "outage"
-
-[consumer]
-queue = "outage"
-concurrency = 2
-wait = "1s"
-retry = {{ base = "100ms", max = "500ms", jitter = 0.1 }}
-probe = {{ base = "100ms", max = "500ms", jitter = 0.1 }}
-
-[consumer.sink]
-type = "postgres"
-url = "{pg}"
-table = "{table}"
-"#,
-            pg = pg_url(),
-        ),
+        &outage_config("[queue]\nbackend = \"sqs\"\ntimeout = \"2s\"", "outage", "1s", &table),
         &format!("http://127.0.0.1:{}", proxy.port),
     );
     let gw = ws.serve();

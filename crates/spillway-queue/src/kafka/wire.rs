@@ -120,11 +120,7 @@ impl Record {
 
     /// The attributes: every header the backend did not write itself.
     pub(crate) fn attributes(&self) -> BTreeMap<String, String> {
-        self.headers
-            .iter()
-            .filter(|(k, _)| !is_reserved(k))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
+        self.headers.iter().filter(|(k, _)| !is_reserved(k)).map(|(k, v)| (k.clone(), v.clone())).collect()
     }
 
     pub(crate) fn received(&self) -> ReceivedMessage {
