@@ -21,7 +21,7 @@ WORK="$(mktemp -d)"
 cleanup() { kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
 
-"$VENV/bin/moto_server" -H 127.0.0.1 -p 14566 >/dev/null 2>&1 &
+"$VENV/bin/python" deploy/local/sqs_server.py -H 127.0.0.1 -p 14566 >/dev/null 2>&1 &
 for _ in $(seq 1 30); do (exec 3<>/dev/tcp/127.0.0.1/14566) 2>/dev/null && break; sleep 1; done
 cat > "$WORK/config.toml" <<TOML
 [queue]

@@ -86,10 +86,20 @@ MOTO_LOG="${SPILLWAY_MOTO_LOG:-/var/tmp/spillway-moto.log}"
 
 have_moto() { (exec 3<>"/dev/tcp/127.0.0.1/$SQS_PORT") 2>/dev/null; }
 
+# Not `moto_server` itself: deploy/local/sqs_server.py is moto with a race in
+# ReceiveMessage fixed (two receives at once could share a message).
+SQS_SERVER="$(cd "$(dirname "$0")" && pwd)/sqs_server.py"
+
 up_moto() {
+  # A plain moto_server an earlier version of this script started has the
+  # race: replace it.
+  if have_moto && pkill -f "bin/moto_server -H 127.0.0.1 -p $SQS_PORT\$" 2>/dev/null; then
+    log "stopping the plain moto_server on $SQS_PORT (it lacks sqs_server.py's fix)"
+    for _ in $(seq 1 30); do have_moto || break; sleep 1; done
+  fi
   if have_moto; then log "the SQS server is up on 127.0.0.1:$SQS_PORT"; return; fi
-  log "starting moto (SQS) on 127.0.0.1:$SQS_PORT, log in $MOTO_LOG"
-  setsid nohup "$VENV/bin/moto_server" -H 127.0.0.1 -p "$SQS_PORT" >"$MOTO_LOG" 2>&1 < /dev/null &
+  log "starting moto (SQS, with sqs_server.py's fix) on 127.0.0.1:$SQS_PORT, log in $MOTO_LOG"
+  setsid nohup "$VENV/bin/python" "$SQS_SERVER" -H 127.0.0.1 -p "$SQS_PORT" >"$MOTO_LOG" 2>&1 < /dev/null &
   for _ in $(seq 1 30); do have_moto && break; sleep 1; done
   have_moto || { log "moto did not come up on 127.0.0.1:$SQS_PORT; see $MOTO_LOG, or set SPILLWAY_TEST_SQS"; exit 1; }
 }

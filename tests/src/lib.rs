@@ -474,12 +474,15 @@ pub struct Moto {
 impl Moto {
     pub async fn start() -> Self {
         let port = free_port();
-        let child = Command::new(venv().join("bin/moto_server"))
+        // moto with its ReceiveMessage race fixed (see the script).
+        let server = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/local/sqs_server.py");
+        let child = Command::new(venv().join("bin/python"))
+            .arg(&server)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("start moto_server from the venv (deploy/local/services.sh up installs it)");
+            .expect("start deploy/local/sqs_server.py with the venv's python (deploy/local/services.sh up makes it)");
         let moto = Self { process: Process(child), port };
         eventually(Duration::from_secs(30), "moto listening", || async {
             TcpStream::connect(("127.0.0.1", port)).await.is_ok()

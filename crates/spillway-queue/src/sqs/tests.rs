@@ -135,3 +135,66 @@ async fn a_queue_given_by_url_is_the_same_queue() {
     assert_eq!(b.stats(&url).await.expect("stats by URL").pending(), 0);
     b.delete_ensured().await.expect("cleanup");
 }
+
+/// The SQS server the tests use hands a message to one receive at a time.
+/// Plain moto 5.2.5 does not: its ReceiveMessage checks visibility, then
+/// marks the message, with nothing held in between, so receives at once can
+/// share a message (`deploy/local/sqs_server.py` explains and fixes it).
+/// Without this test that race shows up as a rare, misleading failure of
+/// `concurrent_consumers_never_share_a_message`; with it, a server that
+/// lacks the fix is named at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_server_never_hands_one_message_to_two_receives() {
+    use std::collections::HashMap;
+
+    use crate::{Admin, OutgoingMessage, QueueSpec};
+    const MESSAGES: usize = 300;
+    const RECEIVERS: usize = 16;
+    let b = connect().await;
+    for suffix in ["", ".fifo"] {
+        let name = format!("conf-server-race-{:08x}{suffix}", rand::random::<u32>());
+        // Nothing is acked: within the visibility timeout every message is
+        // received exactly once, or the server shared it.
+        let mut spec = QueueSpec::new(&name);
+        spec.dead_letter.visibility_timeout = Duration::from_secs(120);
+        b.ensure(&spec).await.expect("ensure");
+        let p = b.producer(&name).await.expect("producer");
+        let batch: Vec<_> = (0..MESSAGES).map(|i| OutgoingMessage::new(format!("r{i:04}"), "x")).collect();
+        for chunk in batch.chunks(10) {
+            for r in p.send_batch(chunk.to_vec()).await.expect("send") {
+                r.expect("sent");
+            }
+        }
+        let mut tasks = Vec::new();
+        for _ in 0..RECEIVERS {
+            let c = b.consumer(&name).await.expect("consumer");
+            tasks.push(tokio::spawn(async move {
+                let mut ids = Vec::new();
+                loop {
+                    let got = c.receive(10, Duration::from_secs(1)).await.expect("receive");
+                    if got.is_empty() {
+                        return ids;
+                    }
+                    ids.extend(got.into_iter().map(|d| d.message.id));
+                }
+            }));
+        }
+        let mut times: HashMap<String, usize> = HashMap::new();
+        for t in tasks {
+            for id in t.await.expect("receiver") {
+                *times.entry(id).or_default() += 1;
+            }
+        }
+        let shared: Vec<_> = times.iter().filter(|(_, &n)| n > 1).collect();
+        assert!(
+            shared.is_empty(),
+            "the SQS server at {} gave {} of {MESSAGES} messages on `{name}` to more than one receive \
+             within their visibility timeout: it is not deploy/local/sqs_server.py (plain moto_server has \
+             this race); restart it with `deploy/local/services.sh up`",
+            endpoint(),
+            shared.len()
+        );
+        assert_eq!(times.len(), MESSAGES, "every message received on `{name}`");
+    }
+    b.delete_ensured().await.expect("cleanup");
+}
