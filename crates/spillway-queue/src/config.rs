@@ -7,7 +7,7 @@ use std::{path::PathBuf, sync::Arc};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Backend, QueueError};
+use crate::{Backend, Clock, QueueError};
 
 /// Which queue backend to run, with its settings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -18,6 +18,11 @@ pub enum BackendConfig {
         /// Folder for the database file (`queue.db`). Created if missing.
         #[serde(default = "default_embedded_path")]
         path: PathBuf,
+        /// What a 2xx survives: `power_loss` (the default, an fsync per
+        /// commit) or `process_crash` (no fsync per commit; a power cut can
+        /// take back the last ~100 ms). See [`crate::embedded::Durability`].
+        #[serde(default)]
+        durability: crate::embedded::Durability,
     },
     /// Process memory. **Not durable**: for examples and tests only.
     Memory {},
@@ -38,7 +43,7 @@ fn default_embedded_path() -> PathBuf {
 
 impl Default for BackendConfig {
     fn default() -> Self {
-        Self::Embedded { path: default_embedded_path() }
+        Self::Embedded { path: default_embedded_path(), durability: Default::default() }
     }
 }
 
@@ -61,8 +66,9 @@ impl BackendConfig {
 /// Opens the configured backend.
 pub async fn connect(config: &BackendConfig) -> Result<Arc<dyn Backend>, QueueError> {
     match config {
-        BackendConfig::Embedded { path } => {
-            let backend = crate::embedded::EmbeddedBackend::open(path).await?;
+        BackendConfig::Embedded { path, durability } => {
+            let backend =
+                crate::embedded::EmbeddedBackend::open_with(path, *durability, Clock::system()).await?;
             Ok(Arc::new(backend))
         }
         BackendConfig::Memory {} => Ok(Arc::new(crate::memory::memory_backend()?)),

@@ -132,6 +132,14 @@ impl Settings {
     pub(crate) fn compile(&self) -> anyhow::Result<CompiledIngest> {
         let ingest = self.ingest.compile()?;
         self.server.limits.check("server.limits")?;
+        // An empty name is named where it was written.
+        let empty = |name: &str| name.trim().is_empty();
+        if empty(&self.consumer.queue) {
+            bail!("invalid configuration at `consumer.queue`: a queue name is empty");
+        }
+        if let Some(i) = self.ingest.routes.iter().position(|r| empty(&r.queue)) {
+            bail!("invalid configuration at `ingest.routes[{i}].queue`: a queue name is empty");
+        }
         for spec in self.queue_specs() {
             let key = |k: &str| format!("queues.{}.{k}", spec.name);
             if spec.name.trim().is_empty() {
@@ -242,6 +250,26 @@ mod tests {
         assert_eq!(s.ingest.routes[0].path, "/ingest");
         assert_eq!(s.queue_specs().len(), 1);
         assert_eq!(s.queue_specs()[0].dead_letter.max_receive_count, 5);
+    }
+
+    #[test]
+    fn the_embedded_queue_fsyncs_every_commit_unless_told_otherwise() {
+        use spillway_queue::{embedded::Durability, BackendConfig};
+        let durability = |text: &str| match from_toml(text).expect("valid").queue {
+            BackendConfig::Embedded { durability, .. } => durability,
+            other => panic!("not embedded: {other:?}"),
+        };
+        assert_eq!(durability(""), Durability::PowerLoss);
+        assert_eq!(
+            durability("[queue]\nbackend = \"embedded\"\ndurability = \"process_crash\"\n"),
+            Durability::ProcessCrash
+        );
+        let e = from_toml("[queue]\nbackend = \"embedded\"\ndurability = \"sometimes\"\n")
+            .expect_err("bad durability")
+            .to_string();
+        // The tagged `[queue]` table hides the inner key from figment; the
+        // error names the table and the values allowed.
+        assert!(e.contains("queue") && e.contains("power_loss") && e.contains("process_crash"), "{e}");
     }
 
     #[test]

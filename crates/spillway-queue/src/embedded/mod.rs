@@ -11,6 +11,7 @@
 //! - Time: read from the backend's [`Clock`] by the caller and passed to the
 //!   writer with each job, so tests drive it with a paused tokio clock.
 
+mod durability;
 mod ops;
 mod schema;
 mod writer;
@@ -26,7 +27,8 @@ use async_trait::async_trait;
 use rusqlite::Connection;
 use tokio::{sync::Notify, time::Instant};
 
-use self::{ops::Handle, writer::Writer};
+pub use self::durability::{Durability, CHECKPOINT_EVERY};
+use self::{durability::Checkpointer, ops::Handle, writer::Writer};
 use crate::{
     Admin, Backend, Clock, Consumer, DeadLetter, Delivery, Nacked, OutgoingMessage, Producer, PurgeTarget,
     QueueError, QueueSpec, QueueStats,
@@ -48,6 +50,9 @@ struct Shared {
     /// writer nor holds it up. `None` for the memory backend, whose database
     /// only its one connection can see.
     reader: Option<Arc<Mutex<Connection>>>,
+    /// Copies the WAL into the database off the commit path; stops when
+    /// dropped. `None` for the memory backend.
+    _checkpointer: Option<Checkpointer>,
     kind: &'static str,
     clock: Clock,
     wakers: Mutex<HashMap<String, Arc<Notify>>>,
@@ -69,13 +74,20 @@ impl Shared {
 }
 
 impl EmbeddedBackend {
-    /// Opens (or creates) the database `queue.db` in the folder `dir`.
+    /// Opens (or creates) the database `queue.db` in the folder `dir`, with
+    /// the default [`Durability`].
     pub async fn open(dir: &Path) -> Result<Self, QueueError> {
-        Self::open_with_clock(dir, Clock::system()).await
+        Self::open_with(dir, Durability::default(), Clock::system()).await
     }
 
     /// [`EmbeddedBackend::open`] with the time read from `clock`.
     pub async fn open_with_clock(dir: &Path, clock: Clock) -> Result<Self, QueueError> {
+        Self::open_with(dir, Durability::default(), clock).await
+    }
+
+    /// [`EmbeddedBackend::open`] with what a commit survives, and the time
+    /// read from `clock`.
+    pub async fn open_with(dir: &Path, durability: Durability, clock: Clock) -> Result<Self, QueueError> {
         let dir = dir.to_owned();
         let conn = tokio::task::spawn_blocking(move || {
             std::fs::create_dir_all(&dir).map_err(|e| {
@@ -85,14 +97,15 @@ impl EmbeddedBackend {
             let conn = Connection::open(&path).map_err(|e| {
                 QueueError::unavailable(format!("embedded queue: cannot open {}", path.display()), e)
             })?;
-            schema::prepare(&conn, true)?;
+            schema::prepare(&conn, Some(durability))?;
             let reader = schema::open_reader(&path)?;
-            Ok::<_, QueueError>((conn, reader))
+            let checkpointer = Checkpointer::spawn(&path, durability)?;
+            Ok::<_, QueueError>((conn, reader, checkpointer))
         })
         .await
         .map_err(|e| QueueError::unavailable("embedded queue: open task failed", e))??;
-        let (conn, reader) = conn;
-        Self::start(conn, Some(reader), "embedded", clock)
+        let (conn, reader, checkpointer) = conn;
+        Self::start(conn, Some((reader, checkpointer)), "embedded", clock)
     }
 
     /// The same engine on an in-memory database: **not durable**. Used by the
@@ -100,19 +113,27 @@ impl EmbeddedBackend {
     pub(crate) fn open_in_memory(clock: Clock) -> Result<Self, QueueError> {
         let conn = Connection::open_in_memory()
             .map_err(|e| QueueError::unavailable("memory queue: cannot open database", e))?;
-        schema::prepare(&conn, false)?;
+        schema::prepare(&conn, None)?;
         Self::start(conn, None, "memory", clock)
     }
 
+    /// `file`: the read connection and the checkpoint thread of a database
+    /// on disk.
     fn start(
         conn: Connection,
-        reader: Option<Connection>,
+        file: Option<(Connection, Checkpointer)>,
         kind: &'static str,
         clock: Clock,
     ) -> Result<Self, QueueError> {
         let writer = Writer::spawn(conn, kind, clock.is_tokio())?;
-        let reader = reader.map(|r| Arc::new(Mutex::new(r)));
-        Ok(Self { shared: Arc::new(Shared { writer, reader, kind, clock, wakers: Mutex::default() }) })
+        let (reader, checkpointer) = match file {
+            Some((r, c)) => (Some(Arc::new(Mutex::new(r))), Some(c)),
+            None => (None, None),
+        };
+        let wakers = Mutex::default();
+        Ok(Self {
+            shared: Arc::new(Shared { writer, reader, _checkpointer: checkpointer, kind, clock, wakers }),
+        })
     }
 
     /// `journal_mode` and `synchronous` as the writer's connection reports
@@ -529,5 +550,60 @@ mod tests {
         let (journal, synchronous) = b.durability_pragmas().await.expect("pragmas");
         assert_eq!(journal, "wal");
         assert_eq!(synchronous, 2, "synchronous=FULL");
+    }
+
+    /// The opt-in `process_crash` durability is `synchronous=NORMAL`, in WAL
+    /// mode all the same.
+    #[tokio::test]
+    async fn process_crash_durability_is_wal_with_normal_sync() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let b =
+            EmbeddedBackend::open_with(dir.path(), super::Durability::ProcessCrash, crate::Clock::system())
+                .await
+                .expect("open");
+        let (journal, synchronous) = b.durability_pragmas().await.expect("pragmas");
+        assert_eq!(journal, "wal");
+        assert_eq!(synchronous, 1, "synchronous=NORMAL");
+    }
+
+    /// Commits never wait for a checkpoint: the writer's automatic one is
+    /// only a 64 MiB backstop, and the checkpoint thread copies the WAL into
+    /// the database file beside it.
+    #[tokio::test]
+    async fn checkpoints_run_beside_the_writer_not_in_its_commits() {
+        use crate::{OutgoingMessage, QueueSpec};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let b = EmbeddedBackend::open(dir.path()).await.expect("open");
+        let autocheckpoint: u32 = b
+            .shared
+            .writer
+            .run(|c| {
+                c.query_row("PRAGMA wal_autocheckpoint", [], |r| r.get(0))
+                    .map_err(|e| crate::QueueError::unavailable("pragma", e))
+            })
+            .await
+            .expect("pragma");
+        assert_eq!(autocheckpoint, super::durability::BACKSTOP_PAGES);
+        b.ensure(&QueueSpec::new("q")).await.expect("ensure");
+        let db = dir.path().join("queue.db");
+        let size = || std::fs::metadata(&db).map(|m| m.len()).unwrap_or(0);
+        let before = size();
+        let p = b.producer("q").await.expect("producer");
+        // About 600 KiB: far below both the backstop and SQLite's default
+        // of 1,000 pages, so only the checkpoint thread can copy it.
+        let batch: Vec<_> =
+            (0..600).map(|i| OutgoingMessage::new(format!("m{i}"), vec![b'x'; 1024])).collect();
+        for r in p.send_batch(batch).await.expect("send") {
+            r.expect("sent");
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while size() < before + 600 * 1024 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the WAL was not copied into the database file ({} bytes, {before} before)",
+                size()
+            );
+            tokio::time::sleep(super::CHECKPOINT_EVERY).await;
+        }
     }
 }

@@ -7,17 +7,24 @@
 
 use rusqlite::Connection;
 
+use super::durability::{Durability, BACKSTOP_PAGES};
 use crate::QueueError;
 
-/// `synchronous=FULL` in WAL mode fsyncs the WAL on every commit: a commit
-/// that returned survives `kill -9` and power loss. `busy_timeout` lets a
-/// second process (a consumer beside the gateway) share the file; it comes
-/// first so that even switching to WAL waits for a busy file instead of failing.
-const DURABLE_PRAGMAS: &str = "
-    PRAGMA busy_timeout = 5000;
-    PRAGMA journal_mode = WAL;
-    PRAGMA synchronous = FULL;
-";
+/// WAL mode with the `synchronous` level of `durability`: with `FULL` (the
+/// default) a commit that returned survives `kill -9` and power loss (see
+/// [`super::durability`]). `busy_timeout` lets a second process (a consumer
+/// beside the gateway) share the file; it comes first so that even switching
+/// to WAL waits for a busy file instead of failing. The writer checkpoints
+/// only as a backstop: a thread of its own does it off the commit path.
+fn durable_pragmas(durability: Durability) -> String {
+    format!(
+        "PRAGMA busy_timeout = 5000;
+         PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = {};
+         PRAGMA wal_autocheckpoint = {BACKSTOP_PAGES};",
+        durability.synchronous()
+    )
+}
 
 /// For the memory backend: nothing to fsync.
 const MEMORY_PRAGMAS: &str = "
@@ -75,12 +82,13 @@ const RECOUNT: &str = "
         dead = (SELECT count(*) FROM messages WHERE queue = queues.name AND dead_at IS NOT NULL);
 ";
 
-/// Applies the settings, creates the tables if they are missing, and brings
-/// an older layout up to date.
-pub(crate) fn prepare(conn: &Connection, durable: bool) -> Result<(), QueueError> {
-    let pragmas = if durable { DURABLE_PRAGMAS } else { MEMORY_PRAGMAS };
+/// Applies the settings (`None`: an in-memory database, nothing to sync),
+/// creates the tables if they are missing, and brings an older layout up to
+/// date.
+pub(crate) fn prepare(conn: &Connection, durability: Option<Durability>) -> Result<(), QueueError> {
+    let pragmas = durability.map_or_else(|| MEMORY_PRAGMAS.to_owned(), durable_pragmas);
     let migrate = || -> rusqlite::Result<()> {
-        conn.execute_batch(pragmas)?;
+        conn.execute_batch(&pragmas)?;
         conn.execute_batch("BEGIN IMMEDIATE")?;
         let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         if version < VERSION {

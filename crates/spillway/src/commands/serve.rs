@@ -2,6 +2,7 @@
 
 use anyhow::Context;
 use spillway_ingest::{build_router, CompiledIngest, Readiness};
+use spillway_queue::embedded::Durability;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -23,7 +24,14 @@ pub(crate) async fn serve(s: Settings, ingest: CompiledIngest) -> anyhow::Result
         TcpListener::bind(s.server.listen).await.with_context(|| format!("binding {}", s.server.listen))?;
     let addr = listener.local_addr().context("reading the bound address")?;
     let where_ = match &s.queue {
-        spillway_queue::BackendConfig::Embedded { path } => format!("embedded queue in {}", path.display()),
+        spillway_queue::BackendConfig::Embedded { path, durability } => {
+            if *durability == Durability::ProcessCrash {
+                tracing::warn!(
+                    "queue.durability = \"process_crash\": commits are not fsync'd; a power cut or kernel crash can lose the last accepted requests"
+                );
+            }
+            format!("embedded queue in {}, durability {}", path.display(), durability.as_str())
+        }
         other => format!("{} queue", other.kind()),
     };
     let routes: Vec<String> =
