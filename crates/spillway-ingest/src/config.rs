@@ -10,7 +10,7 @@
 
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
-use axum::http::{HeaderName, Method, StatusCode};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
 use serde::{Deserialize, Serialize};
 
 use crate::cors::{CorsPolicy, OriginMatcher};
@@ -242,8 +242,11 @@ pub struct CompiledRoute {
     pub queue: String,
     pub format: Format,
     pub success_status: StatusCode,
-    pub success_body: String,
-    pub success_content_type: String,
+    /// The success body split at each `${id}`: rendering joins the parts
+    /// with the id, without searching the template on every request.
+    pub success_body: Vec<String>,
+    /// Parsed once here, so a bad value is a config error naming its key.
+    pub success_content_type: HeaderValue,
     pub forward_headers: Vec<HeaderName>,
     pub content_types: Vec<String>,
     pub max_body_bytes: usize,
@@ -341,6 +344,8 @@ impl IngestConfig {
             .ok()
             .filter(StatusCode::is_success)
             .ok_or_else(|| invalid(format!("{key}.success.status"), "must be a 2xx status"))?;
+        let success_content_type = HeaderValue::from_str(&r.success.content_type)
+            .map_err(|_| invalid(format!("{key}.success.content_type"), "is not a valid header value"))?;
         let forward_headers = header_names(&r.forward_headers, &format!("{key}.forward_headers"))?;
         for (name, src) in [("ordering_key", &r.ordering_key), ("dedup_key", &r.dedup_key)] {
             match src {
@@ -371,8 +376,8 @@ impl IngestConfig {
             queue: r.queue.clone(),
             format: r.format,
             success_status,
-            success_body: r.success.body.clone(),
-            success_content_type: r.success.content_type.clone(),
+            success_body: r.success.body.split("${id}").map(str::to_owned).collect(),
+            success_content_type,
             forward_headers,
             content_types: r.content_types.iter().map(|c| c.trim().to_ascii_lowercase()).collect(),
             max_body_bytes,
@@ -522,6 +527,10 @@ mod tests {
             ("path = \"/a\"\nmethods = [\"GE T\"]", "ingest.routes[0].methods[0]"),
             ("path = \"/a\"\nmethods = [\"OPTIONS\"]", "ingest.routes[0].methods[0]"),
             ("path = \"/a\"\nsuccess = { status = 404 }", "ingest.routes[0].success.status"),
+            (
+                "path = \"/a\"\nsuccess = { content_type = \"a\\nb\" }",
+                "ingest.routes[0].success.content_type",
+            ),
             ("path = \"/a\"\nforward_headers = [\"bad header\"]", "ingest.routes[0].forward_headers[0]"),
         ] {
             let c = parse(&format!("[[routes]]\nqueue = \"q\"\n{route}\n"));

@@ -75,21 +75,31 @@ impl Tracker {
         while !data.is_empty() {
             match &mut self.state {
                 State::Off => return,
+                // The usual case: a whole head at the start of this read,
+                // parsed where it lies (no copy of the read into a buffer).
+                State::Head(buf) if buf.is_empty() => match parse_head(&self.flag, data) {
+                    Head::Complete(n, next) => {
+                        data = &data[n..];
+                        self.state = next;
+                    }
+                    Head::Partial if data.len() <= MAX_LINE => {
+                        buf.extend_from_slice(data);
+                        return;
+                    }
+                    Head::Partial | Head::Invalid => self.state = State::Off,
+                },
+                // A head split across reads: gathered, then parsed.
                 State::Head(buf) => {
                     buf.extend_from_slice(data);
-                    data = &[];
-                    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                    let mut req = httparse::Request::new(&mut headers);
-                    match req.parse(buf) {
-                        Ok(httparse::Status::Complete(n)) => {
-                            let next = after_head(&self.flag, &req);
+                    match parse_head(&self.flag, buf) {
+                        Head::Complete(n, next) => {
                             let rest = buf.split_off(n);
                             self.state = next;
                             self.feed(&rest);
                             return;
                         }
-                        Ok(httparse::Status::Partial) if buf.len() <= MAX_LINE => {}
-                        _ => self.state = State::Off,
+                        Head::Partial if buf.len() <= MAX_LINE => return,
+                        Head::Partial | Head::Invalid => self.state = State::Off,
                     }
                 }
                 State::Body(left) => {
@@ -141,6 +151,27 @@ impl Tracker {
                 }
             }
         }
+    }
+}
+
+/// What parsing the start of a head found.
+enum Head {
+    /// A whole head of this many bytes, and the state after it.
+    Complete(usize, State),
+    Partial,
+    Invalid,
+}
+
+/// Parses a head at the start of `bytes`. The header slots are left
+/// uninitialised, as hyper does: zeroing 128 of them cost more than the
+/// parse on every request.
+fn parse_head(flag: &AmbiguousFraming, bytes: &[u8]) -> Head {
+    let mut headers = [std::mem::MaybeUninit::<httparse::Header<'_>>::uninit(); MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    match req.parse_with_uninit_headers(bytes, &mut headers) {
+        Ok(httparse::Status::Complete(n)) => Head::Complete(n, after_head(flag, &req)),
+        Ok(httparse::Status::Partial) => Head::Partial,
+        Err(_) => Head::Invalid,
     }
 }
 

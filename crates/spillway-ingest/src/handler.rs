@@ -185,11 +185,9 @@ fn build_message(
 /// is also in `x-spillway-id`, so a client (and the load harness's
 /// delivery check) can always name what was accepted.
 fn success(route: &CompiledRoute, id: &str) -> Response {
-    let body = route.success_body.replace("${id}", id);
+    let body = route.success_body.join(id);
     let mut res = (route.success_status, body).into_response();
-    if let Ok(ct) = HeaderValue::from_str(&route.success_content_type) {
-        res.headers_mut().insert(header::CONTENT_TYPE, ct);
-    }
+    res.headers_mut().insert(header::CONTENT_TYPE, route.success_content_type.clone());
     if let Ok(v) = HeaderValue::from_str(id) {
         res.headers_mut().insert(ID_HEADER, v);
     }
@@ -320,6 +318,29 @@ fn pointer_text(body: &[u8], pointer: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::pointer_text;
+
+    /// Every `${id}` of the configured body becomes the id; the content
+    /// type and `x-spillway-id` are set.
+    #[tokio::test]
+    async fn the_success_answer_names_the_id() {
+        use axum::body::to_bytes;
+
+        use crate::config::{IngestConfig, RouteConfig};
+        let mut cfg = IngestConfig::default();
+        let mut route = RouteConfig { path: "/a".into(), queue: "q".into(), ..cfg.routes[0].clone() };
+        route.success.body = "${id}:${id}, done".into();
+        route.success.content_type = "text/plain".into();
+        cfg.routes = vec![route];
+        let compiled = cfg.compile().expect("compiles");
+        let res = super::success(&compiled.routes[0], "01ABC");
+        assert_eq!(res.headers()["content-type"], "text/plain");
+        assert_eq!(res.headers()[super::ID_HEADER], "01ABC");
+        let body = to_bytes(res.into_body(), 1024).await.expect("body");
+        assert_eq!(&body[..], b"01ABC:01ABC, done");
+        let plain = IngestConfig::default().compile().expect("compiles");
+        let body = to_bytes(super::success(&plain.routes[0], "X").into_body(), 1024).await.expect("body");
+        assert_eq!(&body[..], br#"{"id":"X","status":"accepted"}"#);
+    }
 
     #[test]
     fn big_numbers_keep_their_exact_text() {
