@@ -29,24 +29,36 @@ wrk.headers["Content-Type"] = "application/json"
 LUA
 BODY_BYTES=$(printf '{"event":"page_view","user":42,"pad":"%s"}' "$PAD" | wc -c)
 
-# run_case NAME URL PID CONNS -> appends "name conns rps p50 p99 rss_kib" to $WORK/rows
+# CPU time (user + system) of a process so far, in clock ticks.
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+HZ=$(getconf CLK_TCK)
+
+# run_case NAME URL PID CONNS -> appends "name conns rps p50 p99 rss_kib cpu_us_per_req" to $WORK/rows
 run_case() {
   local name=$1 url=$2 pid=$3 conns=$4
   wrk -t1 -c8 -d2s -s "$WORK/post.lua" "$url" >/dev/null   # warm-up
+  local t0 t1
+  t0=$(ticks "$pid")
   wrk -t2 -c"$conns" -d"${DURATION}s" --latency -s "$WORK/post.lua" "$url" > "$OUT/$name-c$conns.txt"
-  local rps p50 p99 rss
+  t1=$(ticks "$pid")
+  local rps p50 p99 rss reqs cpu
   rps=$(awk '/Requests\/sec/ {print $2}' "$OUT/$name-c$conns.txt")
+  reqs=$(awk '/requests in/ {print $1}' "$OUT/$name-c$conns.txt")
   p50=$(awk '$1 == "50%" {print $2}' "$OUT/$name-c$conns.txt")
   p99=$(awk '$1 == "99%" {print $2}' "$OUT/$name-c$conns.txt")
   rss=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
-  echo "$name $conns $rps $p50 $p99 $rss" >> "$WORK/rows"
+  cpu=$(awk -v t=$((t1 - t0)) -v hz="$HZ" -v n="$reqs" 'BEGIN { printf "%.1f", t / hz * 1e6 / n }')
+  echo "$name $conns $rps $p50 $p99 $rss $cpu" >> "$WORK/rows"
 }
 
-start_spillway() { # backend -> pid
-  local extra=()
-  [ "$1" = embedded ] && extra=(SPILLWAY_QUEUE__PATH="$WORK/data-$RANDOM")
-  env SPILLWAY_SERVER__LISTEN=127.0.0.1:18080 SPILLWAY_LOG__LEVEL=warn SPILLWAY_QUEUE__BACKEND="$1" "${extra[@]}" \
-    "$BIN/spillway" serve >/dev/null &
+# start_spillway BACKEND [BINARY] -> pid. BASELINE_BIN (a spillway binary
+# built from another commit) adds an `embedded-baseline` row to each round,
+# so a change is measured against what it replaced in the same run.
+start_spillway() {
+  local backend=$1 bin=${2:-$BIN/spillway} extra=()
+  [ "$backend" = embedded ] && extra=(SPILLWAY_QUEUE__PATH="$WORK/data-$RANDOM")
+  env SPILLWAY_SERVER__LISTEN=127.0.0.1:18080 SPILLWAY_LOG__LEVEL=warn SPILLWAY_QUEUE__BACKEND="$backend" "${extra[@]}" \
+    "$bin" serve >/dev/null &
   echo $!
 }
 
@@ -59,20 +71,25 @@ for conns in 64 256; do
     run_case $backend http://127.0.0.1:18080/ingest $pid $conns
     kill -TERM $pid; wait $pid 2>/dev/null || true
   done
+  if [ -n "${BASELINE_BIN:-}" ]; then
+    pid=$(start_spillway embedded "$BASELINE_BIN"); sleep 1
+    run_case embedded-baseline http://127.0.0.1:18080/ingest $pid $conns
+    kill -TERM $pid; wait $pid 2>/dev/null || true
+  fi
 done
 
 {
   echo "wrk: 2 threads, ${DURATION}s per case, ${BODY_BYTES}-byte JSON POST; $(nproc) cores; $(date -u +%Y-%m-%dT%H:%MZ)"
   echo
-  echo "| server | connections | req/s | ratio to ceiling | p50 | p99 | peak RSS |"
-  echo "|---|---|---|---|---|---|---|"
+  echo "| server | connections | req/s | ratio to ceiling | p50 | p99 | peak RSS | server CPU per request | CPU ratio to ceiling |"
+  echo "|---|---|---|---|---|---|---|---|---|"
   awk '
-    $1 == "ceiling" { ceil[$2] = $3 }
+    $1 == "ceiling" { ceil[$2] = $3; ceilcpu[$2] = $7 }
     { rows[NR] = $0 }
     END {
       for (i = 1; i <= NR; i++) {
         split(rows[i], f, " ")
-        printf "| %s | %s | %.0f | %.2f | %s | %s | %.1f MiB |\n", f[1], f[2], f[3], f[3] / ceil[f[2]], f[4], f[5], f[6] / 1024
+        printf "| %s | %s | %.0f | %.2f | %s | %s | %.1f MiB | %.1f µs | %.2f |\n", f[1], f[2], f[3], f[3] / ceil[f[2]], f[4], f[5], f[6] / 1024, f[7], f[7] / ceilcpu[f[2]]
       }
     }' "$WORK/rows"
 } | tee "$OUT/summary.md"

@@ -7,21 +7,19 @@
 
 use rusqlite::Connection;
 
-use super::durability::{Durability, BACKSTOP_PAGES};
+use super::durability::Durability;
 use crate::QueueError;
 
 /// WAL mode with the `synchronous` level of `durability`: with `FULL` (the
 /// default) a commit that returned survives `kill -9` and power loss (see
 /// [`super::durability`]). `busy_timeout` lets a second process (a consumer
 /// beside the gateway) share the file; it comes first so that even switching
-/// to WAL waits for a busy file instead of failing. The writer checkpoints
-/// only as a backstop: a thread of its own does it off the commit path.
+/// to WAL waits for a busy file instead of failing.
 fn durable_pragmas(durability: Durability) -> String {
     format!(
         "PRAGMA busy_timeout = 5000;
          PRAGMA journal_mode = WAL;
-         PRAGMA synchronous = {};
-         PRAGMA wal_autocheckpoint = {BACKSTOP_PAGES};",
+         PRAGMA synchronous = {};",
         durability.synchronous()
     )
 }
