@@ -18,7 +18,7 @@ WORK="$(mktemp -d)"
 cleanup() { kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
 
-env SPILLWAY_SERVER__LISTEN=127.0.0.1:18380 SPILLWAY_LOG__LEVEL=warn SPILLWAY_QUEUE__PATH="$WORK/data" \
+env SPILLWAY_SERVER__LISTEN=127.0.0.1:18380 SPILLWAY_LOG__LEVEL=warn SPILLWAY_QUEUE__BACKEND=embedded SPILLWAY_QUEUE__PATH="$WORK/data" \
   "$BIN/spillway" serve >/dev/null &
 pid=$!
 for _ in $(seq 1 50); do (exec 3<>/dev/tcp/127.0.0.1/18380) 2>/dev/null && break; sleep 0.2; done

@@ -4,7 +4,8 @@
 //! the same backlog size, the same machine, alternating.
 //!
 //! ```text
-//! drain MESSAGES POSTGRES_URL
+//! drain MESSAGES POSTGRES_URL          # batched against one by one
+//! drain MESSAGES POSTGRES_URL grid     # batched only, workers × batch sizes
 //! ```
 
 use std::{
@@ -45,7 +46,7 @@ async fn drain(n: usize, sink: Arc<dyn Sink>, concurrency: usize, batch: usize) 
     let cfg = ConsumerConfig {
         queue: "q".into(),
         concurrency,
-        batch_size: batch,
+        batch_size: Some(batch),
         wait: Duration::from_millis(100),
         ..ConsumerConfig::default()
     };
@@ -79,6 +80,25 @@ async fn main() {
     let table = format!("drain_bench_{}", std::process::id());
     let sink =
         Arc::new(PostgresSink::connect(&url, &table, true, Duration::from_secs(5)).await.expect("postgres"));
+    if args.get(3).map(String::as_str) == Some("grid") {
+        // Ratios to the defaults (4 × 10) of the same run.
+        println!("| workers × batch | batched, msg/s | ratio to 4 × 10 |");
+        println!("|---|---|---|");
+        let mut base = None;
+        for (workers, batch) in [(4, 10), (4, 100), (8, 100), (16, 100), (4, 10)] {
+            let rate = drain(n, sink.clone(), workers, batch).await;
+            let base = *base.get_or_insert(rate);
+            println!("| {workers} × {batch} | {rate:.0} | {:.2} |", rate / base);
+        }
+    } else {
+        one_by_one_against_batched(n, &sink).await;
+    }
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.expect("connect");
+    tokio::spawn(conn);
+    let _ = client.batch_execute(&format!("DROP TABLE IF EXISTS \"{table}\"")).await;
+}
+
+async fn one_by_one_against_batched(n: usize, sink: &Arc<PostgresSink>) {
     println!("| workers × batch | one by one, msg/s | batched, msg/s | batched / one by one |");
     println!("|---|---|---|---|");
     for (workers, batch) in [(4, 10), (16, 100)] {
@@ -86,7 +106,4 @@ async fn main() {
         let many = drain(n, sink.clone(), workers, batch).await;
         println!("| {workers} × {batch} | {one:.0} | {many:.0} | {:.2} |", many / one);
     }
-    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.expect("connect");
-    tokio::spawn(conn);
-    let _ = client.batch_execute(&format!("DROP TABLE IF EXISTS \"{table}\"")).await;
 }

@@ -32,8 +32,14 @@ pub struct ConsumerConfig {
     pub queue: String,
     /// Workers; each receives a batch and delivers it message by message.
     pub concurrency: usize,
-    /// Most messages per receive.
-    pub batch_size: usize,
+    /// Most messages per receive. Unset: [`BATCHED_SINK_BATCH`] for a sink
+    /// that takes a batch in one call (PostgreSQL, stdout) and
+    /// [`ONE_BY_ONE_BATCH`] for one that delivers one by one (HTTP). Why not
+    /// always the larger: a consumer that crashes counts a receive against
+    /// every message its workers hold, so a worker holds no more at once
+    /// than its sink tries at once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<usize>,
     /// Long-poll wait of one receive.
     #[serde(with = "humantime_serde")]
     pub wait: Duration,
@@ -54,7 +60,7 @@ impl Default for ConsumerConfig {
         Self {
             queue: "ingest".to_owned(),
             concurrency: 4,
-            batch_size: 10,
+            batch_size: None,
             wait: Duration::from_secs(5),
             retry: Backoff::default(),
             probe: Backoff { base: Duration::from_secs(1), max: Duration::from_secs(30), jitter: 0.2 },
@@ -65,12 +71,25 @@ impl Default for ConsumerConfig {
     }
 }
 
+/// The default `batch_size` for a sink that takes a batch in one call: at
+/// 4 workers it drained 3.1× what 10 did (docs/benchmarks.md), more than
+/// the embedded gateway accepts on the same machine.
+pub const BATCHED_SINK_BATCH: usize = 100;
+/// The default `batch_size` for a sink that delivers one by one.
+pub const ONE_BY_ONE_BATCH: usize = 10;
+
 impl ConsumerConfig {
+    /// `batch_size`, or its default for a sink that does (or does not) take
+    /// a batch in one call.
+    pub fn batch_size_for(&self, sink_batches: bool) -> usize {
+        self.batch_size.unwrap_or(if sink_batches { BATCHED_SINK_BATCH } else { ONE_BY_ONE_BATCH }).max(1)
+    }
+
     /// Checks every value but the sink's (see [`crate::sink::check`]).
     pub fn check(&self) -> Result<(), ConfigError> {
         let positive = [
             ("concurrency", self.concurrency as u64),
-            ("batch_size", self.batch_size as u64),
+            ("batch_size", self.batch_size.map_or(1, |b| b as u64)),
             ("circuit_threshold", u64::from(self.circuit_threshold)),
         ];
         for (key, n) in positive {
@@ -146,4 +165,23 @@ fn default_true() -> bool {
 
 fn default_lock_timeout() -> Duration {
     Duration::from_secs(5)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Unset, a worker receives as many as its sink takes in one call: 100
+    /// for a batching sink, 10 for one that delivers one by one. Set, it
+    /// is what was set; 0 is refused by name.
+    #[test]
+    fn batch_size_follows_the_sink_unless_set() {
+        let unset = ConsumerConfig::default();
+        assert_eq!(unset.batch_size_for(true), BATCHED_SINK_BATCH);
+        assert_eq!(unset.batch_size_for(false), ONE_BY_ONE_BATCH);
+        let set = ConsumerConfig { batch_size: Some(7), ..ConsumerConfig::default() };
+        assert_eq!((set.batch_size_for(true), set.batch_size_for(false)), (7, 7));
+        let zero = ConsumerConfig { batch_size: Some(0), ..ConsumerConfig::default() };
+        assert_eq!(zero.check().expect_err("0 is refused").key, "consumer.batch_size");
+    }
 }

@@ -250,7 +250,7 @@ impl Worker {
             // Dropping this receive on shutdown is safe: `close` releases
             // whatever it took (see `Consumer::receive`, cancel safety).
             let batch = tokio::select! {
-                got = self.consumer.receive(self.cfg.batch_size.max(1), self.cfg.wait) => got,
+                got = self.consumer.receive(self.cfg.batch_size_for(self.sink.batches()), self.cfg.wait) => got,
                 () = self.shutdown.cancelled() => break,
             };
             match batch {
@@ -583,7 +583,7 @@ mod tests {
         ConsumerConfig {
             queue: "q".into(),
             concurrency: 3,
-            batch_size: 5,
+            batch_size: Some(5),
             wait: Duration::from_millis(50),
             retry: quick,
             probe: quick,
