@@ -10,9 +10,10 @@
 #   benches/max-rate.sh [step-seconds] [out-dir] [targets]
 #
 # targets default to "ceiling embedded rabbitmq kafka" (RabbitMQ and the
-# tansu of deploy/local/services.sh for their rows); the ratio column needs
-# ceiling in the same run. Kafka steps by 100/s: tansu carries hundreds, not
-# thousands, per second.
+# tansu of deploy/local/services.sh for their rows); `sqs` runs a moto of its
+# own (deploy/local/sqs_server.py from the venv) and measures moto more than
+# SQS. The ratio column needs ceiling in the same run. Kafka steps by
+# 100/s: tansu carries hundreds, not thousands, per second; SQS on moto by 10/s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EACH="${1:-8}"
@@ -40,6 +41,14 @@ start() {
     rabbitmq) SPILLWAY_SERVER__LISTEN=127.0.0.1:18380 SPILLWAY_QUEUE__BACKEND=rabbitmq SPILLWAY_QUEUE__URL="$AMQP" \
         SPILLWAY_CONSUMER__QUEUE=spillway-bench-max SPILLWAY_INGEST__ROUTES='[{path="/ingest",queue="spillway-bench-max"}]' \
         "$BIN/spillway" serve >/dev/null 2>&1 & pid=$! ;;
+    sqs) if [ -z "${moto:-}" ]; then
+          "${SPILLWAY_VENV:-/var/tmp/spillway-venv}/bin/python" deploy/local/sqs_server.py -H 127.0.0.1 -p 14567 >/dev/null 2>&1 & moto=$!
+          for _ in $(seq 1 30); do (exec 3<>/dev/tcp/127.0.0.1/14567) 2>/dev/null && break; sleep 1; done
+        fi
+        SPILLWAY_SERVER__LISTEN=127.0.0.1:18380 SPILLWAY_QUEUE__BACKEND=sqs SPILLWAY_QUEUE__ENDPOINT_URL=http://127.0.0.1:14567 \
+        SPILLWAY_QUEUE__REGION=us-east-1 SPILLWAY_QUEUE__ACCESS_KEY_ID=bench SPILLWAY_QUEUE__SECRET_ACCESS_KEY=bench \
+        SPILLWAY_CONSUMER__QUEUE=spillway-bench-max SPILLWAY_INGEST__ROUTES='[{path="/ingest",queue="spillway-bench-max"}]' \
+        "$BIN/spillway" serve >/dev/null 2>&1 & pid=$! ;;
     kafka) SPILLWAY_SERVER__LISTEN=127.0.0.1:18380 SPILLWAY_QUEUE__BACKEND=kafka SPILLWAY_QUEUE__BROKERS="$KAFKA" \
         SPILLWAY_CONSUMER__QUEUE="spillway-bench-max-$RUN" SPILLWAY_INGEST__ROUTES="[{path=\"/ingest\",queue=\"spillway-bench-max-$RUN\"}]" \
         "$BIN/spillway" serve >/dev/null 2>&1 & pid=$! ;;
@@ -52,7 +61,7 @@ echo "target max_rate p50 p99 p999 cpu_per_million rss_kib" > "$WORK/rows"
 for target in $TARGETS; do
   start $target
   mkdir -p "$OUT/$target"
-  step=1000; [ "$target" = kafka ] && step=100
+  step=1000; [ "$target" = kafka ] && step=100; [ "$target" = sqs ] && step=10
   "$BIN/spillway-load" max-rate --url http://127.0.0.1:18380/ingest --from "$step" --by "$step" --to 60000 \
     --each "${EACH}s" --p99-ms 10 --out "$OUT/$target" 2> "$OUT/$target/steps.txt" >/dev/null || true
   rate=$(json "$OUT/$target/max-rate.json" "v['max_sustainable_rate'] or 0")
@@ -68,7 +77,7 @@ $(python3 -c "print(($cpu1 - $cpu0) * 1e6 / max(1, $(json "$r" "v['accepted']"))
 done
 
 {
-  echo "spillway-load max-rate: steps of 1,000/s (Kafka 100/s), ${EACH}s each, p99 under 10 ms and every answer 2xx; 200-byte JSON; the load generator on the same $(nproc) cores; $(date -u +%Y-%m-%dT%H:%MZ)"
+  echo "spillway-load max-rate: steps of 1,000/s (Kafka 100/s, SQS on moto 10/s), ${EACH}s each, p99 under 10 ms and every answer 2xx; 200-byte JSON; the load generator on the same $(nproc) cores; $(date -u +%Y-%m-%dT%H:%MZ)"
   echo
   echo "| target | max sustainable rate | ratio to the bare server | p50 at 25 % | p99 at 25 % | p99.9 at 25 % | server CPU-s per 1M at 25 % | peak RSS |"
   echo "|---|---|---|---|---|---|---|---|"

@@ -748,4 +748,90 @@ mod tests {
         let dead = b.peek_dead("q", 10).await.expect("peek");
         assert_eq!(dead.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), vec!["hang"]);
     }
+
+    /// Records the `max` of every receive; everything else is the inner consumer's.
+    struct Recording {
+        inner: Arc<dyn Consumer>,
+        maxes: Mutex<Vec<usize>>,
+    }
+
+    #[async_trait]
+    impl Consumer for Recording {
+        async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>, QueueError> {
+            self.maxes.lock().expect("lock").push(max);
+            self.inner.receive(max, wait).await
+        }
+        async fn ack(&self, d: &Delivery) -> Result<(), QueueError> {
+            self.inner.ack(d).await
+        }
+        async fn ack_batch(&self, ds: &[Delivery]) -> Result<(), QueueError> {
+            self.inner.ack_batch(ds).await
+        }
+        async fn nack(&self, d: &Delivery, delay: Duration, reason: &str) -> Result<Nacked, QueueError> {
+            self.inner.nack(d, delay, reason).await
+        }
+        async fn release(&self, d: &Delivery, delay: Duration) -> Result<(), QueueError> {
+            self.inner.release(d, delay).await
+        }
+        async fn extend(&self, d: &Delivery, timeout: Duration) -> Result<(), QueueError> {
+            self.inner.extend(d, timeout).await
+        }
+        async fn dead_letter(&self, d: &Delivery, reason: &str) -> Result<(), QueueError> {
+            self.inner.dead_letter(d, reason).await
+        }
+        async fn close(&self) -> Result<(), QueueError> {
+            self.inner.close().await
+        }
+        fn visibility_timeout(&self) -> Duration {
+            self.inner.visibility_timeout()
+        }
+    }
+
+    /// [`Scripted`], taking batches in one call.
+    struct Batching(Arc<Scripted>);
+
+    #[async_trait]
+    impl Sink for Batching {
+        async fn deliver(&self, d: &Delivery) -> Result<(), SinkError> {
+            self.0.deliver(d).await
+        }
+        fn batches(&self) -> bool {
+            true
+        }
+    }
+
+    /// With `batch_size` unset, a worker asks for as many as its sink takes
+    /// in one call: 100 for a batching sink, 10 for one that goes one by one.
+    #[tokio::test(start_paused = true)]
+    async fn an_unset_batch_size_follows_the_sink() {
+        for (batches, expected) in
+            [(true, crate::config::BATCHED_SINK_BATCH), (false, crate::config::ONE_BY_ONE_BATCH)]
+        {
+            let b = setup(150, &[]).await;
+            let scripted = Arc::new(Scripted::default());
+            let sink: Arc<dyn Sink> =
+                if batches { Arc::new(Batching(scripted.clone())) } else { scripted.clone() };
+            let consumer = Arc::new(Recording {
+                inner: b.consumer("q").await.expect("consumer"),
+                maxes: Mutex::default(),
+            });
+            let cfg = ConsumerConfig { batch_size: None, ..fast() };
+            let stop = CancellationToken::new();
+            let task = tokio::spawn(run(consumer.clone(), sink, cfg, stop.clone()));
+            for _ in 0..2400 {
+                if scripted.taken_count(150).await {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            stop.cancel();
+            task.await.expect("runtime");
+            assert_eq!(scripted.taken().len(), 150);
+            let maxes = consumer.maxes.lock().expect("lock").clone();
+            assert!(
+                !maxes.is_empty() && maxes.iter().all(|&m| m == expected),
+                "batches={batches}: {maxes:?}"
+            );
+        }
+    }
 }
