@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use spillway_envelope::{Envelope, EnvelopeV1, RequestMeta};
+use spillway_envelope::{encode_v1, Envelope, EnvelopeV1, RequestMeta};
 use time::OffsetDateTime;
 
 fn meta() -> RequestMeta {
@@ -34,6 +34,11 @@ fn encode(c: &mut Criterion) {
         g.throughput(Throughput::Bytes(len as u64));
         g.bench_with_input(BenchmarkId::new("json_checked", len), &json, |b, body| {
             b.iter(|| Envelope::V1(EnvelopeV1::new(meta(), black_box(body), true)).to_bytes())
+        });
+        // What ingest runs: the one-pass writer, over a body it already
+        // checked (building the request facts included, as above).
+        g.bench_with_input(BenchmarkId::new("json_one_pass", len), &json, |b, body| {
+            b.iter(|| encode_v1(&meta(), black_box(body), true))
         });
         g.bench_with_input(BenchmarkId::new("json_detected", len), &json, |b, body| {
             b.iter(|| Envelope::V1(EnvelopeV1::new(meta(), black_box(body), false)).to_bytes())

@@ -134,19 +134,7 @@ impl EnvelopeV1 {
     /// body is checked here and embedded as text or base64 if it does not parse.
     pub fn new(meta: RequestMeta, body: &[u8], body_is_json: bool) -> Self {
         let (body_encoding, body) = encode_body(body, body_is_json);
-        let query = meta
-            .raw_query
-            .as_deref()
-            .map(|q| {
-                q.split('&')
-                    .filter(|kv| !kv.is_empty())
-                    .map(|kv| {
-                        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-                        (percent_decode(k), percent_decode(v))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let query = parse_query(meta.raw_query.as_deref());
         Self {
             tag: V1Tag::V1,
             id: meta.id,
@@ -206,6 +194,81 @@ impl Envelope {
             Self::V1(e) => &e.id,
         }
     }
+}
+
+/// The queued bytes of a request, written in one pass: exactly the bytes
+/// `Envelope::V1(EnvelopeV1::new(meta, body, body_is_json)).to_bytes()`
+/// gives (a test holds the two to that), without building the struct.
+///
+/// Why a second writer: on the ingest path the struct costs a copy of every
+/// field and, worse, a second full parse of a JSON body the gateway has
+/// already checked (`RawValue::from_string` validates). Here a body the
+/// caller vouches for (`body_is_json`) is copied in as is.
+///
+/// Contract: with `body_is_json`, `body` must parse as JSON (ingest checks
+/// it before calling); a body that is not UTF-8 is still base64, as in
+/// [`EnvelopeV1::new`].
+pub fn encode_v1(meta: &RequestMeta, body: &[u8], body_is_json: bool) -> Bytes {
+    let mut out = Vec::with_capacity(body.len() + 320);
+    // Writing JSON into a Vec cannot fail: every key is a string.
+    let _ = write_v1(&mut out, meta, body, body_is_json);
+    Bytes::from(out)
+}
+
+fn write_v1(
+    out: &mut Vec<u8>,
+    meta: &RequestMeta,
+    body: &[u8],
+    body_is_json: bool,
+) -> serde_json::Result<()> {
+    fn field<T: Serialize + ?Sized>(out: &mut Vec<u8>, name: &str, value: &T) -> serde_json::Result<()> {
+        out.push(b',');
+        out.push(b'"');
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b"\":");
+        serde_json::to_writer(&mut *out, value)
+    }
+    out.extend_from_slice(b"{\"type\":\"spillway.envelope.v1\"");
+    field(out, "id", &meta.id)?;
+    let received_at = meta.received_at.format(&time::format_description::well_known::Rfc3339);
+    field(out, "received_at", received_at.as_deref().unwrap_or(""))?;
+    field(out, "route", &meta.route)?;
+    field(out, "method", &meta.method)?;
+    field(out, "path", &meta.path)?;
+    field(out, "path_params", &meta.path_params)?;
+    field(out, "query", &parse_query(meta.raw_query.as_deref()))?;
+    field(out, "raw_query", &meta.raw_query)?;
+    field(out, "headers", &meta.headers)?;
+    field(out, "source_ip", &meta.source_ip)?;
+    field(out, "content_type", &meta.content_type)?;
+    match std::str::from_utf8(body) {
+        Ok(text) if body_is_json => {
+            field(out, "body_encoding", &BodyEncoding::Json)?;
+            out.extend_from_slice(b",\"body\":");
+            out.extend_from_slice(text.trim().as_bytes());
+        }
+        _ => {
+            let (encoding, raw) = encode_body(body, body_is_json);
+            field(out, "body_encoding", &encoding)?;
+            field(out, "body", &raw)?;
+        }
+    }
+    out.push(b'}');
+    Ok(())
+}
+
+/// Query parameters; a repeated key keeps its last value.
+fn parse_query(raw: Option<&str>) -> BTreeMap<String, String> {
+    raw.map(|q| {
+        q.split('&')
+            .filter(|kv| !kv.is_empty())
+            .map(|kv| {
+                let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                (percent_decode(k), percent_decode(v))
+            })
+            .collect()
+    })
+    .unwrap_or_default()
 }
 
 fn encode_body(body: &[u8], known_json: bool) -> (BodyEncoding, Box<RawValue>) {
@@ -307,6 +370,40 @@ mod tests {
     fn query_values_are_percent_decoded() {
         assert_eq!(percent_decode("x%20y+z%2"), "x y z%2");
         assert_eq!(percent_decode("%zz"), "%zz");
+    }
+
+    #[test]
+    fn the_one_pass_writer_gives_the_structs_bytes() {
+        let mut odd = meta();
+        odd.headers.insert("x-quote".into(), "a \"b\" \\ c\n\u{1}é✓".into());
+        odd.path_params.insert("tenant".into(), "ünï/😀".into());
+        odd.raw_query = Some("q=%22x%22&e=&&k".into());
+        odd.received_at = OffsetDateTime::from_unix_timestamp_nanos(1_764_227_000_123_456_789).expect("time");
+        let mut bare = meta();
+        bare.raw_query = None;
+        bare.source_ip = None;
+        bare.content_type = None;
+        let bodies: [(&[u8], bool); 8] = [
+            (br#"{"event":"click","n":1}"#, true),
+            (b"  [1, 2, {\"a\": null}]\n", true),
+            (br#""just a string""#, false),
+            (b"plain text \"quoted\"", false),
+            (b"", false),
+            (&[0u8, 159, 146, 150, 255], false),
+            (&[0u8, 159, 146, 150, 255], true),
+            (br#"{"nested":{"deep":[true,false]}}"#, false),
+        ];
+        for m in [meta(), odd, bare] {
+            for (body, is_json) in bodies {
+                let via_struct = Envelope::V1(EnvelopeV1::new(m.clone(), body, is_json)).to_bytes();
+                let direct = encode_v1(&m, body, is_json);
+                assert_eq!(
+                    String::from_utf8_lossy(&direct),
+                    String::from_utf8_lossy(&via_struct),
+                    "body {body:?}, json {is_json}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -28,7 +28,7 @@ use axum::{
 use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::value::RawValue;
-use spillway_envelope::{Envelope, EnvelopeV1, RequestMeta, FORMAT_ATTRIBUTE};
+use spillway_envelope::{encode_v1, RequestMeta, FORMAT_ATTRIBUTE};
 use spillway_queue::OutgoingMessage;
 use time::OffsetDateTime;
 
@@ -158,7 +158,7 @@ fn build_message(
                 source_ip: facts.source_ip,
                 content_type,
             };
-            Envelope::V1(EnvelopeV1::new(meta, &body, is_json)).to_bytes()
+            encode_v1(&meta, &body, is_json)
         }
         Format::Raw => {
             attributes.insert(FORMAT_ATTRIBUTE.to_owned(), "raw".to_owned());
