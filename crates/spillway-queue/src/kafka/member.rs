@@ -818,7 +818,7 @@ impl Inner {
                 let mut tpl = TopicPartitionList::new();
                 tpl.add_partition(&t, p);
                 let got = consumer.committed_offsets(tpl, timeout)?;
-                Ok(got.elements().first().map(|e| (e.offset(), e.metadata().to_owned())))
+                Ok(super::committed::read(&got).into_iter().next().map(|c| (c.offset, c.metadata)))
             })
             .await
             .and_then(|r| r.map_err(|e| queue_error("committed offsets", &self.queue, &e)));

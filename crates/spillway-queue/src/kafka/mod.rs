@@ -10,6 +10,7 @@
 //! - [`member`]: the process's group member for one queue, shared by all
 //!   its consumers: fetch, hand out, settle, commit.
 //! - [`producer`]: sends, each `Ok` only on its delivery report.
+//! - [`committed`]: committed offsets read back, metadata as bytes.
 //!
 //! # The shape
 //!
@@ -26,6 +27,7 @@
 //! settled, and the commit's metadata names what is settled above it and
 //! what was held (see [`ledger`]). `docs/backends.md` has the whole design.
 
+mod committed;
 mod consumer;
 mod health;
 mod ledger;
@@ -299,15 +301,14 @@ impl Shared {
         let got = Self::blocking(move || reader.committed_offsets(tpl, timeout))
             .await?
             .map_err(|e| queue_error("committed offsets", queue, &e))?;
-        Ok(got
-            .elements()
-            .iter()
-            .map(|e| {
-                let off = match e.offset() {
+        Ok(committed::read(&got)
+            .into_iter()
+            .map(|c| {
+                let off = match c.offset {
                     Offset::Offset(o) => Some(o),
                     _ => None,
                 };
-                ((e.topic().to_owned(), e.partition()), (off, e.metadata().to_owned()))
+                ((c.topic, c.partition), (off, c.metadata))
             })
             .collect())
     }
@@ -427,9 +428,11 @@ impl KafkaBackend {
     /// Every partition of the source topic and the retry tiers. A tier that
     /// was never created (an older ensure) has nothing in it and is left out.
     async fn consumed_partitions(&self, queue: &str) -> Result<Vec<(String, i32)>, QueueError> {
+        let topics = topics::consumed(queue);
+        let listed = futures::future::join_all(topics.iter().map(|t| self.shared.partitions(queue, t))).await;
         let mut parts = Vec::new();
-        for topic in topics::consumed(queue) {
-            let ps = match self.shared.partitions(queue, &topic).await {
+        for (topic, got) in topics.into_iter().zip(listed) {
+            let ps = match got {
                 Ok(ps) => ps,
                 Err(QueueError::NotFound(_)) if topic != queue => continue,
                 Err(e) => return Err(e),
@@ -453,9 +456,13 @@ impl KafkaBackend {
                 committed.insert(tp, (Some(o), md));
             }
         }
+        // Every partition's watermarks at once: a queue has eleven topics
+        // (source, ten tiers), and `/metrics` asks on every scrape.
+        let marks =
+            futures::future::try_join_all(parts.iter().map(|(topic, p)| s.watermarks(queue, topic, *p)))
+                .await?;
         let mut stats = QueueStats::default();
-        for (topic, p) in parts {
-            let (low, high) = s.watermarks(queue, &topic, p).await?;
+        for ((topic, p), (low, high)) in parts.into_iter().zip(marks) {
             let (off, md) = committed.get(&(topic.clone(), p)).cloned().unwrap_or((None, String::new()));
             let from = off.unwrap_or(low).max(low);
             let window = ledger::decode(from, &md);
