@@ -55,7 +55,7 @@ raw_run() {  # raw_run ROUND -> msgs/s
     embedded) "$BIN/raw_embedded" "$WORK/raw-$1" "$CONNS" "$DURATION" "$BODY_BYTES" ;;
     rabbitmq) "$BIN/raw_lapin" "$AMQP" spillway-bench-raw "$CONNS" "$DURATION" "$BODY_BYTES" ;;
     kafka) "$BIN/raw_rdkafka" "$KAFKA" "spillway-bench-raw-$RUN" "$CONNS" "$DURATION" "$BODY_BYTES" ;;
-  esac 2>/dev/null | tail -n1
+  esac 2>/dev/null | tail -n1 | awk '{print $1}'
 }
 
 gateway_env() {  # the backend's settings, as environment overrides
