@@ -212,8 +212,11 @@ pub struct PublisherConfig {
     /// the previous one was being stored).
     #[serde(with = "humantime_serde")]
     pub linger: Duration,
-    /// Batches in flight at once.
-    pub max_in_flight: usize,
+    /// Batches in flight at once. Unset: [`BATCH_UNIT_IN_FLIGHT`] for a
+    /// backend that stores a batch as one unit, [`CONFIRMS_EACH_IN_FLIGHT`]
+    /// for one that confirms message by message (see
+    /// [`PublisherConfig::max_in_flight_for`]).
+    pub max_in_flight: Option<usize>,
     /// Requests waiting for a batch; beyond that, 503 at once.
     pub backlog: usize,
     /// A send not confirmed by then is a 503 (its outcome is unknown).
@@ -226,10 +229,34 @@ impl Default for PublisherConfig {
         Self {
             max_batch: 256,
             linger: Duration::ZERO,
-            max_in_flight: 4,
+            max_in_flight: None,
             backlog: 16 * 1024,
             send_timeout: Duration::from_secs(5),
         }
+    }
+}
+
+/// Batches in flight by default for a backend whose batch is one unit (the
+/// embedded queue's commit, SQS's `SendMessageBatch`): few and large, so
+/// each commit or call carries many requests.
+pub const BATCH_UNIT_IN_FLIGHT: usize = 4;
+
+/// Batches in flight by default for a backend that confirms each message
+/// (Kafka, RabbitMQ): the broker's round trip, not the gateway's CPU, is
+/// the limit there, so a request should not wait for a free slot. Measured
+/// against 4 on both brokers (docs/benchmarks.md): more requests served at
+/// less CPU each.
+pub const CONFIRMS_EACH_IN_FLIGHT: usize = 64;
+
+impl PublisherConfig {
+    /// `max_in_flight`, or its default for a backend that confirms each
+    /// message (`Producer::confirms_each`) or not.
+    pub fn max_in_flight_for(&self, confirms_each: bool) -> usize {
+        self.max_in_flight.unwrap_or(if confirms_each {
+            CONFIRMS_EACH_IN_FLIGHT
+        } else {
+            BATCH_UNIT_IN_FLIGHT
+        })
     }
 }
 
@@ -282,14 +309,17 @@ impl IngestConfig {
             return Err(invalid("ingest.routes", "at least one route is needed"));
         }
         let p = &self.publisher;
-        for (key, n) in
-            [("max_batch", p.max_batch), ("max_in_flight", p.max_in_flight), ("backlog", p.backlog)]
-        {
+        for (key, n) in [
+            ("max_batch", p.max_batch),
+            ("max_in_flight", p.max_in_flight.unwrap_or(1)),
+            ("backlog", p.backlog),
+        ] {
             if n == 0 {
                 return Err(invalid(format!("ingest.publisher.{key}"), "must be at least 1"));
             }
         }
-        if p.max_in_flight > tokio::sync::Semaphore::MAX_PERMITS || p.max_in_flight > u32::MAX as usize {
+        let in_flight = p.max_in_flight.unwrap_or(CONFIRMS_EACH_IN_FLIGHT);
+        if in_flight > tokio::sync::Semaphore::MAX_PERMITS || in_flight > u32::MAX as usize {
             return Err(invalid("ingest.publisher.max_in_flight", "is too large"));
         }
         // 0 would answer 503 to requests whose messages were stored.
@@ -485,6 +515,18 @@ mod tests {
 
     fn parse(toml_text: &str) -> IngestConfig {
         toml::from_str(toml_text).expect("toml")
+    }
+
+    #[test]
+    fn unset_max_in_flight_follows_the_backend_and_a_set_one_wins() {
+        let unset = PublisherConfig::default();
+        assert_eq!(unset.max_in_flight_for(false), BATCH_UNIT_IN_FLIGHT);
+        assert_eq!(unset.max_in_flight_for(true), CONFIRMS_EACH_IN_FLIGHT);
+        let set = PublisherConfig { max_in_flight: Some(8), ..PublisherConfig::default() };
+        assert_eq!((set.max_in_flight_for(false), set.max_in_flight_for(true)), (8, 8));
+        let zero = parse("[[routes]]\npath = \"/a\"\nqueue = \"q\"\n[publisher]\nmax_in_flight = 0\n");
+        let err = zero.compile().expect_err("0 batches in flight");
+        assert!(err.to_string().contains("ingest.publisher.max_in_flight"), "{err}");
     }
 
     #[test]

@@ -5,7 +5,10 @@
 //! waiting (up to `max_batch`) as soon as one of its `max_in_flight` slots is
 //! free, so under load a batch is everything that arrived while the previous
 //! batch was being stored: group commit, without a timer. `linger` adds a wait
-//! for brokers that prefer fuller batches.
+//! for brokers that prefer fuller batches. Each request is answered on its
+//! own message's outcome as soon as the backend knows it
+//! (`Producer::send_each`): on Kafka and RabbitMQ, not when the batch's
+//! slowest confirm arrives.
 //!
 //! # Guarantees
 //!
@@ -69,7 +72,8 @@ async fn run(
     mut rx: mpsc::Receiver<Pending>,
     cfg: PublisherConfig,
 ) {
-    let slots = Arc::new(Semaphore::new(cfg.max_in_flight));
+    let in_flight = cfg.max_in_flight_for(producer.confirms_each());
+    let slots = Arc::new(Semaphore::new(in_flight));
     let metrics = Arc::new(PublishMetrics::new(&queue));
     while let Some(first) = rx.recv().await {
         // Wait for a free slot first: meanwhile, more requests queue up and
@@ -87,31 +91,29 @@ async fn run(
         }
         let (producer, metrics) = (producer.clone(), metrics.clone());
         tokio::spawn(async move {
-            let (msgs, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.msg, p.reply)).unzip();
+            let (msgs, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.msg, Some(p.reply))).unzip();
+            let mut replies = replies;
             let n = msgs.len();
             let started = std::time::Instant::now();
-            let sent = producer.send_batch(msgs).await;
-            metrics.batch_sent(n, started.elapsed());
-            match sent {
-                Ok(outcomes) if outcomes.len() == n => {
-                    for (reply, outcome) in replies.into_iter().zip(outcomes) {
+            // Each request is answered on its own message's outcome, as soon
+            // as the backend knows it (see `Producer::send_each`).
+            producer
+                .send_each(msgs, &mut |i, outcome| {
+                    if let Some(reply) = replies.get_mut(i).and_then(Option::take) {
                         let _ = reply.send(outcome);
                     }
-                }
-                Ok(outcomes) => {
-                    let e = QueueError::unavailable_msg(format!(
-                        "backend answered {} outcomes for {n}",
-                        outcomes.len()
-                    ));
-                    replies.into_iter().for_each(|r| drop(r.send(Err(e.clone()))));
-                }
-                Err(e) => replies.into_iter().for_each(|r| drop(r.send(Err(e.clone())))),
-            }
+                })
+                .await;
+            metrics.batch_sent(n, started.elapsed());
+            // A reply the backend never reported (a broken contract) is
+            // dropped here, which `publish` turns into an error at once: not
+            // a wait for the send timeout, and never `Ok`.
+            drop(replies);
             drop(slot);
         });
     }
     // Every sender is gone: wait for the batches still in flight.
-    let _ = slots.acquire_many(u32::try_from(cfg.max_in_flight).unwrap_or(u32::MAX)).await;
+    let _ = slots.acquire_many(u32::try_from(in_flight).unwrap_or(u32::MAX)).await;
 }
 
 #[cfg(test)]
@@ -147,7 +149,7 @@ mod tests {
     }
 
     fn cfg() -> PublisherConfig {
-        PublisherConfig { max_in_flight: 1, ..PublisherConfig::default() }
+        PublisherConfig { max_in_flight: Some(1), ..PublisherConfig::default() }
     }
 
     #[tokio::test]
@@ -183,6 +185,146 @@ mod tests {
         }
         let batches = producer.batches.load(Ordering::SeqCst);
         assert!(batches < 20, "the requests shared batches: {batches} for 20");
+    }
+
+    /// Confirms message 0 of every batch at once and the rest after a second.
+    struct FirstFast;
+
+    #[async_trait]
+    impl Producer for FirstFast {
+        async fn send_batch(
+            &self,
+            msgs: Vec<OutgoingMessage>,
+        ) -> Result<Vec<Result<(), QueueError>>, QueueError> {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            Ok(msgs.iter().map(|_| Ok(())).collect())
+        }
+        async fn send_each(
+            &self,
+            msgs: Vec<OutgoingMessage>,
+            report: &mut (dyn FnMut(usize, Result<(), QueueError>) + Send),
+        ) {
+            report(0, Ok(()));
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            (1..msgs.len()).for_each(|i| report(i, Ok(())));
+        }
+        fn max_message_bytes(&self) -> usize {
+            100
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_is_answered_on_its_own_outcome_not_its_batchs_slowest() {
+        let p = Arc::new(Publisher::spawn("q", Arc::new(FirstFast), &cfg()));
+        // Fill the one slot so the next requests wait together for one batch.
+        let blocker = tokio::spawn({
+            let p = p.clone();
+            async move { p.publish(OutgoingMessage::new("blocker", "x")).await }
+        });
+        tokio::task::yield_now().await;
+        let tasks: Vec<_> = (0..5)
+            .map(|i| {
+                let p = p.clone();
+                tokio::spawn(async move {
+                    p.publish(OutgoingMessage::new(format!("{i}"), "x"))
+                        .await
+                        .map(|()| tokio::time::Instant::now())
+                })
+            })
+            .collect();
+        let start = tokio::time::Instant::now();
+        blocker.await.expect("task").expect("stored");
+        let mut waited = Vec::new();
+        for t in tasks {
+            waited.push(t.await.expect("task").expect("stored") - start);
+        }
+        waited.sort();
+        // The batch of five: its first message at once (after the blocker's
+        // second), the other four a second later.
+        assert!(waited[0] < Duration::from_millis(1500), "the first message waited {:?}", waited[0]);
+        assert!(waited[4] >= Duration::from_secs(2), "the slow ones took {:?}", waited[4]);
+    }
+
+    /// Reports nothing at all: a broken backend.
+    struct Silent;
+
+    #[async_trait]
+    impl Producer for Silent {
+        async fn send_batch(
+            &self,
+            msgs: Vec<OutgoingMessage>,
+        ) -> Result<Vec<Result<(), QueueError>>, QueueError> {
+            Ok(msgs.iter().map(|_| Ok(())).collect())
+        }
+        async fn send_each(
+            &self,
+            _msgs: Vec<OutgoingMessage>,
+            _report: &mut (dyn FnMut(usize, Result<(), QueueError>) + Send),
+        ) {
+        }
+        fn max_message_bytes(&self) -> usize {
+            100
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_message_the_backend_never_reported_is_a_fast_error_not_ok() {
+        let p = Publisher::spawn("q", Arc::new(Silent), &cfg());
+        let started = tokio::time::Instant::now();
+        let err = p.publish(OutgoingMessage::new("1", "x")).await.expect_err("no outcome is no Ok");
+        assert!(err.is_retryable(), "{err:?}");
+        assert!(started.elapsed() < cfg().send_timeout, "it waited for the send timeout");
+    }
+
+    /// Holds every batch for a second and records how many were in flight.
+    struct Peak {
+        each: bool,
+        now: AtomicUsize,
+        peak: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl Producer for Peak {
+        async fn send_batch(
+            &self,
+            msgs: Vec<OutgoingMessage>,
+        ) -> Result<Vec<Result<(), QueueError>>, QueueError> {
+            let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+            self.peak.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            self.now.fetch_sub(1, Ordering::SeqCst);
+            Ok(msgs.iter().map(|_| Ok(())).collect())
+        }
+        fn max_message_bytes(&self) -> usize {
+            100
+        }
+        fn confirms_each(&self) -> bool {
+            self.each
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn batches_in_flight_default_to_what_the_backend_confirms() {
+        for (each, expected) in [(false, 4), (true, 64)] {
+            let producer = Arc::new(Peak { each, now: AtomicUsize::new(0), peak: AtomicUsize::new(0) });
+            // One message per batch, so every request is a batch of its own.
+            let cfg = PublisherConfig {
+                max_batch: 1,
+                send_timeout: Duration::from_secs(60),
+                ..PublisherConfig::default()
+            };
+            let p = Arc::new(Publisher::spawn("q", producer.clone(), &cfg));
+            let tasks: Vec<_> = (0..100)
+                .map(|i| {
+                    let p = p.clone();
+                    tokio::spawn(async move { p.publish(OutgoingMessage::new(format!("{i}"), "x")).await })
+                })
+                .collect();
+            for t in tasks {
+                t.await.expect("task").expect("stored");
+            }
+            assert_eq!(producer.peak.load(Ordering::SeqCst), expected, "confirms each: {each}");
+        }
     }
 
     #[tokio::test]

@@ -35,9 +35,9 @@ pub trait Producer: Send + Sync {
     /// - **embedded**: the SQLite transaction that holds it has committed in WAL
     ///   mode with `synchronous=FULL`, so it survives `kill -9` and power loss;
     /// - **memory**: it is in the process's memory. Not durable;
-    /// - **sqs** (planned): `SendMessageBatch` answered success for that entry;
-    /// - **rabbitmq** (planned): the broker's publisher-confirm ack, on a durable quorum queue;
-    /// - **kafka** (planned): the delivery report, with `acks=all`.
+    /// - **sqs**: `SendMessageBatch` answered success for that entry;
+    /// - **rabbitmq**: the broker's publisher-confirm ack (and no `basic.return`), on a durable quorum queue;
+    /// - **kafka**: the delivery report, with `acks=all`.
     ///
     /// A message over the queue's size limit gets `Err(TooLarge)` without any
     /// I/O, and the rest of the batch is still sent. `Err(_)` for the whole
@@ -51,6 +51,46 @@ pub trait Producer: Send + Sync {
     async fn send_batch(&self, msgs: Vec<OutgoingMessage>)
         -> Result<Vec<Result<(), QueueError>>, QueueError>;
 
+    /// Sends a batch like [`Producer::send_batch`], handing each message's
+    /// outcome to `report` (with its index in `msgs`) as soon as it is known,
+    /// instead of all of them once the slowest is.
+    ///
+    /// Why: behind the gateway, a request waits for its message's outcome. A
+    /// backend whose messages are confirmed one by one (Kafka's delivery
+    /// reports, RabbitMQ's confirms) would otherwise hold every request of a
+    /// batch until its slowest confirm, so a latency-bound broker serves
+    /// fewer requests than its own client does at the same concurrency.
+    ///
+    /// # Contract
+    ///
+    /// `report` is called exactly once for every index, with the same
+    /// meaning as `send_batch`'s outcomes (`Ok(())` is durable); a failure of
+    /// the whole call is reported to every index it did not report yet.
+    /// The default waits for `send_batch`: right for a backend whose batch is
+    /// one unit (the embedded queue's commit, SQS's `SendMessageBatch`).
+    async fn send_each(
+        &self,
+        msgs: Vec<OutgoingMessage>,
+        report: &mut (dyn FnMut(usize, Result<(), QueueError>) + Send),
+    ) {
+        let n = msgs.len();
+        match self.send_batch(msgs).await {
+            Ok(outcomes) if outcomes.len() == n => {
+                for (i, outcome) in outcomes.into_iter().enumerate() {
+                    report(i, outcome);
+                }
+            }
+            Ok(outcomes) => {
+                let e = QueueError::unavailable_msg(format!(
+                    "backend answered {} outcomes for {n}",
+                    outcomes.len()
+                ));
+                (0..n).for_each(|i| report(i, Err(e.clone())));
+            }
+            Err(e) => (0..n).for_each(|i| report(i, Err(e.clone()))),
+        }
+    }
+
     /// Sends one message. `Ok` means durable, as for [`Producer::send_batch`].
     async fn send(&self, msg: OutgoingMessage) -> Result<(), QueueError> {
         let mut outcomes = self.send_batch(vec![msg]).await?;
@@ -59,6 +99,14 @@ pub trait Producer: Send + Sync {
 
     /// The largest message (body plus attributes) this queue accepts.
     fn max_message_bytes(&self) -> usize;
+
+    /// Whether the backend confirms message by message (and overrides
+    /// [`Producer::send_each`] to say so as each confirm arrives), rather
+    /// than storing a batch as one unit. The gateway keeps more batches in
+    /// flight for such a backend.
+    fn confirms_each(&self) -> bool {
+        false
+    }
 }
 
 /// Receives from one queue. At-least-once: a delivery that is not acked comes

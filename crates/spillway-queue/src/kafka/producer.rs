@@ -51,7 +51,26 @@ impl Producer for KafkaProducer {
         Ok(futures::future::join_all(msgs.into_iter().map(|m| self.send_one(m))).await)
     }
 
+    /// Each outcome as its delivery report arrives: the reports of one
+    /// batch come back per partition, at different times.
+    async fn send_each(
+        &self,
+        msgs: Vec<OutgoingMessage>,
+        report: &mut (dyn FnMut(usize, Result<(), QueueError>) + Send),
+    ) {
+        use futures::StreamExt as _;
+        let mut pending: futures::stream::FuturesUnordered<_> =
+            msgs.into_iter().enumerate().map(|(i, m)| async move { (i, self.send_one(m).await) }).collect();
+        while let Some((i, outcome)) = pending.next().await {
+            report(i, outcome);
+        }
+    }
+
     fn max_message_bytes(&self) -> usize {
         self.max_bytes
+    }
+
+    fn confirms_each(&self) -> bool {
+        true
     }
 }

@@ -551,9 +551,46 @@ impl Producer for RabbitProducer {
         &self,
         msgs: Vec<OutgoingMessage>,
     ) -> Result<Vec<Result<(), QueueError>>, QueueError> {
+        let mut outcomes: Vec<Option<Result<(), QueueError>>> = (0..msgs.len()).map(|_| None).collect();
+        let ch = self.shared.link.publisher().await?;
+        self.publish_each(&ch, msgs, &mut |i, o| outcomes[i] = Some(o)).await;
+        Ok(outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or_else(|| Err(QueueError::unavailable_msg("rabbitmq: no confirm outcome"))))
+            .collect())
+    }
+
+    /// As `send_batch`, each outcome handed on as its confirm arrives
+    /// (confirms come in publish order on the channel).
+    async fn send_each(
+        &self,
+        msgs: Vec<OutgoingMessage>,
+        report: &mut (dyn FnMut(usize, Result<(), QueueError>) + Send),
+    ) {
+        match self.shared.link.publisher().await {
+            Ok(ch) => self.publish_each(&ch, msgs, report).await,
+            Err(e) => (0..msgs.len()).for_each(|i| report(i, Err(e.clone()))),
+        }
+    }
+
+    fn max_message_bytes(&self) -> usize {
+        self.max_message_bytes
+    }
+
+    fn confirms_each(&self) -> bool {
+        true
+    }
+}
+
+impl RabbitProducer {
+    async fn publish_each(
+        &self,
+        ch: &Channel,
+        msgs: Vec<OutgoingMessage>,
+        report: &mut (dyn FnMut(usize, Result<(), QueueError>) + Send),
+    ) {
         let limit = self.max_message_bytes;
         let now = self.shared.now_ms();
-        let ch = self.shared.link.publisher().await?;
         let mut pending = Vec::with_capacity(msgs.len());
         for m in &msgs {
             if let Err(e) = m.check_size(limit) {
@@ -576,20 +613,19 @@ impl Producer for RabbitProducer {
                 }
             };
             let route = topology::route_for(&self.queue, m.delay);
-            pending.push(start_publish(&ch, &route, &m.body, props).await.map(|c| (route, c)));
+            pending.push(start_publish(ch, &route, &m.body, props).await.map(|c| (route, c)));
         }
-        let mut outcomes = Vec::with_capacity(pending.len());
-        for p in pending {
-            outcomes.push(match p {
-                Ok((route, confirm)) => finish_publish(&route, confirm, self.shared.confirm_timeout).await,
-                Err(e) => Err(e),
-            });
+        for (i, p) in pending.into_iter().enumerate() {
+            report(
+                i,
+                match p {
+                    Ok((route, confirm)) => {
+                        finish_publish(&route, confirm, self.shared.confirm_timeout).await
+                    }
+                    Err(e) => Err(e),
+                },
+            );
         }
-        Ok(outcomes)
-    }
-
-    fn max_message_bytes(&self) -> usize {
-        self.max_message_bytes
     }
 }
 
