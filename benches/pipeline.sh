@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Issue 18's "drain >= accept", at the same time on one machine: `spillway
+# serve` (embedded queue) under wrk at full speed, and `spillway consume`
+# draining the same queue into PostgreSQL with its defaults, both running
+# through the whole window. Reports, per round: requests accepted per second,
+# rows written per second over the same window, their ratio, and the
+# backlog left when wrk stops (and how long the consumer then takes to
+# empty it). Drain >= accept holds when the backlog does not grow.
+#
+#   benches/pipeline.sh [seconds] [connections] [rounds] [out-dir]
+#
+# Needs wrk, psql and the PostgreSQL at $SPILLWAY_TEST_PG (default: the
+# machine's, as deploy/local/services.sh sets it up).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION="${1:-30}"
+CONNS="${2:-64}"
+ROUNDS="${3:-2}"
+OUT="${4:-benches/results/latest}"
+PG="${SPILLWAY_TEST_PG:-postgres://postgres@127.0.0.1:5432/test}"
+export PGOPTIONS="--client-min-messages=warning"
+command -v wrk >/dev/null || { echo "wrk is needed: apt-get install -y wrk" >&2; exit 1; }
+cargo build --release -q -p spillway --bin spillway
+BIN="${CARGO_TARGET_DIR:-target}/release"
+mkdir -p "$OUT"
+WORK="$(mktemp -d -p /var/tmp)"
+cleanup() { kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+PAD="$(head -c 160 /dev/zero | tr '\0' 'x')"
+cat > "$WORK/post.lua" <<LUA
+wrk.method = "POST"
+wrk.body = '{"event":"page_view","user":42,"pad":"$PAD"}'
+wrk.headers["Content-Type"] = "application/json"
+LUA
+rows() { psql "$PG" -tAc "SELECT count(*) FROM $1" 2>/dev/null || echo 0; }
+{
+  echo "wrk 2 threads, $CONNS connections, ${DURATION}s; consumer defaults into PostgreSQL; $(nproc) cores; $(date -u +%Y-%m-%dT%H:%MZ)"
+  echo
+  echo "| round | accepted/s | drained/s | drained / accepted | backlog at the end | emptied after |"
+  echo "|---|---|---|---|---|---|"
+  for round in $(seq 1 "$ROUNDS"); do
+    table="spillway_pipeline_$$_$round"
+    psql "$PG" -qc "DROP TABLE IF EXISTS $table" >/dev/null
+    cat > "$WORK/spillway.toml" <<TOML
+[server]
+listen = "127.0.0.1:18083"
+[log]
+level = "warn"
+[queue]
+backend = "embedded"
+path = "$WORK/data-$round"
+[[ingest.routes]]
+path = "/ingest"
+queue = "events"
+[consumer]
+queue = "events"
+[consumer.sink]
+type = "postgres"
+url = "$PG"
+table = "$table"
+TOML
+    "$BIN/spillway" --config "$WORK/spillway.toml" serve >/dev/null 2>&1 & gw=$!
+    for _ in $(seq 1 100); do curl -fs http://127.0.0.1:18083/readyz >/dev/null && break; sleep 0.2; done
+    "$BIN/spillway" --config "$WORK/spillway.toml" consume >/dev/null 2>&1 & co=$!
+    # Warm up both sides, then measure from an empty queue.
+    wrk -t1 -c8 -d2s -s "$WORK/post.lua" http://127.0.0.1:18083/ingest >/dev/null
+    for _ in $(seq 1 100); do [ "$(rows "$table")" -ge 1 ] && break; sleep 0.2; done
+    sleep 2
+    r0=$(rows "$table"); t0=$(date +%s.%N)
+    wrk -t2 -c"$CONNS" -d"${DURATION}s" -s "$WORK/post.lua" http://127.0.0.1:18083/ingest > "$WORK/wrk.txt"
+    t1=$(date +%s.%N); r1=$(rows "$table")
+    reqs=$(awk '/requests in/ {print $1}' "$WORK/wrk.txt")
+    bad=$(awk '/Non-2xx/ {print $NF}' "$WORK/wrk.txt"); bad=${bad:-0}
+    left() {
+      "$BIN/spillway" --config "$WORK/spillway.toml" queue stats --json 2>/dev/null \
+        | python3 -c 'import json,sys; q=json.load(sys.stdin)["events"]; print(q["visible"] + q["delayed"] + q["in_flight"])'
+    }
+    backlog=$(left)
+    # How long the consumer then needs to empty the queue (at most 5 minutes).
+    e0=$(date +%s.%N)
+    for _ in $(seq 1 600); do [ "$(left)" = 0 ] && break; sleep 0.5; done
+    e1=$(date +%s.%N)
+    echo "$round $reqs $bad $r0 $r1 $t0 $t1 $backlog $e0 $e1" | awk '{
+      secs = $7 - $6; acc = ($2 - $3) / secs; dr = ($5 - $4) / secs
+      printf "| %s | %.0f | %.0f | %.2f | %s | %.1f s |\n", $1, acc, dr, dr / acc, $8, $10 - $9 }'
+    kill -TERM $gw $co; wait $gw $co 2>/dev/null || true
+    psql "$PG" -qc "DROP TABLE IF EXISTS $table" >/dev/null
+  done
+} | tee "$OUT/pipeline.md"
