@@ -15,20 +15,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION="${1:-15}"
 OUT="${2:-benches/results/latest}"
-command -v wrk >/dev/null || { echo "wrk is needed: apt-get install -y wrk" >&2; exit 1; }
+source "$(dirname "$0")/lib.sh"
+need_wrk
 cargo build --release -q -p spillway -p spillway-benches --bin spillway --bin ceiling
-BIN="${CARGO_TARGET_DIR:-target}/release"
-mkdir -p "$OUT"
-WORK="$(mktemp -d)"
-cleanup() { kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"; }
-trap cleanup EXIT
-PAD="$(head -c 160 /dev/zero | tr '\0' 'x')"
-cat > "$WORK/post.lua" <<LUA
-wrk.method = "POST"
-wrk.body = '{"event":"page_view","user":42,"pad":"$PAD"}'
-wrk.headers["Content-Type"] = "application/json"
-LUA
-BODY_BYTES=$(printf '{"event":"page_view","user":42,"pad":"%s"}' "$PAD" | wc -c)
+bench_workspace "$OUT"
+post_lua "$WORK/post.lua"
 
 # CPU time (user + system) of a process so far, in clock ticks.
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }

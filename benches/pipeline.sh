@@ -19,19 +19,11 @@ ROUNDS="${3:-2}"
 OUT="${4:-benches/results/latest}"
 PG="${SPILLWAY_TEST_PG:-postgres://postgres@127.0.0.1:5432/test}"
 export PGOPTIONS="--client-min-messages=warning"
-command -v wrk >/dev/null || { echo "wrk is needed: apt-get install -y wrk" >&2; exit 1; }
+source "$(dirname "$0")/lib.sh"
+need_wrk
 cargo build --release -q -p spillway --bin spillway
-BIN="${CARGO_TARGET_DIR:-target}/release"
-mkdir -p "$OUT"
-WORK="$(mktemp -d -p /var/tmp)"
-cleanup() { kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"; }
-trap cleanup EXIT
-PAD="$(head -c 160 /dev/zero | tr '\0' 'x')"
-cat > "$WORK/post.lua" <<LUA
-wrk.method = "POST"
-wrk.body = '{"event":"page_view","user":42,"pad":"$PAD"}'
-wrk.headers["Content-Type"] = "application/json"
-LUA
+TMPDIR=/var/tmp bench_workspace "$OUT"   # the queue's data on the disk, not a tmpfs
+post_lua "$WORK/post.lua"
 rows() { psql "$PG" -tAc "SELECT count(*) FROM $1" 2>/dev/null || echo 0; }
 {
   echo "wrk 2 threads, $CONNS connections, ${DURATION}s; consumer defaults into PostgreSQL; $(nproc) cores; $(date -u +%Y-%m-%dT%H:%MZ)"

@@ -24,7 +24,8 @@ ROUNDS="${4:-2}"
 OUT="${5:-benches/results/latest}"
 AMQP="${SPILLWAY_TEST_AMQP:-amqp://guest:guest@127.0.0.1:5672/%2f}"
 KAFKA="${SPILLWAY_TEST_KAFKA:-127.0.0.1:9092}"
-command -v wrk >/dev/null || { echo "wrk is needed: apt-get install -y wrk" >&2; exit 1; }
+source "$(dirname "$0")/lib.sh"
+need_wrk
 case "$BACKEND" in
   embedded) RAW=raw_embedded ;;
   rabbitmq) RAW=raw_lapin ;;
@@ -32,18 +33,8 @@ case "$BACKEND" in
   *) echo "unknown backend $BACKEND: embedded, rabbitmq or kafka" >&2; exit 2 ;;
 esac
 cargo build --release -q -p spillway -p spillway-benches --bin spillway --bin "$RAW"
-BIN="${CARGO_TARGET_DIR:-target}/release"
-mkdir -p "$OUT"
-WORK="$(mktemp -d)"
-cleanup() { kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"; }
-trap cleanup EXIT
-PAD="$(head -c 160 /dev/zero | tr '\0' 'x')"
-cat > "$WORK/post.lua" <<LUA
-wrk.method = "POST"
-wrk.body = '{"event":"page_view","user":42,"pad":"$PAD"}'
-wrk.headers["Content-Type"] = "application/json"
-LUA
-BODY_BYTES=$(printf '{"event":"page_view","user":42,"pad":"%s"}' "$PAD" | wc -c)
+bench_workspace "$OUT"
+post_lua "$WORK/post.lua"
 cpu_secs() { awk '{print ($14 + $15) / 100}' "/proc/$1/stat"; }  # utime + stime, at 100 Hz
 # The whole machine's busy and total jiffies, to tell "CPU-bound" from "waiting".
 machine() { awk '/^cpu / {busy = $2 + $3 + $4 + $7 + $8; print busy, busy + $5 + $6}' /proc/stat; }

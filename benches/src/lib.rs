@@ -1,5 +1,83 @@
 //! Helpers the benchmark binaries share.
 
+use std::{
+    future::Future,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+/// What one sender loop of [`closed_loop`] holds: whether to go on, and
+/// where to count what was stored.
+#[derive(Clone)]
+pub struct Sender {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+}
+
+impl Sender {
+    /// `false` once the run's time is up.
+    pub fn running(&self) -> bool {
+        !self.stop.load(Ordering::Relaxed)
+    }
+
+    /// Counts one message as stored (call it only after the confirm).
+    pub fn stored(&self) {
+        self.sent.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// What a [`closed_loop`] run did.
+pub struct Run {
+    pub stored: u64,
+    pub elapsed: Duration,
+    /// The whole process's CPU time (user + system) per stored message.
+    pub cpu_us_per_msg: f64,
+}
+
+impl Run {
+    pub fn rate(&self) -> f64 {
+        self.stored as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// `what` on stderr; `msgs/s cpu_us_per_msg` as the last line of stdout,
+    /// which the bench scripts read.
+    pub fn report(&self, what: &str) {
+        eprintln!("{} {what} in {:?}, {:.1} us CPU each", self.stored, self.elapsed, self.cpu_us_per_msg);
+        println!("{:.0} {:.2}", self.rate(), self.cpu_us_per_msg);
+    }
+}
+
+/// The raw publishers' shape: `senders` loops, each sending one message
+/// and waiting until it is stored before the next (like as many HTTP
+/// clients each waiting for their 202), for `seconds`. `sender(i, handle)`
+/// builds loop `i`; it runs `while handle.running() { send; handle.stored() }`.
+pub async fn closed_loop<F, Fut>(
+    senders: usize,
+    seconds: u64,
+    sender: F,
+) -> Result<Run, tokio::task::JoinError>
+where
+    F: Fn(usize, Sender) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let handle = Sender { stop: Arc::new(AtomicBool::new(false)), sent: Arc::new(AtomicU64::new(0)) };
+    let cpu0 = process_cpu_secs();
+    let tasks: Vec<_> = (0..senders).map(|i| tokio::spawn(sender(i, handle.clone()))).collect();
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    handle.stop.store(true, Ordering::Relaxed);
+    let elapsed = started.elapsed();
+    for t in tasks {
+        t.await?;
+    }
+    let stored = handle.sent.load(Ordering::Relaxed);
+    let cpu_us_per_msg = (process_cpu_secs() - cpu0) * 1e6 / stored.max(1) as f64;
+    Ok(Run { stored, elapsed, cpu_us_per_msg })
+}
+
 /// This process's user + system CPU seconds so far, from `/proc/self/stat`
 /// (Linux, 100 ticks a second): what a run spent, not how long it took.
 pub fn process_cpu_secs() -> f64 {

@@ -10,14 +10,6 @@
 //! raw_embedded DATA_DIR CONCURRENCY SECONDS BODY_BYTES
 //! ```
 
-use std::{
-    sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
-        Arc,
-    },
-    time::{Duration, Instant},
-};
-
 use spillway_queue::{embedded::EmbeddedBackend, Admin, Backend, OutgoingMessage, QueueSpec};
 
 #[tokio::main]
@@ -32,32 +24,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     b.ensure(&QueueSpec::new("raw")).await?;
     let producer = b.producer("raw").await?;
     let body = bytes::Bytes::from(vec![b'x'; body_bytes]);
-    let sent = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let cpu0 = spillway_benches::process_cpu_secs();
-    let mut tasks = Vec::new();
-    for _ in 0..concurrency {
-        let (producer, body, sent, stop) = (producer.clone(), body.clone(), sent.clone(), stop.clone());
-        tasks.push(tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
+    let run = spillway_benches::closed_loop(concurrency, seconds, |_, handle| {
+        let (producer, body) = (producer.clone(), body.clone());
+        async move {
+            while handle.running() {
                 let mut m = OutgoingMessage::new(ulid::Ulid::new().to_string(), body.clone());
                 m.attributes.insert("spillway-format".to_owned(), "envelope".to_owned());
                 m.attributes.insert("spillway-route".to_owned(), "ingest".to_owned());
                 producer.send(m).await.expect("stored");
-                sent.fetch_add(1, Ordering::Relaxed);
+                handle.stored();
             }
-        }));
-    }
-    let started = Instant::now();
-    tokio::time::sleep(Duration::from_secs(seconds)).await;
-    stop.store(true, Ordering::Relaxed);
-    let elapsed = started.elapsed();
-    for t in tasks {
-        t.await?;
-    }
-    let n = sent.load(Ordering::Relaxed).max(1);
-    let cpu_us = (spillway_benches::process_cpu_secs() - cpu0) * 1e6 / n as f64;
-    eprintln!("{n} committed sends in {elapsed:?} with {concurrency} senders, {cpu_us:.1} us CPU each");
-    println!("{:.0} {cpu_us:.2}", n as f64 / elapsed.as_secs_f64());
+        }
+    })
+    .await?;
+    run.report(&format!("committed sends with {concurrency} senders"));
     Ok(())
 }

@@ -30,11 +30,7 @@ use std::{
     fs::{File, OpenOptions},
     io::Write,
     path::{Path, PathBuf},
-    sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
-        mpsc, Arc,
-    },
-    time::{Duration, Instant},
+    sync::mpsc,
 };
 
 use tokio::sync::oneshot;
@@ -171,14 +167,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (tx, rx) = mpsc::channel::<Job>();
     std::thread::Builder::new().name("segment-writer".into()).spawn(move || writer(log, rx))?;
     let body = bytes::Bytes::from(vec![b'x'; body_bytes]);
-    let sent = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let cpu0 = spillway_benches::process_cpu_secs();
-    let mut tasks = Vec::new();
-    for _ in 0..concurrency {
-        let (tx, body, sent, stop) = (tx.clone(), body.clone(), sent.clone(), stop.clone());
-        tasks.push(tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
+    let run = spillway_benches::closed_loop(concurrency, seconds, |_, handle| {
+        let (tx, body) = (tx.clone(), body.clone());
+        async move {
+            while handle.running() {
                 let mut msg = Msg {
                     id: ulid::Ulid::new().to_string(),
                     attributes: Default::default(),
@@ -191,23 +183,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     return;
                 }
                 match answer.await {
-                    Ok(Ok(())) => {}
+                    Ok(Ok(())) => handle.stored(),
                     _ => return,
                 }
-                sent.fetch_add(1, Ordering::Relaxed);
             }
-        }));
-    }
-    let started = Instant::now();
-    tokio::time::sleep(Duration::from_secs(seconds)).await;
-    stop.store(true, Ordering::Relaxed);
-    let elapsed = started.elapsed();
-    for t in tasks {
-        t.await?;
-    }
-    let n = sent.load(Ordering::Relaxed).max(1);
-    let cpu_us = (spillway_benches::process_cpu_secs() - cpu0) * 1e6 / n as f64;
-    eprintln!("{n} durable appends in {elapsed:?} with {concurrency} senders, {cpu_us:.1} us CPU each");
-    println!("{:.0} {cpu_us:.2}", n as f64 / elapsed.as_secs_f64());
+        }
+    })
+    .await?;
+    run.report(&format!("durable appends with {concurrency} senders"));
     Ok(())
 }

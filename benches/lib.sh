@@ -1,0 +1,29 @@
+# Sourced by the bench scripts that drive the gateway with wrk: the common
+# start (wrk present, release build, output and work folders, cleanup) and
+# the one request body every load figure in docs/benchmarks.md uses.
+
+need_wrk() {
+  command -v wrk >/dev/null || { echo "wrk is needed: apt-get install -y wrk" >&2; exit 1; }
+}
+
+# bench_workspace OUT -> sets BIN, creates OUT and WORK, kills background
+# jobs and removes WORK on exit.
+bench_workspace() {
+  BIN="${CARGO_TARGET_DIR:-target}/release"
+  mkdir -p "$1"
+  WORK="$(mktemp -d -p "${TMPDIR:-/tmp}")"
+  trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
+}
+
+# post_lua FILE -> writes wrk's script for the 200-byte JSON POST and sets
+# BODY_BYTES to the body's size.
+post_lua() {
+  local pad
+  pad="$(head -c 160 /dev/zero | tr '\0' 'x')"
+  cat > "$1" <<LUA
+wrk.method = "POST"
+wrk.body = '{"event":"page_view","user":42,"pad":"$pad"}'
+wrk.headers["Content-Type"] = "application/json"
+LUA
+  BODY_BYTES=$(printf '{"event":"page_view","user":42,"pad":"%s"}' "$pad" | wc -c)
+}
