@@ -583,6 +583,10 @@ impl Producer for RabbitProducer {
 }
 
 impl RabbitProducer {
+    /// Publishes every message on `ch`, then reports each outcome in
+    /// publish order as its confirm arrives (a message refused before the
+    /// wire gets its error in its place): the one loop behind `send_batch`
+    /// and `send_each`.
     async fn publish_each(
         &self,
         ch: &Channel,
