@@ -91,8 +91,8 @@ async fn run(
         }
         let (producer, metrics) = (producer.clone(), metrics.clone());
         tokio::spawn(async move {
-            let (msgs, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.msg, Some(p.reply))).unzip();
-            let mut replies = replies;
+            let (msgs, mut replies): (Vec<_>, Vec<_>) =
+                batch.into_iter().map(|p| (p.msg, Some(p.reply))).unzip();
             let n = msgs.len();
             let started = std::time::Instant::now();
             // Each request is answered on its own message's outcome, as soon
@@ -152,16 +152,21 @@ mod tests {
         PublisherConfig { max_in_flight: Some(1), ..PublisherConfig::default() }
     }
 
-    #[tokio::test]
-    async fn concurrent_requests_share_batches() {
-        let producer = Arc::new(Counting { batches: AtomicUsize::new(0), fail: false });
-        let p = Arc::new(Publisher::spawn("q", producer.clone(), &cfg()));
-        let tasks: Vec<_> = (0..200)
+    /// `n` requests at once, each publishing message `"{i}"`.
+    fn publish_at_once(p: &Arc<Publisher>, n: usize) -> Vec<tokio::task::JoinHandle<Result<(), QueueError>>> {
+        (0..n)
             .map(|i| {
                 let p = p.clone();
                 tokio::spawn(async move { p.publish(OutgoingMessage::new(format!("{i}"), "x")).await })
             })
-            .collect();
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn concurrent_requests_share_batches() {
+        let producer = Arc::new(Counting { batches: AtomicUsize::new(0), fail: false });
+        let p = Arc::new(Publisher::spawn("q", producer.clone(), &cfg()));
+        let tasks = publish_at_once(&p, 200);
         for t in tasks {
             t.await.expect("task").expect("stored");
         }
@@ -173,12 +178,7 @@ mod tests {
     async fn a_backend_failure_reaches_every_request_of_the_batch() {
         let producer = Arc::new(Counting { batches: AtomicUsize::new(0), fail: true });
         let p = Arc::new(Publisher::spawn("q", producer.clone(), &cfg()));
-        let tasks: Vec<_> = (0..20)
-            .map(|i| {
-                let p = p.clone();
-                tokio::spawn(async move { p.publish(OutgoingMessage::new(format!("{i}"), "x")).await })
-            })
-            .collect();
+        let tasks = publish_at_once(&p, 20);
         for t in tasks {
             let err = t.await.expect("task").expect_err("every request of a failed batch fails");
             assert!(err.is_retryable(), "{err:?}");
@@ -314,12 +314,7 @@ mod tests {
                 ..PublisherConfig::default()
             };
             let p = Arc::new(Publisher::spawn("q", producer.clone(), &cfg));
-            let tasks: Vec<_> = (0..100)
-                .map(|i| {
-                    let p = p.clone();
-                    tokio::spawn(async move { p.publish(OutgoingMessage::new(format!("{i}"), "x")).await })
-                })
-                .collect();
+            let tasks = publish_at_once(&p, 100);
             for t in tasks {
                 t.await.expect("task").expect("stored");
             }
