@@ -27,3 +27,8 @@ wrk.headers["Content-Type"] = "application/json"
 LUA
   BODY_BYTES=$(printf '{"event":"page_view","user":42,"pad":"%s"}' "$pad" | wc -c)
 }
+
+# cpu_secs PID -> the process's user + system CPU seconds so far (/proc).
+cpu_secs() {
+  awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$1/stat"
+}

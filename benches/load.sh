@@ -15,31 +15,28 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION="${1:-15}"
 OUT="${2:-benches/results/latest}"
-source "$(dirname "$0")/lib.sh"
+source benches/lib.sh
 need_wrk
 cargo build --release -q -p spillway -p spillway-benches --bin spillway --bin ceiling
 bench_workspace "$OUT"
 post_lua "$WORK/post.lua"
 
-# CPU time (user + system) of a process so far, in clock ticks.
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-HZ=$(getconf CLK_TCK)
 
 # run_case NAME URL PID CONNS -> appends "name conns rps p50 p99 rss_kib cpu_us_per_req" to $WORK/rows
 run_case() {
   local name=$1 url=$2 pid=$3 conns=$4
   wrk -t1 -c8 -d2s -s "$WORK/post.lua" "$url" >/dev/null   # warm-up
   local t0 t1
-  t0=$(ticks "$pid")
+  t0=$(cpu_secs "$pid")
   wrk -t2 -c"$conns" -d"${DURATION}s" --latency -s "$WORK/post.lua" "$url" > "$OUT/$name-c$conns.txt"
-  t1=$(ticks "$pid")
+  t1=$(cpu_secs "$pid")
   local rps p50 p99 rss reqs cpu
   rps=$(awk '/Requests\/sec/ {print $2}' "$OUT/$name-c$conns.txt")
   reqs=$(awk '/requests in/ {print $1}' "$OUT/$name-c$conns.txt")
   p50=$(awk '$1 == "50%" {print $2}' "$OUT/$name-c$conns.txt")
   p99=$(awk '$1 == "99%" {print $2}' "$OUT/$name-c$conns.txt")
   rss=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
-  cpu=$(awk -v t=$((t1 - t0)) -v hz="$HZ" -v n="$reqs" 'BEGIN { printf "%.1f", t / hz * 1e6 / n }')
+  cpu=$(awk -v t0="$t0" -v t1="$t1" -v n="$reqs" 'BEGIN { printf "%.1f", (t1 - t0) * 1e6 / n }')
   echo "$name $conns $rps $p50 $p99 $rss $cpu" >> "$WORK/rows"
 }
 

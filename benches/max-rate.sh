@@ -28,7 +28,7 @@ mkdir -p "$OUT"
 WORK="$(mktemp -d)"
 cleanup() { kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"; }
 trap cleanup EXIT
-cpu_secs() { awk '{print ($14 + $15) / 100}' "/proc/$1/stat"; }
+source benches/lib.sh   # cpu_secs
 rss_kib() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
 json() { python3 -c "import json,sys; v=json.load(open('$1')); print($2)"; }
 export SPILLWAY_LOG__LEVEL=warn

@@ -19,7 +19,7 @@ ROUNDS="${3:-2}"
 OUT="${4:-benches/results/latest}"
 PG="${SPILLWAY_TEST_PG:-postgres://postgres@127.0.0.1:5432/test}"
 export PGOPTIONS="--client-min-messages=warning"
-source "$(dirname "$0")/lib.sh"
+source benches/lib.sh
 need_wrk
 cargo build --release -q -p spillway --bin spillway
 TMPDIR=/var/tmp bench_workspace "$OUT"   # the queue's data on the disk, not a tmpfs

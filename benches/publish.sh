@@ -24,7 +24,7 @@ ROUNDS="${4:-2}"
 OUT="${5:-benches/results/latest}"
 AMQP="${SPILLWAY_TEST_AMQP:-amqp://guest:guest@127.0.0.1:5672/%2f}"
 KAFKA="${SPILLWAY_TEST_KAFKA:-127.0.0.1:9092}"
-source "$(dirname "$0")/lib.sh"
+source benches/lib.sh
 need_wrk
 case "$BACKEND" in
   embedded) RAW=raw_embedded ;;
@@ -35,7 +35,6 @@ esac
 cargo build --release -q -p spillway -p spillway-benches --bin spillway --bin "$RAW"
 bench_workspace "$OUT"
 post_lua "$WORK/post.lua"
-cpu_secs() { awk '{print ($14 + $15) / 100}' "/proc/$1/stat"; }  # utime + stime, at 100 Hz
 # The whole machine's busy and total jiffies, to tell "CPU-bound" from "waiting".
 machine() { awk '/^cpu / {busy = $2 + $3 + $4 + $7 + $8; print busy, busy + $5 + $6}' /proc/stat; }
 busy_share() { echo "$1 $2" | awk '{printf "%.0f", ($3 - $1) / ($4 - $2) * 100}'; }  # "b0 t0" "b1 t1" -> %
