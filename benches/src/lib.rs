@@ -90,6 +90,35 @@ pub fn process_cpu_secs() -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// Fills `queue` with `n` messages of `body`, 1,000 to a commit (the
+/// fastest the embedded queue takes them), each with the two attributes the
+/// gateway sets and the ordering key `key(i)`. For the backlog benchmarks:
+/// a deep queue in minutes, not the hours a gateway at 50k/s would need.
+pub async fn fill(
+    producer: &dyn spillway_queue::Producer,
+    n: usize,
+    body: &bytes::Bytes,
+    key: impl Fn(usize) -> Option<String>,
+) -> Result<(), spillway_queue::QueueError> {
+    let mut sent = 0;
+    while sent < n {
+        let msgs = (sent..n.min(sent + 1000))
+            .map(|i| {
+                let mut m = spillway_queue::OutgoingMessage::new(format!("fill-{i:010}"), body.clone());
+                m.attributes.insert("spillway-format".to_owned(), "envelope".to_owned());
+                m.attributes.insert("spillway-route".to_owned(), "ingest".to_owned());
+                m.ordering_key = key(i);
+                m
+            })
+            .collect::<Vec<_>>();
+        sent += msgs.len();
+        for r in producer.send_batch(msgs).await? {
+            r?;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -9,7 +9,7 @@
 
 use std::time::{Duration, Instant};
 
-use spillway_queue::{embedded::EmbeddedBackend, Admin, Backend, OutgoingMessage, QueueSpec};
+use spillway_queue::{embedded::EmbeddedBackend, Admin, Backend, QueueSpec};
 
 const SCAN: &str = "SELECT sum(dead_at IS NULL AND visible_at <= ?2),
         sum(dead_at IS NULL AND visible_at > ?2 AND receipt IS NULL),
@@ -29,12 +29,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let b = EmbeddedBackend::open(dir.path()).await?;
     b.ensure(&QueueSpec::new("q")).await?;
     let p = b.producer("q").await?;
-    let body = vec![b'x'; 200];
+    let body = bytes::Bytes::from(vec![b'x'; 200]);
     let started = Instant::now();
-    for chunk in 0..n.div_ceil(1000) {
-        let msgs = (0..1000).map(|i| OutgoingMessage::new(format!("m{chunk}-{i}"), body.clone())).collect();
-        p.send_batch(msgs).await?;
-    }
+    spillway_benches::fill(p.as_ref(), n, &body, |_| None).await?;
     eprintln!("filled {n} messages in {:?}", started.elapsed());
     let mut counters = Vec::new();
     for _ in 0..9 {

@@ -329,14 +329,30 @@ impl Consumer for EmbeddedConsumer {
     async fn ack(&self, d: &Delivery) -> Result<(), QueueError> {
         let h = self.settle(d)?;
         let queue = self.queue.clone();
-        self.shared.writer.run(move |c| ops::ack(c, &queue, h)).await
+        let unblocked = self.shared.writer.run(move |c| ops::ack(c, &queue, h)).await?;
+        if unblocked {
+            self.shared.wake(&self.queue);
+        }
+        Ok(())
     }
 
     /// One writer job for the whole batch: one commit, not one per message.
     async fn ack_batch(&self, ds: &[Delivery]) -> Result<(), QueueError> {
         let handles = ds.iter().map(|d| self.settle(d)).collect::<Result<Vec<_>, _>>()?;
         let queue = self.queue.clone();
-        self.shared.writer.run(move |c| handles.into_iter().try_for_each(|h| ops::ack(c, &queue, h))).await
+        let unblocked = self
+            .shared
+            .writer
+            .run(move |c| {
+                handles
+                    .into_iter()
+                    .try_fold(false, |any, h| Ok::<_, QueueError>(ops::ack(c, &queue, h)? || any))
+            })
+            .await?;
+        if unblocked {
+            self.shared.wake(&self.queue);
+        }
+        Ok(())
     }
 
     async fn nack(&self, d: &Delivery, delay: Duration, reason: &str) -> Result<Nacked, QueueError> {
@@ -542,6 +558,45 @@ mod tests {
         let b = EmbeddedBackend::open(dir.path()).await.expect("open");
         let s = b.stats("q").await.expect("stats");
         assert_eq!((s.visible, s.dead), (2, 1));
+    }
+
+    /// A database of layout 1 (before `blocked`) gets the flag on open: each
+    /// key's oldest live message leads, the rest wait behind it.
+    #[tokio::test]
+    async fn a_layout_1_database_gets_its_keys_blocked_on_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let conn = rusqlite::Connection::open(dir.path().join("queue.db")).expect("open");
+            conn.execute_batch(
+                "CREATE TABLE queues (name TEXT PRIMARY KEY, max_receive_count INTEGER NOT NULL,
+                                      visibility_timeout_ms INTEGER NOT NULL, max_message_bytes INTEGER NOT NULL,
+                                      live INTEGER NOT NULL DEFAULT 0, dead INTEGER NOT NULL DEFAULT 0);
+                 CREATE TABLE messages (seq INTEGER PRIMARY KEY AUTOINCREMENT, queue TEXT NOT NULL, id TEXT NOT NULL,
+                     body BLOB NOT NULL, attributes TEXT NOT NULL, ordering_key TEXT, dedup_key TEXT,
+                     enqueued_at INTEGER NOT NULL, visible_at INTEGER NOT NULL,
+                     receive_count INTEGER NOT NULL DEFAULT 0, receipt_gen INTEGER NOT NULL DEFAULT 0,
+                     receipt INTEGER, first_received_at INTEGER, last_received_at INTEGER, last_error TEXT,
+                     dead_at INTEGER);
+                 CREATE INDEX messages_ready ON messages (queue, dead_at, visible_at, seq);
+                 CREATE INDEX messages_group ON messages (queue, ordering_key, seq) WHERE ordering_key IS NOT NULL;
+                 INSERT INTO queues VALUES ('q', 5, 30000, 1024, 5, 1);
+                 INSERT INTO messages (queue, id, body, attributes, ordering_key, enqueued_at, visible_at, dead_at)
+                 VALUES ('q', 'k-dead', x'00', '{}', 'k', 0, 0, 1), ('q', 'k1', x'00', '{}', 'k', 0, 0, NULL),
+                        ('q', 'k2', x'00', '{}', 'k', 0, 0, NULL), ('q', 'j1', x'00', '{}', 'j', 0, 0, NULL),
+                        ('q', 'j2', x'00', '{}', 'j', 0, 0, NULL), ('q', 'plain', x'00', '{}', NULL, 0, 0, NULL);
+                 PRAGMA user_version = 1;",
+            )
+            .expect("layout 1");
+        }
+        let b = EmbeddedBackend::open(dir.path()).await.expect("open");
+        let c = b.consumer("q").await.expect("consumer");
+        let got = c.receive(10, std::time::Duration::ZERO).await.expect("receive");
+        let ids: Vec<_> = got.iter().map(|d| d.message.id.as_str()).collect();
+        assert_eq!(ids, ["k1", "j1", "plain"], "each key's oldest live message, and the one without a key");
+        c.ack_batch(&got).await.expect("ack");
+        let got = c.receive(10, std::time::Duration::ZERO).await.expect("receive");
+        let ids: Vec<_> = got.iter().map(|d| d.message.id.as_str()).collect();
+        assert_eq!(ids, ["k2", "j2"]);
     }
 
     /// Durability rests on these two settings; the `kill -9` test cannot see

@@ -97,6 +97,7 @@ pub(crate) fn policy(conn: &Connection, queue: &str) -> Result<Policy, QueueErro
 }
 
 /// Inserts the messages that fit. Oversized ones were filtered by the caller.
+/// A message whose key already has a live message waits behind it (`blocked`).
 pub(crate) fn send(
     conn: &Connection,
     queue: &str,
@@ -106,14 +107,19 @@ pub(crate) fn send(
     let mut st = conn
         .prepare_cached(
             "INSERT OR IGNORE INTO messages
-                 (queue, id, body, attributes, ordering_key, dedup_key, enqueued_at, visible_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                 (queue, id, body, attributes, ordering_key, dedup_key, enqueued_at, visible_at, blocked)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         )
         .map_err(sql("prepare send"))?;
     let mut inserted = 0i64;
     for m in msgs {
         let attributes = serde_json::to_string(&m.attributes)
             .map_err(|e| QueueError::Invalid(format!("attributes: {e}")))?;
+        // Asked only for a message with a key: the keyless majority pays nothing.
+        let blocked = match &m.ordering_key {
+            Some(key) => key_has_live(conn, queue, key)?,
+            None => false,
+        };
         inserted += st
             .execute(params![
                 queue,
@@ -123,11 +129,21 @@ pub(crate) fn send(
                 m.ordering_key,
                 m.dedup_key,
                 now,
-                now.saturating_add(ms(m.delay))
+                now.saturating_add(ms(m.delay)),
+                blocked
             ])
             .map_err(sql("send"))? as i64;
     }
     count(conn, queue, inserted, 0)
+}
+
+/// Whether `key` has a live message in `queue`: one probe of `messages_group`.
+fn key_has_live(conn: &Connection, queue: &str, key: &str) -> Result<bool, QueueError> {
+    conn.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM messages WHERE queue = ?1 AND ordering_key = ?2 AND dead_at IS NULL)",
+    )
+    .and_then(|mut st| st.query_row(params![queue, key], |r| r.get(0)))
+    .map_err(sql("look up a key"))
 }
 
 /// Keeps the queue's `live` and `dead` counters in step with the rows, in
@@ -151,9 +167,14 @@ pub(crate) struct Received {
 }
 
 /// Takes up to `max` visible messages. Only the head of each ordering-key
-/// group is a candidate, so a group is delivered one message at a time, in
-/// send order. A candidate that already used up its receives is dead-lettered
-/// instead (its last receive timed out).
+/// group is a candidate (the others are `blocked`), so a group is delivered
+/// one message at a time, in send order. A candidate that already used up its
+/// receives is dead-lettered instead (its last receive timed out), and the
+/// next message of its key takes its place.
+///
+/// The cost follows what is taken, not the backlog: the ready index leads
+/// with `blocked`, so the walk never meets a message that waits behind its
+/// key's head.
 pub(crate) fn receive(conn: &Connection, queue: &str, max: usize, now: i64) -> Result<Received, QueueError> {
     let policy = policy(conn, queue)?;
     let limit = i64::try_from(max).unwrap_or(i64::MAX);
@@ -162,12 +183,8 @@ pub(crate) fn receive(conn: &Connection, queue: &str, max: usize, now: i64) -> R
         .prepare_cached(
             "SELECT seq, id, body, attributes, ordering_key, enqueued_at, receive_count, first_received_at,
                     receipt_gen
-             FROM messages m
-             WHERE queue = ?1 AND dead_at IS NULL AND visible_at <= ?2
-               AND (ordering_key IS NULL OR NOT EXISTS (
-                    SELECT 1 FROM messages p
-                    WHERE p.queue = m.queue AND p.ordering_key = m.ordering_key
-                      AND p.dead_at IS NULL AND p.seq < m.seq))
+             FROM messages
+             WHERE queue = ?1 AND dead_at IS NULL AND blocked = 0 AND visible_at <= ?2
              ORDER BY visible_at, seq
              LIMIT ?3",
         )
@@ -191,7 +208,6 @@ pub(crate) fn receive(conn: &Connection, queue: &str, max: usize, now: i64) -> R
             .query_map(params![queue, now, want], Candidate::from_row)
             .and_then(Iterator::collect)
             .map_err(sql("receive"))?;
-        let found = rows.len();
         let mut expired = 0;
         for c in rows {
             if c.receive_count >= policy.max_receive_count {
@@ -205,7 +221,9 @@ pub(crate) fn receive(conn: &Connection, queue: &str, max: usize, now: i64) -> R
             let handle = Handle { seq: c.seq, receipt: c.receipt_gen + 1 };
             deliveries.push((handle, c.into_delivery(queue, handle, now)));
         }
-        if expired == 0 || i64::try_from(found).unwrap_or(0) < want {
+        // Dead-lettering a head unblocks the next message of its key, so
+        // look again even when this look found fewer than it wanted.
+        if expired == 0 {
             break;
         }
     }
@@ -215,7 +233,8 @@ pub(crate) fn receive(conn: &Connection, queue: &str, max: usize, now: i64) -> R
 
 fn next_visible(conn: &Connection, queue: &str, now: i64) -> Result<Option<i64>, QueueError> {
     conn.prepare_cached(
-        "SELECT min(visible_at) FROM messages WHERE queue = ?1 AND dead_at IS NULL AND visible_at > ?2",
+        "SELECT min(visible_at) FROM messages
+         WHERE queue = ?1 AND dead_at IS NULL AND blocked = 0 AND visible_at > ?2",
     )
     .and_then(|mut st| st.query_row(params![queue, now], |r| r.get(0)))
     .map_err(sql("next visible"))
@@ -281,15 +300,40 @@ fn kill(
     keep_error: bool,
 ) -> Result<(), QueueError> {
     let sql_text = if keep_error {
-        "UPDATE messages SET dead_at = ?2, receipt = NULL, last_error = coalesce(last_error, ?3) WHERE seq = ?1"
+        "UPDATE messages SET dead_at = ?2, receipt = NULL, last_error = coalesce(last_error, ?3) WHERE seq = ?1
+         RETURNING ordering_key"
     } else {
-        "UPDATE messages SET dead_at = ?2, receipt = NULL, last_error = ?3 WHERE seq = ?1"
+        "UPDATE messages SET dead_at = ?2, receipt = NULL, last_error = ?3 WHERE seq = ?1
+         RETURNING ordering_key"
     };
-    let n = conn
+    let killed: Option<Option<String>> = conn
         .prepare_cached(sql_text)
-        .and_then(|mut st| st.execute(params![seq, now, reason]))
-        .map_err(sql("dead-letter"))? as i64;
-    count(conn, queue, -n, n)
+        .and_then(|mut st| st.query_row(params![seq, now, reason], |r| r.get(0)).optional())
+        .map_err(sql("dead-letter"))?;
+    let Some(key) = killed else { return Ok(()) };
+    if let Some(key) = key {
+        promote(conn, queue, &key)?;
+    }
+    count(conn, queue, -1, 1)
+}
+
+/// Unblocks the next message of `key` (the lowest `seq` still waiting) if the
+/// key has no head: called when a head leaves, acked or dead-lettered, and
+/// after a redrive brought messages of the key back. Two index probes.
+/// Returns whether a message became receivable.
+fn promote(conn: &Connection, queue: &str, key: &str) -> Result<bool, QueueError> {
+    let n = conn
+        .prepare_cached(
+            "UPDATE messages SET blocked = 0
+             WHERE seq = (SELECT seq FROM messages
+                          WHERE queue = ?1 AND ordering_key = ?2 AND dead_at IS NULL AND blocked = 1
+                          ORDER BY seq LIMIT 1)
+               AND NOT EXISTS (SELECT 1 FROM messages
+                               WHERE queue = ?1 AND ordering_key = ?2 AND dead_at IS NULL AND blocked = 0)",
+        )
+        .and_then(|mut st| st.execute(params![queue, key]))
+        .map_err(sql("unblock the next message of a key"))?;
+    Ok(n > 0)
 }
 
 /// Whether the handle still holds the message, and its receive count if so.
@@ -301,12 +345,21 @@ fn held(conn: &Connection, h: Handle) -> Result<Option<u32>, QueueError> {
     .map_err(sql("look up delivery"))
 }
 
-pub(crate) fn ack(conn: &Connection, queue: &str, h: Handle) -> Result<(), QueueError> {
-    let n = conn
-        .prepare_cached("DELETE FROM messages WHERE seq = ?1 AND receipt = ?2 AND dead_at IS NULL")
-        .and_then(|mut st| st.execute(params![h.seq, h.receipt]))
-        .map_err(sql("ack"))? as i64;
-    count(conn, queue, -n, 0)
+/// Deletes the delivered message. Returns whether the next message of its
+/// key became receivable, so the caller can wake waiting receivers.
+pub(crate) fn ack(conn: &Connection, queue: &str, h: Handle) -> Result<bool, QueueError> {
+    let acked: Option<Option<String>> = conn
+        .prepare_cached(
+            "DELETE FROM messages WHERE seq = ?1 AND receipt = ?2 AND dead_at IS NULL RETURNING ordering_key",
+        )
+        .and_then(|mut st| st.query_row(params![h.seq, h.receipt], |r| r.get(0)).optional())
+        .map_err(sql("ack"))?;
+    let Some(key) = acked else { return Ok(false) };
+    count(conn, queue, -1, 0)?;
+    match key {
+        Some(key) => promote(conn, queue, &key),
+        None => Ok(false),
+    }
 }
 
 /// A failed receive: retried later, or dead-lettered if it was the last allowed.
@@ -379,7 +432,7 @@ pub(crate) fn stats(conn: &Connection, queue: &str, now: i64) -> Result<QueueSta
     let (hidden, held): (i64, i64) = conn
         .prepare_cached(
             "SELECT count(*), count(receipt) FROM messages
-             WHERE queue = ?1 AND dead_at IS NULL AND visible_at > ?2",
+             WHERE queue = ?1 AND dead_at IS NULL AND blocked IN (0, 1) AND visible_at > ?2",
         )
         .and_then(|mut st| st.query_row(params![queue, now], |r| Ok((r.get(0)?, r.get(1)?))))
         .map_err(sql("stats"))?;
@@ -443,20 +496,30 @@ pub(crate) fn peek_dead(conn: &Connection, queue: &str, max: usize) -> Result<Ve
 }
 
 /// Moves up to `max` dead letters back, oldest first, as if never received.
-/// The dedup key is dropped: a live message may have taken it meanwhile.
+/// The dedup key is dropped: a live message may have taken it meanwhile. A
+/// message with a key comes back behind its key's head, if the key has one.
 pub(crate) fn redrive(conn: &Connection, queue: &str, max: usize, now: i64) -> Result<u64, QueueError> {
     policy(conn, queue)?;
-    let moved = conn
+    let keys: Vec<Option<String>> = conn
         .prepare_cached(
             "UPDATE messages
              SET dead_at = NULL, receive_count = 0, receipt = NULL, first_received_at = NULL,
-                 last_received_at = NULL, last_error = NULL, dedup_key = NULL, visible_at = ?3
+                 last_received_at = NULL, last_error = NULL, dedup_key = NULL, visible_at = ?3,
+                 blocked = ordering_key IS NOT NULL
              WHERE seq IN (SELECT seq FROM messages WHERE queue = ?1 AND dead_at IS NOT NULL
-                           ORDER BY dead_at, seq LIMIT ?2)",
+                           ORDER BY dead_at, seq LIMIT ?2)
+             RETURNING ordering_key",
         )
-        .and_then(|mut st| st.execute(params![queue, i64::try_from(max).unwrap_or(i64::MAX), now]))
+        .and_then(|mut st| {
+            st.query_map(params![queue, i64::try_from(max).unwrap_or(i64::MAX), now], |r| r.get(0))?.collect()
+        })
         .map_err(sql("redrive"))?;
-    count(conn, queue, moved as i64, -(moved as i64))?;
+    let moved = keys.len() as i64;
+    let keys: std::collections::BTreeSet<String> = keys.into_iter().flatten().collect();
+    for key in &keys {
+        promote(conn, queue, key)?;
+    }
+    count(conn, queue, moved, -moved)?;
     Ok(moved as u64)
 }
 
@@ -476,4 +539,151 @@ pub(crate) fn purge(conn: &Connection, queue: &str, target: PurgeTarget) -> Resu
 
 pub(crate) fn ping(conn: &Connection) -> Result<(), QueueError> {
     conn.query_row("SELECT 1", [], |_| Ok(())).map_err(sql("ping"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    };
+
+    use super::*;
+    use crate::DeadLetterPolicy;
+
+    const NOW: i64 = 1_000_000;
+
+    fn queue(max_receive_count: u32) -> Connection {
+        let conn = Connection::open_in_memory().expect("open");
+        super::super::schema::prepare(&conn, None).expect("schema");
+        let spec = QueueSpec {
+            name: "q".into(),
+            dead_letter: DeadLetterPolicy { max_receive_count, visibility_timeout: Duration::from_secs(30) },
+            max_message_bytes: 1024,
+        };
+        ensure(&conn, &spec).expect("ensure");
+        conn
+    }
+
+    /// Sends `n` messages named `{prefix}{i}`, with `key` if given.
+    fn send_n(conn: &Connection, prefix: &str, n: usize, key: Option<&str>) {
+        let msgs: Vec<_> = (0..n)
+            .map(|i| {
+                let mut m = OutgoingMessage::new(format!("{prefix}{i}"), "x");
+                m.ordering_key = key.map(str::to_owned);
+                m
+            })
+            .collect();
+        for chunk in msgs.chunks(1000) {
+            send(conn, "q", chunk, NOW).expect("send");
+        }
+    }
+
+    fn ids(got: &Received) -> Vec<&str> {
+        got.deliveries.iter().map(|(_, d)| d.message.id.as_str()).collect()
+    }
+
+    /// The SQLite virtual-machine instructions `f` runs, counted in steps of
+    /// 100: a measure of work that does not depend on the machine's speed.
+    fn instructions<T>(conn: &Connection, f: impl FnOnce() -> T) -> (T, u64) {
+        let steps = Arc::new(AtomicU64::new(0));
+        let counter = steps.clone();
+        conn.progress_handler(
+            100,
+            Some(move || {
+                counter.fetch_add(1, Ordering::Relaxed);
+                false
+            }),
+        );
+        let out = f();
+        conn.progress_handler(100, None::<fn() -> bool>);
+        (out, steps.load(Ordering::Relaxed) * 100)
+    }
+
+    /// The work of one receive of 10 when `waiting` messages of one key wait
+    /// behind its head, which a consumer holds, and 20 others are visible.
+    fn receive_behind_a_held_head(waiting: usize) -> u64 {
+        let conn = queue(5);
+        send_n(&conn, "hot", waiting + 1, Some("hot"));
+        send_n(&conn, "other", 20, None);
+        let head = receive(&conn, "q", 1, NOW).expect("receive the head");
+        assert_eq!(ids(&head), ["hot0"]);
+        let (got, work) = instructions(&conn, || receive(&conn, "q", 10, NOW).expect("receive"));
+        assert_eq!(got.deliveries.len(), 10, "ten of the others: {:?}", ids(&got));
+        assert!(ids(&got).iter().all(|id| id.starts_with("other")), "{:?}", ids(&got));
+        work
+    }
+
+    /// A receive walks to what it can deliver: a key's backlog behind its
+    /// held head costs nothing. It used to cost an index probe per waiting
+    /// message, inside the writer.
+    #[test]
+    fn a_receive_costs_the_same_behind_a_keys_deep_backlog() {
+        let shallow = receive_behind_a_held_head(10);
+        let deep = receive_behind_a_held_head(5_000);
+        assert!(deep < shallow * 2, "5,000 waiting: {deep} instructions; 10 waiting: {shallow}");
+    }
+
+    /// And the same for a backlog without keys.
+    #[test]
+    fn a_receive_costs_the_same_on_a_deep_queue() {
+        let work = |n| {
+            let conn = queue(5);
+            send_n(&conn, "m", n, None);
+            instructions(&conn, || receive(&conn, "q", 10, NOW).expect("receive")).1
+        };
+        let (shallow, deep) = (work(20), work(5_000));
+        assert!(deep < shallow * 2, "5,000 queued: {deep} instructions; 20 queued: {shallow}");
+    }
+
+    /// A head whose last receive timed out is dead-lettered by the next
+    /// receive, and the next message of its key is delivered in its place.
+    #[test]
+    fn an_expired_head_gives_way_to_the_next_of_its_key() {
+        let conn = queue(1);
+        send_n(&conn, "k", 3, Some("k"));
+        assert_eq!(ids(&receive(&conn, "q", 10, NOW).expect("receive")), ["k0"]);
+        let later = NOW + 31_000;
+        assert_eq!(ids(&receive(&conn, "q", 10, later).expect("receive")), ["k1"]);
+        assert_eq!(stats(&conn, "q", later).expect("stats").dead, 1);
+    }
+
+    /// An ack lets the next message of the key through, and says so.
+    #[test]
+    fn an_ack_unblocks_the_next_of_its_key() {
+        let conn = queue(5);
+        send_n(&conn, "k", 2, Some("k"));
+        send_n(&conn, "m", 1, None);
+        let got = receive(&conn, "q", 10, NOW).expect("receive");
+        assert_eq!(ids(&got), ["k0", "m0"]);
+        assert!(!ack(&conn, "q", got.deliveries[1].0).expect("ack"), "m0 has no key");
+        assert!(ack(&conn, "q", got.deliveries[0].0).expect("ack"), "k1 is next");
+        assert!(!ack(&conn, "q", got.deliveries[0].0).expect("ack again"), "a stale ack changes nothing");
+        assert_eq!(ids(&receive(&conn, "q", 10, NOW).expect("receive")), ["k1"]);
+    }
+
+    /// A redriven message of a key comes back behind the key's head, not
+    /// beside it; with no head, the oldest redriven one leads.
+    #[test]
+    fn a_redriven_message_waits_behind_its_keys_head() {
+        let conn = queue(5);
+        send_n(&conn, "a", 2, Some("k"));
+        let got = receive(&conn, "q", 10, NOW).expect("receive");
+        dead_letter(&conn, "q", got.deliveries[0].0, "poison", NOW).expect("dead-letter a0");
+        let got = receive(&conn, "q", 10, NOW).expect("receive");
+        assert_eq!(ids(&got), ["a1"], "a1 leads once a0 is dead");
+        assert_eq!(redrive(&conn, "q", 10, NOW).expect("redrive"), 1);
+        assert_eq!(ids(&receive(&conn, "q", 10, NOW).expect("receive")), Vec::<&str>::new(), "a1 is held");
+        ack(&conn, "q", got.deliveries[0].0).expect("ack a1");
+        assert_eq!(ids(&receive(&conn, "q", 10, NOW).expect("receive")), ["a0"]);
+
+        let conn = queue(5);
+        send_n(&conn, "b", 2, Some("k"));
+        for _ in 0..2 {
+            let got = receive(&conn, "q", 10, NOW).expect("receive");
+            dead_letter(&conn, "q", got.deliveries[0].0, "poison", NOW).expect("dead-letter");
+        }
+        assert_eq!(redrive(&conn, "q", 10, NOW).expect("redrive"), 2);
+        assert_eq!(ids(&receive(&conn, "q", 10, NOW).expect("receive")), ["b0"], "one head, the oldest");
+    }
 }

@@ -4,6 +4,14 @@
 //! dead-letter queue) when `dead_at` is set; it is in flight while `receipt`
 //! is set and `visible_at` is in the future. The dead-letter queue is a flag,
 //! not a table, so moving a message there and back is one UPDATE.
+//!
+//! A live message with an ordering key is `blocked` while an earlier live
+//! message of the same key exists: only each key's head is unblocked, and the
+//! ready index leads with `blocked`, so a receive walks straight to what it
+//! can deliver. Without the flag it had to step over every message waiting
+//! behind a key's head, one index probe each: a receive cost time in
+//! proportion to the largest key's backlog, inside the writer, so every send
+//! waited too (`docs/benchmarks.md`, "Receive at depth").
 
 use rusqlite::Connection;
 
@@ -55,24 +63,39 @@ const SCHEMA: &str = "
         first_received_at  INTEGER,
         last_received_at   INTEGER,
         last_error         TEXT,
-        dead_at            INTEGER
+        dead_at            INTEGER,
+        blocked            INTEGER NOT NULL DEFAULT 0
     );
-    CREATE INDEX IF NOT EXISTS messages_ready ON messages (queue, dead_at, visible_at, seq);
-    CREATE INDEX IF NOT EXISTS messages_group ON messages (queue, ordering_key, seq)
-        WHERE ordering_key IS NOT NULL;
+    CREATE INDEX IF NOT EXISTS messages_ready ON messages (queue, dead_at, blocked, visible_at, seq);
+    CREATE INDEX IF NOT EXISTS messages_group ON messages (queue, ordering_key, blocked, seq)
+        WHERE ordering_key IS NOT NULL AND dead_at IS NULL;
     CREATE UNIQUE INDEX IF NOT EXISTS messages_dedup ON messages (queue, dedup_key)
         WHERE dedup_key IS NOT NULL AND dead_at IS NULL;
 ";
 
 /// The layout's version, in `PRAGMA user_version`. 1: the `live` and `dead`
-/// counters on `queues`.
-const VERSION: i64 = 1;
+/// counters on `queues`. 2: `blocked`, and the two indexes that lead with it.
+const VERSION: i64 = 2;
 
 /// Version 0 → 1: a database written before the counters existed gets the
 /// columns and one full count, once.
 const ADD_COUNTERS: &str = "
     ALTER TABLE queues ADD COLUMN live INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE queues ADD COLUMN dead INTEGER NOT NULL DEFAULT 0;
+";
+/// Version 1 → 2: the `blocked` flag, set once for every message that waits
+/// behind an earlier live message of its key; the two indexes are rebuilt
+/// with it.
+const ADD_BLOCKED: &str = "
+    ALTER TABLE messages ADD COLUMN blocked INTEGER NOT NULL DEFAULT 0;
+    DROP INDEX IF EXISTS messages_ready;
+    DROP INDEX IF EXISTS messages_group;
+";
+const BLOCK: &str = "
+    UPDATE messages SET blocked = 1
+    WHERE ordering_key IS NOT NULL AND dead_at IS NULL AND seq NOT IN (
+        SELECT min(seq) FROM messages WHERE ordering_key IS NOT NULL AND dead_at IS NULL
+        GROUP BY queue, ordering_key);
 ";
 const RECOUNT: &str = "
     UPDATE queues SET
@@ -95,16 +118,24 @@ pub(crate) fn prepare(conn: &Connection, durability: Option<Durability>) -> Resu
                 [],
                 |r| r.get(0),
             )?;
-            let has_counters = had_queues
-                && conn.query_row(
-                    "SELECT count(*) > 0 FROM pragma_table_info('queues') WHERE name = 'live'",
-                    [],
-                    |r| r.get::<_, bool>(0),
-                )?;
-            if had_queues && !has_counters {
+            let has_column = |table: &str, column: &str| -> rusqlite::Result<bool> {
+                conn.query_row(
+                    "SELECT count(*) > 0 FROM pragma_table_info(?1) WHERE name = ?2",
+                    [table, column],
+                    |r| r.get(0),
+                )
+            };
+            if had_queues && !has_column("queues", "live")? {
                 conn.execute_batch(ADD_COUNTERS)?;
             }
+            let add_blocked = had_queues && !has_column("messages", "blocked")?;
+            if add_blocked {
+                conn.execute_batch(ADD_BLOCKED)?;
+            }
             conn.execute_batch(SCHEMA)?;
+            if add_blocked {
+                conn.execute_batch(BLOCK)?;
+            }
             conn.execute_batch(RECOUNT)?;
             conn.execute_batch(&format!("PRAGMA user_version = {VERSION}"))?;
         } else {
