@@ -60,6 +60,14 @@ pub(crate) struct ServerConfig {
     pub(crate) shutdown_grace: Duration,
     /// Header-read timeout, head size, connection cap, drain timeout.
     pub(crate) limits: ServerLimits,
+    /// Also run the consumer (the `[consumer]` section) inside `serve`, so
+    /// one process accepts and drains. On the embedded queue its receives
+    /// and acks then share the gateway's writer thread and commits, instead
+    /// of a second process taking turns at the file's write lock; on the
+    /// memory backend it is the only way to drain at all. Off by default:
+    /// with a broker, or with a consumer that needs its own CPU, run
+    /// `spillway consume` apart.
+    pub(crate) consume: bool,
 }
 
 impl Default for ServerConfig {
@@ -68,6 +76,7 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             shutdown_grace: Duration::ZERO,
             limits: ServerLimits::default(),
+            consume: false,
         }
     }
 }

@@ -3,6 +3,8 @@
 use std::sync::Arc;
 
 use anyhow::Context;
+use spillway_consumer::{ConsumerConfig, RunReport};
+use spillway_queue::Backend;
 use tokio_util::sync::CancellationToken;
 
 use super::{open_backend, queue_name};
@@ -15,10 +17,8 @@ pub(crate) async fn consume(s: Settings, queue: Option<String>) -> anyhow::Resul
     let backend = open_backend(&s).await?;
     let mut cfg = s.consumer.clone();
     cfg.queue = queue_name(&s, queue);
-    let sink = spillway_consumer::build_sink(&cfg.sink).await.context("setting up the sink")?;
-    let consumer =
-        backend.consumer(&cfg.queue).await.with_context(|| format!("consuming `{}`", cfg.queue))?;
     let shutdown = CancellationToken::new();
+    let runtime = start(&backend, cfg.clone(), shutdown.clone()).await?;
     let metrics = telemetry::Metrics {
         handle: telemetry::install()?,
         backend: backend.clone(),
@@ -45,8 +45,27 @@ pub(crate) async fn consume(s: Settings, queue: Option<String>) -> anyhow::Resul
         tracing::info!("shutting down: finishing deliveries in hand, releasing the rest");
         trigger.cancel();
     });
+    finish(runtime.await)
+}
+
+/// Sets up the sink and the queue's consumer, then starts the runtime; it
+/// runs until `shutdown`. Shared by `spillway consume` and by `spillway
+/// serve` with `server.consume`.
+pub(crate) async fn start(
+    backend: &Arc<dyn Backend>,
+    cfg: ConsumerConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<RunReport>> {
+    let sink = spillway_consumer::build_sink(&cfg.sink).await.context("setting up the sink")?;
+    let consumer =
+        backend.consumer(&cfg.queue).await.with_context(|| format!("consuming `{}`", cfg.queue))?;
     tracing::info!(queue = %cfg.queue, concurrency = cfg.concurrency, "consuming");
-    let report = spillway_consumer::run(consumer, sink, cfg, shutdown).await;
+    Ok(tokio::spawn(spillway_consumer::run(consumer, sink, cfg, shutdown)))
+}
+
+/// The runtime's end, as the command's result.
+pub(crate) fn finish(ended: Result<RunReport, tokio::task::JoinError>) -> anyhow::Result<()> {
+    let report = ended.context("the consumer runtime ended abnormally")?;
     tracing::info!(?report, "consumer stopped");
     if report.panicked > 0 {
         anyhow::bail!("{} consumer worker(s) ended abnormally; see the log", report.panicked);

@@ -39,6 +39,14 @@ pub(crate) async fn serve(s: Settings, ingest: CompiledIngest) -> anyhow::Result
     println!("spillway listening on http://{addr} ({where_}); routes: {}", routes.join(", "));
     tracing::info!(%addr, backend = backend.kind(), "listening");
 
+    // The in-process consumer stops after the HTTP server has drained, so
+    // nothing it could still deliver is left behind by a shutdown.
+    let stop_consuming = CancellationToken::new();
+    let consuming = if s.server.consume {
+        Some(super::consume::start(&backend, s.consumer.clone(), stop_consuming.clone()).await?)
+    } else {
+        None
+    };
     let shutdown = CancellationToken::new();
     let grace = s.server.shutdown_grace;
     let trigger = shutdown.clone();
@@ -54,5 +62,9 @@ pub(crate) async fn serve(s: Settings, ingest: CompiledIngest) -> anyhow::Result
         .await
         .context("serving HTTP")?;
     tracing::info!("drained; every accepted request has its answer");
+    if let Some(runtime) = consuming {
+        stop_consuming.cancel();
+        super::consume::finish(runtime.await)?;
+    }
     Ok(())
 }

@@ -1,0 +1,72 @@
+//! `server.consume`: one `spillway serve` process accepts and drains. Every
+//! accepted request reaches PostgreSQL through the in-process consumer, on
+//! the embedded queue and on the memory backend (which no second process
+//! can reach), and SIGTERM stops both halves cleanly.
+//!
+//! Needs the machine's PostgreSQL (`postgres://postgres@127.0.0.1:5432/test`,
+//! or `SPILLWAY_TEST_PG`). Without it the test fails and says so.
+
+use std::{collections::HashSet, process::Command, time::Duration};
+
+use spillway_e2e::{eventually, ids, pg, pg_url, post_accepted, Workspace};
+
+async fn accepts_and_drains(backend: &str) {
+    let db = pg().await;
+    let table = format!("serve_consume_{backend}_{}", std::process::id());
+    db.batch_execute(&format!("DROP TABLE IF EXISTS {table}")).await.expect("drop table");
+    let path = if backend == "embedded" { r#"path = "{data}""# } else { "" };
+    let ws = Workspace::new(&format!(
+        r#"
+[server]
+consume = true
+
+[queue]
+backend = "{backend}"
+{path}
+
+[consumer]
+queue = "ingest"
+wait = "200ms"
+
+[consumer.sink]
+type = "postgres"
+url = "{url}"
+table = "{table}"
+"#,
+        url = pg_url()
+    ));
+    let mut gw = ws.serve();
+    let http = reqwest::Client::new();
+    let mut accepted = HashSet::new();
+    for i in 0..50 {
+        accepted.insert(post_accepted(&http, &gw.url("/ingest"), format!(r#"{{"n":{i}}}"#)).await);
+    }
+    eventually(Duration::from_secs(30), "every accepted request in the table", || {
+        let (db, table, accepted) = (&db, &table, &accepted);
+        async move { &ids(db, table).await == accepted }
+    })
+    .await;
+
+    let pid = gw.child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = gw.child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "serve with its consumer did not stop on SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "serve with its consumer exited with {status}");
+    db.batch_execute(&format!("DROP TABLE IF EXISTS {table}")).await.expect("drop table");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_drains_the_embedded_queue_itself() {
+    accepts_and_drains("embedded").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_drains_the_memory_backend_itself() {
+    accepts_and_drains("memory").await;
+}
