@@ -139,6 +139,30 @@ impl EmbeddedBackend {
         })
     }
 
+    /// Runs `f` in one read transaction (one snapshot) on the read
+    /// connection, beside the writer; on the writer where there is none
+    /// (the memory backend).
+    async fn read<T, F>(&self, f: F) -> Result<T, QueueError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, QueueError> + Send + 'static,
+    {
+        let Some(reader) = self.shared.reader.clone() else {
+            return self.shared.writer.run(f).await;
+        };
+        tokio::task::spawn_blocking(move || {
+            let conn = reader.lock().unwrap_or_else(PoisonError::into_inner);
+            let begin = conn.execute_batch("BEGIN");
+            let out = begin
+                .map_err(|e| QueueError::unavailable("embedded queue: cannot begin a read", e))
+                .and_then(|()| f(&conn));
+            let _ = conn.execute_batch("COMMIT");
+            out
+        })
+        .await
+        .map_err(|e| QueueError::unavailable("embedded queue: read task failed", e))?
+    }
+
     /// `journal_mode` and `synchronous` as the writer's connection reports
     /// them: what durability rests on, read back rather than assumed.
     pub async fn durability_pragmas(&self) -> Result<(String, i64), QueueError> {
@@ -152,6 +176,15 @@ impl Admin for EmbeddedBackend {
         if spec.dead_letter.max_receive_count == 0 {
             return Err(QueueError::Invalid("max_receive_count must be at least 1".into()));
         }
+        // Every command opens the backend and ensures its queues; a queue
+        // that is already as configured is left alone, read beside the
+        // writer, so a CLI command next to a busy gateway takes no write lock.
+        let name = spec.name.clone();
+        if let Ok(current) = self.read(move |c| ops::policy(c, &name)).await {
+            if current.matches(spec) {
+                return Ok(());
+            }
+        }
         let spec = spec.clone();
         self.shared.writer.run(move |c| ops::ensure(c, &spec)).await
     }
@@ -160,21 +193,7 @@ impl Admin for EmbeddedBackend {
     /// the writer nor holds it up (see [`ops::stats`]).
     async fn stats(&self, queue: &str) -> Result<QueueStats, QueueError> {
         let (queue, now) = (queue.to_owned(), self.shared.now());
-        let Some(reader) = self.shared.reader.clone() else {
-            return self.shared.writer.run(move |c| ops::stats(c, &queue, now)).await;
-        };
-        tokio::task::spawn_blocking(move || {
-            let conn = reader.lock().unwrap_or_else(PoisonError::into_inner);
-            // One read transaction: both counts from the same snapshot.
-            let begin = conn.execute_batch("BEGIN");
-            let stats = begin
-                .map_err(|e| QueueError::unavailable("embedded queue: cannot begin a read", e))
-                .and_then(|()| ops::stats(&conn, &queue, now));
-            let _ = conn.execute_batch("COMMIT");
-            stats
-        })
-        .await
-        .map_err(|e| QueueError::unavailable("embedded queue: stats task failed", e))?
+        self.read(move |c| ops::stats(c, &queue, now)).await
     }
 
     async fn peek_dead(&self, queue: &str, max: usize) -> Result<Vec<DeadLetter>, QueueError> {
@@ -470,6 +489,31 @@ mod tests {
         let stats = b.stats("q").await;
         locker.execute_batch("ROLLBACK").expect("release");
         assert_eq!(stats.expect("stats while the writer is locked out").visible, 1);
+    }
+
+    /// A second process that opens the queue, ensures it as configured and
+    /// reads its counts (`spillway queue stats` beside a busy gateway) takes
+    /// no write lock: with another connection holding it, it still answers,
+    /// instead of queueing behind the gateway's writer.
+    #[tokio::test]
+    async fn opening_ensuring_and_counting_need_no_write_lock() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spec = crate::QueueSpec::new("q");
+        {
+            let b = EmbeddedBackend::open(dir.path()).await.expect("open");
+            b.ensure(&spec).await.expect("ensure");
+        }
+        let locker = rusqlite::Connection::open(dir.path().join("queue.db")).expect("open");
+        locker.execute_batch("BEGIN IMMEDIATE").expect("take the write lock");
+        let second = async {
+            let b = EmbeddedBackend::open(dir.path()).await?;
+            b.ensure(&spec).await?;
+            b.stats("q").await
+        };
+        let stats = tokio::time::timeout(std::time::Duration::from_secs(3), second).await;
+        locker.execute_batch("ROLLBACK").expect("release");
+        let stats = stats.expect("waited for the write lock").expect("open, ensure and stats");
+        assert_eq!(stats.visible, 0);
     }
 
     /// The counters agree with a full scan after every kind of operation.

@@ -78,6 +78,15 @@ pub(crate) fn ensure(conn: &Connection, spec: &QueueSpec) -> Result<(), QueueErr
     Ok(())
 }
 
+impl Policy {
+    /// Whether `spec` would leave this queue as it is.
+    pub(crate) fn matches(&self, spec: &QueueSpec) -> bool {
+        self.max_receive_count == spec.dead_letter.max_receive_count
+            && self.visibility_timeout_ms == ms(spec.dead_letter.visibility_timeout)
+            && self.max_message_bytes == spec.max_message_bytes
+    }
+}
+
 pub(crate) fn policy(conn: &Connection, queue: &str) -> Result<Policy, QueueError> {
     conn.prepare_cached(
         "SELECT max_receive_count, visibility_timeout_ms, max_message_bytes FROM queues WHERE name = ?1",

@@ -110,6 +110,12 @@ pub(crate) fn prepare(conn: &Connection, durability: Option<Durability>) -> Resu
     let pragmas = durability.map_or_else(|| MEMORY_PRAGMAS.to_owned(), durable_pragmas);
     let migrate = || -> rusqlite::Result<()> {
         conn.execute_batch(&pragmas)?;
+        // A file already at this layout needs no write lock: a second
+        // process (`queue stats` beside a busy gateway) must not queue for
+        // the lock the gateway's writer holds almost all the time.
+        if conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))? == VERSION {
+            return Ok(());
+        }
         conn.execute_batch("BEGIN IMMEDIATE")?;
         let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
         if version < VERSION {
