@@ -1,7 +1,8 @@
 //! `server.consume`: one `spillway serve` process accepts and drains. Every
 //! accepted request reaches PostgreSQL through the in-process consumer, on
 //! the embedded queue and on the memory backend (which no second process
-//! can reach), and SIGTERM stops both halves cleanly.
+//! can reach), its metrics are on the gateway's `/metrics`, and SIGTERM
+//! stops both halves cleanly.
 //!
 //! Needs the machine's PostgreSQL (`postgres://postgres@127.0.0.1:5432/test`,
 //! or `SPILLWAY_TEST_PG`). Without it the test fails and says so.
@@ -46,6 +47,12 @@ table = "{table}"
         async move { &ids(db, table).await == accepted }
     })
     .await;
+    // The consumer's metrics are the gateway's too, on its `/metrics`.
+    let metrics = http.get(gw.url("/metrics")).send().await.expect("metrics").text().await.expect("text");
+    assert!(
+        metrics.contains(r#"spillway_consumer_circuit_open{queue="ingest"} 0"#),
+        "the consumer's gauges on the gateway's /metrics: {metrics}"
+    );
 
     let pid = gw.child.id().to_string();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());

@@ -18,7 +18,6 @@ pub(crate) async fn consume(s: Settings, queue: Option<String>) -> anyhow::Resul
     let mut cfg = s.consumer.clone();
     cfg.queue = queue_name(&s, queue);
     let shutdown = CancellationToken::new();
-    let runtime = start(&backend, cfg.clone(), shutdown.clone()).await?;
     let metrics = telemetry::Metrics {
         handle: telemetry::install()?,
         backend: backend.clone(),
@@ -39,6 +38,7 @@ pub(crate) async fn consume(s: Settings, queue: Option<String>) -> anyhow::Resul
         });
         tracing::info!(%addr, "metrics on /metrics");
     }
+    let runtime = start(&backend, cfg.clone(), shutdown.clone()).await?;
     let trigger = shutdown.clone();
     tokio::spawn(async move {
         signal::terminated().await;
@@ -50,7 +50,9 @@ pub(crate) async fn consume(s: Settings, queue: Option<String>) -> anyhow::Resul
 
 /// Sets up the sink and the queue's consumer, then starts the runtime; it
 /// runs until `shutdown`. Shared by `spillway consume` and by `spillway
-/// serve` with `server.consume`.
+/// serve` with `server.consume`. The metrics recorder must be installed
+/// first: the runtime registers its metric handles when it starts, and
+/// handles taken before the recorder exists record nothing.
 pub(crate) async fn start(
     backend: &Arc<dyn Backend>,
     cfg: ConsumerConfig,
