@@ -40,14 +40,17 @@ depth() {  # depth DATA_DIR -> visible messages
     | python3 -c 'import json,sys; print(json.load(sys.stdin)["ingest"]["visible"])' 2>/dev/null || echo 0
 }
 
-# scrape_loop DATA_DIR FILE: every 200 ms, `spillway queue stats` and a
-# /metrics scrape; each one's time in ms and whether both succeeded to FILE.
+# scrape_loop DATA_DIR FILE MODE: every 200 ms, `spillway queue stats`
+# (MODE scrape only) and a /metrics scrape; each one's time in ms and
+# whether both succeeded to FILE.
 scrape_loop() {
   set +e
   while true; do
     local t0 t1 t2 ok=1
     t0=$(date +%s%N)
-    SPILLWAY_QUEUE__PATH="$1" "$BIN/spillway" queue stats >/dev/null 2>&1 || ok=0
+    if [ "$3" = scrape ]; then
+      SPILLWAY_QUEUE__PATH="$1" "$BIN/spillway" queue stats >/dev/null 2>&1 || ok=0
+    fi
     t1=$(date +%s%N)
     curl -fs -o /dev/null "http://127.0.0.1:$PORT/metrics" || ok=0
     t2=$(date +%s%N)
@@ -56,13 +59,13 @@ scrape_loop() {
   done
 }
 
-case_run() {  # case_run NAME ROUND DATA_DIR [scrape]
+case_run() {  # case_run NAME ROUND DATA_DIR [scrape|metrics]
   local name=$1 round=$2 dir=$3 scrape=${4:-} pid spid=
   mkdir -p "$dir"
   local before; before=$(depth "$dir")
   serve "$dir"; pid=$SERVER; sleep 1
   wrk -t1 -c8 -d2s -s "$WORK/post.lua" "http://127.0.0.1:$PORT/ingest" >/dev/null   # warm-up
-  if [ -n "$scrape" ]; then scrape_loop "$dir" "$OUT/backlog-scrapes-$name-r$round.txt" & spid=$!; fi
+  if [ -n "$scrape" ]; then scrape_loop "$dir" "$OUT/backlog-scrapes-$name-r$round.txt" "$scrape" & spid=$!; fi
   local t0 t1
   t0=$(cpu_secs "$pid")
   wrk -t2 -c64 -d"${DURATION}s" --latency -s "$WORK/post.lua" "http://127.0.0.1:$PORT/ingest" \
@@ -79,9 +82,17 @@ case_run() {  # case_run NAME ROUND DATA_DIR [scrape]
   echo "$round $name ${before:-0} $rps $p50 $p99 $cpu" >> "$WORK/rows"
 }
 
-# Each empty case starts on a fresh folder.
+# Each empty case starts on a fresh folder. ONLY_METRICS=1: the deep queue
+# alone, with and without a /metrics scrape every 200 ms (no CLI process),
+# to tell the scrape's own cost from the new process's.
 for round in 1 2; do
-  if [ "$round" = 1 ]; then
+  if [ -n "${ONLY_METRICS:-}" ]; then
+    if [ "$round" = 1 ]; then
+      case_run empty 1 "$WORK/empty-1a"; case_run deep 1 "$DEEP"; case_run deep-metrics 1 "$DEEP" metrics
+    else
+      case_run deep-metrics 2 "$DEEP" metrics; case_run deep 2 "$DEEP"; case_run empty 2 "$WORK/empty-2a"
+    fi
+  elif [ "$round" = 1 ]; then
     case_run empty 1 "$WORK/empty-1a"; case_run deep 1 "$DEEP"
     case_run deep-scraped 1 "$DEEP" scrape; case_run empty-scraped 1 "$WORK/empty-1b" scrape
   else
@@ -109,7 +120,11 @@ done
   for s in "$OUT"/backlog-scrapes-*.txt; do
     [ -f "$s" ] || continue
     r=$(basename "$s" .txt); r=${r#backlog-scrapes-}
-    awk -v r="$r" '{ n++; q += $1; m += $2; bad += ($3 != 1); if ($1 > qmax) qmax = $1; if ($2 > mmax) mmax = $2 }
-      END { printf "%s: %d scrapes (%d failed); `queue stats` (a new process) mean %.0f ms, max %d ms; /metrics mean %.0f ms, max %d ms\n", r, n, bad, q / n, qmax, m / n, mmax }' "$s"
+    case "$r" in *metrics*) only_metrics=1 ;; *) only_metrics=0 ;; esac
+    awk -v r="$r" -v om="$only_metrics" '{ n++; q += $1; m += $2; bad += ($3 != 1); if ($1 > qmax) qmax = $1; if ($2 > mmax) mmax = $2 }
+      END {
+        if (om) printf "%s: %d scrapes (%d failed); /metrics mean %.0f ms, max %d ms\n", r, n, bad, m / n, mmax
+        else printf "%s: %d scrapes (%d failed); `queue stats` (a new process) mean %.0f ms, max %d ms; /metrics mean %.0f ms, max %d ms\n", r, n, bad, q / n, qmax, m / n, mmax
+      }' "$s"
   done
 } | tee "$OUT/backlog-summary.md"
