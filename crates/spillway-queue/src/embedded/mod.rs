@@ -576,29 +576,36 @@ mod tests {
         c.close().await.expect("close");
     }
 
+    /// A queue folder whose file holds `messages` as layouts 0 and 1 had it,
+    /// then `sql` (the `queues` table of that layout, rows, the version).
+    fn old_database(sql: &str) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let conn = rusqlite::Connection::open(dir.path().join("queue.db")).expect("open");
+        conn.execute_batch(
+            "CREATE TABLE messages (seq INTEGER PRIMARY KEY AUTOINCREMENT, queue TEXT NOT NULL, id TEXT NOT NULL,
+                 body BLOB NOT NULL, attributes TEXT NOT NULL, ordering_key TEXT, dedup_key TEXT,
+                 enqueued_at INTEGER NOT NULL, visible_at INTEGER NOT NULL,
+                 receive_count INTEGER NOT NULL DEFAULT 0, receipt_gen INTEGER NOT NULL DEFAULT 0,
+                 receipt INTEGER, first_received_at INTEGER, last_received_at INTEGER, last_error TEXT,
+                 dead_at INTEGER);",
+        )
+        .expect("old messages table");
+        conn.execute_batch(sql).expect("old layout");
+        dir
+    }
+
     /// A database written before the counters existed is counted once on open.
     #[tokio::test]
     async fn an_old_database_gets_its_counters_on_open() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        {
-            let conn = rusqlite::Connection::open(dir.path().join("queue.db")).expect("open");
-            conn.execute_batch(
-                "CREATE TABLE queues (name TEXT PRIMARY KEY, max_receive_count INTEGER NOT NULL,
-                                      visibility_timeout_ms INTEGER NOT NULL, max_message_bytes INTEGER NOT NULL);
-                 CREATE TABLE messages (seq INTEGER PRIMARY KEY AUTOINCREMENT, queue TEXT NOT NULL, id TEXT NOT NULL,
-                     body BLOB NOT NULL, attributes TEXT NOT NULL, ordering_key TEXT, dedup_key TEXT,
-                     enqueued_at INTEGER NOT NULL, visible_at INTEGER NOT NULL,
-                     receive_count INTEGER NOT NULL DEFAULT 0, receipt_gen INTEGER NOT NULL DEFAULT 0,
-                     receipt INTEGER, first_received_at INTEGER, last_received_at INTEGER, last_error TEXT,
-                     dead_at INTEGER);
-                 INSERT INTO queues VALUES ('q', 5, 30000, 1024);
-                 INSERT INTO messages (queue, id, body, attributes, enqueued_at, visible_at) VALUES
-                     ('q', 'a', x'00', '{}', 0, 0), ('q', 'b', x'00', '{}', 0, 0);
-                 INSERT INTO messages (queue, id, body, attributes, enqueued_at, visible_at, dead_at) VALUES
-                     ('q', 'c', x'00', '{}', 0, 0, 1);",
-            )
-            .expect("old layout");
-        }
+        let dir = old_database(
+            "CREATE TABLE queues (name TEXT PRIMARY KEY, max_receive_count INTEGER NOT NULL,
+                                  visibility_timeout_ms INTEGER NOT NULL, max_message_bytes INTEGER NOT NULL);
+             INSERT INTO queues VALUES ('q', 5, 30000, 1024);
+             INSERT INTO messages (queue, id, body, attributes, enqueued_at, visible_at) VALUES
+                 ('q', 'a', x'00', '{}', 0, 0), ('q', 'b', x'00', '{}', 0, 0);
+             INSERT INTO messages (queue, id, body, attributes, enqueued_at, visible_at, dead_at) VALUES
+                 ('q', 'c', x'00', '{}', 0, 0, 1);",
+        );
         let b = EmbeddedBackend::open(dir.path()).await.expect("open");
         let s = b.stats("q").await.expect("stats");
         assert_eq!((s.visible, s.dead), (2, 1));
@@ -608,30 +615,19 @@ mod tests {
     /// key's oldest live message leads, the rest wait behind it.
     #[tokio::test]
     async fn a_layout_1_database_gets_its_keys_blocked_on_open() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        {
-            let conn = rusqlite::Connection::open(dir.path().join("queue.db")).expect("open");
-            conn.execute_batch(
-                "CREATE TABLE queues (name TEXT PRIMARY KEY, max_receive_count INTEGER NOT NULL,
-                                      visibility_timeout_ms INTEGER NOT NULL, max_message_bytes INTEGER NOT NULL,
-                                      live INTEGER NOT NULL DEFAULT 0, dead INTEGER NOT NULL DEFAULT 0);
-                 CREATE TABLE messages (seq INTEGER PRIMARY KEY AUTOINCREMENT, queue TEXT NOT NULL, id TEXT NOT NULL,
-                     body BLOB NOT NULL, attributes TEXT NOT NULL, ordering_key TEXT, dedup_key TEXT,
-                     enqueued_at INTEGER NOT NULL, visible_at INTEGER NOT NULL,
-                     receive_count INTEGER NOT NULL DEFAULT 0, receipt_gen INTEGER NOT NULL DEFAULT 0,
-                     receipt INTEGER, first_received_at INTEGER, last_received_at INTEGER, last_error TEXT,
-                     dead_at INTEGER);
-                 CREATE INDEX messages_ready ON messages (queue, dead_at, visible_at, seq);
-                 CREATE INDEX messages_group ON messages (queue, ordering_key, seq) WHERE ordering_key IS NOT NULL;
-                 INSERT INTO queues VALUES ('q', 5, 30000, 1024, 5, 1);
-                 INSERT INTO messages (queue, id, body, attributes, ordering_key, enqueued_at, visible_at, dead_at)
-                 VALUES ('q', 'k-dead', x'00', '{}', 'k', 0, 0, 1), ('q', 'k1', x'00', '{}', 'k', 0, 0, NULL),
-                        ('q', 'k2', x'00', '{}', 'k', 0, 0, NULL), ('q', 'j1', x'00', '{}', 'j', 0, 0, NULL),
-                        ('q', 'j2', x'00', '{}', 'j', 0, 0, NULL), ('q', 'plain', x'00', '{}', NULL, 0, 0, NULL);
-                 PRAGMA user_version = 1;",
-            )
-            .expect("layout 1");
-        }
+        let dir = old_database(
+            "CREATE TABLE queues (name TEXT PRIMARY KEY, max_receive_count INTEGER NOT NULL,
+                                  visibility_timeout_ms INTEGER NOT NULL, max_message_bytes INTEGER NOT NULL,
+                                  live INTEGER NOT NULL DEFAULT 0, dead INTEGER NOT NULL DEFAULT 0);
+             CREATE INDEX messages_ready ON messages (queue, dead_at, visible_at, seq);
+             CREATE INDEX messages_group ON messages (queue, ordering_key, seq) WHERE ordering_key IS NOT NULL;
+             INSERT INTO queues VALUES ('q', 5, 30000, 1024, 5, 1);
+             INSERT INTO messages (queue, id, body, attributes, ordering_key, enqueued_at, visible_at, dead_at)
+             VALUES ('q', 'k-dead', x'00', '{}', 'k', 0, 0, 1), ('q', 'k1', x'00', '{}', 'k', 0, 0, NULL),
+                    ('q', 'k2', x'00', '{}', 'k', 0, 0, NULL), ('q', 'j1', x'00', '{}', 'j', 0, 0, NULL),
+                    ('q', 'j2', x'00', '{}', 'j', 0, 0, NULL), ('q', 'plain', x'00', '{}', NULL, 0, 0, NULL);
+             PRAGMA user_version = 1;",
+        );
         let b = EmbeddedBackend::open(dir.path()).await.expect("open");
         let c = b.consumer("q").await.expect("consumer");
         let got = c.receive(10, std::time::Duration::ZERO).await.expect("receive");
