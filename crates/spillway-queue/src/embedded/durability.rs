@@ -85,11 +85,11 @@ impl Checkpointer {
         // The checkpoint's fsyncs follow this connection's `synchronous`:
         // the same as the writer's, never OFF, or a checkpoint could reset a
         // WAL whose pages were not yet safe in the database file.
-        conn.execute_batch(&format!(
-            "PRAGMA busy_timeout = 5000; PRAGMA synchronous = {};",
-            durability.synchronous()
-        ))
-        .map_err(|e| QueueError::unavailable("embedded queue: cannot set up the checkpoint connection", e))?;
+        super::schema::wait_when_busy(&conn)
+            .and_then(|()| conn.execute_batch(&format!("PRAGMA synchronous = {};", durability.synchronous())))
+            .map_err(|e| {
+                QueueError::unavailable("embedded queue: cannot set up the checkpoint connection", e)
+            })?;
         let (stop, stopped) = mpsc::channel::<()>();
         thread::Builder::new()
             .name("spillway-checkpoint".to_owned())

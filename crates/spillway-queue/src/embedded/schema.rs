@@ -20,16 +20,51 @@ use crate::QueueError;
 
 /// WAL mode with the `synchronous` level of `durability`: with `FULL` (the
 /// default) a commit that returned survives `kill -9` and power loss (see
-/// [`super::durability`]). `busy_timeout` lets a second process (a consumer
-/// beside the gateway) share the file; it comes first so that even switching
-/// to WAL waits for a busy file instead of failing.
+/// [`super::durability`]). The busy handler ([`wait_when_busy`]) is set
+/// before them, so that even switching to WAL waits for a busy file instead
+/// of failing.
 fn durable_pragmas(durability: Durability) -> String {
     format!(
-        "PRAGMA busy_timeout = 5000;
-         PRAGMA journal_mode = WAL;
+        "PRAGMA journal_mode = WAL;
          PRAGMA synchronous = {};",
         durability.synchronous()
     )
+}
+
+/// How long a connection waits for a lock another process holds, at least.
+const BUSY_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
+/// How often it looks again meanwhile.
+const BUSY_POLL: std::time::Duration = std::time::Duration::from_micros(250);
+
+/// Lets a second process (a consumer beside the gateway) share the file: a
+/// connection that finds the lock taken tries again every [`BUSY_POLL`] for
+/// [`BUSY_PATIENCE`]. SQLite's own `busy_timeout` backs off to 1, 2, 5, 10 …
+/// 100 ms between tries, and a writer that always holds the lock again
+/// within a millisecond leaves a process on that schedule waiting through
+/// many of its commits.
+pub(crate) fn wait_when_busy(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_handler(Some(busy))
+}
+
+/// SQLite's busy handler: `tries` is how many times it was called for this
+/// lock already; `true` means try again.
+fn busy(tries: i32) -> bool {
+    #[cfg(test)]
+    BUSY_CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    if !patient(tries) {
+        return false;
+    }
+    std::thread::sleep(BUSY_POLL);
+    true
+}
+
+/// How often [`busy`] ran: tests check that a wait went through it.
+#[cfg(test)]
+pub(crate) static BUSY_CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Whether `tries` polls are still within [`BUSY_PATIENCE`].
+fn patient(tries: i32) -> bool {
+    BUSY_POLL * u32::try_from(tries).unwrap_or(u32::MAX) < BUSY_PATIENCE
 }
 
 /// For the memory backend: nothing to fsync.
@@ -109,6 +144,9 @@ const RECOUNT: &str = "
 pub(crate) fn prepare(conn: &Connection, durability: Option<Durability>) -> Result<(), QueueError> {
     let pragmas = durability.map_or_else(|| MEMORY_PRAGMAS.to_owned(), durable_pragmas);
     let migrate = || -> rusqlite::Result<()> {
+        if durability.is_some() {
+            wait_when_busy(conn)?;
+        }
         conn.execute_batch(&pragmas)?;
         // A file already at this layout needs no write lock: a second
         // process (`queue stats` beside a busy gateway) must not queue for
@@ -189,7 +227,7 @@ pub(crate) fn open_reader(path: &std::path::Path) -> Result<Connection, QueueErr
     .map_err(|e| {
         QueueError::unavailable(format!("embedded queue: cannot open {} to read", path.display()), e)
     })?;
-    conn.execute_batch("PRAGMA busy_timeout = 5000;")
+    wait_when_busy(&conn)
         .map_err(|e| QueueError::unavailable("embedded queue: cannot set up the read connection", e))?;
     Ok(conn)
 }
@@ -202,4 +240,19 @@ pub(crate) fn read_durability(conn: &Connection) -> Result<(String, i64), QueueE
         Ok((journal.to_ascii_lowercase(), synchronous))
     };
     read().map_err(|e| QueueError::unavailable("embedded queue: cannot read pragmas", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Polls every 250 µs, for 5 s: 20,000 tries, then SQLITE_BUSY.
+    #[test]
+    fn the_busy_handler_polls_for_its_patience_then_gives_up() {
+        assert!(patient(0));
+        assert!(patient(19_999));
+        assert!(!patient(20_000));
+        assert!(!patient(i32::MAX));
+        assert!(!busy(20_000), "gives up without sleeping");
+    }
 }
