@@ -40,16 +40,18 @@ run_case() {
   echo "$name $conns $rps $p50 $p99 $rss $cpu" >> "$WORK/rows"
 }
 
-# start_spillway BACKEND [BINARY] -> pid. BASELINE_BIN (a spillway binary
-# built from another commit) adds an `embedded-baseline` row to each round,
-# so a change is measured against what it replaced in the same run.
+# start_spillway BACKEND [BINARY]: starts the gateway as a job of this
+# shell (so the exit trap stops it if a run fails), its pid in SERVER.
+# BASELINE_BIN (a spillway binary built from another commit) adds an
+# `embedded-baseline` row to each round, so a change is measured against
+# what it replaced in the same run.
 start_spillway() {
   local backend=$1 bin=${2:-} extra=()
   [ -n "$bin" ] || bin="$BIN/spillway"
   [ "$backend" = embedded ] && extra=(SPILLWAY_QUEUE__PATH="$WORK/data-$RANDOM")
   env SPILLWAY_SERVER__LISTEN=127.0.0.1:18080 SPILLWAY_LOG__LEVEL=warn SPILLWAY_QUEUE__BACKEND="$backend" "${extra[@]}" \
     "$bin" serve >/dev/null &
-  echo $!
+  SERVER=$!
 }
 
 # A case run right after an embedded one was measured up to 1.6x costlier
@@ -60,7 +62,7 @@ start_spillway() {
 REST="${REST:-0}"
 spillway_case() {  # spillway_case NAME BACKEND CONNS [BINARY]
   sleep "$REST"
-  local pid; pid=$(start_spillway "$2" "${4:-}"); sleep 1
+  local pid; start_spillway "$2" "${4:-}"; pid=$SERVER; sleep 1
   run_case "$1" http://127.0.0.1:18080/ingest "$pid" "$3"
   kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
 }
