@@ -222,7 +222,7 @@ impl Backend for EmbeddedBackend {
 
     async fn producer(&self, queue: &str) -> Result<Arc<dyn Producer>, QueueError> {
         let q = queue.to_owned();
-        let policy = self.shared.writer.run(move |c| ops::policy(c, &q)).await?;
+        let policy = self.read(move |c| ops::policy(c, &q)).await?;
         Ok(Arc::new(EmbeddedProducer {
             shared: self.shared.clone(),
             queue: queue.to_owned(),
@@ -232,7 +232,7 @@ impl Backend for EmbeddedBackend {
 
     async fn consumer(&self, queue: &str) -> Result<Arc<dyn Consumer>, QueueError> {
         let q = queue.to_owned();
-        let policy = self.shared.writer.run(move |c| ops::policy(c, &q)).await?;
+        let policy = self.read(move |c| ops::policy(c, &q)).await?;
         Ok(Arc::new(EmbeddedConsumer {
             shared: self.shared.clone(),
             queue: queue.to_owned(),
@@ -378,7 +378,10 @@ impl Consumer for EmbeddedConsumer {
         let h = self.settle(d)?;
         let (queue, reason, now) = (self.queue.clone(), reason.to_owned(), self.shared.now());
         let nacked = self.shared.writer.run(move |c| ops::nack(c, &queue, h, delay, &reason, now)).await?;
-        if delay.is_zero() {
+        // Back at once, or dead-lettered (which may unblock the next message
+        // of its key, as an ack does): either way a waiting receive may
+        // find something now.
+        if delay.is_zero() || nacked == Nacked::DeadLettered {
             self.shared.wake(&self.queue);
         }
         Ok(nacked)
@@ -403,7 +406,10 @@ impl Consumer for EmbeddedConsumer {
     async fn dead_letter(&self, d: &Delivery, reason: &str) -> Result<(), QueueError> {
         let h = self.settle(d)?;
         let (queue, reason, now) = (self.queue.clone(), reason.to_owned(), self.shared.now());
-        self.shared.writer.run(move |c| ops::dead_letter(c, &queue, h, &reason, now)).await
+        self.shared.writer.run(move |c| ops::dead_letter(c, &queue, h, &reason, now)).await?;
+        // The next message of its key, if any, is receivable now.
+        self.shared.wake(&self.queue);
+        Ok(())
     }
 
     /// Drains `held` on the writer thread, after every receive sent before it
@@ -541,6 +547,39 @@ mod tests {
             "the wait went through Spillway's busy handler"
         );
         assert_eq!(b.stats("q").await.expect("stats").visible, 1);
+    }
+
+    /// Dead-lettering a key's head wakes a receive that is waiting, as an
+    /// ack does: the next message of the key is receivable at once, not at
+    /// the next [`super::CROSS_PROCESS_POLL`].
+    #[tokio::test(start_paused = true)]
+    async fn dead_lettering_a_head_wakes_a_waiting_receive() {
+        use std::time::Duration;
+
+        use crate::{OutgoingMessage, QueueSpec};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let b = EmbeddedBackend::open_with_clock(dir.path(), Clock::tokio()).await.expect("open");
+        b.ensure(&QueueSpec::new("q")).await.expect("ensure");
+        let p = b.producer("q").await.expect("producer");
+        for id in ["k0", "k1"] {
+            let mut m = OutgoingMessage::new(id, "x");
+            m.ordering_key = Some("k".into());
+            p.send(m).await.expect("send");
+        }
+        let c = b.consumer("q").await.expect("consumer");
+        let head = c.receive(10, Duration::ZERO).await.expect("receive");
+        assert_eq!(head.len(), 1, "only the head");
+        let waiting = b.consumer("q").await.expect("consumer");
+        let started = tokio::time::Instant::now();
+        let waiter = tokio::spawn(async move {
+            let got = waiting.receive(10, Duration::from_secs(10)).await.expect("receive");
+            (got.into_iter().map(|d| d.message.id).collect::<Vec<_>>(), started.elapsed())
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        c.dead_letter(&head[0], "poison").await.expect("dead-letter");
+        let (ids, waited) = waiter.await.expect("waiter");
+        assert_eq!(ids, ["k1"]);
+        assert!(waited < super::CROSS_PROCESS_POLL, "the receive waited {waited:?}");
     }
 
     /// The counters agree with a full scan after every kind of operation.
