@@ -50,12 +50,23 @@ pub(crate) fn install() -> anyhow::Result<PrometheusHandle> {
 /// costs the gateway nothing it would notice.
 #[derive(Clone)]
 pub(crate) struct Metrics {
-    pub(crate) handle: PrometheusHandle,
-    pub(crate) backend: Arc<dyn Backend>,
-    pub(crate) queues: Arc<[String]>,
+    handle: PrometheusHandle,
+    backend: Arc<dyn Backend>,
+    queues: Arc<[String]>,
 }
 
 impl Metrics {
+    /// Also starts each queue's error counter at 0, so it is there before
+    /// the first error: `rate()` over a counter that does not exist yet is
+    /// no data, not 0, and a dashboard or alert cannot tell that from a
+    /// broken scrape.
+    pub(crate) fn new(handle: PrometheusHandle, backend: Arc<dyn Backend>, queues: Arc<[String]>) -> Self {
+        for q in queues.iter() {
+            metrics::counter!(QUEUE_STATS_ERRORS, "queue" => q.clone()).absolute(0);
+        }
+        Self { handle, backend, queues }
+    }
+
     pub(crate) async fn render(&self) -> String {
         for q in self.queues.iter() {
             match tokio::time::timeout(STATS_TIMEOUT, self.backend.stats(q)).await {

@@ -18,11 +18,8 @@ pub(crate) async fn consume(s: Settings, queue: Option<String>) -> anyhow::Resul
     let mut cfg = s.consumer.clone();
     cfg.queue = queue_name(&s, queue);
     let shutdown = CancellationToken::new();
-    let metrics = telemetry::Metrics {
-        handle: telemetry::install()?,
-        backend: backend.clone(),
-        queues: Arc::from([cfg.queue.clone()]),
-    };
+    let metrics =
+        telemetry::Metrics::new(telemetry::install()?, backend.clone(), Arc::from([cfg.queue.clone()]));
     if let Some(addr) = s.metrics.consumer_listen {
         let listener =
             TcpListener::bind(addr).await.with_context(|| format!("binding {addr} for metrics"))?;

@@ -12,11 +12,11 @@ use crate::{settings::Settings, signal, telemetry};
 pub(crate) async fn serve(s: Settings, ingest: CompiledIngest) -> anyhow::Result<()> {
     let backend = open_backend(&s).await?;
     let readiness = Readiness::new(backend.clone());
-    let metrics = telemetry::Metrics {
-        handle: telemetry::install()?,
-        backend: backend.clone(),
-        queues: s.queue_specs().into_iter().map(|q| q.name).collect(),
-    };
+    let metrics = telemetry::Metrics::new(
+        telemetry::install()?,
+        backend.clone(),
+        s.queue_specs().into_iter().map(|q| q.name).collect(),
+    );
     let router = build_router(&ingest, backend.clone(), readiness.clone())
         .await?
         .route("/metrics", axum::routing::get(move || async move { metrics.render().await }));
