@@ -7,8 +7,9 @@
 #
 # Needed today: PostgreSQL (the postgres sink test), RabbitMQ (the rabbitmq
 # backend's conformance kit), moto (an SQS server, for the sqs backend) and
-# Chromium (the browser CORS test) and tansu (a Kafka-protocol broker, for
-# the kafka backend).
+# Chromium (the browser CORS test), tansu (a Kafka-protocol broker, for
+# the kafka backend) and kubectl (the manifests' check; checked, not
+# installed: see up_kubectl).
 set -euo pipefail
 
 PG_URL="${SPILLWAY_TEST_PG:-postgres://postgres@127.0.0.1:5432/test}"
@@ -65,18 +66,31 @@ up_rabbit_management() {
 
 # Python tools the tests drive, in a venv at a fixed path so it is made once
 # per machine and reused: pika (the AMQP interop test), moto (the SQS server),
-# boto3 (the SQS interop test) and confluent-kafka (the Kafka interop test).
+# boto3 (the SQS interop test), confluent-kafka (the Kafka interop test) and
+# kubernetes-validate (the manifests' check, deploy/kustomize/check.py: it
+# carries the Kubernetes schemas, so it works offline).
 VENV="${SPILLWAY_VENV:-/var/tmp/spillway-venv}"
-PY_PACKAGES=(pika==1.3.2 "moto[server]==5.2.5" boto3==1.44.8 confluent-kafka==2.12.1)
+PY_PACKAGES=(pika==1.3.2 "moto[server]==5.2.5" boto3==1.44.8 confluent-kafka==2.12.1 kubernetes-validate==1.37.0)
 
-have_venv() { [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c 'import pika, moto, boto3, flask, confluent_kafka' 2>/dev/null; }
+have_venv() { [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c 'import pika, moto, boto3, flask, confluent_kafka, kubernetes_validate' 2>/dev/null; }
 
 up_venv() {
   if have_venv; then log "Python venv is ready at $VENV"; return; fi
   log "making the Python venv at $VENV (once per machine)"
   [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q "${PY_PACKAGES[@]}"
-  have_venv || { log "the venv at $VENV lacks pika, moto, boto3 or confluent-kafka; remove it and run this again"; exit 1; }
+  have_venv || { log "the venv at $VENV lacks pika, moto, boto3, confluent-kafka or kubernetes-validate; remove it and run this again"; exit 1; }
+}
+
+# kubectl renders the manifests with its built-in kustomize (v5: the
+# `labels` field and the preStop `sleep` action). Debian's kubernetes-client
+# is 1.20, too old, so it is not installed from there: say what is needed.
+have_kubectl() { kubectl kustomize --help >/dev/null 2>&1; }
+
+up_kubectl() {
+  if have_kubectl; then log "kubectl is installed: $(command -v kubectl)"; return; fi
+  log "kubectl is missing: install kubectl 1.27 or newer (from the Kubernetes or Google Cloud apt repository) and put it on PATH"
+  exit 1
 }
 
 # moto's SQS server, from the venv, in the background. It keeps everything in
@@ -164,11 +178,12 @@ status() {
   if have_venv; then log "Python venv: $VENV"; else log "Python venv: missing"; fi
   if have_moto; then log "SQS (moto): up on $SQS_PORT"; else log "SQS (moto): down"; fi
   if [ -x "$(chromium_bin)" ]; then log "Chromium: $(chromium_bin)"; else log "Chromium: missing"; fi
+  if have_kubectl; then log "kubectl: $(command -v kubectl)"; else log "kubectl: missing"; fi
   if have_kafka; then log "Kafka (tansu): up on $KAFKA_PORT"; elif have_tansu_bin; then log "Kafka (tansu): installed, down"; else log "Kafka (tansu): not installed"; fi
 }
 
 case "${1:-up}" in
-  up) up_pg; up_rabbit; up_rabbit_management; up_venv; up_moto; up_chromium; up_tansu ;;
+  up) up_pg; up_rabbit; up_rabbit_management; up_venv; up_moto; up_chromium; up_kubectl; up_tansu ;;
   fresh-kafka) fresh_tansu ;;
   status) status ;;
   *) echo "usage: $0 up|fresh-kafka|status" >&2; exit 2 ;;
