@@ -43,7 +43,9 @@ run_case() {
 # start_spillway BACKEND [BINARY]: starts the gateway as a job of this
 # shell (so the exit trap stops it if a run fails), its pid in SERVER.
 # BASELINE_BIN (a spillway binary built from another commit) adds an
-# `embedded-baseline` row to each round, so a change is measured against
+# `embedded-baseline` row to each round (BASELINE_NAME renames it; the
+# binary may be a script that sets an environment variable and `exec`s
+# spillway, for a setting's variant), so a change is measured against
 # what it replaced in the same run.
 start_spillway() {
   local backend=$1 bin=${2:-} extra=()
@@ -72,11 +74,11 @@ for conns in 64 256; do
   kill $pid; wait $pid 2>/dev/null || true
   spillway_case memory memory $conns
   if [ -n "${BASELINE_BIN:-}" ] && [ "$conns" = 64 ]; then
-    spillway_case embedded-baseline embedded $conns "$BASELINE_BIN"
+    spillway_case "${BASELINE_NAME:-embedded-baseline}" embedded $conns "$BASELINE_BIN"
   fi
   spillway_case embedded embedded $conns
   if [ -n "${BASELINE_BIN:-}" ] && [ "$conns" != 64 ]; then
-    spillway_case embedded-baseline embedded $conns "$BASELINE_BIN"
+    spillway_case "${BASELINE_NAME:-embedded-baseline}" embedded $conns "$BASELINE_BIN"
   fi
 done
 
