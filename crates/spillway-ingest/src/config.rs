@@ -13,7 +13,10 @@ use std::{collections::HashSet, sync::Arc, time::Duration};
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
 use serde::{Deserialize, Serialize};
 
-use crate::cors::{CorsPolicy, OriginMatcher};
+use crate::{
+    cors::{CorsPolicy, OriginMatcher},
+    schema::BodySchema,
+};
 
 /// A configuration value that cannot work, with the key it came from.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -125,6 +128,15 @@ pub struct RouteConfig {
     pub ordering_key: Option<KeySource>,
     #[serde(default)]
     pub dedup_key: Option<KeySource>,
+    /// A JSON Schema the body must match, written inline (TOML tables and
+    /// arrays are JSON objects and arrays). A mismatch is a 400
+    /// `schema_violation` naming each place; see [`crate::schema`].
+    #[serde(default)]
+    pub schema: Option<serde_json::Value>,
+    /// The same, from a JSON file (relative paths from the working
+    /// directory). Not together with `schema`.
+    #[serde(default)]
+    pub schema_file: Option<std::path::PathBuf>,
 }
 
 fn default_methods() -> Vec<String> {
@@ -147,6 +159,8 @@ impl RouteConfig {
             cors: None,
             ordering_key: None,
             dedup_key: None,
+            schema: None,
+            schema_file: None,
         }
     }
 }
@@ -281,6 +295,8 @@ pub struct CompiledRoute {
     pub cors: Option<Arc<CorsPolicy>>,
     pub ordering_key: Option<KeySource>,
     pub dedup_key: Option<KeySource>,
+    /// The body must match this (and be JSON), when set.
+    pub schema: Option<Arc<BodySchema>>,
 }
 
 impl CompiledRoute {
@@ -399,6 +415,14 @@ impl IngestConfig {
         if max_body_bytes == 0 {
             return Err(invalid(format!("{key}.max_body_bytes"), "must be at least 1"));
         }
+        let schema = match (&r.schema, &r.schema_file) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(format!("{key}.schema_file"), "set `schema` or `schema_file`, not both"))
+            }
+            (Some(s), None) => Some(BodySchema::compile(s, &format!("{key}.schema"))?),
+            (None, Some(path)) => Some(BodySchema::from_file(path, &format!("{key}.schema_file"))?),
+            (None, None) => None,
+        };
         Ok(CompiledRoute {
             name: r.name.clone().unwrap_or_else(|| r.path.clone()),
             path: r.path.clone(),
@@ -415,6 +439,7 @@ impl IngestConfig {
             cors: compile_cors(cors, &cors_key)?.map(Arc::new),
             ordering_key: r.ordering_key.clone(),
             dedup_key: r.dedup_key.clone(),
+            schema: schema.map(Arc::new),
         })
     }
 }

@@ -12,6 +12,8 @@ use axum::{
 use serde_json::json;
 use spillway_queue::QueueError;
 
+use crate::schema::Violation;
+
 /// Seconds a client is told to wait after a 503.
 pub const RETRY_AFTER_SECS: u64 = 1;
 
@@ -28,6 +30,11 @@ pub enum ApiError {
     UnsupportedMediaType { got: Option<String>, expected: Vec<String> },
     #[error("{message}")]
     BadRequest { code: &'static str, message: String },
+    /// The body is JSON but does not match the route's schema: `details`
+    /// are the first violations (at most `schema::MAX_DETAILS`), `total`
+    /// how many there were.
+    #[error("the body does not match the route's schema: {}", describe(details, *total))]
+    SchemaViolation { details: Vec<Violation>, total: usize },
     #[error(
         "the request has both Content-Length and Transfer-Encoding; proxies could read its body two ways"
     )]
@@ -55,7 +62,9 @@ impl ApiError {
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::BadRequest { .. } | Self::AmbiguousFraming => StatusCode::BAD_REQUEST,
+            Self::BadRequest { .. } | Self::SchemaViolation { .. } | Self::AmbiguousFraming => {
+                StatusCode::BAD_REQUEST
+            }
             Self::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -71,6 +80,7 @@ impl ApiError {
             Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::UnsupportedMediaType { .. } => "unsupported_media_type",
             Self::BadRequest { code, .. } => code,
+            Self::SchemaViolation { .. } => "schema_violation",
             Self::AmbiguousFraming => "ambiguous_framing",
             Self::RequestTimeout { .. } => "request_timeout",
             Self::Forbidden(_) => "forbidden",
@@ -103,7 +113,11 @@ impl IntoResponse for ApiError {
         } else {
             tracing::debug!(error = %self, code = self.code(), "request refused");
         }
-        let body = json!({ "error": { "code": self.code(), "message": self.to_string() } });
+        let mut body = json!({ "error": { "code": self.code(), "message": self.to_string() } });
+        if let Self::SchemaViolation { details, .. } = &self {
+            body["error"]["details"] =
+                details.iter().map(|v| json!({ "path": v.path, "message": v.message })).collect();
+        }
         let mut res = (status, Json(body)).into_response();
         let headers = res.headers_mut();
         match &self {
@@ -123,6 +137,16 @@ impl IntoResponse for ApiError {
             _ => {}
         }
         res
+    }
+}
+
+/// `/user: "user" is a required property (and 2 more)`.
+fn describe(details: &[Violation], total: usize) -> String {
+    let Some(first) = details.first() else { return "no details".to_owned() };
+    let place = if first.path.is_empty() { "the body" } else { first.path.as_str() };
+    match total.saturating_sub(1) {
+        0 => format!("{place}: {}", first.message),
+        more => format!("{place}: {} (and {more} more)", first.message),
     }
 }
 

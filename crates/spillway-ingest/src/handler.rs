@@ -10,7 +10,10 @@
 //!    body; a content type the route does not accept is a 415;
 //! 2. [`read_body`]: the body, read under the size limit (413) and the body
 //!    timeout (408); a body that ends early (a lying `Content-Length`) is a 400;
-//! 3. [`check_json`]: a body that says it is JSON must parse: 400;
+//! 3. [`check_json`]: a body that says it is JSON must parse: 400; on a
+//!    route with a schema, every body must be JSON and match it: 400
+//!    `schema_violation` naming each place (a non-JSON content type is a
+//!    415 in step 1);
 //! 4. [`request_facts`]: forwarded headers must be text, keys must be
 //!    present (400); path parameters must be UTF-8 (400);
 //! 5. [`build_message`]: the envelope or the raw body, with attributes;
@@ -59,7 +62,7 @@ async fn accept(state: &RouteState, req: Request) -> Result<String, ApiError> {
     let (mut parts, body) = req.into_parts();
     let content_type = check_head(&parts, route)?;
     let body = read_body(body, route).await?;
-    let is_json = check_json(&body, content_type.as_deref())?;
+    let is_json = check_json(&body, content_type.as_deref(), route)?;
     let facts = request_facts(&mut parts, &body, is_json, route).await?;
     let id = ulid::Ulid::new().to_string();
     let msg = build_message(route, &id, received_at, &parts, content_type, facts, body, is_json);
@@ -78,6 +81,13 @@ fn check_head(parts: &Parts, route: &CompiledRoute) -> Result<Option<String>, Ap
         }
     }
     let content_type = content_type(parts)?;
+    // A route with a schema takes JSON only; no content type is read as JSON.
+    if route.schema.is_some() && content_type.as_deref().is_some_and(|c| !is_json_type(&essence(c))) {
+        return Err(ApiError::UnsupportedMediaType {
+            got: content_type,
+            expected: vec!["application/json".to_owned()],
+        });
+    }
     if !route.content_types.is_empty() {
         let essence = content_type.as_deref().map(essence);
         if !essence.is_some_and(|e| route.content_types.iter().any(|c| c == &e)) {
@@ -90,8 +100,13 @@ fn check_head(parts: &Parts, route: &CompiledRoute) -> Result<Option<String>, Ap
     Ok(content_type)
 }
 
-/// Step 3: a body that says it is JSON must parse. Returns whether it is JSON.
-fn check_json(body: &[u8], content_type: Option<&str>) -> Result<bool, ApiError> {
+/// Step 3: a body that says it is JSON must parse, and a route's schema
+/// must hold. Returns whether the body is JSON.
+fn check_json(body: &[u8], content_type: Option<&str>, route: &CompiledRoute) -> Result<bool, ApiError> {
+    if let Some(schema) = &route.schema {
+        schema.check(body)?;
+        return Ok(true);
+    }
     let is_json = content_type.is_some_and(|c| is_json_type(&essence(c)));
     if is_json {
         serde_json::from_slice::<serde::de::IgnoredAny>(body)

@@ -13,6 +13,8 @@
 //! - [`routes`]: the route table as an axum `Router`, with the JSON 404/405
 //!   answers and the health endpoints.
 //! - [`handler`]: one request: limits, content type, body, the envelope, publish.
+//! - [`schema`]: a route's JSON Schema, compiled with the config; the body
+//!   must match it.
 //! - [`publisher`]: one task per queue that batches concurrent sends and
 //!   awaits the backend's durable confirm.
 //! - [`error`]: every failure as an HTTP answer, in one place.
@@ -33,6 +35,7 @@ pub mod handler;
 pub mod metrics;
 pub mod publisher;
 pub mod routes;
+pub mod schema;
 pub mod server;
 
 pub use config::{CompiledIngest, ConfigError, IngestConfig};
