@@ -13,9 +13,13 @@ use std::{collections::HashSet, sync::Arc, time::Duration};
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
 use serde::{Deserialize, Serialize};
 
+use ipnet::IpNet;
+
 use crate::{
+    client_ip::TrustedProxies,
     cors::{CorsPolicy, OriginMatcher},
     schema::BodySchema,
+    throttle::{Throttle, ThrottleConfig},
 };
 
 /// A configuration value that cannot work, with the key it came from.
@@ -40,6 +44,12 @@ pub struct IngestConfig {
     pub cors: CorsConfig,
     pub limits: LimitsConfig,
     pub publisher: PublisherConfig,
+    /// Rate limits for every route that does not set its own. Off by default.
+    pub throttle: ThrottleConfig,
+    /// Proxies (addresses or CIDR ranges) whose `X-Forwarded-For` names the
+    /// client, for per-client limits and the envelope's `source_ip`. Empty:
+    /// the client is the peer. See [`crate::client_ip`].
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for IngestConfig {
@@ -49,6 +59,8 @@ impl Default for IngestConfig {
             cors: CorsConfig::default(),
             limits: LimitsConfig::default(),
             publisher: PublisherConfig::default(),
+            throttle: ThrottleConfig::default(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -137,6 +149,9 @@ pub struct RouteConfig {
     /// directory). Not together with `schema`.
     #[serde(default)]
     pub schema_file: Option<std::path::PathBuf>,
+    /// Overrides `ingest.throttle` for this route (its own buckets either way).
+    #[serde(default)]
+    pub throttle: Option<ThrottleConfig>,
 }
 
 fn default_methods() -> Vec<String> {
@@ -161,6 +176,7 @@ impl RouteConfig {
             dedup_key: None,
             schema: None,
             schema_file: None,
+            throttle: None,
         }
     }
 }
@@ -297,6 +313,10 @@ pub struct CompiledRoute {
     pub dedup_key: Option<KeySource>,
     /// The body must match this (and be JSON), when set.
     pub schema: Option<Arc<BodySchema>>,
+    /// Rate limits, when set; checked before the body is read.
+    pub throttle: Option<Arc<Throttle>>,
+    /// Who the client is (shared by every route).
+    pub trusted_proxies: Arc<TrustedProxies>,
 }
 
 impl CompiledRoute {
@@ -345,6 +365,7 @@ impl IngestConfig {
         if self.limits.body_timeout.is_zero() {
             return Err(invalid("ingest.limits.body_timeout", "must be more than 0"));
         }
+        let trusted_proxies = Arc::new(self.trusted_proxies()?);
         let mut shapes = HashSet::new();
         let routes = self
             .routes
@@ -359,14 +380,37 @@ impl IngestConfig {
                         format!("{:?} overlaps an earlier route", r.path),
                     ));
                 }
-                self.compile_route(r, &key)
+                self.compile_route(r, &key, &trusted_proxies)
             })
             .collect::<Result<Vec<_>, _>>()?;
         let global_cors = compile_cors(&self.cors, "ingest.cors")?.map(Arc::new);
         Ok(CompiledIngest { routes, global_cors, publisher: self.publisher.clone() })
     }
 
-    fn compile_route(&self, r: &RouteConfig, key: &str) -> Result<CompiledRoute, ConfigError> {
+    fn trusted_proxies(&self) -> Result<TrustedProxies, ConfigError> {
+        let nets = self
+            .trusted_proxies
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let p = p.trim();
+                p.parse::<IpNet>().or_else(|_| p.parse::<std::net::IpAddr>().map(IpNet::from)).map_err(|_| {
+                    invalid(
+                        format!("ingest.trusted_proxies[{i}]"),
+                        format!("{p:?} is not an address or CIDR range"),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(TrustedProxies::new(nets))
+    }
+
+    fn compile_route(
+        &self,
+        r: &RouteConfig,
+        key: &str,
+        trusted_proxies: &Arc<TrustedProxies>,
+    ) -> Result<CompiledRoute, ConfigError> {
         if r.queue.trim().is_empty() {
             return Err(invalid(format!("{key}.queue"), "must name a queue"));
         }
@@ -423,6 +467,10 @@ impl IngestConfig {
             (None, Some(path)) => Some(BodySchema::from_file(path, &format!("{key}.schema_file"))?),
             (None, None) => None,
         };
+        let throttle = match &r.throttle {
+            Some(t) => Throttle::compile(t, &format!("{key}.throttle"))?,
+            None => Throttle::compile(&self.throttle, "ingest.throttle")?,
+        };
         Ok(CompiledRoute {
             name: r.name.clone().unwrap_or_else(|| r.path.clone()),
             path: r.path.clone(),
@@ -440,6 +488,8 @@ impl IngestConfig {
             ordering_key: r.ordering_key.clone(),
             dedup_key: r.dedup_key.clone(),
             schema: schema.map(Arc::new),
+            throttle: throttle.map(Arc::new),
+            trusted_proxies: trusted_proxies.clone(),
         })
     }
 }

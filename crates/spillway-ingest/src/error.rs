@@ -43,6 +43,10 @@ pub enum ApiError {
     RequestTimeout { secs: u64 },
     #[error("{0}")]
     Forbidden(String),
+    /// Over a rate limit (`scope`: `route` or `client`); nothing was read
+    /// or stored.
+    #[error("too many requests for this {scope}; retry after {retry_after_secs} s")]
+    Throttled { scope: &'static str, retry_after_secs: u64 },
     #[error("the queue could not store the message: {0}")]
     Unavailable(String),
     #[error("the queue refused the message: {0}")]
@@ -67,6 +71,7 @@ impl ApiError {
             }
             Self::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -84,6 +89,7 @@ impl ApiError {
             Self::AmbiguousFraming => "ambiguous_framing",
             Self::RequestTimeout { .. } => "request_timeout",
             Self::Forbidden(_) => "forbidden",
+            Self::Throttled { .. } => "throttled",
             Self::Unavailable(_) => "queue_unavailable",
             Self::Unprocessable(_) => "message_rejected",
             Self::Internal(_) => "internal",
@@ -123,6 +129,9 @@ impl IntoResponse for ApiError {
         match &self {
             Self::Unavailable(_) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+            }
+            Self::Throttled { retry_after_secs, .. } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
             }
             Self::MethodNotAllowed { allow } => {
                 if let Ok(v) = HeaderValue::from_str(allow) {

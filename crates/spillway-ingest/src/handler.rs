@@ -4,6 +4,8 @@
 //! so a refused request leaves no trace. [`accept`] is these steps, one
 //! function each:
 //!
+//! 0. the rate limits ([`crate::throttle`]), for the route and for the
+//!    client ([`crate::client_ip`]): a 429 with `Retry-After`;
 //! 1. [`check_head`]: framing that proxies could read two ways (both
 //!    `Content-Length` and `Transfer-Encoding`, seen by [`crate::framing`]
 //!    since hyper drops one of them) is a 400 and the connection closes; `Content-Length` over the limit is a 413 without reading the
@@ -20,7 +22,11 @@
 //! 6. publish: the answer is the route's 2xx only once the queue confirmed
 //!    it, else a 503.
 
-use std::{collections::BTreeMap, net::SocketAddr, sync::Arc};
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
 
 use axum::{
     body::Body,
@@ -60,14 +66,24 @@ async fn accept(state: &RouteState, req: Request) -> Result<String, ApiError> {
     let route = &state.route;
     let received_at = OffsetDateTime::now_utc();
     let (mut parts, body) = req.into_parts();
+    let client = client_ip(&parts, route);
+    if let Some(throttle) = &route.throttle {
+        throttle.check(client)?;
+    }
     let content_type = check_head(&parts, route)?;
     let body = read_body(body, route).await?;
     let is_json = check_json(&body, content_type.as_deref(), route)?;
-    let facts = request_facts(&mut parts, &body, is_json, route).await?;
+    let facts = request_facts(&mut parts, &body, is_json, route, client).await?;
     let id = ulid::Ulid::new().to_string();
     let msg = build_message(route, &id, received_at, &parts, content_type, facts, body, is_json);
     state.publisher.publish(msg).await?;
     Ok(id)
+}
+
+/// The client's address: the peer, or whom a trusted proxy names.
+fn client_ip(parts: &Parts, route: &CompiledRoute) -> Option<IpAddr> {
+    let ConnectInfo(peer) = parts.extensions.get::<ConnectInfo<SocketAddr>>()?;
+    Some(route.trusted_proxies.client(peer.ip(), &parts.headers))
 }
 
 /// Step 1: framing, declared length and content type. Returns the content type.
@@ -130,6 +146,7 @@ async fn request_facts(
     body: &[u8],
     is_json: bool,
     route: &CompiledRoute,
+    client: Option<IpAddr>,
 ) -> Result<Facts, ApiError> {
     let json = is_json.then_some(body);
     let headers = forwarded_headers(parts, route)?;
@@ -139,8 +156,7 @@ async fn request_facts(
         .await
         .map(|Path(p)| p)
         .map_err(|e| ApiError::bad_request("invalid_path", e.body_text()))?;
-    let source_ip =
-        parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(a)| a.ip().to_string());
+    let source_ip = client.map(|ip| ip.to_string());
     Ok(Facts { headers, ordering_key, dedup_key, path_params, source_ip })
 }
 

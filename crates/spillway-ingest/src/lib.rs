@@ -13,6 +13,8 @@
 //! - [`routes`]: the route table as an axum `Router`, with the JSON 404/405
 //!   answers and the health endpoints.
 //! - [`handler`]: one request: limits, content type, body, the envelope, publish.
+//! - [`throttle`] and [`client_ip`]: rate limits per route and per client,
+//!   the client named by trusted proxies; checked before the body is read.
 //! - [`schema`]: a route's JSON Schema, compiled with the config; the body
 //!   must match it.
 //! - [`publisher`]: one task per queue that batches concurrent sends and
@@ -27,6 +29,7 @@
 #![forbid(unsafe_code)]
 #![warn(unreachable_pub)]
 
+pub mod client_ip;
 pub mod config;
 pub mod cors;
 pub mod error;
@@ -37,6 +40,7 @@ pub mod publisher;
 pub mod routes;
 pub mod schema;
 pub mod server;
+pub mod throttle;
 
 pub use config::{CompiledIngest, ConfigError, IngestConfig};
 pub use error::ApiError;

@@ -66,6 +66,9 @@ pub async fn build_router(
         let allow = route.allow();
         let methods = route.methods.clone();
         let cors = route.cors.clone();
+        if let Some(throttle) = &route.throttle {
+            crate::throttle::spawn_sweeper(throttle);
+        }
         let state = Arc::new(RouteState { route, publisher });
         let mut mr: MethodRouter = MethodRouter::new();
         for m in &methods {

@@ -34,6 +34,11 @@ max_message_bytes = 1024
 [queues.ingest.dead_letter]
 max_receive_count = 5
 visibility_timeout = "30s"
+[ingest]
+trusted_proxies = ["10.0.0.0/8", "127.0.0.1"]
+[ingest.throttle]
+route = { rate = 1000, burst = 2000, per = "1s" }
+per_ip = { rate = 20, burst = 40 }
 [ingest.cors]
 allowed_origins = ["https://*.test.com", "https://test.com"]
 allow_credentials = true
@@ -62,8 +67,13 @@ max_body_bytes = 2048
 ordering_key = { header = "x-customer" }
 dedup_key = { json_pointer = "/id" }
 success = { status = 202, body = '{"id":"${id}"}', content_type = "application/json" }
+throttle = { per_ip = { rate = 5, burst = 10, per = "1m" } }
 [ingest.routes.cors]
 allowed_origins = ["http://localhost:3000"]
+[ingest.routes.schema]
+type = "object"
+required = ["event"]
+properties = { event = { type = "string", enum = ["a", "b"] }, n = { type = "integer", minimum = 0 } }
 [consumer]
 queue = "ingest"
 concurrency = 4

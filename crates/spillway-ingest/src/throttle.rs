@@ -1,0 +1,242 @@
+//! Rate limits, like API Gateway's usage plans: a rate and a burst for a
+//! route as a whole, and for each client address on its own. Over either,
+//! the request is a 429 with `Retry-After`, answered before its body is
+//! read, and nothing is stored.
+//!
+//! The limits are governor's GCRA buckets: `burst` requests may come at
+//! once, then one more every `per / rate`. A client is checked against its
+//! own bucket first, so one client over its limit does not use up the
+//! route's. The per-client buckets live in memory, per gateway process
+//! (with N replicas, a client may send N times its limit); buckets of
+//! clients that went quiet are dropped every [`SWEEP_EVERY`], so memory
+//! follows the number of recent clients, not of all clients ever seen.
+
+use std::{
+    net::IpAddr,
+    num::NonZeroU32,
+    sync::{Arc, Weak},
+    time::Duration,
+};
+
+use governor::{
+    clock::{Clock, DefaultClock},
+    middleware::NoOpMiddleware,
+    state::{keyed::DefaultKeyedStateStore, InMemoryState, NotKeyed},
+    Quota, RateLimiter,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{config::ConfigError, error::ApiError};
+
+/// How often quiet clients' buckets are dropped.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+/// `rate` requests every `per` (default 1 s), and up to `burst` at once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateConfig {
+    pub rate: u32,
+    pub burst: u32,
+    #[serde(default = "one_second", with = "humantime_serde")]
+    pub per: Duration,
+}
+
+fn one_second() -> Duration {
+    Duration::from_secs(1)
+}
+
+/// `[ingest.throttle]`, or a route's own `throttle`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ThrottleConfig {
+    /// All requests to the route, together.
+    pub route: Option<RateConfig>,
+    /// Each client address (see [`crate::client_ip`]) on its own.
+    pub per_ip: Option<RateConfig>,
+}
+
+impl RateConfig {
+    fn quota(&self, key: &str) -> Result<Quota, ConfigError> {
+        let bad = |field: &str, message: &str| ConfigError {
+            key: format!("{key}.{field}"),
+            message: message.to_owned(),
+        };
+        let rate = NonZeroU32::new(self.rate).ok_or_else(|| bad("rate", "must be at least 1"))?;
+        let burst = NonZeroU32::new(self.burst).ok_or_else(|| bad("burst", "must be at least 1"))?;
+        let every = self.per / rate.get();
+        Quota::with_period(every)
+            .map(|q| q.allow_burst(burst))
+            .ok_or_else(|| bad("per", "must be long enough for one request every nanosecond or more"))
+    }
+}
+
+type Direct<C> = RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<<C as Clock>::Instant>>;
+type Keyed<C> = RateLimiter<IpAddr, DefaultKeyedStateStore<IpAddr>, C, NoOpMiddleware<<C as Clock>::Instant>>;
+
+/// A route's limits, compiled.
+pub struct Throttle<C: Clock = DefaultClock> {
+    route: Option<Direct<C>>,
+    per_ip: Option<Keyed<C>>,
+    clock: C,
+}
+
+impl<C: Clock> std::fmt::Debug for Throttle<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Throttle")
+            .field("route", &self.route.is_some())
+            .field("per_ip", &self.per_ip.is_some())
+            .finish()
+    }
+}
+
+impl Throttle {
+    /// `None` when `cfg` sets no limit. Errors name their key under `key`.
+    pub fn compile(cfg: &ThrottleConfig, key: &str) -> Result<Option<Self>, ConfigError> {
+        Self::with_clock(cfg, key, DefaultClock::default())
+    }
+}
+
+impl<C: Clock + Clone> Throttle<C> {
+    /// As [`Throttle::compile`], on `clock` (tests use a fake one).
+    pub fn with_clock(cfg: &ThrottleConfig, key: &str, clock: C) -> Result<Option<Self>, ConfigError> {
+        let route = cfg.route.as_ref().map(|r| r.quota(&format!("{key}.route"))).transpose()?;
+        let per_ip = cfg.per_ip.as_ref().map(|r| r.quota(&format!("{key}.per_ip"))).transpose()?;
+        if route.is_none() && per_ip.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(Self {
+            route: route.map(|q| RateLimiter::direct_with_clock(q, clock.clone())),
+            per_ip: per_ip.map(|q| RateLimiter::dashmap_with_clock(q, clock.clone())),
+            clock,
+        }))
+    }
+
+    /// Takes one request from the client's bucket, then from the route's.
+    pub fn check(&self, client: Option<IpAddr>) -> Result<(), ApiError> {
+        if let (Some(limiter), Some(ip)) = (&self.per_ip, client) {
+            limiter.check_key(&ip).map_err(|not_until| self.throttled("client", not_until))?;
+        }
+        if let Some(limiter) = &self.route {
+            limiter.check().map_err(|not_until| self.throttled("route", not_until))?;
+        }
+        Ok(())
+    }
+
+    fn throttled(&self, scope: &'static str, not_until: governor::NotUntil<C::Instant>) -> ApiError {
+        let wait = not_until.wait_time_from(self.clock.now());
+        // Whole seconds, rounded up: a client that waits this long gets in.
+        let retry_after_secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        ApiError::Throttled { scope, retry_after_secs: retry_after_secs.max(1) }
+    }
+
+    /// Drops the buckets of clients that are back to a full burst (they
+    /// would start from the same state anyway).
+    pub fn sweep(&self) {
+        if let Some(limiter) = &self.per_ip {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
+    }
+
+    /// Client buckets held now.
+    pub fn clients(&self) -> usize {
+        self.per_ip.as_ref().map_or(0, Keyed::len)
+    }
+}
+
+/// Sweeps `throttle` every [`SWEEP_EVERY`] until it is dropped.
+pub fn spawn_sweeper(throttle: &Arc<Throttle>) {
+    let weak: Weak<Throttle> = Arc::downgrade(throttle);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(SWEEP_EVERY);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let Some(t) = weak.upgrade() else { break };
+            t.sweep();
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use governor::clock::FakeRelativeClock;
+
+    use super::*;
+
+    fn rate(rate: u32, burst: u32, per: Duration) -> Option<RateConfig> {
+        Some(RateConfig { rate, burst, per })
+    }
+
+    fn throttle(cfg: ThrottleConfig) -> (Throttle<FakeRelativeClock>, FakeRelativeClock) {
+        let clock = FakeRelativeClock::default();
+        let t =
+            Throttle::with_clock(&cfg, "ingest.throttle", clock.clone()).expect("compiles").expect("limits");
+        (t, clock)
+    }
+
+    fn retry_after(r: Result<(), ApiError>) -> (&'static str, u64) {
+        match r {
+            Err(ApiError::Throttled { scope, retry_after_secs }) => (scope, retry_after_secs),
+            other => panic!("expected a 429, got {other:?}"),
+        }
+    }
+
+    const A: Option<IpAddr> = Some(IpAddr::V4(std::net::Ipv4Addr::new(198, 51, 100, 1)));
+    const B: Option<IpAddr> = Some(IpAddr::V4(std::net::Ipv4Addr::new(198, 51, 100, 2)));
+
+    #[test]
+    fn a_burst_then_one_per_period() {
+        let (t, clock) =
+            throttle(ThrottleConfig { route: rate(1, 3, Duration::from_secs(10)), per_ip: None });
+        for _ in 0..3 {
+            t.check(A).expect("within the burst");
+        }
+        assert_eq!(retry_after(t.check(A)), ("route", 10));
+        clock.advance(Duration::from_millis(9_500));
+        assert_eq!(retry_after(t.check(B)), ("route", 1), "half a second is one whole second to wait");
+        clock.advance(Duration::from_millis(500));
+        t.check(B).expect("one more after the period");
+        assert!(t.check(B).is_err());
+    }
+
+    #[test]
+    fn each_client_has_its_own_bucket_and_is_checked_first() {
+        let (t, _clock) = throttle(ThrottleConfig {
+            route: rate(100, 3, Duration::from_secs(1)),
+            per_ip: rate(1, 2, Duration::from_secs(60)),
+        });
+        t.check(A).expect("1");
+        t.check(A).expect("2");
+        assert_eq!(retry_after(t.check(A)), ("client", 60));
+        // A's refused request did not take from the route's bucket: B gets
+        // the third and last request of the route's burst.
+        t.check(B).expect("B's first");
+        assert_eq!(retry_after(t.check(B)).0, "route");
+        assert_eq!(t.clients(), 2);
+    }
+
+    #[test]
+    fn quiet_clients_are_swept() {
+        let (t, clock) = throttle(ThrottleConfig { route: None, per_ip: rate(1, 1, Duration::from_secs(1)) });
+        t.check(A).expect("A");
+        t.check(B).expect("B");
+        assert_eq!(t.clients(), 2);
+        clock.advance(Duration::from_secs(5));
+        t.sweep();
+        assert_eq!(t.clients(), 0);
+        t.check(None).expect("no address: only the route's limit, and there is none");
+    }
+
+    #[test]
+    fn no_limit_is_no_throttle_and_bad_values_name_their_key() {
+        assert!(Throttle::compile(&ThrottleConfig::default(), "k").expect("compiles").is_none());
+        for (cfg, key) in [
+            (ThrottleConfig { route: rate(0, 1, Duration::from_secs(1)), per_ip: None }, "k.route.rate"),
+            (ThrottleConfig { route: None, per_ip: rate(1, 0, Duration::from_secs(1)) }, "k.per_ip.burst"),
+            (ThrottleConfig { route: rate(1, 1, Duration::ZERO), per_ip: None }, "k.route.per"),
+        ] {
+            assert_eq!(Throttle::compile(&cfg, "k").expect_err("refused").key, key);
+        }
+    }
+}
