@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use ipnet::IpNet;
 
 use crate::{
+    api_key::{ApiKeys, ApiKeysConfig},
     client_ip::TrustedProxies,
     cors::{CorsPolicy, OriginMatcher},
     schema::BodySchema,
@@ -50,6 +51,9 @@ pub struct IngestConfig {
     /// client, for per-client limits and the envelope's `source_ip`. Empty:
     /// the client is the peer. See [`crate::client_ip`].
     pub trusted_proxies: Vec<String>,
+    /// API keys; with any configured, every route requires one unless it
+    /// sets `require_api_key = false`. See [`crate::api_key`].
+    pub api_keys: ApiKeysConfig,
 }
 
 impl Default for IngestConfig {
@@ -61,6 +65,7 @@ impl Default for IngestConfig {
             publisher: PublisherConfig::default(),
             throttle: ThrottleConfig::default(),
             trusted_proxies: Vec::new(),
+            api_keys: ApiKeysConfig::default(),
         }
     }
 }
@@ -152,6 +157,10 @@ pub struct RouteConfig {
     /// Overrides `ingest.throttle` for this route (its own buckets either way).
     #[serde(default)]
     pub throttle: Option<ThrottleConfig>,
+    /// Whether a request needs an API key. Default: yes when
+    /// `ingest.api_keys` has any.
+    #[serde(default)]
+    pub require_api_key: Option<bool>,
 }
 
 fn default_methods() -> Vec<String> {
@@ -177,6 +186,7 @@ impl RouteConfig {
             schema: None,
             schema_file: None,
             throttle: None,
+            require_api_key: None,
         }
     }
 }
@@ -317,6 +327,8 @@ pub struct CompiledRoute {
     pub throttle: Option<Arc<Throttle>>,
     /// Who the client is (shared by every route).
     pub trusted_proxies: Arc<TrustedProxies>,
+    /// The keys a request must carry one of, when the route requires one.
+    pub api_keys: Option<Arc<ApiKeys>>,
 }
 
 impl CompiledRoute {
@@ -366,6 +378,7 @@ impl IngestConfig {
             return Err(invalid("ingest.limits.body_timeout", "must be more than 0"));
         }
         let trusted_proxies = Arc::new(self.trusted_proxies()?);
+        let api_keys = ApiKeys::compile(&self.api_keys)?.map(Arc::new);
         let mut shapes = HashSet::new();
         let routes = self
             .routes
@@ -380,7 +393,7 @@ impl IngestConfig {
                         format!("{:?} overlaps an earlier route", r.path),
                     ));
                 }
-                self.compile_route(r, &key, &trusted_proxies)
+                self.compile_route(r, &key, &trusted_proxies, api_keys.as_ref())
             })
             .collect::<Result<Vec<_>, _>>()?;
         let global_cors = compile_cors(&self.cors, "ingest.cors")?.map(Arc::new);
@@ -410,7 +423,18 @@ impl IngestConfig {
         r: &RouteConfig,
         key: &str,
         trusted_proxies: &Arc<TrustedProxies>,
+        api_keys: Option<&Arc<ApiKeys>>,
     ) -> Result<CompiledRoute, ConfigError> {
+        let api_keys = match (r.require_api_key, api_keys) {
+            (Some(true), None) => {
+                return Err(invalid(
+                    format!("{key}.require_api_key"),
+                    "no keys in ingest.api_keys (keys or files) to require",
+                ))
+            }
+            (Some(false), _) => None,
+            (_, keys) => keys.cloned(),
+        };
         if r.queue.trim().is_empty() {
             return Err(invalid(format!("{key}.queue"), "must name a queue"));
         }
@@ -490,6 +514,7 @@ impl IngestConfig {
             schema: schema.map(Arc::new),
             throttle: throttle.map(Arc::new),
             trusted_proxies: trusted_proxies.clone(),
+            api_keys,
         })
     }
 }

@@ -43,6 +43,10 @@ pub enum ApiError {
     RequestTimeout { secs: u64 },
     #[error("{0}")]
     Forbidden(String),
+    #[error("this route needs an API key in the {header} header")]
+    MissingApiKey { header: String },
+    #[error("the API key is not valid")]
+    InvalidApiKey,
     /// Over a rate limit (`scope`: `route` or `client`); nothing was read
     /// or stored.
     #[error("too many requests for this {scope}; retry after {retry_after_secs} s")]
@@ -70,7 +74,8 @@ impl ApiError {
                 StatusCode::BAD_REQUEST
             }
             Self::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
-            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::Forbidden(_) | Self::InvalidApiKey => StatusCode::FORBIDDEN,
+            Self::MissingApiKey { .. } => StatusCode::UNAUTHORIZED,
             Self::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -89,6 +94,8 @@ impl ApiError {
             Self::AmbiguousFraming => "ambiguous_framing",
             Self::RequestTimeout { .. } => "request_timeout",
             Self::Forbidden(_) => "forbidden",
+            Self::MissingApiKey { .. } => "missing_api_key",
+            Self::InvalidApiKey => "invalid_api_key",
             Self::Throttled { .. } => "throttled",
             Self::Unavailable(_) => "queue_unavailable",
             Self::Unprocessable(_) => "message_rejected",

@@ -4,8 +4,10 @@
 //! so a refused request leaves no trace. [`accept`] is these steps, one
 //! function each:
 //!
-//! 0. the rate limits ([`crate::throttle`]), for the route and for the
-//!    client ([`crate::client_ip`]): a 429 with `Retry-After`;
+//! 0. the client's rate limit ([`crate::throttle`], the client by
+//!    [`crate::client_ip`]), the API key where the route requires one
+//!    ([`crate::api_key`]: 401 when missing, 403 when wrong), then the key's
+//!    and the route's rate limits: a 429 with `Retry-After`;
 //! 1. [`check_head`]: framing that proxies could read two ways (both
 //!    `Content-Length` and `Transfer-Encoding`, seen by [`crate::framing`]
 //!    since hyper drops one of them) is a 400 and the connection closes; `Content-Length` over the limit is a 413 without reading the
@@ -68,7 +70,11 @@ async fn accept(state: &RouteState, req: Request) -> Result<String, ApiError> {
     let (mut parts, body) = req.into_parts();
     let client = client_ip(&parts, route);
     if let Some(throttle) = &route.throttle {
-        throttle.check(client)?;
+        throttle.check_client(client)?;
+    }
+    let key = route.api_keys.as_ref().map(|keys| keys.check(&parts.headers)).transpose()?;
+    if let Some(throttle) = &route.throttle {
+        throttle.check_key_and_route(key)?;
     }
     let content_type = check_head(&parts, route)?;
     let body = read_body(body, route).await?;

@@ -13,8 +13,9 @@
 //! - [`routes`]: the route table as an axum `Router`, with the JSON 404/405
 //!   answers and the health endpoints.
 //! - [`handler`]: one request: limits, content type, body, the envelope, publish.
-//! - [`throttle`] and [`client_ip`]: rate limits per route and per client,
-//!   the client named by trusted proxies; checked before the body is read.
+//! - [`api_key`], [`throttle`] and [`client_ip`]: API keys, rate limits
+//!   per route, client and key, the client named by trusted proxies; all
+//!   checked before the body is read.
 //! - [`schema`]: a route's JSON Schema, compiled with the config; the body
 //!   must match it.
 //! - [`publisher`]: one task per queue that batches concurrent sends and
@@ -29,6 +30,7 @@
 #![forbid(unsafe_code)]
 #![warn(unreachable_pub)]
 
+pub mod api_key;
 pub mod client_ip;
 pub mod config;
 pub mod cors;

@@ -53,6 +53,9 @@ pub struct ThrottleConfig {
     pub route: Option<RateConfig>,
     /// Each client address (see [`crate::client_ip`]) on its own.
     pub per_ip: Option<RateConfig>,
+    /// Each API key on its own, on routes that require one
+    /// ([`crate::api_key`]).
+    pub per_key: Option<RateConfig>,
 }
 
 impl RateConfig {
@@ -71,12 +74,13 @@ impl RateConfig {
 }
 
 type Direct<C> = RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<<C as Clock>::Instant>>;
-type Keyed<C> = RateLimiter<IpAddr, DefaultKeyedStateStore<IpAddr>, C, NoOpMiddleware<<C as Clock>::Instant>>;
+type Keyed<K, C> = RateLimiter<K, DefaultKeyedStateStore<K>, C, NoOpMiddleware<<C as Clock>::Instant>>;
 
 /// A route's limits, compiled.
 pub struct Throttle<C: Clock = DefaultClock> {
     route: Option<Direct<C>>,
-    per_ip: Option<Keyed<C>>,
+    per_ip: Option<Keyed<IpAddr, C>>,
+    per_key: Option<Keyed<usize, C>>,
     clock: C,
 }
 
@@ -85,6 +89,7 @@ impl<C: Clock> std::fmt::Debug for Throttle<C> {
         f.debug_struct("Throttle")
             .field("route", &self.route.is_some())
             .field("per_ip", &self.per_ip.is_some())
+            .field("per_key", &self.per_key.is_some())
             .finish()
     }
 }
@@ -101,20 +106,38 @@ impl<C: Clock + Clone> Throttle<C> {
     pub fn with_clock(cfg: &ThrottleConfig, key: &str, clock: C) -> Result<Option<Self>, ConfigError> {
         let route = cfg.route.as_ref().map(|r| r.quota(&format!("{key}.route"))).transpose()?;
         let per_ip = cfg.per_ip.as_ref().map(|r| r.quota(&format!("{key}.per_ip"))).transpose()?;
-        if route.is_none() && per_ip.is_none() {
+        let per_key = cfg.per_key.as_ref().map(|r| r.quota(&format!("{key}.per_key"))).transpose()?;
+        if route.is_none() && per_ip.is_none() && per_key.is_none() {
             return Ok(None);
         }
         Ok(Some(Self {
             route: route.map(|q| RateLimiter::direct_with_clock(q, clock.clone())),
             per_ip: per_ip.map(|q| RateLimiter::dashmap_with_clock(q, clock.clone())),
+            per_key: per_key.map(|q| RateLimiter::dashmap_with_clock(q, clock.clone())),
             clock,
         }))
     }
 
-    /// Takes one request from the client's bucket, then from the route's.
-    pub fn check(&self, client: Option<IpAddr>) -> Result<(), ApiError> {
+    /// Takes one request from the client's bucket, then the API key's
+    /// (`key`: its position), then the route's.
+    pub fn check(&self, client: Option<IpAddr>, key: Option<usize>) -> Result<(), ApiError> {
+        self.check_client(client)?;
+        self.check_key_and_route(key)
+    }
+
+    /// The client's bucket alone: checked before the API key, so a client
+    /// guessing keys is limited too.
+    pub fn check_client(&self, client: Option<IpAddr>) -> Result<(), ApiError> {
         if let (Some(limiter), Some(ip)) = (&self.per_ip, client) {
             limiter.check_key(&ip).map_err(|not_until| self.throttled("client", not_until))?;
+        }
+        Ok(())
+    }
+
+    /// The API key's bucket, then the route's.
+    pub fn check_key_and_route(&self, key: Option<usize>) -> Result<(), ApiError> {
+        if let (Some(limiter), Some(key)) = (&self.per_key, key) {
+            limiter.check_key(&key).map_err(|not_until| self.throttled("API key", not_until))?;
         }
         if let Some(limiter) = &self.route {
             limiter.check().map_err(|not_until| self.throttled("route", not_until))?;
@@ -135,6 +158,9 @@ impl<C: Clock + Clone> Throttle<C> {
         if let Some(limiter) = &self.per_ip {
             limiter.retain_recent();
             limiter.shrink_to_fit();
+        }
+        if let Some(limiter) = &self.per_key {
+            limiter.retain_recent();
         }
     }
 
@@ -188,16 +214,16 @@ mod tests {
     #[test]
     fn a_burst_then_one_per_period() {
         let (t, clock) =
-            throttle(ThrottleConfig { route: rate(1, 3, Duration::from_secs(10)), per_ip: None });
+            throttle(ThrottleConfig { route: rate(1, 3, Duration::from_secs(10)), ..Default::default() });
         for _ in 0..3 {
-            t.check(A).expect("within the burst");
+            t.check(A, None).expect("within the burst");
         }
-        assert_eq!(retry_after(t.check(A)), ("route", 10));
+        assert_eq!(retry_after(t.check(A, None)), ("route", 10));
         clock.advance(Duration::from_millis(9_500));
-        assert_eq!(retry_after(t.check(B)), ("route", 1), "half a second is one whole second to wait");
+        assert_eq!(retry_after(t.check(B, None)), ("route", 1), "half a second is one whole second to wait");
         clock.advance(Duration::from_millis(500));
-        t.check(B).expect("one more after the period");
-        assert!(t.check(B).is_err());
+        t.check(B, None).expect("one more after the period");
+        assert!(t.check(B, None).is_err());
     }
 
     #[test]
@@ -205,36 +231,58 @@ mod tests {
         let (t, _clock) = throttle(ThrottleConfig {
             route: rate(100, 3, Duration::from_secs(1)),
             per_ip: rate(1, 2, Duration::from_secs(60)),
+            per_key: None,
         });
-        t.check(A).expect("1");
-        t.check(A).expect("2");
-        assert_eq!(retry_after(t.check(A)), ("client", 60));
+        t.check(A, None).expect("1");
+        t.check(A, None).expect("2");
+        assert_eq!(retry_after(t.check(A, None)), ("client", 60));
         // A's refused request did not take from the route's bucket: B gets
         // the third and last request of the route's burst.
-        t.check(B).expect("B's first");
-        assert_eq!(retry_after(t.check(B)).0, "route");
+        t.check(B, None).expect("B's first");
+        assert_eq!(retry_after(t.check(B, None)).0, "route");
         assert_eq!(t.clients(), 2);
     }
 
     #[test]
+    fn each_api_key_has_its_own_bucket() {
+        let (t, _clock) =
+            throttle(ThrottleConfig { per_key: rate(1, 1, Duration::from_secs(60)), ..Default::default() });
+        t.check(A, Some(0)).expect("key 0");
+        assert_eq!(retry_after(t.check(B, Some(0))), ("API key", 60), "another client with the same key");
+        t.check(A, Some(1)).expect("key 1 has its own bucket");
+        t.check(A, None).expect("no key: no per-key limit");
+    }
+
+    #[test]
     fn quiet_clients_are_swept() {
-        let (t, clock) = throttle(ThrottleConfig { route: None, per_ip: rate(1, 1, Duration::from_secs(1)) });
-        t.check(A).expect("A");
-        t.check(B).expect("B");
+        let (t, clock) =
+            throttle(ThrottleConfig { per_ip: rate(1, 1, Duration::from_secs(1)), ..Default::default() });
+        t.check(A, None).expect("A");
+        t.check(B, None).expect("B");
         assert_eq!(t.clients(), 2);
         clock.advance(Duration::from_secs(5));
         t.sweep();
         assert_eq!(t.clients(), 0);
-        t.check(None).expect("no address: only the route's limit, and there is none");
+        t.check(None, None).expect("no address: only the route's limit, and there is none");
     }
 
     #[test]
     fn no_limit_is_no_throttle_and_bad_values_name_their_key() {
         assert!(Throttle::compile(&ThrottleConfig::default(), "k").expect("compiles").is_none());
         for (cfg, key) in [
-            (ThrottleConfig { route: rate(0, 1, Duration::from_secs(1)), per_ip: None }, "k.route.rate"),
-            (ThrottleConfig { route: None, per_ip: rate(1, 0, Duration::from_secs(1)) }, "k.per_ip.burst"),
-            (ThrottleConfig { route: rate(1, 1, Duration::ZERO), per_ip: None }, "k.route.per"),
+            (
+                ThrottleConfig { route: rate(0, 1, Duration::from_secs(1)), ..Default::default() },
+                "k.route.rate",
+            ),
+            (
+                ThrottleConfig { per_ip: rate(1, 0, Duration::from_secs(1)), ..Default::default() },
+                "k.per_ip.burst",
+            ),
+            (ThrottleConfig { route: rate(1, 1, Duration::ZERO), ..Default::default() }, "k.route.per"),
+            (
+                ThrottleConfig { per_key: rate(1, 0, Duration::from_secs(1)), ..Default::default() },
+                "k.per_key.burst",
+            ),
         ] {
             assert_eq!(Throttle::compile(&cfg, "k").expect_err("refused").key, key);
         }

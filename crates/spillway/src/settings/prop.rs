@@ -36,6 +36,9 @@ max_receive_count = 5
 visibility_timeout = "30s"
 [ingest]
 trusted_proxies = ["10.0.0.0/8", "127.0.0.1"]
+[ingest.api_keys]
+header = "x-api-key"
+keys = ["prop-key-0123456789abcdef"]
 [ingest.throttle]
 route = { rate = 1000, burst = 2000, per = "1s" }
 per_ip = { rate = 20, burst = 40 }
@@ -67,7 +70,8 @@ max_body_bytes = 2048
 ordering_key = { header = "x-customer" }
 dedup_key = { json_pointer = "/id" }
 success = { status = 202, body = '{"id":"${id}"}', content_type = "application/json" }
-throttle = { per_ip = { rate = 5, burst = 10, per = "1m" } }
+throttle = { per_ip = { rate = 5, burst = 10, per = "1m" }, per_key = { rate = 1, burst = 1 } }
+require_api_key = true
 [ingest.routes.cors]
 allowed_origins = ["http://localhost:3000"]
 [ingest.routes.schema]
