@@ -9,7 +9,7 @@
 
 use std::{collections::BTreeSet, time::Duration};
 
-use spillway_e2e::Workspace;
+use spillway_e2e::{raw, Workspace};
 
 const CONFIG: &str = r#"
 [queue]
@@ -96,6 +96,12 @@ async fn past_the_burst_a_429_with_retry_after_and_nothing_stored() {
     }
     assert_throttled(post(&http, &gw.url("/route"), "198.51.100.4").await, "route").await;
     assert_eq!(ws.stats("route").await.visible, 3, "a throttled request was stored");
+    // A head proxies could frame two ways is refused as such before any
+    // other answer, and its connection closed, throttled or not.
+    let smuggled = b"POST /route HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+    let res = raw(gw.addr, smuggled, false).await.expect("raw request");
+    assert_eq!((res.status, res.error_code().expect("JSON error")), (400, "ambiguous_framing".to_owned()));
+    assert_eq!(res.header("connection"), Some("close"));
 
     // Each client has a bucket of its own.
     for _ in 0..2 {

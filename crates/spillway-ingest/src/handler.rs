@@ -4,14 +4,16 @@
 //! so a refused request leaves no trace. [`accept`] is these steps, one
 //! function each:
 //!
-//! 0. the client's rate limit ([`crate::throttle`], the client by
-//!    [`crate::client_ip`]), the API key where the route requires one
-//!    ([`crate::api_key`]: 401 when missing, 403 when wrong), then the key's
-//!    and the route's rate limits: a 429 with `Retry-After`;
-//! 1. [`check_head`]: framing that proxies could read two ways (both
+//! 0. [`check_framing`]: framing that proxies could read two ways (both
 //!    `Content-Length` and `Transfer-Encoding`, seen by [`crate::framing`]
-//!    since hyper drops one of them) is a 400 and the connection closes; `Content-Length` over the limit is a 413 without reading the
-//!    body; a content type the route does not accept is a 415;
+//!    since hyper drops one of them) is a 400 and the connection closes,
+//!    before anything else is answered on it;
+//! 1. [`check_access`]: the client's rate limit ([`crate::throttle`], the
+//!    client by [`crate::client_ip`]), the API key where the route requires
+//!    one ([`crate::api_key`]: 401 when missing, 403 when wrong), then the
+//!    key's and the route's rate limits: a 429 with `Retry-After`;
+//!    [`check_head`]: `Content-Length` over the limit is a 413 without
+//!    reading the body; a content type the route does not accept is a 415;
 //! 2. [`read_body`]: the body, read under the size limit (413) and the body
 //!    timeout (408); a body that ends early (a lying `Content-Length`) is a 400;
 //! 3. [`check_json`]: a body that says it is JSON must parse: 400; on a
@@ -68,14 +70,8 @@ async fn accept(state: &RouteState, req: Request) -> Result<String, ApiError> {
     let route = &state.route;
     let received_at = OffsetDateTime::now_utc();
     let (mut parts, body) = req.into_parts();
-    let client = client_ip(&parts, route);
-    if let Some(throttle) = &route.throttle {
-        throttle.check_client(client)?;
-    }
-    let key = route.api_keys.as_ref().map(|keys| keys.check(&parts.headers)).transpose()?;
-    if let Some(throttle) = &route.throttle {
-        throttle.check_key_and_route(key)?;
-    }
+    check_framing(&parts)?;
+    let client = check_access(&parts, route)?;
     let content_type = check_head(&parts, route)?;
     let body = read_body(body, route).await?;
     let is_json = check_json(&body, content_type.as_deref(), route)?;
@@ -86,17 +82,36 @@ async fn accept(state: &RouteState, req: Request) -> Result<String, ApiError> {
     Ok(id)
 }
 
+/// Step 0: a head whose body proxies could frame two ways.
+fn check_framing(parts: &Parts) -> Result<(), ApiError> {
+    if parts.extensions.get::<AmbiguousFraming>().is_some_and(AmbiguousFraming::is_set) {
+        return Err(ApiError::AmbiguousFraming);
+    }
+    Ok(())
+}
+
+/// Step 1: who may send, how often. Returns the client's address.
+fn check_access(parts: &Parts, route: &CompiledRoute) -> Result<Option<IpAddr>, ApiError> {
+    let client = client_ip(parts, route);
+    if let Some(throttle) = &route.throttle {
+        throttle.check_client(client)?;
+    }
+    let key = route.api_keys.as_ref().map(|keys| keys.check(&parts.headers)).transpose()?;
+    if let Some(throttle) = &route.throttle {
+        throttle.check_key_and_route(key)?;
+    }
+    Ok(client)
+}
+
 /// The client's address: the peer, or whom a trusted proxy names.
 fn client_ip(parts: &Parts, route: &CompiledRoute) -> Option<IpAddr> {
     let ConnectInfo(peer) = parts.extensions.get::<ConnectInfo<SocketAddr>>()?;
     Some(route.trusted_proxies.client(peer.ip(), &parts.headers))
 }
 
-/// Step 1: framing, declared length and content type. Returns the content type.
+/// Step 1, continued: declared length and content type. Returns the
+/// content type.
 fn check_head(parts: &Parts, route: &CompiledRoute) -> Result<Option<String>, ApiError> {
-    if parts.extensions.get::<AmbiguousFraming>().is_some_and(AmbiguousFraming::is_set) {
-        return Err(ApiError::AmbiguousFraming);
-    }
     if let Some(len) = content_length(parts)? {
         if len > route.max_body_bytes as u64 {
             return Err(ApiError::PayloadTooLarge { limit: route.max_body_bytes });
