@@ -132,6 +132,7 @@ impl IntoResponse for ApiError {
                 details.iter().map(|v| json!({ "path": v.path, "message": v.message })).collect();
         }
         let mut res = (status, Json(body)).into_response();
+        res.extensions_mut().insert(crate::access_log::ErrorCode(self.code()));
         let headers = res.headers_mut();
         match &self {
             Self::Unavailable(_) => {

@@ -35,7 +35,7 @@ use std::{
 use axum::{
     body::Body,
     extract::{ConnectInfo, FromRequestParts, Path, Request},
-    http::{header, request::Parts, HeaderValue},
+    http::{header, request::Parts, Extensions, HeaderMap, HeaderValue},
     response::{IntoResponse, Response},
 };
 use bytes::Bytes;
@@ -46,6 +46,7 @@ use spillway_queue::OutgoingMessage;
 use time::OffsetDateTime;
 
 use crate::{
+    access_log::ClientIp,
     config::{CompiledRoute, Format, KeySource},
     error::ApiError,
     framing::AmbiguousFraming,
@@ -60,18 +61,23 @@ pub struct RouteState {
 
 /// Handles one request to a route.
 pub async fn ingest(state: Arc<RouteState>, req: Request) -> Response {
-    match accept(&state, req).await {
+    let client = client_ip(req.extensions(), req.headers(), &state.route);
+    let mut res = match accept(&state, req, client).await {
         Ok(id) => success(&state.route, &id),
         Err(e) => e.into_response(),
+    };
+    if let Some(ip) = client {
+        res.extensions_mut().insert(ClientIp(ip));
     }
+    res
 }
 
-async fn accept(state: &RouteState, req: Request) -> Result<String, ApiError> {
+async fn accept(state: &RouteState, req: Request, client: Option<IpAddr>) -> Result<String, ApiError> {
     let route = &state.route;
     let received_at = OffsetDateTime::now_utc();
     let (mut parts, body) = req.into_parts();
     check_framing(&parts)?;
-    let client = check_access(&parts, route)?;
+    check_access(&parts, route, client)?;
     let content_type = check_head(&parts, route)?;
     let body = read_body(body, route).await?;
     let is_json = check_json(&body, content_type.as_deref(), route)?;
@@ -90,9 +96,8 @@ fn check_framing(parts: &Parts) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Step 1: who may send, how often. Returns the client's address.
-fn check_access(parts: &Parts, route: &CompiledRoute) -> Result<Option<IpAddr>, ApiError> {
-    let client = client_ip(parts, route);
+/// Step 1: who may send, how often.
+fn check_access(parts: &Parts, route: &CompiledRoute, client: Option<IpAddr>) -> Result<(), ApiError> {
     if let Some(throttle) = &route.throttle {
         throttle.check_client(client)?;
     }
@@ -100,13 +105,13 @@ fn check_access(parts: &Parts, route: &CompiledRoute) -> Result<Option<IpAddr>, 
     if let Some(throttle) = &route.throttle {
         throttle.check_key_and_route(key)?;
     }
-    Ok(client)
+    Ok(())
 }
 
 /// The client's address: the peer, or whom a trusted proxy names.
-fn client_ip(parts: &Parts, route: &CompiledRoute) -> Option<IpAddr> {
-    let ConnectInfo(peer) = parts.extensions.get::<ConnectInfo<SocketAddr>>()?;
-    Some(route.trusted_proxies.client(peer.ip(), &parts.headers))
+fn client_ip(extensions: &Extensions, headers: &HeaderMap, route: &CompiledRoute) -> Option<IpAddr> {
+    let ConnectInfo(peer) = extensions.get::<ConnectInfo<SocketAddr>>()?;
+    Some(route.trusted_proxies.client(peer.ip(), headers))
 }
 
 /// Step 1, continued: declared length and content type. Returns the

@@ -21,7 +21,8 @@
 //! - [`publisher`]: one task per queue that batches concurrent sends and
 //!   awaits the backend's durable confirm.
 //! - [`error`]: every failure as an HTTP answer, in one place.
-//! - [`metrics`]: what is counted, per route and per queue.
+//! - [`metrics`]: what is counted, per route and per queue; [`access_log`]:
+//!   one log line per answer, when enabled.
 //! - [`framing`]: follows request framing on each connection, to refuse a
 //!   head with both `Content-Length` and `Transfer-Encoding` (smuggling).
 //! - [`server`]: `serve(listener, router, limits, shutdown)`: hyper with a
@@ -30,6 +31,7 @@
 #![forbid(unsafe_code)]
 #![warn(unreachable_pub)]
 
+pub mod access_log;
 pub mod api_key;
 pub mod client_ip;
 pub mod config;

@@ -49,11 +49,18 @@ impl RouteMetrics {
     }
 }
 
-/// Counts every answer of a route, whoever gave it (handler, CORS, limits).
+/// Counts every answer of a route, whoever gave it (handler, CORS, limits),
+/// and logs it when access logs are on ([`crate::access_log`]): both need
+/// the same start time and the same answer, so one middleware does both.
 pub async fn record(State(m): State<RouteMetrics>, req: Request, next: Next) -> Response {
     let started = Instant::now();
+    let access = crate::access_log::start(&req);
     let res = next.run(req).await;
-    m.duration.record(started.elapsed().as_secs_f64());
+    let took = started.elapsed();
+    m.duration.record(took.as_secs_f64());
+    if let Some(access) = access {
+        crate::access_log::finish(access, &m.route, &res, took);
+    }
     let status = res.status().as_u16();
     if status == m.success_status {
         m.success.increment(1);

@@ -103,11 +103,15 @@ pub(crate) struct LogConfig {
     /// A `tracing` filter, e.g. `info` or `spillway=debug,info`. `RUST_LOG` wins.
     pub(crate) level: String,
     pub(crate) format: LogFormat,
+    /// One line per answered request (target `spillway::access`), whatever
+    /// `level` says. Off by default: at full load a line each costs CPU the
+    /// metrics do not. `RUST_LOG`, when set, decides instead.
+    pub(crate) access: bool,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self { level: "info".to_owned(), format: LogFormat::Text }
+        Self { level: "info".to_owned(), format: LogFormat::Text, access: false }
     }
 }
 

@@ -30,7 +30,14 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn init_logging(s: &Settings) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&s.log.level));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        let access = if s.log.access { "info" } else { "off" };
+        let filter = EnvFilter::new(&s.log.level);
+        match format!("{}={access}", spillway_ingest::access_log::TARGET).parse() {
+            Ok(directive) => filter.add_directive(directive),
+            Err(_) => filter,
+        }
+    });
     // Colour codes only for a terminal: in a file or a log collector they are noise.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder =

@@ -95,6 +95,7 @@ headers = { authorization = "Bearer x" }
 [log]
 level = "info"
 format = "text"
+access = true
 [metrics]
 consumer_listen = "127.0.0.1:9100"
 "#;
