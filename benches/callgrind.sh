@@ -6,6 +6,7 @@
 #
 #   benches/callgrind.sh [requests] [out-dir]     # default 20000, benches/results/callgrind
 #   BIN=/path/to/spillway benches/callgrind.sh    # another build, e.g. a baseline
+#   CLIENTS=128 benches/callgrind.sh              # more requests waiting per batch
 #
 # For each of: the HTTP ceiling, `spillway serve` on the memory backend (no
 # store) and on the embedded queue, it starts the server under callgrind,
@@ -17,6 +18,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N="${1:-20000}"
+CLIENTS="${CLIENTS:-16}"
 OUT="${2:-benches/results/callgrind}"
 command -v valgrind >/dev/null || { echo "valgrind is needed: apt-get install -y valgrind" >&2; exit 1; }
 PROF_TARGET="${PROF_TARGET:-/var/tmp/spillway-prof}"
@@ -53,14 +55,22 @@ profile() {
   wait_up
   "$TOOLS/post_n" "$URL" 2000 16 >/dev/null
   callgrind_control -z "$SERVER" >/dev/null 2>&1
-  "$TOOLS/post_n" "$URL" "$N" 16 > "$WORK/$name.post"
+  "$TOOLS/post_n" "$URL" "$N" "$CLIENTS" > "$WORK/$name.post"
   callgrind_control -d "$SERVER" >/dev/null 2>&1
+  # Messages per batch: valgrind runs one thread at a time, so requests pile
+  # up behind the writer less than natively, and per-batch costs weigh more.
+  local batch="-"
+  if [ "$name" != ceiling ]; then
+    batch=$(curl -s "http://127.0.0.1:$PORT/metrics" | awk '
+      /^spillway_publish_batch_size_sum/ { s += $2 } /^spillway_publish_batch_size_count/ { c += $2 }
+      END { if (c > 0) printf "%.1f", s / c; else print "-" }')
+  fi
   kill -TERM "$SERVER"; wait "$SERVER" 2>/dev/null || true; SERVER=""
   # The dump after zeroing is the file with the highest part number.
   local dump; dump=$(ls -1 "$file".* 2>/dev/null | sort -t. -k3 -n | tail -n1)
   local total; total=$(awk '/^summary:|^totals:/ {print $2; exit}' "$dump")
   local accepted; accepted=$(awk '{print $2}' "$WORK/$name.post")
-  echo "$name $total $accepted" >> "$WORK/rows"
+  echo "$name $total $accepted $batch" >> "$WORK/rows"
   # awk reads to the end: `head` would close the pipe, and pipefail end the run.
   callgrind_annotate --inclusive=yes "$dump" 2>/dev/null | awk "NR <= 60" > "$OUT/$name.top.txt"
 }
@@ -71,14 +81,14 @@ profile memory "${GATEWAY[@]}" SPILLWAY_QUEUE__BACKEND=memory -- "$BIN" serve
 profile embedded "${GATEWAY[@]}" SPILLWAY_QUEUE__BACKEND=embedded SPILLWAY_QUEUE__PATH="$WORK/data" -- "$BIN" serve
 
 {
-  echo "callgrind: $N requests of 200 bytes, 16 clients, after 2,000 to warm up; user-space instructions"
+  echo "callgrind: $N requests of 200 bytes, $CLIENTS clients, after 2,000 to warm up; user-space instructions"
   echo
-  echo "| server | accepted | instructions per request | ratio to ceiling |"
-  echo "|---|---|---|---|"
+  echo "| server | accepted | messages per batch (whole run) | instructions per request | ratio to ceiling |"
+  echo "|---|---|---|---|---|"
   awk '
     $1 == "ceiling" { c = $2 / $3 }
     { rows[NR] = $0 }
-    END { for (i = 1; i <= NR; i++) { split(rows[i], f, " "); printf "| %s | %d | %.0f | %.2f |\n", f[1], f[3], f[2] / f[3], (f[2] / f[3]) / c } }
+    END { for (i = 1; i <= NR; i++) { split(rows[i], f, " "); printf "| %s | %d | %s | %.0f | %.2f |\n", f[1], f[3], f[4], f[2] / f[3], (f[2] / f[3]) / c } }
   ' "$WORK/rows"
   echo
   echo "Top inclusive functions per server: $OUT/<server>.top.txt"
