@@ -31,6 +31,9 @@ use crate::{config::ConfigError, error::ApiError};
 /// How often quiet clients' buckets are dropped.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
+/// The longest a bucket may take to refill from empty (see `quota`).
+const MAX_REFILL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
 /// `rate` requests every `per` (default 1 s), and up to `burst` at once.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -67,6 +70,12 @@ impl RateConfig {
         let rate = NonZeroU32::new(self.rate).ok_or_else(|| bad("rate", "must be at least 1"))?;
         let burst = NonZeroU32::new(self.burst).ok_or_else(|| bad("burst", "must be at least 1"))?;
         let every = self.per / rate.get();
+        // governor keeps `every × burst` in u64 nanoseconds and adds it to
+        // its clock: beyond that it overflows (a panic in debug builds, a
+        // wrapped limit in release). No real limit needs ten years to refill.
+        if every.checked_mul(burst.get()).is_none_or(|refill| refill > MAX_REFILL) {
+            return Err(bad("per", "a full bucket (burst × per ÷ rate) must refill within 10 years"));
+        }
         Quota::with_period(every)
             .map(|q| q.allow_burst(burst))
             .ok_or_else(|| bad("per", "must be long enough for one request every nanosecond or more"))
@@ -282,6 +291,16 @@ mod tests {
             (
                 ThrottleConfig { per_key: rate(1, 0, Duration::from_secs(1)), ..Default::default() },
                 "k.per_key.burst",
+            ),
+            // Found by the settings property test: governor's arithmetic
+            // overflowed (a panic) on a long period times a large burst.
+            (
+                ThrottleConfig { route: rate(1, u32::MAX, Duration::from_secs(3600)), ..Default::default() },
+                "k.route.per",
+            ),
+            (
+                ThrottleConfig { per_ip: rate(1, 2, Duration::from_secs(u64::MAX)), ..Default::default() },
+                "k.per_ip.per",
             ),
         ] {
             assert_eq!(Throttle::compile(&cfg, "k").expect_err("refused").key, key);
