@@ -451,7 +451,13 @@ pub async fn a_dropped_receive_costs_nothing_after_close<H: Harness>(h: &H) {
         let receive = c.receive(1, WAIT);
         tokio::pin!(receive);
         // Poll once, so the backend starts taking the message, then drop.
-        assert!(futures_poll_once(receive.as_mut()).await.is_none(), "receive finished in one poll");
+        // Almost always the poll is pending (the take needs a round trip),
+        // but on a loaded machine the embedded engine's writer thread can
+        // answer within that one poll (CI saw it once). Then the receive
+        // completed and the consumer holds the message without anyone
+        // acking it: `close` must give it back just the same, which is
+        // what the rest of this scenario checks.
+        let _ = futures_poll_once(receive.as_mut()).await;
     }
     c.close().await.expect("close");
     let other = b.consumer(&name).await.expect("second consumer");
