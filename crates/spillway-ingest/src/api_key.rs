@@ -81,7 +81,8 @@ impl ApiKeys {
             .collect();
         for (i, path) in cfg.files.iter().enumerate() {
             let key = format!("ingest.api_keys.files[{i}]");
-            let text = std::fs::read_to_string(path)
+            let text = crate::config::read_config_file(path)
+                .and_then(|b| String::from_utf8(b).map_err(std::io::Error::other))
                 .map_err(|e| bad(key.clone(), format!("cannot read {}: {e}", path.display())))?;
             let lines = text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#'));
             keys.extend(lines.map(|l| (key.clone(), l.to_owned())));
@@ -191,6 +192,9 @@ mod tests {
         assert_eq!(ApiKeys::compile(&short).expect_err("short").key, "ingest.api_keys.keys[1]");
         let missing = ApiKeysConfig { files: vec!["/nonexistent/keys".into()], ..Default::default() };
         assert_eq!(ApiKeys::compile(&missing).expect_err("missing").key, "ingest.api_keys.files[0]");
+        // A device is not a key file: refused, not read forever.
+        let device = ApiKeysConfig { files: vec!["/dev/zero".into()], ..Default::default() };
+        assert!(ApiKeys::compile(&device).expect_err("device").message.contains("larger than"));
         let header =
             ApiKeysConfig { header: "bad header".into(), keys: vec![K1.into()], ..Default::default() };
         assert_eq!(ApiKeys::compile(&header).expect_err("header").key, "ingest.api_keys.header");

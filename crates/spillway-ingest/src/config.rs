@@ -35,6 +35,22 @@ fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     ConfigError { key: key.into(), message: message.into() }
 }
 
+/// Files the configuration names (schemas, API keys) are read whole at
+/// start-up; one larger than this is refused, so a wrong path (a device, a
+/// log file) cannot hang or exhaust the start.
+pub const MAX_CONFIG_FILE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Reads a file the configuration names, at most [`MAX_CONFIG_FILE_BYTES`].
+pub(crate) fn read_config_file(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?.take(MAX_CONFIG_FILE_BYTES + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_CONFIG_FILE_BYTES {
+        return Err(std::io::Error::other(format!("larger than {MAX_CONFIG_FILE_BYTES} bytes")));
+    }
+    Ok(bytes)
+}
+
 /// Everything about the HTTP side.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

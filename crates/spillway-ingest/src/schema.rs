@@ -58,7 +58,8 @@ impl BodySchema {
     /// Reads and compiles the JSON file at `path`; errors name `key`.
     pub fn from_file(path: &Path, key: &str) -> Result<Self, ConfigError> {
         let bad = |message: String| ConfigError { key: key.to_owned(), message };
-        let text = std::fs::read(path).map_err(|e| bad(format!("cannot read {}: {e}", path.display())))?;
+        let text = crate::config::read_config_file(path)
+            .map_err(|e| bad(format!("cannot read {}: {e}", path.display())))?;
         let schema: serde_json::Value =
             serde_json::from_slice(&text).map_err(|e| bad(format!("{} is not JSON: {e}", path.display())))?;
         Self::compile(&schema, key)
