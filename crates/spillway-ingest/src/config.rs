@@ -393,6 +393,8 @@ impl IngestConfig {
         if self.limits.body_timeout.is_zero() {
             return Err(invalid("ingest.limits.body_timeout", "must be more than 0"));
         }
+        // Checked here, once, even if every route sets its own limits.
+        self.throttle.check("ingest.throttle")?;
         let trusted_proxies = Arc::new(self.trusted_proxies()?);
         let api_keys = ApiKeys::compile(&self.api_keys)?.map(Arc::new);
         let mut shapes = HashSet::new();
@@ -643,6 +645,19 @@ mod tests {
         let zero = parse("[[routes]]\npath = \"/a\"\nqueue = \"q\"\n[publisher]\nmax_in_flight = 0\n");
         let err = zero.compile().expect_err("0 batches in flight");
         assert!(err.to_string().contains("ingest.publisher.max_in_flight"), "{err}");
+    }
+
+    /// `ingest.throttle` is checked even when no route uses it: a bad value
+    /// there must not pass `config check` just because every route sets
+    /// its own limits.
+    #[test]
+    fn a_bad_default_throttle_is_refused_even_when_every_route_overrides_it() {
+        let cfg = parse(
+            "[throttle]\nroute = { rate = 0, burst = 1 }\n\
+             [[routes]]\npath = \"/a\"\nqueue = \"q\"\nthrottle = { route = { rate = 1, burst = 1 } }\n",
+        );
+        let err = cfg.compile().expect_err("rate 0 in ingest.throttle");
+        assert_eq!(err.key, "ingest.throttle.route.rate");
     }
 
     #[test]

@@ -61,6 +61,22 @@ pub struct ThrottleConfig {
     pub per_key: Option<RateConfig>,
 }
 
+impl ThrottleConfig {
+    /// Checks every limit; errors name their key under `key`. For
+    /// `ingest.throttle`, which is checked even when every route sets its own.
+    pub fn check(&self, key: &str) -> Result<(), ConfigError> {
+        self.quotas(key).map(drop)
+    }
+
+    /// The route's, the client's and the key's quota, in that order.
+    fn quotas(&self, key: &str) -> Result<[Option<Quota>; 3], ConfigError> {
+        let quota = |rate: &Option<RateConfig>, field: &str| {
+            rate.as_ref().map(|r| r.quota(&format!("{key}.{field}"))).transpose()
+        };
+        Ok([quota(&self.route, "route")?, quota(&self.per_ip, "per_ip")?, quota(&self.per_key, "per_key")?])
+    }
+}
+
 impl RateConfig {
     fn quota(&self, key: &str) -> Result<Quota, ConfigError> {
         let bad = |field: &str, message: &str| ConfigError {
@@ -113,9 +129,7 @@ impl Throttle {
 impl<C: Clock + Clone> Throttle<C> {
     /// As [`Throttle::compile`], on `clock` (tests use a fake one).
     pub fn with_clock(cfg: &ThrottleConfig, key: &str, clock: C) -> Result<Option<Self>, ConfigError> {
-        let route = cfg.route.as_ref().map(|r| r.quota(&format!("{key}.route"))).transpose()?;
-        let per_ip = cfg.per_ip.as_ref().map(|r| r.quota(&format!("{key}.per_ip"))).transpose()?;
-        let per_key = cfg.per_key.as_ref().map(|r| r.quota(&format!("{key}.per_key"))).transpose()?;
+        let [route, per_ip, per_key] = cfg.quotas(key)?;
         if route.is_none() && per_ip.is_none() && per_key.is_none() {
             return Ok(None);
         }
