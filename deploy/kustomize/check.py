@@ -160,11 +160,16 @@ def check_config(overlay, binary, workload, pod, container, configmaps):
     return effective
 
 
+def command(container):
+    """The spillway command a container runs: `serve`, `consume`, …."""
+    return (container.get("args") or [""])[0]
+
+
 def check_shutdown(overlay, workload, pod, container, effective):
     name = f"{workload['kind']}/{workload['metadata']['name']}"
     grace = pod.get("terminationGracePeriodSeconds", 30)
     pre_stop = container.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
-    serves = container.get("args", [None])[0] == "serve"
+    serves = command(container) == "serve"
     consumes = not serves or effective.get("server", {}).get("consume", False)
     needed = pre_stop
     if serves:
@@ -208,9 +213,6 @@ def check_overlay(overlay, binary):
     workloads = [d for d in docs if d["kind"] in WORKLOADS]
     pod_labels = [w["spec"]["template"]["metadata"]["labels"] for w in workloads]
     services = [d for d in docs if d["kind"] == "Service"]
-    if not any(w["kind"] in WORKLOADS and (w["spec"]["template"]["spec"]["containers"][0].get("args") or [""])[0] == "serve"
-               for w in workloads):
-        fail(overlay, "no workload runs `spillway serve`")
     for doc in docs:
         kind, name = doc["kind"], doc["metadata"]["name"]
         if kind == "Service" and not any(selects(doc["spec"].get("selector"), l) for l in pod_labels):
@@ -222,18 +224,20 @@ def check_overlay(overlay, binary):
             ref = doc["spec"]["scaleTargetRef"]
             if not any(w["kind"] == ref["kind"] and w["metadata"]["name"] == ref["name"] for w in workloads):
                 fail(overlay, f"HorizontalPodAutoscaler/{name} scales {ref['kind']}/{ref['name']}, which is not rendered")
-    drains = False
+    serves = drains = False
     for workload in workloads:
         pod = workload["spec"]["template"]["spec"]
         labels = workload["spec"]["template"]["metadata"]["labels"]
         serviced = any(selects(s["spec"].get("selector"), labels) for s in services)
         for container in pod["containers"]:
+            serves |= command(container) == "serve"
             check_pod(overlay, workload, pod, container, serviced)
             effective = check_config(overlay, binary, workload, pod, container, configmaps)
             if effective is not None:
                 check_shutdown(overlay, workload, pod, container, effective)
-                command = (container.get("args") or [""])[0]
-                drains |= command == "consume" or effective.get("server", {}).get("consume", False)
+                drains |= command(container) == "consume" or effective.get("server", {}).get("consume", False)
+    if not serves:
+        fail(overlay, "no workload runs `spillway serve`")
     if not drains:
         fail(overlay, "nothing drains the queue: no `spillway consume`, and no `serve` with server.consume")
 
