@@ -99,6 +99,23 @@ impl Workspace {
 
     /// Starts `spillway serve` and waits until it says where it listens.
     pub fn serve(&self) -> Gateway {
+        self.spawn_serve(Stdio::inherit())
+    }
+
+    /// Starts `spillway serve` with its logs (standard error) collected:
+    /// the thread returns them once the process has exited.
+    pub fn serve_collecting_logs(&self) -> (Gateway, std::thread::JoinHandle<String>) {
+        let mut gw = self.spawn_serve(Stdio::piped());
+        let mut stderr = gw.child.stderr.take().expect("stderr");
+        let logs = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+            text
+        });
+        (gw, logs)
+    }
+
+    fn spawn_serve(&self, stderr: Stdio) -> Gateway {
         let mut child = Command::new(binary())
             .arg("--config")
             .arg(self.config())
@@ -107,7 +124,7 @@ impl Workspace {
             .env("SPILLWAY_SERVER__LISTEN", "127.0.0.1:0")
             .env_remove("RUST_LOG")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("spawn spillway serve");
         let stdout = child.stdout.take().expect("stdout");
@@ -204,6 +221,28 @@ impl Gateway {
     /// Whether the process is still running (it did not panic or exit).
     pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// SIGTERM, as Kubernetes sends it: the gateway drains and exits.
+    pub fn sigterm(&self) {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
+    }
+
+    /// SIGTERM, then its exit status; fails when it takes longer than `bound`.
+    pub async fn stop(&mut self, bound: Duration) -> std::process::ExitStatus {
+        self.sigterm();
+        let deadline = std::time::Instant::now() + bound;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "spillway serve did not stop within {bound:?} of SIGTERM"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
 
@@ -388,6 +427,33 @@ pub async fn queued_ids(backend: &Arc<dyn Backend>, queue: &str) -> std::collect
         }
         ids.extend(batch.into_iter().map(|d| d.message.id));
     }
+}
+
+/// A config for `serve` with its consumer inside (`server.consume`) on
+/// `backend`, draining `ingest` into `table` of the test PostgreSQL; `{data}`
+/// holds the embedded queue.
+pub fn serve_consume_into_postgres(backend: &str, table: &str) -> String {
+    let path = if backend == "embedded" { r#"path = "{data}""# } else { "" };
+    format!(
+        r#"
+[server]
+consume = true
+
+[queue]
+backend = "{backend}"
+{path}
+
+[consumer]
+queue = "ingest"
+wait = "200ms"
+
+[consumer.sink]
+type = "postgres"
+url = "{url}"
+table = "{table}"
+"#,
+        url = pg_url()
+    )
 }
 
 /// `SPILLWAY_TEST_PG`, or the machine's PostgreSQL.

@@ -3,15 +3,10 @@
 //! database row), the client's own `x-request-id`, and the error code of a
 //! refusal; none at all when off.
 
-use std::{
-    io::{BufRead, BufReader, Read},
-    net::SocketAddr,
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::time::Duration;
 
 use serde_json::Value;
-use spillway_e2e::{binary, Workspace};
+use spillway_e2e::Workspace;
 
 const CONFIG: &str = r#"
 [queue]
@@ -32,31 +27,8 @@ content_types = ["application/json"]
 /// returns the good request's message id and the gateway's log lines.
 async fn run(level: &str, access: bool) -> (String, Vec<Value>) {
     let ws = Workspace::new(&CONFIG.replace("{level}", level).replace("{access}", &access.to_string()));
-    let mut child = Command::new(binary())
-        .arg("--config")
-        .arg(ws.config())
-        .arg("serve")
-        .env("SPILLWAY_SERVER__LISTEN", "127.0.0.1:0")
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn spillway serve");
-    let mut stderr = child.stderr.take().expect("stderr");
-    let logs = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = stderr.read_to_string(&mut text);
-        text
-    });
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("listening line");
-    let addr: SocketAddr = line
-        .split("http://")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no address in {line:?}"));
-    let url = format!("http://{addr}/ingest");
+    let (mut gw, logs) = ws.serve_collecting_logs();
+    let url = gw.url("/ingest");
     let http = reqwest::Client::new();
     let ok = http
         .post(&url)
@@ -72,13 +44,7 @@ async fn run(level: &str, access: bool) -> (String, Vec<Value>) {
     let refused = http.post(&url).header("content-type", "text/plain").body("hi").send().await.expect("post");
     assert_eq!(refused.status(), 415);
 
-    let pid = child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while child.try_wait().expect("wait").is_none() {
-        assert!(std::time::Instant::now() < deadline, "the gateway did not stop");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    gw.stop(Duration::from_secs(20)).await;
     let text = logs.join().expect("log reader");
     let lines = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
     (id, lines)

@@ -14,7 +14,9 @@
 
 use std::{collections::BTreeSet, path::PathBuf, process::Command, time::Duration};
 
-use spillway_e2e::{binary, eventually, ids, pg, pg_url, post_accepted, venv, Workspace};
+use spillway_e2e::{
+    binary, eventually, ids, pg, post_accepted, serve_consume_into_postgres, venv, Workspace,
+};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -79,25 +81,7 @@ async fn every_metric_the_dashboard_queries_is_exported() {
     db.batch_execute(&format!("DROP TABLE IF EXISTS {table}")).await.expect("drop table");
     // One process that accepts and drains, as in the embedded overlay, so
     // the ingest and the consumer metrics are on one /metrics.
-    let ws = Workspace::new(&format!(
-        r#"
-[server]
-consume = true
-
-[queue]
-backend = "memory"
-
-[consumer]
-queue = "ingest"
-wait = "200ms"
-
-[consumer.sink]
-type = "postgres"
-url = "{url}"
-table = "{table}"
-"#,
-        url = pg_url()
-    ));
+    let ws = Workspace::new(&serve_consume_into_postgres("memory", &table));
     let gw = ws.serve();
     let http = reqwest::Client::new();
     let id = post_accepted(&http, &gw.url("/ingest"), r#"{"event":"dashboard"}"#.to_owned()).await;

@@ -7,35 +7,15 @@
 //! Needs the machine's PostgreSQL (`postgres://postgres@127.0.0.1:5432/test`,
 //! or `SPILLWAY_TEST_PG`). Without it the test fails and says so.
 
-use std::{collections::HashSet, process::Command, time::Duration};
+use std::{collections::HashSet, time::Duration};
 
-use spillway_e2e::{eventually, ids, pg, pg_url, post_accepted, Workspace};
+use spillway_e2e::{eventually, ids, pg, post_accepted, serve_consume_into_postgres, Workspace};
 
 async fn accepts_and_drains(backend: &str) {
     let db = pg().await;
     let table = format!("serve_consume_{backend}_{}", std::process::id());
     db.batch_execute(&format!("DROP TABLE IF EXISTS {table}")).await.expect("drop table");
-    let path = if backend == "embedded" { r#"path = "{data}""# } else { "" };
-    let ws = Workspace::new(&format!(
-        r#"
-[server]
-consume = true
-
-[queue]
-backend = "{backend}"
-{path}
-
-[consumer]
-queue = "ingest"
-wait = "200ms"
-
-[consumer.sink]
-type = "postgres"
-url = "{url}"
-table = "{table}"
-"#,
-        url = pg_url()
-    ));
+    let ws = Workspace::new(&serve_consume_into_postgres(backend, &table));
     let mut gw = ws.serve();
     let http = reqwest::Client::new();
     let mut accepted = HashSet::new();
@@ -54,16 +34,7 @@ table = "{table}"
         "the consumer's gauges on the gateway's /metrics: {metrics}"
     );
 
-    let pid = gw.child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = gw.child.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(std::time::Instant::now() < deadline, "serve with its consumer did not stop on SIGTERM");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = gw.stop(Duration::from_secs(20)).await;
     assert!(status.success(), "serve with its consumer exited with {status}");
     db.batch_execute(&format!("DROP TABLE IF EXISTS {table}")).await.expect("drop table");
 }

@@ -1,7 +1,7 @@
 //! SIGTERM during a burst: readiness goes false first, every request already
 //! read gets its answer, every 2xx is in the queue, and the process exits 0.
 
-use std::{process::Command, time::Duration};
+use std::time::Duration;
 
 use spillway_e2e::{queued_ids, Burst, Workspace};
 
@@ -20,8 +20,7 @@ async fn sigterm_drains_and_loses_nothing() {
     let mut gw = ws.serve();
     let burst = Burst::start(&gw.url("/ingest"), 16);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let pid = gw.child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
+    gw.sigterm();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let ready = reqwest::get(gw.url("/readyz")).await.expect("readyz during the grace period");
     assert_eq!(ready.status(), 503, "readiness must go false before the server stops accepting");

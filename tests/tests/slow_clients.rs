@@ -6,7 +6,7 @@
 //! without the timeout the connection would stay open forever and the
 //! bound is what fails the test.
 
-use std::{process::Command, time::Duration};
+use std::time::Duration;
 
 use spillway_e2e::{raw, Workspace};
 use tokio::{
@@ -87,8 +87,7 @@ async fn sigterm_exits_while_a_half_sent_head_is_open() {
     let mut gw = ws.serve();
     let _idle = half_head(gw.addr).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let pid = gw.child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
+    gw.sigterm();
     let exit = tokio::time::timeout(BOUND, tokio::task::spawn_blocking(move || gw.child.wait()))
         .await
         .expect("spillway serve did not exit while a half-sent head was open")
