@@ -22,12 +22,20 @@ use axum::{
 /// The log target; filter on it to turn access logs on or off.
 pub const TARGET: &str = "spillway::access";
 
-/// Set on a response by the handler: the client the request came from
-/// (after trusted proxies, [`crate::client_ip`]).
+/// Whether access lines are wanted: one cached callsite check. The handler
+/// and the error answer attach [`ClientIp`] and [`ErrorCode`] only then, so
+/// with access logs off a response carries no extensions (whose map is an
+/// allocation per response).
+pub fn enabled() -> bool {
+    tracing::enabled!(target: TARGET, tracing::Level::INFO)
+}
+
+/// Set on a response by the handler when access logs are on: the client
+/// the request came from (after trusted proxies, [`crate::client_ip`]).
 #[derive(Debug, Clone, Copy)]
 pub struct ClientIp(pub IpAddr);
 
-/// Set on an error response: its stable `error.code`.
+/// Set on an error response when access logs are on: its stable `error.code`.
 #[derive(Debug, Clone, Copy)]
 pub struct ErrorCode(pub &'static str);
 
@@ -41,7 +49,7 @@ pub struct Pending {
 
 /// Call before the request is handled.
 pub fn start(req: &Request) -> Option<Pending> {
-    if !tracing::enabled!(target: TARGET, tracing::Level::INFO) {
+    if !enabled() {
         return None;
     }
     Some(Pending {

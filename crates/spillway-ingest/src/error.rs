@@ -47,8 +47,8 @@ pub enum ApiError {
     MissingApiKey { header: String },
     #[error("the API key is not valid")]
     InvalidApiKey,
-    /// Over a rate limit (`scope`: `route` or `client`); nothing was read
-    /// or stored.
+    /// Over a rate limit (`scope`: `client`, `API key` or `route`); nothing
+    /// was read or stored.
     #[error("too many requests for this {scope}; retry after {retry_after_secs} s")]
     Throttled { scope: &'static str, retry_after_secs: u64 },
     #[error("the queue could not store the message: {0}")]
@@ -132,7 +132,9 @@ impl IntoResponse for ApiError {
                 details.iter().map(|v| json!({ "path": v.path, "message": v.message })).collect();
         }
         let mut res = (status, Json(body)).into_response();
-        res.extensions_mut().insert(crate::access_log::ErrorCode(self.code()));
+        if crate::access_log::enabled() {
+            res.extensions_mut().insert(crate::access_log::ErrorCode(self.code()));
+        }
         let headers = res.headers_mut();
         match &self {
             Self::Unavailable(_) => {

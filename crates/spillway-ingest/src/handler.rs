@@ -46,7 +46,7 @@ use spillway_queue::OutgoingMessage;
 use time::OffsetDateTime;
 
 use crate::{
-    access_log::ClientIp,
+    access_log::{self, ClientIp},
     config::{CompiledRoute, Format, KeySource},
     error::ApiError,
     framing::AmbiguousFraming,
@@ -66,7 +66,7 @@ pub async fn ingest(state: Arc<RouteState>, req: Request) -> Response {
         Ok(id) => success(&state.route, &id),
         Err(e) => e.into_response(),
     };
-    if let Some(ip) = client {
+    if let Some(ip) = client.filter(|_| access_log::enabled()) {
         res.extensions_mut().insert(ClientIp(ip));
     }
     res
