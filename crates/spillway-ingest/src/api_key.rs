@@ -111,10 +111,11 @@ impl ApiKeys {
 
     /// The matching key's position, or the 401/403 answer.
     pub fn check(&self, headers: &HeaderMap) -> Result<usize, ApiError> {
-        let presented = match headers.get(&self.header) {
-            Some(v) if !v.as_bytes().trim_ascii().is_empty() => v.as_bytes().trim_ascii(),
-            _ => return Err(ApiError::MissingApiKey { header: self.header.to_string() }),
-        };
+        let presented = headers
+            .get(&self.header)
+            .map(|v| v.as_bytes().trim_ascii())
+            .filter(|key| !key.is_empty())
+            .ok_or_else(|| ApiError::MissingApiKey { header: self.header.to_string() })?;
         let presented = digest(presented);
         // Every key is compared, whichever matches.
         let mut found = subtle::CtOption::new(0u64, 0u8.into());

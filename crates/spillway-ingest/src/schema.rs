@@ -70,11 +70,9 @@ impl BodySchema {
     pub fn check(&self, body: &[u8]) -> Result<(), ApiError> {
         let value: serde_json::Value = serde_json::from_slice(body)
             .map_err(|e| ApiError::bad_request("invalid_json", format!("body is not JSON: {e}")))?;
-        let mut errors = self.validator.iter_errors(&value);
-        let Some(first) = errors.next() else { return Ok(()) };
         let mut details = Vec::new();
         let mut total = 0usize;
-        for e in std::iter::once(first).chain(errors) {
+        for e in self.validator.iter_errors(&value) {
             total += 1;
             if details.len() < MAX_DETAILS {
                 details.push(Violation {
@@ -82,6 +80,9 @@ impl BodySchema {
                     message: e.masked().to_string(),
                 });
             }
+        }
+        if total == 0 {
+            return Ok(());
         }
         Err(ApiError::SchemaViolation { details, total })
     }
