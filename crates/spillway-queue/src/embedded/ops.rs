@@ -106,13 +106,30 @@ pub(crate) fn policy(conn: &Connection, queue: &str) -> Result<Policy, QueueErro
 }
 
 /// Inserts the messages that fit. Oversized ones were filtered by the caller.
-/// A message whose key already has a live message waits behind it (`blocked`).
+///
+/// A batch without ordering keys (the gateway's usual batch) goes in as
+/// multi-row `INSERT`s of [`ROWS_PER_INSERT`] rows: one statement's fixed
+/// work (starting the program, `AUTOINCREMENT`'s read and write-back of
+/// `sqlite_sequence`, the statement's end) is then paid per chunk, not per
+/// message. Rows of one `VALUES` list go in in their order, so `seq` follows
+/// the batch as before. A batch with a key goes row by row: whether each
+/// message is blocked depends on the rows before it.
 pub(crate) fn send(
     conn: &Connection,
     queue: &str,
     msgs: &[OutgoingMessage],
     now: i64,
 ) -> Result<(), QueueError> {
+    let inserted = if msgs.iter().any(|m| m.ordering_key.is_some()) {
+        send_each(conn, queue, msgs, now)?
+    } else {
+        send_keyless(conn, queue, msgs, now)?
+    };
+    count(conn, queue, inserted, 0)
+}
+
+/// Row by row, each message's `blocked` read after the rows before it.
+fn send_each(conn: &Connection, queue: &str, msgs: &[OutgoingMessage], now: i64) -> Result<i64, QueueError> {
     let mut st = conn
         .prepare_cached(
             "INSERT OR IGNORE INTO messages
@@ -122,9 +139,7 @@ pub(crate) fn send(
         .map_err(sql("prepare send"))?;
     let mut inserted = 0i64;
     for m in msgs {
-        let attributes = serde_json::to_string(&m.attributes)
-            .map_err(|e| QueueError::Invalid(format!("attributes: {e}")))?;
-        // Asked only for a message with a key: the keyless majority pays nothing.
+        // Asked only for a message with a key: the keyless ones pay nothing.
         let blocked = match &m.ordering_key {
             Some(key) => key_has_live(conn, queue, key)?,
             None => false,
@@ -134,7 +149,7 @@ pub(crate) fn send(
                 queue,
                 m.id,
                 m.body.as_ref(),
-                attributes,
+                attributes_json(m)?,
                 m.ordering_key,
                 m.dedup_key,
                 now,
@@ -143,7 +158,74 @@ pub(crate) fn send(
             ])
             .map_err(sql("send"))? as i64;
     }
-    count(conn, queue, inserted, 0)
+    Ok(inserted)
+}
+
+/// Rows per multi-row `INSERT`, largest first: a batch is cut greedily into
+/// chunks of these sizes, so at most a few statements of each size run, and
+/// the cached statements stay few.
+const ROWS_PER_INSERT: [usize; 4] = [64, 16, 4, 1];
+
+/// The multi-row `INSERT` for `rows` keyless messages: `?1` is the queue and
+/// `?2` the time, shared by every row; each row then binds its id, body,
+/// attributes, dedup key and visible time.
+fn keyless_insert_sql(rows: usize) -> String {
+    let mut sql = String::from(
+        "INSERT OR IGNORE INTO messages (queue, enqueued_at, id, body, attributes, dedup_key, visible_at) VALUES ",
+    );
+    for r in 0..rows {
+        let p = 3 + r * KEYLESS_ROW_PARAMS;
+        if r > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&format!("(?1, ?2, ?{}, ?{}, ?{}, ?{}, ?{})", p, p + 1, p + 2, p + 3, p + 4));
+    }
+    sql
+}
+
+/// Parameters each row of [`keyless_insert_sql`] binds.
+const KEYLESS_ROW_PARAMS: usize = 5;
+
+/// The statements of [`ROWS_PER_INSERT`], built once: the statement cache
+/// is keyed by the SQL text, so it must not be rebuilt for every batch.
+fn keyless_inserts() -> &'static [String; ROWS_PER_INSERT.len()] {
+    static SQL: std::sync::OnceLock<[String; ROWS_PER_INSERT.len()]> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| ROWS_PER_INSERT.map(keyless_insert_sql))
+}
+
+fn send_keyless(
+    conn: &Connection,
+    queue: &str,
+    msgs: &[OutgoingMessage],
+    now: i64,
+) -> Result<i64, QueueError> {
+    let mut inserted = 0i64;
+    let mut rest = msgs;
+    for (size, text) in ROWS_PER_INSERT.iter().zip(keyless_inserts()) {
+        while rest.len() >= *size {
+            let (chunk, tail) = rest.split_at(*size);
+            rest = tail;
+            let mut st = conn.prepare_cached(text).map_err(sql("prepare send"))?;
+            st.raw_bind_parameter(1, queue).map_err(sql("send"))?;
+            st.raw_bind_parameter(2, now).map_err(sql("send"))?;
+            for (r, m) in chunk.iter().enumerate() {
+                let p = 3 + r * KEYLESS_ROW_PARAMS;
+                let attributes = attributes_json(m)?;
+                st.raw_bind_parameter(p, m.id.as_str())
+                    .and_then(|()| st.raw_bind_parameter(p + 1, m.body.as_ref()))
+                    .and_then(|()| st.raw_bind_parameter(p + 2, attributes))
+                    .and_then(|()| st.raw_bind_parameter(p + 3, m.dedup_key.as_deref()))
+                    .and_then(|()| st.raw_bind_parameter(p + 4, now.saturating_add(ms(m.delay))))
+                    .map_err(sql("send"))?;
+            }
+            inserted += st.raw_execute().map_err(sql("send"))? as i64;
+        }
+    }
+    Ok(inserted)
+}
+
+fn attributes_json(m: &OutgoingMessage) -> Result<String, QueueError> {
+    serde_json::to_string(&m.attributes).map_err(|e| QueueError::Invalid(format!("attributes: {e}")))
 }
 
 /// Whether `key` has a live message in `queue`: one probe of `messages_group`.
@@ -592,6 +674,40 @@ mod tests {
 
     fn ids(got: &Received) -> Vec<&str> {
         got.deliveries.iter().map(|(_, d)| d.message.id.as_str()).collect()
+    }
+
+    /// A keyless batch goes in as multi-row inserts of several sizes (150
+    /// rows: 64, 64, 16, 4, 1, 1). Every row keeps its own fields and the
+    /// batch's order, a duplicate dedup key is ignored and not counted, and
+    /// a delayed message waits.
+    #[test]
+    fn a_keyless_batch_keeps_order_fields_and_dedup() {
+        let conn = queue(5);
+        let msgs: Vec<_> = (0..150)
+            .map(|i| {
+                let mut m = OutgoingMessage::new(format!("m{i}"), format!("body {i}"));
+                m.attributes.insert("n".into(), i.to_string());
+                m.dedup_key = (i % 50 == 7).then(|| "same".to_owned()).or_else(|| Some(format!("d{i}")));
+                if i == 149 {
+                    m.delay = Duration::from_secs(60);
+                }
+                m
+            })
+            .collect();
+        send(&conn, "q", &msgs, NOW).expect("send");
+        // m57 and m107 repeat m7's dedup key; m149 is delayed.
+        let expected: Vec<String> =
+            (0..149).filter(|i| *i == 7 || i % 50 != 7).map(|i| format!("m{i}")).collect();
+        let got = receive(&conn, "q", 1000, NOW).expect("receive");
+        assert_eq!(ids(&got), expected);
+        for (_, d) in &got.deliveries {
+            let n = &d.message.id[1..];
+            assert_eq!(d.message.body, format!("body {n}").as_bytes());
+            assert_eq!(d.message.attributes["n"], n);
+        }
+        let stats = stats(&conn, "q", NOW).expect("stats");
+        let counts = (stats.visible, stats.in_flight, stats.delayed, stats.dead);
+        assert_eq!(counts, (0, 147, 1, 0), "{stats:?}");
     }
 
     /// The SQLite virtual-machine instructions `f` runs, counted in steps of

@@ -22,6 +22,12 @@ use crate::QueueError;
 /// starve the callers at the front of the queue for long.
 const MAX_JOBS_PER_COMMIT: usize = 1024;
 
+/// Prepared statements the writer keeps. Every operation's statements fit
+/// (about 30 texts, with the multi-row inserts), so none is parsed again
+/// after its first use; rusqlite's default of 16 would evict some whenever
+/// a consumer's receives and acks share the writer with the gateway's sends.
+const CACHED_STATEMENTS: usize = 64;
+
 /// A unit of work for the writer thread.
 trait Job: Send {
     /// Runs the work; `false` if it failed and its savepoint must roll back.
@@ -73,6 +79,7 @@ pub(crate) struct Writer {
 impl Writer {
     /// Starts the writer thread on `conn`.
     pub(crate) fn spawn(conn: Connection, name: &str, hold_test_clock: bool) -> Result<Self, QueueError> {
+        conn.set_prepared_statement_cache_capacity(CACHED_STATEMENTS);
         let (tx, rx) = mpsc::channel();
         thread::Builder::new()
             .name(format!("spillway-sqlite-{name}"))
