@@ -60,6 +60,29 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// The address as text, exactly as `IpAddr`'s `Display` writes it: the
+/// envelope's `source_ip`. An IPv4 address (nearly every client) is written
+/// here digit by digit; `Display` goes through the formatting machinery, about
+/// 1,300 instructions a request (`benches/callgrind.sh`), which is 2 % of what
+/// the whole request costs.
+pub fn text(ip: IpAddr) -> String {
+    let IpAddr::V4(v4) = ip else { return ip.to_string() };
+    let mut out = String::with_capacity(15);
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        if octet >= 100 {
+            out.push(char::from(b'0' + octet / 100));
+        }
+        if octet >= 10 {
+            out.push(char::from(b'0' + octet / 10 % 10));
+        }
+        out.push(char::from(b'0' + octet % 10));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use axum::http::HeaderValue;
@@ -113,5 +136,20 @@ mod tests {
             proxies().client(ip("::ffff:10.0.0.5"), &xff(&["::ffff:198.51.100.7"])),
             ip("198.51.100.7")
         );
+    }
+
+    /// Every octet value in every position, and IPv6, as `Display` writes them.
+    #[test]
+    fn text_is_what_display_writes() {
+        for n in 0..=255u8 {
+            for ip in [[n, 0, 0, 0], [1, n, 2, 3], [10, 20, n, 30], [255, 9, 99, n], [n, n, n, n]] {
+                let ip = IpAddr::from(ip);
+                assert_eq!(text(ip), ip.to_string());
+            }
+        }
+        for v6 in ["::1", "2001:db8::8a2e:370:7334", "::ffff:10.0.0.1"] {
+            let ip: IpAddr = v6.parse().expect("an IPv6 address");
+            assert_eq!(text(ip), ip.to_string());
+        }
     }
 }

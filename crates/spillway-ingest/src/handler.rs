@@ -182,7 +182,7 @@ async fn request_facts(
         .await
         .map(|Path(p)| p)
         .map_err(|e| ApiError::bad_request("invalid_path", e.body_text()))?;
-    let source_ip = client.map(|ip| ip.to_string());
+    let source_ip = client.map(crate::client_ip::text);
     Ok(Facts { headers, ordering_key, dedup_key, path_params, source_ip })
 }
 
