@@ -14,7 +14,12 @@
 //!
 //! - `publish` returns `Ok` only when the backend reported that message durable.
 //! - It never waits longer than `send_timeout`; then it is `Timeout` (503),
-//!   because the outcome is unknown.
+//!   because the outcome is unknown. The task keeps the deadlines: a request
+//!   still waiting for a slot is answered when its own passes (and is never
+//!   sent), and a batch the backend has not confirmed by its first deadline
+//!   is answered for the rest. That is one timer per batch, not one per
+//!   request. The slot stays taken until the backend is done, so a stalled
+//!   backend never holds more than `max_in_flight` batches.
 //! - A full backlog is `Unavailable` at once: a slow queue gives fast 503s,
 //!   not a pile of waiting connections.
 //! - A message over the queue's size limit is `TooLarge` before it is queued.
@@ -22,16 +27,26 @@
 //!   once the HTTP server has drained, no batch is left without an answer. The
 //!   task ends when the last `Publisher` handle is dropped, after its batches.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
 
 use spillway_queue::{OutgoingMessage, Producer, QueueError};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::{
+    sync::{mpsc, oneshot, Semaphore, TryAcquireError},
+    time::Instant,
+};
 
 use crate::{config::PublisherConfig, metrics::PublishMetrics};
 
+type Reply = oneshot::Sender<Result<(), QueueError>>;
+
 struct Pending {
     msg: OutgoingMessage,
-    reply: oneshot::Sender<Result<(), QueueError>>,
+    reply: Reply,
+    /// `send_timeout` after `publish` was called: the answer is due by then.
+    deadline: Instant,
 }
 
 /// The sending side for one queue. Cheap to share behind an `Arc`.
@@ -51,18 +66,20 @@ impl Publisher {
     }
 
     /// Stores one message; `Ok` once it is durable. See the module doc.
+    ///
+    /// The wait has no timer of its own: the publisher task answers
+    /// `Timeout` when the deadline passes, whether the message is still
+    /// waiting for a slot or in a batch the backend has not confirmed. One
+    /// timer per batch instead of one per request (see `docs/benchmarks.md`).
     pub async fn publish(&self, msg: OutgoingMessage) -> Result<(), QueueError> {
         msg.check_size(self.max_message_bytes)?;
         let (reply, outcome) = oneshot::channel();
-        self.tx.try_send(Pending { msg, reply }).map_err(|e| match e {
+        let deadline = Instant::now() + self.send_timeout;
+        self.tx.try_send(Pending { msg, reply, deadline }).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => QueueError::unavailable_msg("publisher backlog is full"),
             mpsc::error::TrySendError::Closed(_) => QueueError::unavailable_msg("publisher is shut down"),
         })?;
-        match tokio::time::timeout(self.send_timeout, outcome).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(QueueError::unavailable_msg("publisher dropped the message")),
-            Err(_) => Err(QueueError::Timeout { after: self.send_timeout }),
-        }
+        outcome.await.unwrap_or_else(|_| Err(QueueError::unavailable_msg("publisher dropped the message")))
     }
 }
 
@@ -75,35 +92,82 @@ async fn run(
     let in_flight = cfg.max_in_flight_for(producer.confirms_each());
     let slots = Arc::new(Semaphore::new(in_flight));
     let metrics = Arc::new(PublishMetrics::new(&queue));
+    let timeout = cfg.send_timeout;
     while let Some(first) = rx.recv().await {
         // Wait for a free slot first: meanwhile, more requests queue up and
-        // join this batch.
-        let Ok(slot) = slots.clone().acquire_owned().await else { break };
+        // join this batch. Not past the first request's deadline, though:
+        // behind batches the backend does not confirm, every waiting request
+        // is answered on time, one by one, oldest first.
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            // No timer armed on the usual path, where a slot is free.
+            Err(TryAcquireError::NoPermits) => tokio::select! {
+                biased;
+                slot = slots.clone().acquire_owned() => match slot {
+                    Ok(slot) => slot,
+                    Err(_) => break,
+                },
+                () = tokio::time::sleep_until(first.deadline) => {
+                    time_out(first.reply, timeout);
+                    continue;
+                }
+            },
+            Err(TryAcquireError::Closed) => break,
+        };
         if !cfg.linger.is_zero() {
             tokio::time::sleep(cfg.linger).await;
         }
-        let mut batch = vec![first];
-        while batch.len() < cfg.max_batch {
-            match rx.try_recv() {
-                Ok(p) => batch.push(p),
-                Err(_) => break,
+        let now = Instant::now();
+        let mut batch = Vec::new();
+        let mut deadline = first.deadline;
+        for p in std::iter::once(first).chain(std::iter::from_fn(|| rx.try_recv().ok())) {
+            // Answered already, and never sent: its outcome is known.
+            if p.deadline <= now {
+                time_out(p.reply, timeout);
+                continue;
             }
+            deadline = deadline.min(p.deadline);
+            batch.push(p);
+            if batch.len() == cfg.max_batch {
+                break;
+            }
+        }
+        if batch.is_empty() {
+            continue;
         }
         let (producer, metrics) = (producer.clone(), metrics.clone());
         tokio::spawn(async move {
-            let (msgs, mut replies): (Vec<_>, Vec<_>) =
-                batch.into_iter().map(|p| (p.msg, Some(p.reply))).unzip();
+            let (msgs, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.msg, Some(p.reply))).unzip();
+            let replies = Mutex::new(replies);
             let n = msgs.len();
             let started = std::time::Instant::now();
-            // Each request is answered on its own message's outcome, as soon
-            // as the backend knows it (see `Producer::send_each`).
-            producer
-                .send_each(msgs, &mut |i, outcome| {
-                    if let Some(reply) = replies.get_mut(i).and_then(Option::take) {
+            {
+                // Each request is answered on its own message's outcome, as
+                // soon as the backend knows it (see `Producer::send_each`).
+                let mut report = |i: usize, outcome| {
+                    if let Some(reply) = take(&replies, i) {
                         let _ = reply.send(outcome);
                     }
-                })
-                .await;
+                };
+                let send = producer.send_each(msgs, &mut report);
+                tokio::pin!(send);
+                tokio::select! {
+                    biased;
+                    () = &mut send => {}
+                    () = tokio::time::sleep_until(deadline) => {
+                        // What is still unconfirmed has an unknown outcome:
+                        // a 503 now. The slot stays taken until the backend
+                        // is done, so a stalled backend is never sent more
+                        // than `max_in_flight` batches.
+                        for i in 0..n {
+                            if let Some(reply) = take(&replies, i) {
+                                time_out(reply, timeout);
+                            }
+                        }
+                        send.await;
+                    }
+                }
+            }
             metrics.batch_sent(n, started.elapsed());
             // A reply the backend never reported (a broken contract) is
             // dropped here, which `publish` turns into an error at once: not
@@ -114,6 +178,14 @@ async fn run(
     }
     // Every sender is gone: wait for the batches still in flight.
     let _ = slots.acquire_many(u32::try_from(in_flight).unwrap_or(u32::MAX)).await;
+}
+
+fn take(replies: &Mutex<Vec<Option<Reply>>>, i: usize) -> Option<Reply> {
+    replies.lock().unwrap_or_else(PoisonError::into_inner).get_mut(i).and_then(Option::take)
+}
+
+fn time_out(reply: Reply, after: Duration) {
+    let _ = reply.send(Err(QueueError::Timeout { after }));
 }
 
 #[cfg(test)]
@@ -329,5 +401,58 @@ mod tests {
         let err = p.publish(OutgoingMessage::new("1", vec![0u8; 101])).await.expect_err("too large");
         assert!(matches!(err, QueueError::TooLarge { size: 101, limit: 100 }));
         assert_eq!(producer.batches.load(Ordering::SeqCst), 0);
+    }
+
+    /// Never confirms: holds every batch for an hour, counting those in flight.
+    struct Stalled {
+        now: AtomicUsize,
+        peak: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl Producer for Stalled {
+        async fn send_batch(
+            &self,
+            msgs: Vec<OutgoingMessage>,
+        ) -> Result<Vec<Result<(), QueueError>>, QueueError> {
+            let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+            self.peak.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            self.now.fetch_sub(1, Ordering::SeqCst);
+            Ok(msgs.iter().map(|_| Ok(())).collect())
+        }
+        fn max_message_bytes(&self) -> usize {
+            100
+        }
+    }
+
+    /// Every request, in a batch the backend does not confirm or waiting for
+    /// a slot behind such batches, is answered `Timeout` at its own
+    /// `send_timeout`, not later; and the stalled backend is never sent more
+    /// batches than `max_in_flight`.
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_backend_times_every_request_out_on_time() {
+        let producer = Arc::new(Stalled { now: AtomicUsize::new(0), peak: AtomicUsize::new(0) });
+        let cfg = PublisherConfig { max_batch: 1, ..cfg() };
+        let p = Arc::new(Publisher::spawn("q", producer.clone(), &cfg));
+        let timed = |p: Arc<Publisher>, i: usize| {
+            tokio::spawn(async move {
+                let started = tokio::time::Instant::now();
+                let outcome = p.publish(OutgoingMessage::new(format!("{i}"), "x")).await;
+                (outcome, started.elapsed())
+            })
+        };
+        // The first takes the one slot; two more wait behind it.
+        let first: Vec<_> = (0..3).map(|i| timed(p.clone(), i)).collect();
+        // A second wave, arriving while the first still waits.
+        tokio::time::sleep(cfg.send_timeout / 2).await;
+        let second: Vec<_> = (3..5).map(|i| timed(p.clone(), i)).collect();
+        for t in first.into_iter().chain(second) {
+            let (outcome, waited) = t.await.expect("task");
+            assert!(matches!(outcome, Err(QueueError::Timeout { .. })), "{outcome:?}");
+            assert!(waited <= cfg.send_timeout + Duration::from_millis(1), "answered after {waited:?}");
+            assert!(waited >= cfg.send_timeout, "answered early, after {waited:?}");
+        }
+        assert_eq!(producer.peak.load(Ordering::SeqCst), 1, "a stalled backend got more than one batch");
     }
 }
