@@ -348,11 +348,18 @@ mod tests {
         assert!(started.elapsed() < cfg().send_timeout, "it waited for the send timeout");
     }
 
-    /// Holds every batch for a second and records how many were in flight.
+    /// Holds every batch for `hold` and records how many were in flight.
     struct Peak {
         each: bool,
+        hold: Duration,
         now: AtomicUsize,
         peak: AtomicUsize,
+    }
+
+    impl Peak {
+        fn new(each: bool, hold: Duration) -> Arc<Self> {
+            Arc::new(Self { each, hold, now: AtomicUsize::new(0), peak: AtomicUsize::new(0) })
+        }
     }
 
     #[async_trait]
@@ -363,7 +370,7 @@ mod tests {
         ) -> Result<Vec<Result<(), QueueError>>, QueueError> {
             let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
             self.peak.fetch_max(now, Ordering::SeqCst);
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            tokio::time::sleep(self.hold).await;
             self.now.fetch_sub(1, Ordering::SeqCst);
             Ok(msgs.iter().map(|_| Ok(())).collect())
         }
@@ -378,7 +385,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn batches_in_flight_default_to_what_the_backend_confirms() {
         for (each, expected) in [(false, 4), (true, 64)] {
-            let producer = Arc::new(Peak { each, now: AtomicUsize::new(0), peak: AtomicUsize::new(0) });
+            let producer = Peak::new(each, Duration::from_secs(1));
             // One message per batch, so every request is a batch of its own.
             let cfg = PublisherConfig {
                 max_batch: 1,
@@ -403,36 +410,14 @@ mod tests {
         assert_eq!(producer.batches.load(Ordering::SeqCst), 0);
     }
 
-    /// Never confirms: holds every batch for an hour, counting those in flight.
-    struct Stalled {
-        now: AtomicUsize,
-        peak: AtomicUsize,
-    }
-
-    #[async_trait]
-    impl Producer for Stalled {
-        async fn send_batch(
-            &self,
-            msgs: Vec<OutgoingMessage>,
-        ) -> Result<Vec<Result<(), QueueError>>, QueueError> {
-            let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
-            self.peak.fetch_max(now, Ordering::SeqCst);
-            tokio::time::sleep(Duration::from_secs(3600)).await;
-            self.now.fetch_sub(1, Ordering::SeqCst);
-            Ok(msgs.iter().map(|_| Ok(())).collect())
-        }
-        fn max_message_bytes(&self) -> usize {
-            100
-        }
-    }
-
     /// Every request, in a batch the backend does not confirm or waiting for
     /// a slot behind such batches, is answered `Timeout` at its own
     /// `send_timeout`, not later; and the stalled backend is never sent more
     /// batches than `max_in_flight`.
     #[tokio::test(start_paused = true)]
     async fn a_stalled_backend_times_every_request_out_on_time() {
-        let producer = Arc::new(Stalled { now: AtomicUsize::new(0), peak: AtomicUsize::new(0) });
+        // Never confirms within the test.
+        let producer = Peak::new(false, Duration::from_secs(3600));
         let cfg = PublisherConfig { max_batch: 1, ..cfg() };
         let p = Arc::new(Publisher::spawn("q", producer.clone(), &cfg));
         let timed = |p: Arc<Publisher>, i: usize| {
