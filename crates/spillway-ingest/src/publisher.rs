@@ -119,22 +119,19 @@ async fn run(
         }
         let now = Instant::now();
         let mut batch = Vec::new();
-        let mut deadline = first.deadline;
         for p in std::iter::once(first).chain(std::iter::from_fn(|| rx.try_recv().ok())) {
             // Answered already, and never sent: its outcome is known.
             if p.deadline <= now {
                 time_out(p.reply, timeout);
                 continue;
             }
-            deadline = deadline.min(p.deadline);
             batch.push(p);
             if batch.len() == cfg.max_batch {
                 break;
             }
         }
-        if batch.is_empty() {
-            continue;
-        }
+        // The earliest deadline of what is sent; none if every one expired.
+        let Some(deadline) = batch.iter().map(|p| p.deadline).min() else { continue };
         let (producer, metrics) = (producer.clone(), metrics.clone());
         tokio::spawn(async move {
             let (msgs, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.msg, Some(p.reply))).unzip();
@@ -439,5 +436,25 @@ mod tests {
             assert!(waited >= cfg.send_timeout, "answered early, after {waited:?}");
         }
         assert_eq!(producer.peak.load(Ordering::SeqCst), 1, "a stalled backend got more than one batch");
+    }
+
+    /// A request that expired before its batch went out does not lend its
+    /// past deadline to the batch: the others, with time left, wait for the
+    /// backend's answer. Here a long `linger` outlasts the first request.
+    #[tokio::test(start_paused = true)]
+    async fn an_expired_request_does_not_time_its_batch_out() {
+        let producer = Peak::new(false, Duration::from_secs(1));
+        let cfg = PublisherConfig { linger: cfg().send_timeout, ..cfg() };
+        let p = Arc::new(Publisher::spawn("q", producer, &cfg));
+        let expired = tokio::spawn({
+            let p = p.clone();
+            async move { p.publish(OutgoingMessage::new("early", "x")).await }
+        });
+        // Arrives during the linger, with most of its send_timeout left.
+        tokio::time::sleep(cfg.send_timeout - Duration::from_secs(1)).await;
+        let late = p.publish(OutgoingMessage::new("late", "x")).await;
+        assert!(late.is_ok(), "stored a second after the batch went out: {late:?}");
+        let early = expired.await.expect("task");
+        assert!(matches!(early, Err(QueueError::Timeout { .. })), "{early:?}");
     }
 }
