@@ -202,10 +202,14 @@ fn send_keyless(
     let mut inserted = 0i64;
     let mut rest = msgs;
     for (size, text) in ROWS_PER_INSERT.iter().zip(keyless_inserts()) {
+        if rest.len() < *size {
+            continue;
+        }
+        // Looked up once per size: the cache hashes the whole SQL text.
+        let mut st = conn.prepare_cached(text).map_err(sql("prepare send"))?;
         while rest.len() >= *size {
             let (chunk, tail) = rest.split_at(*size);
             rest = tail;
-            let mut st = conn.prepare_cached(text).map_err(sql("prepare send"))?;
             st.raw_bind_parameter(1, queue).map_err(sql("send"))?;
             st.raw_bind_parameter(2, now).map_err(sql("send"))?;
             for (r, m) in chunk.iter().enumerate() {
