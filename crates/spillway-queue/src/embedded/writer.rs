@@ -4,8 +4,8 @@
 //! Why one writer: SQLite allows one writer at a time anyway, and an fsync
 //! costs the same for one row as for a thousand. Jobs queue on a channel; the
 //! thread takes all that are waiting, runs each inside its own savepoint (so a
-//! failing job rolls back alone), commits once, and only then answers each
-//! caller. A caller therefore never hears `Ok` for a write that is not yet on
+//! failing job rolls back alone; a job alone needs none), commits once, and
+//! only then answers each caller. A caller therefore never hears `Ok` for a write that is not yet on
 //! disk.
 
 use std::{
@@ -120,13 +120,18 @@ fn run(conn: Connection, jobs: Receiver<Box<dyn Job>>) {
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
             }
         }
-        let commit = commit_group(&conn, &mut group);
-        if let Err(e) = &commit {
-            tracing::error!(error = %e, jobs = group.len(), "embedded queue: group commit failed");
-        }
-        for job in group {
-            job.finish(commit.clone());
-        }
+        settle(&conn, group);
+    }
+}
+
+/// Runs `group` as one transaction, then answers every job.
+fn settle(conn: &Connection, mut group: Vec<Box<dyn Job>>) {
+    let commit = commit_group(conn, &mut group);
+    if let Err(e) = &commit {
+        tracing::error!(error = %e, jobs = group.len(), "embedded queue: group commit failed");
+    }
+    for job in group {
+        job.finish(commit.clone());
     }
 }
 
@@ -197,11 +202,8 @@ mod tests {
     fn group(jobs: &[(i64, bool)]) -> (Vec<i64>, Vec<Result<(), QueueError>>) {
         let conn = Connection::open_in_memory().expect("open");
         conn.execute_batch("CREATE TABLE t (x INTEGER)").expect("table");
-        let (mut group, answers): (Vec<_>, Vec<_>) = jobs.iter().map(|&(x, fail)| job(x, fail)).unzip();
-        let commit = commit_group(&conn, &mut group);
-        for job in group {
-            job.finish(commit.clone());
-        }
+        let (group, answers): (Vec<_>, Vec<_>) = jobs.iter().map(|&(x, fail)| job(x, fail)).unzip();
+        settle(&conn, group);
         let mut st = conn.prepare("SELECT x FROM t ORDER BY x").expect("select");
         let rows = st.query_map([], |r| r.get(0)).expect("query").collect::<Result<Vec<i64>, _>>();
         let answers = answers.into_iter().map(|mut a| a.try_recv().expect("answered")).collect();
