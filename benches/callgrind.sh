@@ -9,7 +9,9 @@
 #   CLIENTS=128 benches/callgrind.sh              # more requests waiting per batch
 #
 # For each of: the HTTP ceiling, `spillway serve` on the memory backend (no
-# store) and on the embedded queue, it starts the server under callgrind,
+# store) and on the embedded queue, and the embedded queue again behind the
+# product's usual CORS policy (wildcard origins with credentials, every
+# request from an allowed origin, as a browser's), it starts the server under callgrind,
 # warms it up with 2,000 requests, zeroes the counters, sends the requests
 # (16 clients, 200-byte JSON POSTs, post_n), dumps, and prints user-space
 # instructions per request, total and by the top inclusive functions.
@@ -53,9 +55,9 @@ profile() {
   env "${envs[@]}" valgrind --tool=callgrind --callgrind-out-file="$file" "$@" >/dev/null 2>"$WORK/$name.valgrind" &
   SERVER=$!
   wait_up
-  "$TOOLS/post_n" "$URL" 2000 16 >/dev/null
+  env "${POST_ENV[@]}" "$TOOLS/post_n" "$URL" 2000 16 >/dev/null
   callgrind_control -z "$SERVER" >/dev/null 2>&1
-  "$TOOLS/post_n" "$URL" "$N" "$CLIENTS" > "$WORK/$name.post"
+  env "${POST_ENV[@]}" "$TOOLS/post_n" "$URL" "$N" "$CLIENTS" > "$WORK/$name.post"
   callgrind_control -d "$SERVER" >/dev/null 2>&1
   # Messages per batch: valgrind runs one thread at a time, so requests pile
   # up behind the writer less than natively, and per-batch costs weigh more.
@@ -75,10 +77,15 @@ profile() {
   callgrind_annotate --inclusive=yes "$dump" 2>/dev/null | awk "NR <= 60" > "$OUT/$name.top.txt"
 }
 
+POST_ENV=()
 GATEWAY=(SPILLWAY_SERVER__LISTEN="127.0.0.1:$PORT" SPILLWAY_LOG__LEVEL=warn)
 profile ceiling -- "$TOOLS/ceiling" "127.0.0.1:$PORT"
 profile memory "${GATEWAY[@]}" SPILLWAY_QUEUE__BACKEND=memory -- "$BIN" serve
 profile embedded "${GATEWAY[@]}" SPILLWAY_QUEUE__BACKEND=embedded SPILLWAY_QUEUE__PATH="$WORK/data" -- "$BIN" serve
+POST_ENV=(ORIGIN=https://app.test.com)
+profile embedded-cors "${GATEWAY[@]}" SPILLWAY_QUEUE__BACKEND=embedded SPILLWAY_QUEUE__PATH="$WORK/data-cors" \
+  SPILLWAY_INGEST__CORS__ALLOWED_ORIGINS='["https://*.test.com", "https://test.com"]' \
+  SPILLWAY_INGEST__CORS__ALLOW_CREDENTIALS=true -- "$BIN" serve
 
 {
   echo "callgrind: $N requests of 200 bytes, $CLIENTS clients, after 2,000 to warm up; user-space instructions"

@@ -5,6 +5,9 @@
 //! harness (issue 17) is the tool for that.
 //!
 //!     post_n URL N C [BODY_BYTES]
+//!
+//! With `ORIGIN` set, every request carries that `Origin` header, as a
+//! browser's would (benches/callgrind.sh measures a CORS route with it).
 
 use std::{
     sync::{
@@ -25,7 +28,12 @@ async fn main() -> anyhow::Result<()> {
     let body_bytes: usize = rest.first().map(|b| b.parse()).transpose()?.unwrap_or(200);
     let pad = "x".repeat(body_bytes.saturating_sub(40));
     let body = format!(r#"{{"event":"page_view","user":42,"pad":"{pad}"}}"#);
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Ok(origin) = std::env::var("ORIGIN") {
+        headers.insert(reqwest::header::ORIGIN, origin.parse()?);
+    }
+    let http =
+        reqwest::Client::builder().timeout(Duration::from_secs(30)).default_headers(headers).build()?;
     let next = Arc::new(AtomicU64::new(0));
     let (accepted, non_2xx, errors) =
         (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));

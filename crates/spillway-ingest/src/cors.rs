@@ -3,7 +3,7 @@
 //! The allow-list is compiled once, at config load, into [`OriginMatcher`];
 //! tower-http's `CorsLayer` gets it as a predicate. With credentials the
 //! request's own `Origin` is reflected, never `*`. Around that layer,
-//! [`tidy`] makes three promises tower-http does not:
+//! [`TidyLayer`] makes three promises tower-http does not:
 //!
 //! - a response to an origin that is not allowed carries no CORS header at
 //!   all (tower-http still sends `Access-Control-Allow-Credentials` and, on a
@@ -15,15 +15,21 @@
 //! `Vary: Origin` is on every response of a CORS route, allowed or not, so a
 //! cache never serves one origin's answer to another.
 
-use std::{fmt, sync::Arc, time::Duration};
+use std::{
+    fmt,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
 
 use axum::{
-    body::Body,
-    extract::{Request, State},
+    extract::Request,
     http::{header, HeaderName, HeaderValue, Method, StatusCode},
-    middleware::Next,
     response::{IntoResponse, Response},
 };
+use tower::{Layer, Service};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::error::ApiError;
@@ -202,37 +208,109 @@ impl CorsPolicy {
                 header::ACCESS_CONTROL_REQUEST_HEADERS,
             ])
     }
+}
 
-    /// Answers 403 to an origin that is not allowed, when `strict_origin` is
-    /// set; requests without `Origin` (servers, curl) are not affected.
-    pub async fn guard(State(policy): State<Arc<Self>>, req: Request, next: Next) -> Response {
-        if policy.strict_origin {
-            if let Some(origin) = req.headers().get(header::ORIGIN) {
-                if !policy.matcher.matches(origin.as_bytes()) {
-                    return ApiError::Forbidden("origin not allowed".into()).into_response();
-                }
+/// Answers 403 to an origin that is not allowed; requests without `Origin`
+/// (servers, curl) are not affected. Only routes with `strict_origin` get
+/// this layer.
+///
+/// This and [`TidyLayer`] are tower layers, not `axum::middleware::from_fn`,
+/// which clones the inner service and boxes a future on every request
+/// (`docs/benchmarks.md`, seventh session).
+#[derive(Clone)]
+pub struct GuardLayer(pub Arc<OriginMatcher>);
+
+impl<S> Layer<S> for GuardLayer {
+    type Service = Guard<S>;
+
+    fn layer(&self, inner: S) -> Guard<S> {
+        Guard { inner, matcher: self.0.clone() }
+    }
+}
+
+/// The service of [`GuardLayer`].
+#[derive(Clone)]
+pub struct Guard<S> {
+    inner: S,
+    matcher: Arc<OriginMatcher>,
+}
+
+impl<S> Service<Request> for Guard<S>
+where
+    S: Service<Request, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = Early<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        if let Some(origin) = req.headers().get(header::ORIGIN) {
+            if !self.matcher.matches(origin.as_bytes()) {
+                return Early::answered(ApiError::Forbidden("origin not allowed".into()).into_response());
             }
         }
-        next.run(req).await
+        Early::Passed { inner: self.inner.call(req) }
     }
 }
 
 /// The outermost layer of a CORS route; see the module doc.
-pub async fn tidy(req: Request, next: Next) -> Response {
-    // Two `Origin` headers are not an origin: reflecting either would be a guess.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TidyLayer;
+
+impl<S> Layer<S> for TidyLayer {
+    type Service = Tidy<S>;
+
+    fn layer(&self, inner: S) -> Tidy<S> {
+        Tidy { inner }
+    }
+}
+
+/// The service of [`TidyLayer`].
+#[derive(Clone)]
+pub struct Tidy<S> {
+    inner: S,
+}
+
+impl<S> Service<Request> for Tidy<S>
+where
+    S: Service<Request, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = Tidied<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let preflight = req.method() == Method::OPTIONS;
+        if origin_malformed(&req) {
+            let mut res = ApiError::bad_request("malformed_origin", "the Origin header is not an origin")
+                .into_response();
+            res.headers_mut().append(header::VARY, HeaderValue::from_static("origin"));
+            return Tidied { early: Early::answered(res), preflight };
+        }
+        Tidied { early: Early::Passed { inner: self.inner.call(req) }, preflight }
+    }
+}
+
+/// Two `Origin` headers are not an origin: reflecting either would be a guess.
+fn origin_malformed(req: &Request) -> bool {
     let mut origins = req.headers().get_all(header::ORIGIN).iter();
-    let origin_malformed = origins.next().is_some_and(|o| {
+    origins.next().is_some_and(|o| {
         let o = o.as_bytes();
         o != b"null" && std::str::from_utf8(o).map_or(true, |s| parse_origin(s, false).is_err())
-    }) || origins.next().is_some();
-    if origin_malformed {
-        let mut res =
-            ApiError::bad_request("malformed_origin", "the Origin header is not an origin").into_response();
-        res.headers_mut().append(header::VARY, HeaderValue::from_static("origin"));
-        return res;
-    }
-    let preflight = req.method() == Method::OPTIONS;
-    let mut res: Response<Body> = next.run(req).await;
+    }) || origins.next().is_some()
+}
+
+/// A refused origin's answer carries no `access-control-*` header at all,
+/// and a preflight's 200 becomes 204.
+fn tidy_answer(mut res: Response, preflight: bool) -> Response {
     let headers = res.headers_mut();
     if !headers.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN) {
         let cors: Vec<HeaderName> =
@@ -245,6 +323,59 @@ pub async fn tidy(req: Request, next: Next) -> Response {
         *res.status_mut() = StatusCode::NO_CONTENT;
     }
     res
+}
+
+pin_project_lite::pin_project! {
+    /// The answer of [`Tidy`]: the inner answer, tidied.
+    pub struct Tidied<F> {
+        #[pin]
+        early: Early<F>,
+        preflight: bool,
+    }
+}
+
+impl<F, E> Future for Tidied<F>
+where
+    F: Future<Output = Result<Response, E>>,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let res = std::task::ready!(this.early.poll(cx))?;
+        Poll::Ready(Ok(tidy_answer(res, *this.preflight)))
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// An answer a layer gave itself, or the inner service's.
+    #[project = EarlyProj]
+    pub enum Early<F> {
+        Answered { answer: Option<Response> },
+        Passed { #[pin] inner: F },
+    }
+}
+
+impl<F> Early<F> {
+    fn answered(res: Response) -> Self {
+        Self::Answered { answer: Some(res) }
+    }
+}
+
+impl<F, E> Future for Early<F>
+where
+    F: Future<Output = Result<Response, E>>,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            EarlyProj::Answered { answer } => {
+                Poll::Ready(Ok(answer.take().expect("an answer is polled once")))
+            }
+            EarlyProj::Passed { inner } => inner.poll(cx),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -2,8 +2,8 @@
 //!
 //! Each configured route gets a method router with the route's methods, a
 //! JSON 405 (with `Allow`) for the others, and, when CORS is configured, three
-//! layers from outside in: [`cors::tidy`], tower-http's `CorsLayer`, and
-//! [`CorsPolicy::guard`]. CORS wraps the route's every answer, errors
+//! layers from outside in: [`cors::TidyLayer`], tower-http's `CorsLayer`,
+//! and, with `strict_origin`, [`cors::GuardLayer`]. CORS wraps the route's every answer, errors
 //! included. An unknown path gets a JSON 404. `/healthz` and `/readyz` are
 //! answered by the server itself.
 
@@ -12,7 +12,6 @@ use std::{collections::HashMap, convert::Infallible, sync::Arc};
 use axum::{
     extract::Request,
     http::Method,
-    middleware::{from_fn, from_fn_with_state},
     response::IntoResponse,
     routing::{any, get, MethodFilter, MethodRouter},
     Router,
@@ -81,8 +80,8 @@ pub async fn build_router(
         }
         mr = mr.fallback(move || async move { ApiError::MethodNotAllowed { allow }.into_response() });
         let counted = metrics::RouteMetrics::new(&state.route.name, state.route.success_status.as_u16());
-        let mr = with_cors(mr, cors.as_ref(), &methods)
-            .layer::<_, Infallible>(from_fn_with_state(counted, metrics::record));
+        let mr =
+            with_cors(mr, cors.as_ref(), &methods).layer::<_, Infallible>(metrics::RecordLayer::new(counted));
         router = router.route(&path, mr);
     }
     // An unknown path is answered under the top-level CORS policy, so a
@@ -94,18 +93,22 @@ pub async fn build_router(
         .route("/readyz", get(move || readiness_answer(readiness.clone())))
         .fallback_service(
             with_cors(not_found, global.as_ref(), &[Method::POST, Method::PUT]).layer::<_, Infallible>(
-                from_fn_with_state(metrics::RouteMetrics::new(metrics::UNMATCHED, 404), metrics::record),
+                metrics::RecordLayer::new(metrics::RouteMetrics::new(metrics::UNMATCHED, 404)),
             ),
         ))
 }
 
-/// Wraps a route in the CORS layers, from outside in: `tidy`, tower-http's
-/// `CorsLayer`, `guard`. Without a policy the route is left as it is.
+/// Wraps a route in the CORS layers, from outside in: `Tidy`, tower-http's
+/// `CorsLayer`, and `Guard` when the policy is strict. Without a policy the
+/// route is left as it is.
 fn with_cors(mr: MethodRouter, policy: Option<&Arc<CorsPolicy>>, methods: &[Method]) -> MethodRouter {
     let Some(policy) = policy else { return mr };
-    mr.layer::<_, Infallible>(from_fn_with_state(policy.clone(), CorsPolicy::guard))
-        .layer::<_, Infallible>(policy.layer(methods))
-        .layer::<_, Infallible>(from_fn(cors::tidy))
+    let mr = if policy.strict_origin {
+        mr.layer::<_, Infallible>(cors::GuardLayer(policy.matcher.clone()))
+    } else {
+        mr
+    };
+    mr.layer::<_, Infallible>(policy.layer(methods)).layer::<_, Infallible>(cors::TidyLayer)
 }
 
 async fn readiness_answer(readiness: Readiness) -> axum::response::Response {
