@@ -54,11 +54,16 @@ impl fmt::Display for OriginSyntaxError {
 
 fn parse_origin(s: &str, allow_wildcard: bool) -> Result<Origin<'_>, OriginSyntaxError> {
     let err = |why: &str| OriginSyntaxError(format!("{s:?} is not an origin: {why}"));
-    let (scheme, rest) = s.split_once("://").ok_or_else(|| err("expected scheme://host[:port]"))?;
+    // Byte by byte: every request with an `Origin` is parsed, and `str`'s
+    // substring and char-set searches cost more to set up than these
+    // few bytes take to scan.
+    let split = s.as_bytes().windows(3).position(|w| w == b"://");
+    let (scheme, rest) =
+        split.map(|i| (&s[..i], &s[i + 3..])).ok_or_else(|| err("expected scheme://host[:port]"))?;
     if scheme.is_empty() || !scheme.bytes().all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b)) {
         return Err(err("bad scheme"));
     }
-    if rest.contains(['/', '?', '#', '@']) {
+    if rest.bytes().any(|b| matches!(b, b'/' | b'?' | b'#' | b'@')) {
         return Err(err("an origin has no path, query, fragment or user"));
     }
     let (host, port) = if rest.starts_with('[') {
@@ -85,9 +90,9 @@ fn parse_origin(s: &str, allow_wildcard: bool) -> Result<Origin<'_>, OriginSynta
     let ipv6 = host.len() > 2
         && host.starts_with('[')
         && host[1..host.len() - 1].bytes().all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
-    let labels_ok = host.split('.').enumerate().all(|(i, label)| {
-        (allow_wildcard && i == 0 && label == "*")
-            || (!label.is_empty() && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+    let labels_ok = host.as_bytes().split(|&b| b == b'.').enumerate().all(|(i, label)| {
+        (allow_wildcard && i == 0 && label == b"*")
+            || (!label.is_empty() && label.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'-'))
     });
     if !ipv6 && !labels_ok {
         return Err(err("bad host"));
@@ -202,11 +207,10 @@ impl CorsPolicy {
             .allow_headers(self.allowed_headers.clone())
             .expose_headers(self.expose_headers.clone())
             .max_age(self.max_age)
-            .vary([
-                header::ORIGIN,
-                header::ACCESS_CONTROL_REQUEST_METHOD,
-                header::ACCESS_CONTROL_REQUEST_HEADERS,
-            ])
+            // `Vary` is added by `Tidy`, as one value built once:
+            // tower-http joins its list into a new header value on every
+            // request (and clones the list with the service).
+            .vary(Vec::<HeaderName>::new())
     }
 }
 
@@ -288,14 +292,14 @@ where
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
-        let preflight = req.method() == Method::OPTIONS;
         if origin_malformed(&req) {
             let mut res = ApiError::bad_request("malformed_origin", "the Origin header is not an origin")
                 .into_response();
             res.headers_mut().append(header::VARY, HeaderValue::from_static("origin"));
-            return Tidied { early: Early::answered(res), preflight };
+            return Tidied { early: Early::answered(res), tidy: None };
         }
-        Tidied { early: Early::Passed { inner: self.inner.call(req) }, preflight }
+        let preflight = req.method() == Method::OPTIONS;
+        Tidied { early: Early::Passed { inner: self.inner.call(req) }, tidy: Some(preflight) }
     }
 }
 
@@ -308,10 +312,17 @@ fn origin_malformed(req: &Request) -> bool {
     }) || origins.next().is_some()
 }
 
+/// What a cache must key a CORS route's answers on: the origin, and on a
+/// preflight what it asks for.
+const VARY: HeaderValue =
+    HeaderValue::from_static("origin, access-control-request-method, access-control-request-headers");
+
 /// A refused origin's answer carries no `access-control-*` header at all,
-/// and a preflight's 200 becomes 204.
+/// and a preflight's 200 becomes 204. Every answer varies by [`VARY`].
 fn tidy_answer(mut res: Response, preflight: bool) -> Response {
     let headers = res.headers_mut();
+    // Appended: the route's own `Vary`, if it has one, stays.
+    headers.append(header::VARY, VARY);
     if !headers.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN) {
         let cors: Vec<HeaderName> =
             headers.keys().filter(|k| k.as_str().starts_with("access-control-")).cloned().collect();
@@ -330,7 +341,9 @@ pin_project_lite::pin_project! {
     pub struct Tidied<F> {
         #[pin]
         early: Early<F>,
-        preflight: bool,
+        // `Some(preflight)` for an answer from further in; `None` for
+        // Tidy's own (a malformed `Origin`), which is final as it is.
+        tidy: Option<bool>,
     }
 }
 
@@ -343,7 +356,10 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let res = std::task::ready!(this.early.poll(cx))?;
-        Poll::Ready(Ok(tidy_answer(res, *this.preflight)))
+        Poll::Ready(Ok(match *this.tidy {
+            Some(preflight) => tidy_answer(res, preflight),
+            None => res,
+        }))
     }
 }
 
