@@ -9,6 +9,9 @@
 #
 #   benches/load.sh [seconds] [out-dir]     # default 15 s, benches/results/latest
 #   REST=20 benches/load.sh ...             # pause before each spillway case
+#   CORS=1 benches/load.sh ...              # the gateway behind the usual CORS policy
+#                                           # (wildcard origins, credentials), every
+#                                           # request from an allowed Origin
 #
 # Needs wrk (Debian: apt-get install wrk). Builds release binaries first.
 set -euo pipefail
@@ -20,6 +23,12 @@ need_wrk
 cargo build --release -q -p spillway -p spillway-benches --bin spillway --bin ceiling
 bench_workspace "$OUT"
 post_lua "$WORK/post.lua"
+CORS_ENV=()
+if [ -n "${CORS:-}" ]; then
+  echo 'wrk.headers["Origin"] = "https://app.test.com"' >> "$WORK/post.lua"
+  CORS_ENV=(SPILLWAY_INGEST__CORS__ALLOWED_ORIGINS='["https://*.test.com", "https://test.com"]'
+    SPILLWAY_INGEST__CORS__ALLOW_CREDENTIALS=true)
+fi
 
 
 # run_case NAME URL PID CONNS -> appends "name conns rps p50 p99 rss_kib cpu_us_per_req" to $WORK/rows
@@ -51,7 +60,7 @@ start_spillway() {
   local backend=$1 bin=${2:-} extra=()
   [ -n "$bin" ] || bin="$BIN/spillway"
   [ "$backend" = embedded ] && extra=(SPILLWAY_QUEUE__PATH="$WORK/data-$RANDOM")
-  env SPILLWAY_SERVER__LISTEN=127.0.0.1:18080 SPILLWAY_LOG__LEVEL=warn SPILLWAY_QUEUE__BACKEND="$backend" "${extra[@]}" \
+  env SPILLWAY_SERVER__LISTEN=127.0.0.1:18080 SPILLWAY_LOG__LEVEL=warn SPILLWAY_QUEUE__BACKEND="$backend" "${extra[@]}" "${CORS_ENV[@]}" \
     "$bin" serve >/dev/null &
   SERVER=$!
 }
