@@ -138,6 +138,7 @@ fn send_each(conn: &Connection, queue: &str, msgs: &[OutgoingMessage], now: i64)
         )
         .map_err(sql("prepare send"))?;
     let mut inserted = 0i64;
+    let mut attributes = AttributesJson::default();
     for m in msgs {
         // Asked only for a message with a key: the keyless ones pay nothing.
         let blocked = match &m.ordering_key {
@@ -149,7 +150,7 @@ fn send_each(conn: &Connection, queue: &str, msgs: &[OutgoingMessage], now: i64)
                 queue,
                 m.id,
                 m.body.as_ref(),
-                attributes_json(m)?,
+                attributes.of(m)?,
                 m.ordering_key,
                 m.dedup_key,
                 now,
@@ -229,10 +230,6 @@ fn send_keyless(
     Ok(inserted)
 }
 
-fn attributes_json(m: &OutgoingMessage) -> Result<String, QueueError> {
-    serde_json::to_string(&m.attributes).map_err(|e| QueueError::Invalid(format!("attributes: {e}")))
-}
-
 /// The attributes' JSON of a batch's messages, written once for a run of
 /// messages with equal attributes: a gateway batch's messages usually carry
 /// the same ones (their route's name and format), and serializing a map
@@ -247,7 +244,8 @@ impl<'m> AttributesJson<'m> {
     fn of(&mut self, m: &'m OutgoingMessage) -> Result<&str, QueueError> {
         let json = match self.last.take() {
             Some((attributes, json)) if *attributes == m.attributes => json,
-            _ => attributes_json(m)?,
+            _ => serde_json::to_string(&m.attributes)
+                .map_err(|e| QueueError::Invalid(format!("attributes: {e}")))?,
         };
         let (_, json) = self.last.insert((&m.attributes, json));
         Ok(json)
