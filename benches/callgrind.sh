@@ -22,6 +22,7 @@ cd "$(dirname "$0")/.."
 N="${1:-20000}"
 CLIENTS="${CLIENTS:-16}"
 OUT="${2:-benches/results/callgrind}"
+source benches/lib.sh
 command -v valgrind >/dev/null || { echo "valgrind is needed: apt-get install -y valgrind" >&2; exit 1; }
 PROF_TARGET="${PROF_TARGET:-/var/tmp/spillway-prof}"
 CARGO_PROFILE_RELEASE_DEBUG=line-tables-only CARGO_TARGET_DIR="$PROF_TARGET" \
@@ -82,10 +83,9 @@ GATEWAY=(SPILLWAY_SERVER__LISTEN="127.0.0.1:$PORT" SPILLWAY_LOG__LEVEL=warn)
 profile ceiling -- "$TOOLS/ceiling" "127.0.0.1:$PORT"
 profile memory "${GATEWAY[@]}" SPILLWAY_QUEUE__BACKEND=memory -- "$BIN" serve
 profile embedded "${GATEWAY[@]}" SPILLWAY_QUEUE__BACKEND=embedded SPILLWAY_QUEUE__PATH="$WORK/data" -- "$BIN" serve
-POST_ENV=(ORIGIN=https://app.test.com)
+POST_ENV=(ORIGIN="$CORS_ORIGIN")
 profile embedded-cors "${GATEWAY[@]}" SPILLWAY_QUEUE__BACKEND=embedded SPILLWAY_QUEUE__PATH="$WORK/data-cors" \
-  SPILLWAY_INGEST__CORS__ALLOWED_ORIGINS='["https://*.test.com", "https://test.com"]' \
-  SPILLWAY_INGEST__CORS__ALLOW_CREDENTIALS=true -- "$BIN" serve
+  "${CORS_POLICY_ENV[@]}" -- "$BIN" serve
 
 {
   echo "callgrind: $N requests of 200 bytes, $CLIENTS clients, after 2,000 to warm up; user-space instructions"

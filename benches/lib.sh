@@ -2,6 +2,13 @@
 # start (wrk present, release build, output and work folders, cleanup) and
 # the one request body every load figure in docs/benchmarks.md uses.
 
+# The CORS case of callgrind.sh and `CORS=1 load.sh`: the product's usual
+# policy (wildcard origins, credentials), as the gateway's environment, and
+# the allowed Origin every request of that case carries, as a browser's.
+CORS_ORIGIN=https://app.test.com
+CORS_POLICY_ENV=(SPILLWAY_INGEST__CORS__ALLOWED_ORIGINS='["https://*.test.com", "https://test.com"]'
+  SPILLWAY_INGEST__CORS__ALLOW_CREDENTIALS=true)
+
 need_wrk() {
   command -v wrk >/dev/null || { echo "wrk is needed: apt-get install -y wrk" >&2; exit 1; }
 }

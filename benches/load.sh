@@ -25,9 +25,8 @@ bench_workspace "$OUT"
 post_lua "$WORK/post.lua"
 CORS_ENV=()
 if [ -n "${CORS:-}" ]; then
-  echo 'wrk.headers["Origin"] = "https://app.test.com"' >> "$WORK/post.lua"
-  CORS_ENV=(SPILLWAY_INGEST__CORS__ALLOWED_ORIGINS='["https://*.test.com", "https://test.com"]'
-    SPILLWAY_INGEST__CORS__ALLOW_CREDENTIALS=true)
+  echo "wrk.headers[\"Origin\"] = \"$CORS_ORIGIN\"" >> "$WORK/post.lua"
+  CORS_ENV=("${CORS_POLICY_ENV[@]}")
 fi
 
 
