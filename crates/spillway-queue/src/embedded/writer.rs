@@ -5,8 +5,8 @@
 //! costs the same for one row as for a thousand. Jobs queue on a channel; the
 //! thread takes all that are waiting, runs each inside its own savepoint (so a
 //! failing job rolls back alone; a job alone needs none), commits once, and
-//! only then answers each caller. A caller therefore never hears `Ok` for a write that is not yet on
-//! disk.
+//! only then answers each caller. A caller therefore never hears `Ok` for a
+//! write that is not yet on disk.
 
 use std::{
     sync::mpsc::{self, Receiver, Sender, TryRecvError},
