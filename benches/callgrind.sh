@@ -8,10 +8,12 @@
 #   BIN=/path/to/spillway benches/callgrind.sh    # another build, e.g. a baseline
 #   CLIENTS=128 benches/callgrind.sh              # more requests waiting per batch
 #
-# For each of: the HTTP ceiling, `spillway serve` on the memory backend (no
-# store) and on the embedded queue, and the embedded queue again behind the
-# product's usual CORS policy (wildcard origins with credentials, every
-# request from an allowed origin, as a browser's), it starts the server under callgrind,
+# For each of: the HTTP ceiling; the durable ceiling (the ceiling answering
+# only after a segment-log append and its fdatasync: the floor under any
+# durable gateway); `spillway serve` on the memory backend (no store) and on
+# the embedded queue; and the embedded queue again behind the product's
+# usual CORS policy (wildcard origins with credentials, every request from
+# an allowed origin, as a browser's), it starts the server under callgrind,
 # warms it up with 2,000 requests, zeroes the counters, sends the requests
 # (16 clients, 200-byte JSON POSTs, post_n), dumps, and prints user-space
 # instructions per request, total and by the top inclusive functions.
@@ -26,7 +28,8 @@ source benches/lib.sh
 command -v valgrind >/dev/null || { echo "valgrind is needed: apt-get install -y valgrind" >&2; exit 1; }
 PROF_TARGET="${PROF_TARGET:-/var/tmp/spillway-prof}"
 CARGO_PROFILE_RELEASE_DEBUG=line-tables-only CARGO_TARGET_DIR="$PROF_TARGET" \
-  cargo build --release -q -p spillway -p spillway-benches --bin spillway --bin post_n --bin ceiling
+  cargo build --release -q -p spillway -p spillway-benches --bin spillway --bin post_n --bin ceiling \
+  --bin durable_ceiling
 BIN="${BIN:-$PROF_TARGET/release/spillway}"
 TOOLS="$PROF_TARGET/release"
 mkdir -p "$OUT"
@@ -63,7 +66,7 @@ profile() {
   # Messages per batch: valgrind runs one thread at a time, so requests pile
   # up behind the writer less than natively, and per-batch costs weigh more.
   local batch="-"
-  if [ "$name" != ceiling ]; then
+  if [ "$name" != ceiling ] && [ "$name" != durable-ceiling ]; then
     batch=$(curl -s "http://127.0.0.1:$PORT/metrics" | awk '
       /^spillway_publish_batch_size_sum/ { s += $2 } /^spillway_publish_batch_size_count/ { c += $2 }
       END { if (c > 0) printf "%.1f", s / c; else print "-" }')
@@ -81,6 +84,7 @@ profile() {
 POST_ENV=()
 GATEWAY=(SPILLWAY_SERVER__LISTEN="127.0.0.1:$PORT" SPILLWAY_LOG__LEVEL=warn)
 profile ceiling -- "$TOOLS/ceiling" "127.0.0.1:$PORT"
+profile durable-ceiling -- "$TOOLS/durable_ceiling" "127.0.0.1:$PORT" "$WORK/floor"
 profile memory "${GATEWAY[@]}" SPILLWAY_QUEUE__BACKEND=memory -- "$BIN" serve
 profile embedded "${GATEWAY[@]}" SPILLWAY_QUEUE__BACKEND=embedded SPILLWAY_QUEUE__PATH="$WORK/data" -- "$BIN" serve
 POST_ENV=(ORIGIN="$CORS_ORIGIN")

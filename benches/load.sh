@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # The load run behind docs/benchmarks.md: wrk, 200-byte JSON POST, against
 #   1. ceiling   - a bare axum server that reads the body and answers 202 (no storage)
+#   1b. durable-ceiling - the same server, answering after the body is appended to a
+#                  segment log and fdatasync'd (group commit): the floor under any
+#                  durable gateway on this machine, not a queue
 #   2. memory    - `spillway serve` on the memory backend (everything but the disk)
 #   3. embedded  - `spillway serve` on the embedded queue (fsync'd group commits)
 # one after the other, in the same run, on the same machine, at 64 connections
@@ -9,6 +12,8 @@
 #
 #   benches/load.sh [seconds] [out-dir]     # default 15 s, benches/results/latest
 #   REST=20 benches/load.sh ...             # pause before each spillway case
+#   NOSYNC_FLOOR=1 benches/load.sh ...      # also the durable ceiling without its fdatasync
+#   PIN=1 benches/load.sh ...               # servers on CPU 1, wrk (one thread) on CPU 0
 #   CORS=1 benches/load.sh ...              # the gateway behind the usual CORS policy
 #                                           # (wildcard origins, credentials), every
 #                                           # request from an allowed Origin
@@ -20,7 +25,7 @@ DURATION="${1:-15}"
 OUT="${2:-benches/results/latest}"
 source benches/lib.sh
 need_wrk
-cargo build --release -q -p spillway -p spillway-benches --bin spillway --bin ceiling
+cargo build --release -q -p spillway -p spillway-benches --bin spillway --bin ceiling --bin durable_ceiling
 bench_workspace "$OUT"
 post_lua "$WORK/post.lua"
 CORS_ENV=()
@@ -30,13 +35,18 @@ if [ -n "${CORS:-}" ]; then
 fi
 
 
+# PIN=1: the server under test and the load generator each get a core of
+# their own, so they do not take turns on both (taskset).
+SERVER_CPU=(); WRK=(wrk -t2)
+if [ -n "${PIN:-}" ]; then SERVER_CPU=(taskset -c 1); WRK=(taskset -c 0 wrk -t1); fi
+
 # run_case NAME URL PID CONNS -> appends "name conns rps p50 p99 rss_kib cpu_us_per_req" to $WORK/rows
 run_case() {
   local name=$1 url=$2 pid=$3 conns=$4
-  wrk -t1 -c8 -d2s -s "$WORK/post.lua" "$url" >/dev/null   # warm-up
+  "${WRK[@]}" -c8 -d2s -s "$WORK/post.lua" "$url" >/dev/null   # warm-up
   local t0 t1
   t0=$(cpu_secs "$pid")
-  wrk -t2 -c"$conns" -d"${DURATION}s" --latency -s "$WORK/post.lua" "$url" > "$OUT/$name-c$conns.txt"
+  "${WRK[@]}" -c"$conns" -d"${DURATION}s" --latency -s "$WORK/post.lua" "$url" > "$OUT/$name-c$conns.txt"
   t1=$(cpu_secs "$pid")
   local rps p50 p99 rss reqs cpu
   rps=$(awk '/Requests\/sec/ {print $2}' "$OUT/$name-c$conns.txt")
@@ -60,7 +70,7 @@ start_spillway() {
   [ -n "$bin" ] || bin="$BIN/spillway"
   [ "$backend" = embedded ] && extra=(SPILLWAY_QUEUE__PATH="$WORK/data-$RANDOM")
   env SPILLWAY_SERVER__LISTEN=127.0.0.1:18080 SPILLWAY_LOG__LEVEL=warn SPILLWAY_QUEUE__BACKEND="$backend" "${extra[@]}" "${CORS_ENV[@]}" \
-    "$bin" serve >/dev/null &
+    "${SERVER_CPU[@]}" "$bin" serve >/dev/null &
   SERVER=$!
 }
 
@@ -77,9 +87,15 @@ spillway_case() {  # spillway_case NAME BACKEND CONNS [BINARY]
   kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
 }
 for conns in 64 256; do
-  "$BIN/ceiling" 127.0.0.1:18090 >/dev/null & pid=$!; sleep 0.5
+  "${SERVER_CPU[@]}" "$BIN/ceiling" 127.0.0.1:18090 >/dev/null & pid=$!; sleep 0.5
   run_case ceiling http://127.0.0.1:18090/ingest $pid $conns
   kill $pid; wait $pid 2>/dev/null || true
+  for mode in sync ${NOSYNC_FLOOR:+nosync}; do
+    name=durable-ceiling; [ "$mode" = sync ] || name=durable-ceiling-$mode
+    "${SERVER_CPU[@]}" "$BIN/durable_ceiling" 127.0.0.1:18091 "$WORK/floor-$mode-$conns" "$mode" >/dev/null & pid=$!; sleep 0.5
+    run_case "$name" http://127.0.0.1:18091/ingest $pid $conns
+    kill $pid; wait $pid 2>/dev/null || true
+  done
   spillway_case memory memory $conns
   if [ -n "${BASELINE_BIN:-}" ] && [ "$conns" = 64 ]; then
     spillway_case "${BASELINE_NAME:-embedded-baseline}" embedded $conns "$BASELINE_BIN"
@@ -91,7 +107,7 @@ for conns in 64 256; do
 done
 
 {
-  echo "wrk: 2 threads, ${DURATION}s per case, ${BODY_BYTES}-byte JSON POST; $(nproc) cores; $(date -u +%Y-%m-%dT%H:%MZ)"
+  echo "load: ${WRK[*]}, ${DURATION}s per case, ${BODY_BYTES}-byte JSON POST; $(nproc) cores; $(date -u +%Y-%m-%dT%H:%MZ)"
   echo
   echo "| server | connections | req/s | ratio to ceiling | p50 | p99 | peak RSS | server CPU per request | CPU ratio to ceiling |"
   echo "|---|---|---|---|---|---|---|---|---|"

@@ -1,5 +1,7 @@
 //! Helpers the benchmark binaries share.
 
+pub mod segment;
+
 use std::{
     future::Future,
     sync::{
