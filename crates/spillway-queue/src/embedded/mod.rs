@@ -266,7 +266,7 @@ impl Producer for EmbeddedProducer {
             msgs.into_iter().zip(&outcomes).filter(|(_, o)| o.is_ok()).map(|(m, _)| m).collect();
         if !fits.is_empty() {
             let (queue, now) = (self.queue.clone(), self.shared.now());
-            self.shared.writer.run(move |c| ops::send(c, &queue, &fits, now)).await?;
+            self.shared.writer.run_without_savepoint(move |c| ops::send(c, &queue, &fits, now)).await?;
             self.shared.wake(&self.queue);
         }
         Ok(outcomes)

@@ -7,6 +7,13 @@
 //! failing job rolls back alone; a job alone needs none), commits once, and
 //! only then answers each caller. A caller therefore never hears `Ok` for a
 //! write that is not yet on disk.
+//!
+//! Sends run without a savepoint ([`Writer::run_without_savepoint`]): a send
+//! fails only when SQLite does (a full disk, an I/O error), and then the
+//! whole group is rolled back and every job in it hears an error. The
+//! gateway keeps several batches in flight, so a group usually holds more
+//! than one send, and a savepoint per send cost SQLite a copy of every page
+//! the send touched (`docs/benchmarks.md`, eighth session).
 
 use std::{
     sync::mpsc::{self, Receiver, Sender, TryRecvError},
@@ -32,12 +39,16 @@ const CACHED_STATEMENTS: usize = 64;
 trait Job: Send {
     /// Runs the work; `false` if it failed and its savepoint must roll back.
     fn run(&mut self, conn: &Connection) -> bool;
+    /// Whether the job runs inside a savepoint of its own when it shares
+    /// the transaction; without one, its failure rolls back the group.
+    fn guarded(&self) -> bool;
     /// Answers the caller once the transaction's fate is known.
     fn finish(self: Box<Self>, commit: Result<(), QueueError>);
 }
 
 struct Work<F, R> {
     work: Option<F>,
+    guarded: bool,
     outcome: Option<Result<R, QueueError>>,
     reply: oneshot::Sender<Result<R, QueueError>>,
 }
@@ -55,8 +66,15 @@ where
         ok
     }
 
+    fn guarded(&self) -> bool {
+        self.guarded
+    }
+
     fn finish(self: Box<Self>, commit: Result<(), QueueError>) {
         let answer = match (commit, self.outcome) {
+            // A job that failed says why, also when its failure is what
+            // rolled the group back.
+            (Err(_), Some(Err(own))) => Err(own),
             (Err(e), _) => Err(e),
             (Ok(()), Some(outcome)) => outcome,
             (Ok(()), None) => Err(QueueError::unavailable_msg("embedded queue: job was not run")),
@@ -89,14 +107,34 @@ impl Writer {
     }
 
     /// Runs `work` in the next group commit and returns its result once the
-    /// commit is durable. If the commit fails, the result is that error.
+    /// commit is durable. If the commit fails, the result is that error. If
+    /// `work` fails, its changes roll back and the group's other jobs commit.
     pub(crate) async fn run<R, F>(&self, work: F) -> Result<R, QueueError>
     where
         F: FnOnce(&Connection) -> Result<R, QueueError> + Send + 'static,
         R: Send + 'static,
     {
+        self.submit(work, true).await
+    }
+
+    /// [`Writer::run`] for work that fails only when SQLite does (a send):
+    /// no savepoint of its own, so if it fails, the whole group rolls back
+    /// and every job in it hears an error, none an `Ok`.
+    pub(crate) async fn run_without_savepoint<R, F>(&self, work: F) -> Result<R, QueueError>
+    where
+        F: FnOnce(&Connection) -> Result<R, QueueError> + Send + 'static,
+        R: Send + 'static,
+    {
+        self.submit(work, false).await
+    }
+
+    async fn submit<R, F>(&self, work: F, guarded: bool) -> Result<R, QueueError>
+    where
+        F: FnOnce(&Connection) -> Result<R, QueueError> + Send + 'static,
+        R: Send + 'static,
+    {
         let (reply, answer) = oneshot::channel();
-        let job: Box<dyn Job> = Box::new(Work { work: Some(work), outcome: None, reply });
+        let job: Box<dyn Job> = Box::new(Work { work: Some(work), guarded, outcome: None, reply });
         self.jobs
             .send(job)
             .map_err(|_| QueueError::unavailable_msg("embedded queue: writer thread has stopped"))?;
@@ -162,6 +200,17 @@ fn commit_group(conn: &Connection, group: &mut [Box<dyn Job>]) -> Result<(), Que
         return exec("ROLLBACK").map_err(sql_err("rollback"));
     }
     for job in group.iter_mut() {
+        if !job.guarded() {
+            if job.run(conn) {
+                continue;
+            }
+            // Part of its work may be in the transaction, and nothing marks
+            // where it began: none of the group can commit.
+            let _ = exec("ROLLBACK");
+            return Err(QueueError::unavailable_msg(
+                "embedded queue: a send in the same group commit failed; nothing was stored",
+            ));
+        }
         let step = exec("SAVEPOINT job")
             .and_then(|()| {
                 if job.run(conn) {
@@ -183,8 +232,9 @@ fn commit_group(conn: &Connection, group: &mut [Box<dyn Job>]) -> Result<(), Que
 mod tests {
     use super::*;
 
-    /// A job that inserts `x`, then fails if `fail`; and where its answer goes.
-    fn job(x: i64, fail: bool) -> (Box<dyn Job>, oneshot::Receiver<Result<(), QueueError>>) {
+    /// A job that inserts `x`, then fails if `fail`, inside a savepoint of
+    /// its own if `guarded`; and where its answer goes.
+    fn job(x: i64, fail: bool, guarded: bool) -> (Box<dyn Job>, oneshot::Receiver<Result<(), QueueError>>) {
         let (reply, answer) = oneshot::channel();
         let work = move |c: &Connection| {
             c.execute("INSERT INTO t (x) VALUES (?1)", [x])
@@ -194,15 +244,22 @@ mod tests {
             }
             Ok(())
         };
-        (Box::new(Work { work: Some(work), outcome: None, reply }), answer)
+        (Box::new(Work { work: Some(work), guarded, outcome: None, reply }), answer)
     }
 
-    /// Runs `jobs` as one group commit; returns what is in the table and
-    /// each job's answer.
+    /// Runs `jobs` (guarded) as one group commit; returns what is in the
+    /// table and each job's answer.
     fn group(jobs: &[(i64, bool)]) -> (Vec<i64>, Vec<Result<(), QueueError>>) {
+        let jobs: Vec<_> = jobs.iter().map(|&(x, fail)| (x, fail, true)).collect();
+        mixed_group(&jobs)
+    }
+
+    /// Runs `(x, fail, guarded)` jobs as one group commit.
+    fn mixed_group(jobs: &[(i64, bool, bool)]) -> (Vec<i64>, Vec<Result<(), QueueError>>) {
         let conn = Connection::open_in_memory().expect("open");
         conn.execute_batch("CREATE TABLE t (x INTEGER)").expect("table");
-        let (group, answers): (Vec<_>, Vec<_>) = jobs.iter().map(|&(x, fail)| job(x, fail)).unzip();
+        let (group, answers): (Vec<_>, Vec<_>) =
+            jobs.iter().map(|&(x, fail, guarded)| job(x, fail, guarded)).unzip();
         settle(&conn, group);
         let mut st = conn.prepare("SELECT x FROM t ORDER BY x").expect("select");
         let rows = st.query_map([], |r| r.get(0)).expect("query").collect::<Result<Vec<i64>, _>>();
@@ -230,5 +287,34 @@ mod tests {
         let (rows, answers) = group(&[(4, false)]);
         assert_eq!(rows, [4]);
         assert!(answers[0].is_ok(), "{answers:?}");
+    }
+
+    /// Jobs without a savepoint (sends) commit together with the rest; one
+    /// that fails takes the whole group back, since nothing marks where its
+    /// work began: every job hears an error (the failing one its own), and
+    /// nothing is stored, so no caller hears `Ok` for a row that is not there.
+    #[test]
+    fn a_failing_job_without_savepoint_rolls_back_the_group() {
+        let (rows, answers) = mixed_group(&[(1, false, false), (2, false, true), (3, false, false)]);
+        assert_eq!(rows, [1, 2, 3]);
+        assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+
+        let (rows, answers) =
+            mixed_group(&[(1, false, false), (2, false, true), (3, true, false), (4, false, false)]);
+        assert_eq!(rows, Vec::<i64>::new());
+        assert!(matches!(&answers[2], Err(QueueError::Invalid(m)) if m == "job 3 fails"), "{answers:?}");
+        for i in [0, 1, 3] {
+            assert!(matches!(&answers[i], Err(e) if e.is_retryable()), "job {i}: {answers:?}");
+        }
+    }
+
+    /// A guarded job that fails still rolls back alone beside jobs without
+    /// a savepoint.
+    #[test]
+    fn a_guarded_failure_beside_sends_rolls_back_alone() {
+        let (rows, answers) = mixed_group(&[(1, false, false), (2, true, true), (3, false, false)]);
+        assert_eq!(rows, [1, 3]);
+        assert!(answers[0].is_ok() && answers[2].is_ok(), "{answers:?}");
+        assert!(matches!(&answers[1], Err(QueueError::Invalid(m)) if m == "job 2 fails"), "{answers:?}");
     }
 }
