@@ -8,7 +8,7 @@
 #   3. embedded  - `spillway serve` on the embedded queue (fsync'd group commits)
 # one after the other, in the same run, on the same machine, at 64 connections
 # and at 256. Prints a Markdown table with each figure as a ratio to the
-# ceiling, and the peak RSS (VmHWM) of each spillway process.
+# ceiling and to the durable ceiling, and each server's peak RSS (VmHWM).
 #
 #   benches/load.sh [seconds] [out-dir]     # default 15 s, benches/results/latest
 #   REST=20 benches/load.sh ...             # pause before each spillway case
@@ -109,15 +109,16 @@ done
 {
   echo "load: ${WRK[*]}, ${DURATION}s per case, ${BODY_BYTES}-byte JSON POST; $(nproc) cores; $(date -u +%Y-%m-%dT%H:%MZ)"
   echo
-  echo "| server | connections | req/s | ratio to ceiling | p50 | p99 | peak RSS | server CPU per request | CPU ratio to ceiling |"
-  echo "|---|---|---|---|---|---|---|---|---|"
+  echo "| server | connections | req/s | ratio to ceiling | p50 | p99 | peak RSS | server CPU per request | CPU ratio to ceiling | req/s vs durable ceiling | CPU vs durable ceiling |"
+  echo "|---|---|---|---|---|---|---|---|---|---|---|"
   awk '
     $1 == "ceiling" { ceil[$2] = $3; ceilcpu[$2] = $7 }
+    $1 == "durable-ceiling" { floor[$2] = $3; floorcpu[$2] = $7 }
     { rows[NR] = $0 }
     END {
       for (i = 1; i <= NR; i++) {
         split(rows[i], f, " ")
-        printf "| %s | %s | %.0f | %.2f | %s | %s | %.1f MiB | %.1f µs | %.2f |\n", f[1], f[2], f[3], f[3] / ceil[f[2]], f[4], f[5], f[6] / 1024, f[7], f[7] / ceilcpu[f[2]]
+        printf "| %s | %s | %.0f | %.2f | %s | %s | %.1f MiB | %.1f µs | %.2f | %.2f | %.2f |\n", f[1], f[2], f[3], f[3] / ceil[f[2]], f[4], f[5], f[6] / 1024, f[7], f[7] / ceilcpu[f[2]], f[3] / floor[f[2]], f[7] / floorcpu[f[2]]
       }
     }' "$WORK/rows"
 } | tee "$OUT/summary.md"
