@@ -86,15 +86,19 @@ spillway_case() {  # spillway_case NAME BACKEND CONNS [BINARY]
   run_case "$1" http://127.0.0.1:18080/ingest "$pid" "$3"
   kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
 }
+# bare_case NAME CONNS CMD...: one of the baseline servers, listening on
+# 127.0.0.1:18090, started, measured, stopped.
+bare_case() {
+  local name=$1 conns=$2 pid; shift 2
+  "${SERVER_CPU[@]}" "$@" >/dev/null & pid=$!; sleep 0.5
+  run_case "$name" http://127.0.0.1:18090/ingest "$pid" "$conns"
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+}
 for conns in 64 256; do
-  "${SERVER_CPU[@]}" "$BIN/ceiling" 127.0.0.1:18090 >/dev/null & pid=$!; sleep 0.5
-  run_case ceiling http://127.0.0.1:18090/ingest $pid $conns
-  kill $pid; wait $pid 2>/dev/null || true
+  bare_case ceiling $conns "$BIN/ceiling" 127.0.0.1:18090
   for mode in sync ${NOSYNC_FLOOR:+nosync}; do
     name=durable-ceiling; [ "$mode" = sync ] || name=durable-ceiling-$mode
-    "${SERVER_CPU[@]}" "$BIN/durable_ceiling" 127.0.0.1:18091 "$WORK/floor-$mode-$conns" "$mode" >/dev/null & pid=$!; sleep 0.5
-    run_case "$name" http://127.0.0.1:18091/ingest $pid $conns
-    kill $pid; wait $pid 2>/dev/null || true
+    bare_case "$name" $conns "$BIN/durable_ceiling" 127.0.0.1:18090 "$WORK/floor-$mode-$conns" "$mode"
   done
   spillway_case memory memory $conns
   if [ -n "${BASELINE_BIN:-}" ] && [ "$conns" = 64 ]; then

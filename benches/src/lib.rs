@@ -2,6 +2,12 @@
 
 pub mod segment;
 
+/// The body both baseline servers (`ceiling`, `durable_ceiling`) answer
+/// with: the same bytes, so the two differ only in what they store.
+pub fn accepted_body(id: &str, len: usize) -> String {
+    format!(r#"{{"id":"{id}","status":"accepted","len":{len}}}"#)
+}
+
 use std::{
     future::Future,
     sync::{

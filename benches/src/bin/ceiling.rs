@@ -11,8 +11,7 @@ use http_body_util::BodyExt;
 
 async fn accept(body: Body) -> (StatusCode, String) {
     let len = body.collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
-    let id = ulid::Ulid::new();
-    (StatusCode::ACCEPTED, format!(r#"{{"id":"{id}","status":"accepted","len":{len}}}"#))
+    (StatusCode::ACCEPTED, spillway_benches::accepted_body(&ulid::Ulid::new().to_string(), len))
 }
 
 #[tokio::main]

@@ -22,7 +22,7 @@ use tokio::sync::oneshot;
 
 async fn accept(State(log): State<mpsc::Sender<Job>>, body: Bytes) -> (StatusCode, String) {
     let id = ulid::Ulid::new().to_string();
-    let answer = format!(r#"{{"id":"{id}","status":"accepted","len":{}}}"#, body.len());
+    let answer = spillway_benches::accepted_body(&id, body.len());
     let (reply, stored) = oneshot::channel();
     let msg = Msg { id, attributes: Default::default(), body };
     if log.send(Job { msgs: vec![msg], reply }).is_err() {

@@ -4,9 +4,9 @@
 //! JSON 405 (with `Allow`) for the others, and, when CORS is configured,
 //! these layers from outside in: [`cors::TidyLayer`], tower-http's
 //! `CorsLayer`, and, with `strict_origin`, [`cors::GuardLayer`]. CORS wraps
-//! the route's every answer, errors included; [`metrics::RecordLayer`], around
-//! all of them, counts every answer. An unknown path gets a JSON 404. `/healthz` and `/readyz` are
-//! answered by the server itself.
+//! the route's every answer, errors included; [`metrics::RecordLayer`],
+//! around all of them, counts every answer. An unknown path gets a JSON
+//! 404. `/healthz` and `/readyz` are answered by the server itself.
 
 use std::{collections::HashMap, convert::Infallible, sync::Arc};
 
