@@ -50,7 +50,7 @@ pub struct Job {
 /// 2xx needs to survive power loss), `None` only `write` (what survives
 /// the process being killed), to tell the fsync's share from the rest.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Sync {
+pub enum SyncMode {
     Data,
     None,
 }
@@ -66,7 +66,7 @@ struct IndexEntry {
 struct Log {
     dir: PathBuf,
     file: File,
-    sync: Sync,
+    sync: SyncMode,
     segment: u32,
     written: u64,
     next_seq: u64,
@@ -75,7 +75,7 @@ struct Log {
 }
 
 impl Log {
-    fn open(dir: &Path, sync: Sync) -> std::io::Result<Self> {
+    fn open(dir: &Path, sync: SyncMode) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let file = Self::segment_file(dir, 0)?;
         File::open(dir)?.sync_all()?;
@@ -134,7 +134,7 @@ impl Log {
             self.next_seq += 1;
         }
         self.file.write_all(&self.buf)?;
-        if self.sync == Sync::Data {
+        if self.sync == SyncMode::Data {
             self.file.sync_data()?;
         }
         self.written += self.buf.len() as u64;
@@ -145,7 +145,7 @@ impl Log {
 /// Opens a log in `dir` and starts its writer thread; jobs sent to the
 /// returned channel are answered once durable (as `sync` defines it). The
 /// thread ends when every sender is dropped.
-pub fn spawn(dir: &Path, sync: Sync) -> std::io::Result<mpsc::Sender<Job>> {
+pub fn spawn(dir: &Path, sync: SyncMode) -> std::io::Result<mpsc::Sender<Job>> {
     let log = Log::open(dir, sync)?;
     let (tx, rx) = mpsc::channel::<Job>();
     std::thread::Builder::new().name("segment-writer".into()).spawn(move || writer(log, rx))?;

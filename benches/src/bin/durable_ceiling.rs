@@ -38,9 +38,9 @@ async fn accept(State(log): State<mpsc::Sender<Job>>, body: Bytes) -> (StatusCod
 async fn main() -> std::io::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let (addr, dir, sync) = match args.as_slice() {
-        [_, addr, dir] => (addr, dir, segment::Sync::Data),
-        [_, addr, dir, mode] if mode == "sync" => (addr, dir, segment::Sync::Data),
-        [_, addr, dir, mode] if mode == "nosync" => (addr, dir, segment::Sync::None),
+        [_, addr, dir] => (addr, dir, segment::SyncMode::Data),
+        [_, addr, dir, mode] if mode == "sync" => (addr, dir, segment::SyncMode::Data),
+        [_, addr, dir, mode] if mode == "nosync" => (addr, dir, segment::SyncMode::None),
         _ => {
             eprintln!("usage: durable_ceiling ADDR DATA_DIR [sync|nosync]");
             std::process::exit(2);

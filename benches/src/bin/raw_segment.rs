@@ -25,7 +25,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let (concurrency, seconds, body_bytes): (usize, u64, usize) =
         (concurrency.parse()?, seconds.parse()?, body_bytes.parse()?);
-    let tx = segment::spawn(Path::new(dir), segment::Sync::Data)?;
+    let tx = segment::spawn(Path::new(dir), segment::SyncMode::Data)?;
     let body = bytes::Bytes::from(vec![b'x'; body_bytes]);
     let run = spillway_benches::closed_loop(concurrency, seconds, |_, handle| {
         let (tx, body) = (tx.clone(), body.clone());
