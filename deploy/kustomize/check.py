@@ -6,11 +6,13 @@ this `spillway` binary accepts.
     python deploy/kustomize/check.py SPILLWAY_BINARY [OVERLAY ...]
 
 Run by tests/tests/deploy.rs with the venv's Python (kubernetes-validate
-and PyYAML, from deploy/local/services.sh). Needs `kubectl` (its built-in
-kustomize). Works offline: kubernetes-validate carries the schemas.
+and PyYAML, from deploy/local/services.sh). Needs kustomize v5: `kubectl
+kustomize` where kubectl is installed, else the `kustomize` that
+deploy/local/services.sh installs into /var/tmp/spillway-tools/bin (or
+$SPILLWAY_KUSTOMIZE). Works offline: kubernetes-validate carries the schemas.
 
 Per overlay:
-1. `kubectl kustomize` renders it.
+1. kustomize renders it.
 2. kubernetes-validate checks each resource against the pinned Kubernetes
    version's schema, strictly (an unknown or misspelt field fails).
 3. For every workload's container, the configuration it would get (the
@@ -31,6 +33,7 @@ Prints one line per finding and exits 1 if there is any.
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -54,17 +57,29 @@ def fail(overlay, what):
     findings.append(f"{overlay}: {what}")
 
 
+def kustomize_command():
+    """`kubectl kustomize` where kubectl is installed, else kustomize itself."""
+    explicit = os.environ.get("SPILLWAY_KUSTOMIZE")
+    if explicit:
+        return [explicit, "build"]
+    if shutil.which("kubectl"):
+        return ["kubectl", "kustomize"]
+    for candidate in (shutil.which("kustomize"), "/var/tmp/spillway-tools/bin/kustomize"):
+        if candidate and os.access(candidate, os.X_OK):
+            return [candidate, "build"]
+    sys.exit("kustomize is missing: run deploy/local/services.sh up (it installs "
+             "kustomize v5), or install kubectl, see docs/deploy.md")
+
+
 def render(overlay):
+    command = kustomize_command()
     try:
         out = subprocess.run(
-            ["kubectl", "kustomize", str(HERE / "overlays" / overlay)],
+            [*command, str(HERE / "overlays" / overlay)],
             check=True, capture_output=True, text=True,
         )
-    except FileNotFoundError:
-        sys.exit("kubectl is missing: install it (it carries kustomize), "
-                 "see docs/deploy.md")
     except subprocess.CalledProcessError as e:
-        fail(overlay, f"kubectl kustomize failed: {e.stderr.strip()}")
+        fail(overlay, f"{' '.join(command)} failed: {e.stderr.strip()}")
         return []
     return [d for d in yaml.safe_load_all(out.stdout) if d]
 

@@ -1,71 +1,189 @@
 #!/usr/bin/env bash
-# Starts what the tests need and is missing, idempotently: safe to run again
-# and again, on a fresh machine or one where everything is already up.
+# Installs and starts what the tests need and is missing, idempotently: safe
+# to run again and again, on a bare machine (which starts no services) or on
+# one where everything is already up. What runs is left as it is.
 #
-#   deploy/local/services.sh up      # start / install what is missing
-#   deploy/local/services.sh status  # say what is there
+#   deploy/local/services.sh up                # install / start what is missing
+#   deploy/local/services.sh cluster kafka     # a three-node KRaft cluster (the drills)
+#   deploy/local/services.sh cluster rabbitmq  # a three-node RabbitMQ cluster (the drills)
+#   deploy/local/services.sh fresh-kafka       # the single-node test broker, emptied
+#   deploy/local/services.sh status            # say what is there
+#   deploy/local/services.sh kafka-node DIR PORT CONTROLLER_PORT [ADVERTISED_PORT]
+#                                              # one Kafka node in the foreground (tests that kill a broker)
+#   deploy/local/services.sh down              # stop what this script started
 #
-# Needed today: PostgreSQL (the postgres sink test), RabbitMQ (the rabbitmq
-# backend's conformance kit), moto (an SQS server, for the sqs backend) and
-# Chromium (the browser CORS test), tansu (a Kafka-protocol broker, for
-# the kafka backend) and kubectl (the manifests' check; checked, not
-# installed: see up_kubectl).
+# What `up` brings, and from where:
+#   PostgreSQL 15     Debian's package; a cluster of our own in $STATE/pg, trust on loopback
+#   RabbitMQ          Debian's package, with its management plugin
+#   Apache Kafka 4    the Maven registry (deploy/local/maven/kafka/pom.xml), KRaft, one node
+#   ElasticMQ         the Maven registry (deploy/local/maven/elasticmq/pom.xml), persistent
+#   moto              PyPI, in a venv (with pika, boto3, confluent-kafka, kubernetes-validate)
+#   Chromium          Debian's package (the browser CORS test)
+#   kustomize v5      the Go module proxy (the manifests' check)
+#
+# Tools are installed once per machine into fixed folders under $TOOLS and
+# reused; data and logs live under $STATE.
 set -euo pipefail
 
-PG_URL="${SPILLWAY_TEST_PG:-postgres://postgres@127.0.0.1:5432/test}"
+HERE="$(cd "$(dirname "$0")" && pwd)"
+TOOLS="${SPILLWAY_TOOLS:-/var/tmp/spillway-tools}"
+STATE="${SPILLWAY_STATE:-/var/tmp/spillway-services}"
+mkdir -p "$TOOLS/bin" "$STATE"
 
 log() { printf 'services: %s\n' "$*" >&2; }
+die() { log "$*"; exit 1; }
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+wait_port() { # PORT SECONDS
+  for _ in $(seq 1 "$(( $2 * 5 ))"); do port_open "$1" && return 0; sleep 0.2; done
+  return 1
+}
+wait_closed() { # PORT SECONDS
+  for _ in $(seq 1 "$(( $2 * 5 ))"); do port_open "$1" || return 0; sleep 0.2; done
+  return 1
+}
 
-have_pg() { pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; }
+APT_UPDATED=""
+apt_install() {
+  export DEBIAN_FRONTEND=noninteractive
+  if [ -z "$APT_UPDATED" ]; then apt-get update -qq >/dev/null; APT_UPDATED=1; fi
+  apt-get install -y -qq "$@" >/dev/null
+}
+
+# A process this script started: its pid in a file; alive if the pid lives.
+started_by_us() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+stop_pidfile() { # PIDFILE PORT
+  if started_by_us "$1"; then
+    kill "$(cat "$1")" 2>/dev/null || true
+    wait_closed "$2" 30 || kill -9 "$(cat "$1")" 2>/dev/null || true
+  fi
+  rm -f "$1"
+}
+
+# ---------------------------------------------------------------- PostgreSQL
+PG_PORT="${SPILLWAY_TEST_PG_PORT:-5432}"
+PG_URL="${SPILLWAY_TEST_PG:-postgres://postgres@127.0.0.1:$PG_PORT/test}"
+PG_DATA="$STATE/pg"
+
+have_pg() { pg_isready -q -h 127.0.0.1 -p "$PG_PORT" 2>/dev/null; }
+pg_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1; }
 
 up_pg() {
-  if have_pg; then log "PostgreSQL is up"; return; fi
-  log "starting PostgreSQL"
-  if command -v pg_ctlcluster >/dev/null && [ -d /etc/postgresql ]; then
-    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start || true
+  if have_pg; then log "PostgreSQL is up on $PG_PORT"; else
+    [ -n "$(pg_bin)" ] && [ -x "$(pg_bin)/initdb" ] || { log "installing PostgreSQL from Debian's packages"; apt_install postgresql; }
+    local bin; bin="$(pg_bin)"
+    if [ ! -f "$PG_DATA/PG_VERSION" ]; then
+      log "making a PostgreSQL cluster in $PG_DATA (trust on loopback: a test server)"
+      mkdir -p "$PG_DATA"; chown postgres:postgres "$PG_DATA"
+      runuser -u postgres -- "$bin/initdb" -D "$PG_DATA" -U postgres -A trust -E UTF8 >/dev/null
+    fi
+    log "starting PostgreSQL on 127.0.0.1:$PG_PORT, log in $PG_DATA/server.log"
+    runuser -u postgres -- "$bin/pg_ctl" -D "$PG_DATA" -l "$PG_DATA/server.log" -w -t 60 \
+      -o "-p $PG_PORT -c listen_addresses=127.0.0.1 -k /tmp -c max_connections=300 -c fsync=on" start >/dev/null \
+      || die "PostgreSQL did not start; see $PG_DATA/server.log"
   fi
-  for _ in $(seq 1 30); do have_pg && break; sleep 1; done
-  have_pg || { log "PostgreSQL did not come up at 127.0.0.1:5432; install it or set SPILLWAY_TEST_PG"; exit 1; }
+  have_pg || die "PostgreSQL did not come up at 127.0.0.1:$PG_PORT; see $PG_DATA/server.log, or set SPILLWAY_TEST_PG"
   # The tests use the database `test`; create it where it is missing.
   psql "${PG_URL%/*}/postgres" -tAc "SELECT 1 FROM pg_database WHERE datname = 'test'" 2>/dev/null | grep -q 1 \
-    || psql "${PG_URL%/*}/postgres" -c "CREATE DATABASE test" >/dev/null 2>&1 || true
+    || psql "${PG_URL%/*}/postgres" -qc "CREATE DATABASE test" >/dev/null \
+    || die "could not create the database test at ${PG_URL%/*}"
 }
 
+down_pg() {
+  [ -f "$PG_DATA/postmaster.pid" ] || return 0
+  log "stopping PostgreSQL ($PG_DATA)"
+  runuser -u postgres -- "$(pg_bin)/pg_ctl" -D "$PG_DATA" -m fast -w stop >/dev/null || true
+}
+
+# ------------------------------------------------------------------ RabbitMQ
 AMQP_PORT="${SPILLWAY_TEST_AMQP_PORT:-5672}"
 
-have_rabbit() { (exec 3<>"/dev/tcp/127.0.0.1/$AMQP_PORT") 2>/dev/null; }
+have_rabbit() { port_open "$AMQP_PORT"; }
+have_rabbit_management() { port_open 15672; }
+
+install_rabbit() {
+  command -v rabbitmq-server >/dev/null && return
+  log "installing RabbitMQ from Debian's packages (once per machine)"
+  apt_install rabbitmq-server
+}
 
 up_rabbit() {
-  if have_rabbit; then log "RabbitMQ is up"; return; fi
-  if ! command -v rabbitmq-server >/dev/null; then
-    log "installing RabbitMQ from Debian's packages (once per machine)"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq >/dev/null
-    apt-get install -y -qq rabbitmq-server >/dev/null
+  if have_rabbit; then log "RabbitMQ is up on $AMQP_PORT"; else
+    install_rabbit
+    log "starting RabbitMQ"
+    rabbitmq-server -detached >/dev/null 2>&1 || true
+    wait_port "$AMQP_PORT" 90 || die "RabbitMQ did not come up at 127.0.0.1:$AMQP_PORT; start it (rabbitmq-server -detached) or set SPILLWAY_TEST_AMQP"
   fi
-  log "starting RabbitMQ"
-  rabbitmq-server -detached >/dev/null 2>&1 || true
-  for _ in $(seq 1 60); do have_rabbit && break; sleep 1; done
-  have_rabbit || { log "RabbitMQ did not come up at 127.0.0.1:$AMQP_PORT; start it (rabbitmq-server -detached) or set SPILLWAY_TEST_AMQP"; exit 1; }
   # The AMQP port opens before the broker takes connections.
-  rabbitmq-diagnostics -q check_running >/dev/null 2>&1 || sleep 5
+  rabbitmqctl -q await_startup >/dev/null 2>&1 || sleep 5
+  # The management plugin's HTTP API: the rabbitmq backend reads the count
+  # of held (unacknowledged) messages from it. Enabling needs no restart.
+  if ! have_rabbit_management; then
+    log "enabling RabbitMQ's management plugin"
+    rabbitmq-plugins enable rabbitmq_management >/dev/null
+    wait_port 15672 60 || die "the management API did not come up on 127.0.0.1:15672; run: rabbitmq-plugins enable rabbitmq_management"
+  fi
 }
 
-# The management plugin's HTTP API: the rabbitmq backend reads the count of
-# held (unacknowledged) messages from it. Shipped with the broker, disabled
-# by default; enabling it needs no restart.
-have_rabbit_management() { (exec 3<>"/dev/tcp/127.0.0.1/15672") 2>/dev/null; }
-
-up_rabbit_management() {
-  if have_rabbit_management; then log "RabbitMQ management API is up"; return; fi
-  log "enabling RabbitMQ's management plugin"
-  rabbitmq-plugins enable rabbitmq_management >/dev/null
-  for _ in $(seq 1 60); do have_rabbit_management && break; sleep 1; done
-  have_rabbit_management || { log "the management API did not come up on 127.0.0.1:15672; run: rabbitmq-plugins enable rabbitmq_management"; exit 1; }
+down_rabbit() {
+  have_rabbit || return 0
+  log "stopping RabbitMQ"
+  rabbitmqctl -q stop >/dev/null 2>&1 || true
 }
 
+# Three nodes on one machine, each with its own name, ports and data, joined
+# into one cluster: rabbit-1@localhost on 5681 (management 15681), -2 on
+# 5682, -3 on 5683. Queues the drills declare are quorum queues with three
+# replicas (the backend's `queue_type`).
+RABBIT_CLUSTER_PORTS=(5681 5682 5683)
+
+rabbit_node() { # N CMD...
+  local n="$1" port="${RABBIT_CLUSTER_PORTS[$(( $1 - 1 ))]}"; shift
+  env RABBITMQ_NODENAME="rabbit-$n@localhost" RABBITMQ_NODE_PORT="$port" \
+    RABBITMQ_DIST_PORT="$(( port + 20000 ))" \
+    RABBITMQ_MNESIA_BASE="$STATE/rabbit-$n/mnesia" RABBITMQ_LOG_BASE="$STATE/rabbit-$n/log" \
+    RABBITMQ_PID_FILE="$STATE/rabbit-$n/pid" \
+    RABBITMQ_SERVER_START_ARGS="-rabbitmq_management listener [{port,$(( port + 10000 ))}]" \
+    "$@"
+}
+
+up_rabbit_cluster() {
+  install_rabbit
+  local n
+  for n in 1 2 3; do
+    local port="${RABBIT_CLUSTER_PORTS[$(( n - 1 ))]}"
+    if port_open "$port"; then log "rabbit-$n is up on $port"; continue; fi
+    mkdir -p "$STATE/rabbit-$n/log" "$STATE/rabbit-$n/mnesia"
+    chown -R rabbitmq:rabbitmq "$STATE/rabbit-$n" 2>/dev/null || true
+    log "starting rabbit-$n@localhost on 127.0.0.1:$port"
+    rabbit_node "$n" rabbitmq-server -detached >/dev/null 2>&1 || true
+  done
+  for n in 1 2 3; do
+    wait_port "${RABBIT_CLUSTER_PORTS[$(( n - 1 ))]}" 90 || die "rabbit-$n did not come up; see $STATE/rabbit-$n/log"
+    rabbitmqctl -n "rabbit-$n@localhost" -q await_startup >/dev/null
+  done
+  for n in 2 3; do
+    if rabbitmqctl -n "rabbit-1@localhost" -q cluster_status 2>/dev/null | grep -q "rabbit-$n@localhost"; then continue; fi
+    log "joining rabbit-$n to rabbit-1"
+    rabbitmqctl -n "rabbit-$n@localhost" -q stop_app >/dev/null
+    rabbitmqctl -n "rabbit-$n@localhost" -q reset >/dev/null
+    rabbitmqctl -n "rabbit-$n@localhost" -q join_cluster "rabbit-1@localhost" >/dev/null
+    rabbitmqctl -n "rabbit-$n@localhost" -q start_app >/dev/null
+  done
+  log "RabbitMQ cluster: amqp://guest:guest@127.0.0.1:{5681,5682,5683}/%2f"
+}
+
+down_rabbit_cluster() {
+  local n
+  for n in 1 2 3; do
+    port_open "${RABBIT_CLUSTER_PORTS[$(( n - 1 ))]}" || continue
+    log "stopping rabbit-$n"
+    rabbitmqctl -n "rabbit-$n@localhost" -q stop >/dev/null 2>&1 || true
+  done
+}
+
+# ---------------------------------------------------- Python venv and moto
 # Python tools the tests drive, in a venv at a fixed path so it is made once
-# per machine and reused: pika (the AMQP interop test), moto (the SQS server),
+# per machine and reused: pika (the AMQP interop test), moto (an SQS server),
 # boto3 (the SQS interop test), confluent-kafka (the Kafka interop test) and
 # kubernetes-validate (the manifests' check, deploy/kustomize/check.py: it
 # carries the Kubernetes schemas, so it works offline).
@@ -79,112 +197,249 @@ up_venv() {
   log "making the Python venv at $VENV (once per machine)"
   [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q "${PY_PACKAGES[@]}"
-  have_venv || { log "the venv at $VENV lacks pika, moto, boto3, confluent-kafka or kubernetes-validate; remove it and run this again"; exit 1; }
+  have_venv || die "the venv at $VENV lacks pika, moto, boto3, confluent-kafka or kubernetes-validate; remove it and run this again"
 }
 
-# kubectl renders the manifests with its built-in kustomize (v5: the
-# `labels` field and the preStop `sleep` action). Debian's kubernetes-client
-# is 1.20, too old, so it is not installed from there: say what is needed.
-have_kubectl() { kubectl kustomize --help >/dev/null 2>&1; }
-
-up_kubectl() {
-  if have_kubectl; then log "kubectl is installed: $(command -v kubectl)"; return; fi
-  log "kubectl is missing: install kubectl 1.27 or newer (from the Kubernetes or Google Cloud apt repository) and put it on PATH"
-  exit 1
-}
-
-# moto's SQS server, from the venv, in the background. It keeps everything in
-# memory: a restart starts empty, which the tests never rely on.
+# moto's SQS server, from the venv. It keeps everything in memory. Not
+# `moto_server` itself: sqs_server.py is moto with a race in ReceiveMessage
+# fixed (two receives at once could share a message).
 SQS_PORT="${SPILLWAY_TEST_SQS_PORT:-4566}"
-MOTO_LOG="${SPILLWAY_MOTO_LOG:-/var/tmp/spillway-moto.log}"
-
-have_moto() { (exec 3<>"/dev/tcp/127.0.0.1/$SQS_PORT") 2>/dev/null; }
-
-# Not `moto_server` itself: deploy/local/sqs_server.py is moto with a race in
-# ReceiveMessage fixed (two receives at once could share a message).
-SQS_SERVER="$(cd "$(dirname "$0")" && pwd)/sqs_server.py"
 
 up_moto() {
-  # A plain moto_server an earlier version of this script started has the
-  # race: replace it.
-  if have_moto && pkill -f "bin/moto_server -H 127.0.0.1 -p $SQS_PORT\$" 2>/dev/null; then
-    log "stopping the plain moto_server on $SQS_PORT (it lacks sqs_server.py's fix)"
-    for _ in $(seq 1 30); do have_moto || break; sleep 1; done
-  fi
-  if have_moto; then log "the SQS server is up on 127.0.0.1:$SQS_PORT"; return; fi
-  log "starting moto (SQS, with sqs_server.py's fix) on 127.0.0.1:$SQS_PORT, log in $MOTO_LOG"
-  setsid nohup "$VENV/bin/python" "$SQS_SERVER" -H 127.0.0.1 -p "$SQS_PORT" >"$MOTO_LOG" 2>&1 < /dev/null &
-  for _ in $(seq 1 30); do have_moto && break; sleep 1; done
-  have_moto || { log "moto did not come up on 127.0.0.1:$SQS_PORT; see $MOTO_LOG, or set SPILLWAY_TEST_SQS"; exit 1; }
+  if port_open "$SQS_PORT"; then log "moto (SQS) is up on $SQS_PORT"; return; fi
+  log "starting moto (SQS) on 127.0.0.1:$SQS_PORT, log in $STATE/moto.log"
+  setsid nohup "$VENV/bin/python" "$HERE/sqs_server.py" -H 127.0.0.1 -p "$SQS_PORT" >"$STATE/moto.log" 2>&1 </dev/null &
+  echo $! >"$STATE/moto.pid"
+  wait_port "$SQS_PORT" 30 || die "moto did not come up on 127.0.0.1:$SQS_PORT; see $STATE/moto.log, or set SPILLWAY_TEST_SQS"
 }
 
-# tansu, a Kafka-protocol broker written in Rust, from the crate registry:
-# about 7-11 minutes to build once, then cached in ~/.cargo/bin. It keeps its
-# data in SQLite in a fixed folder; the sqlite URL must be relative to it.
+# --------------------------------------------------- Maven-fetched servers
+command -v java >/dev/null || true
+# Copies a pom's runtime dependencies into a fixed folder, once per machine.
+maven_lib() { # NAME -> prints the lib folder
+  local name="$1" lib="$TOOLS/$1-lib"
+  local stamp; stamp="$(sha256sum "$HERE/maven/$name/pom.xml" | cut -c1-16)"
+  if [ ! -f "$lib/.done-$stamp" ]; then
+    command -v mvn >/dev/null || apt_install maven
+    command -v java >/dev/null || apt_install default-jre-headless
+    log "fetching $name from the Maven registry into $lib (once per machine)"
+    rm -rf "$lib"
+    mvn -q -B -f "$HERE/maven/$name/pom.xml" dependency:copy-dependencies \
+        -DincludeScope=runtime -DoutputDirectory="$lib" >"$STATE/mvn-$name.log" 2>&1 \
+      || die "mvn could not fetch $name; see $STATE/mvn-$name.log"
+    touch "$lib/.done-$stamp"
+  fi
+  echo "$lib"
+}
+
+# ---------------------------------------------------------------- ElasticMQ
+# An SQS-compatible server, fast enough for the million-request drill, with
+# queues and messages persisted (H2) so that a restart keeps them.
+ELASTICMQ_PORT="${SPILLWAY_TEST_ELASTICMQ_PORT:-9324}"
+ELASTICMQ_DIR="$STATE/elasticmq"
+
+elasticmq_conf() { # PORT DIR
+  cat <<EOF
+include classpath("application.conf")
+node-address { protocol = http, host = 127.0.0.1, port = $1, context-path = "" }
+rest-sqs { enabled = true, bind-port = $1, bind-hostname = "127.0.0.1", sqs-limits = strict }
+rest-stats { enabled = false }
+generate-node-address = false
+aws { region = us-east-1, accountId = 000000000000 }
+queues-storage { enabled = true, path = "$2/queues.conf" }
+messages-storage { enabled = true, uri = "jdbc:h2:$2/messages" }
+EOF
+}
+
+start_elasticmq() { # PORT DIR
+  local lib; lib="$(maven_lib elasticmq)"
+  mkdir -p "$2"
+  elasticmq_conf "$1" "$2" >"$2/elasticmq.conf"
+  log "starting ElasticMQ (SQS) on 127.0.0.1:$1, data and log in $2"
+  setsid nohup java -Xms128m -Xmx768m -Dconfig.file="$2/elasticmq.conf" -cp "$lib/*" \
+    org.elasticmq.server.Main >"$2/server.log" 2>&1 </dev/null &
+  echo $! >"$2/pid"
+  wait_port "$1" 60 || die "ElasticMQ did not come up on 127.0.0.1:$1; see $2/server.log"
+}
+
+up_elasticmq() {
+  if port_open "$ELASTICMQ_PORT"; then log "ElasticMQ (SQS) is up on $ELASTICMQ_PORT"; return; fi
+  start_elasticmq "$ELASTICMQ_PORT" "$ELASTICMQ_DIR"
+}
+
+# -------------------------------------------------------------- Apache Kafka
+# Kafka 4 in KRaft mode (each node broker and controller at once), run from
+# the Maven registry's jars. What a broker would otherwise default is set
+# here: topic creation is Spillway's (no auto-create), and the internal
+# topics' replication matches the node count.
 KAFKA_PORT="${SPILLWAY_TEST_KAFKA_PORT:-9092}"
-TANSU_VERSION=0.6.0
-TANSU_DIR="${SPILLWAY_TANSU_DIR:-/var/tmp/spillway-tansu}"
-TANSU_BIN="${CARGO_HOME:-$HOME/.cargo}/bin/tansu"
+KAFKA_DIR="$STATE/kafka"
+KAFKA_CLUSTER_PORTS=(29092 29094 29096) # each node's controller listens one above
 
-have_tansu_bin() { [ -x "$TANSU_BIN" ] && "$TANSU_BIN" --version 2>/dev/null | grep -q "$TANSU_VERSION"; }
-have_kafka() { (exec 3<>"/dev/tcp/127.0.0.1/$KAFKA_PORT") 2>/dev/null; }
-
-up_tansu() {
-  if have_kafka; then log "the Kafka broker is up on 127.0.0.1:$KAFKA_PORT"; return; fi
-  if ! have_tansu_bin; then
-    log "installing tansu $TANSU_VERSION with cargo (once per machine, about 10 minutes)"
-    cargo install tansu --version "$TANSU_VERSION" --locked --features libsql,dynostore >/var/tmp/spillway-tansu-install.log 2>&1 \
-      || { log "cargo install tansu failed; see /var/tmp/spillway-tansu-install.log"; exit 1; }
-  fi
-  mkdir -p "$TANSU_DIR"
-  log "starting tansu (Kafka) on 127.0.0.1:$KAFKA_PORT, data and log in $TANSU_DIR"
-  (cd "$TANSU_DIR" && setsid nohup "$TANSU_BIN" broker \
-      --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-      --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
-      --storage-engine sqlite://tansu.db >tansu.log 2>&1 < /dev/null &)
-  for _ in $(seq 1 30); do have_kafka && break; sleep 1; done
-  have_kafka || { log "tansu did not come up on 127.0.0.1:$KAFKA_PORT; see $TANSU_DIR/tansu.log, or set SPILLWAY_TEST_KAFKA"; exit 1; }
+kafka_props() { # NODE_ID PORT VOTERS DIR REPLICAS [CONTROLLER_PORT [ADVERTISED_PORT]]
+  local min_isr=$(( $5 > 1 ? 2 : 1 ))
+  cat <<EOF
+process.roles=broker,controller
+node.id=$1
+controller.quorum.voters=$3
+listeners=PLAINTEXT://127.0.0.1:$2,CONTROLLER://127.0.0.1:${6:-$(( $2 + 1 ))}
+advertised.listeners=PLAINTEXT://127.0.0.1:${7:-$2}
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+log.dirs=$4/data
+auto.create.topics.enable=false
+default.replication.factor=$5
+min.insync.replicas=$min_isr
+offsets.topic.replication.factor=$5
+transaction.state.log.replication.factor=$5
+transaction.state.log.min.isr=$min_isr
+share.coordinator.state.topic.replication.factor=$5
+share.coordinator.state.topic.min.isr=$min_isr
+unclean.leader.election.enable=false
+group.initial.rebalance.delay.ms=0
+num.partitions=1
+EOF
 }
 
-# The test broker starts each test run empty. tansu never deletes a topic
-# (deleting one crashes it, docs/backends.md), so every run's random topics
-# and every benchmark's records pile up in its SQLite file, and a tansu with
-# thousands of topics and half a gigabyte answers the kit too slowly. Only
-# a tansu this script started (on our port, our data folder) is replaced.
-fresh_tansu() {
-  if pkill -9 -f "tansu broker --listener-url tcp://127.0.0.1:$KAFKA_PORT " 2>/dev/null; then
-    for _ in $(seq 1 30); do have_kafka || break; sleep 0.2; done
-  fi
-  if have_kafka; then log "something else serves 127.0.0.1:$KAFKA_PORT; leaving it as it is"; return; fi
-  rm -f "$TANSU_DIR"/tansu.db "$TANSU_DIR"/tansu.db-shm "$TANSU_DIR"/tansu.db-wal
-  up_tansu
+kafka_java() { # LIB DIR HEAP CLASS ARGS...
+  local lib="$1" dir="$2" heap="$3"; shift 3
+  java -Xms"$heap" -Xmx"$heap" -XX:+UseG1GC -Djava.awt.headless=true \
+    -Dkafka.logs.dir="$dir" -Dlog4j2.configurationFile="$HERE/conf/kafka-log4j2.properties" \
+    -cp "$lib/*" "$@"
 }
 
+start_kafka_node() { # NODE_ID PORT VOTERS DIR REPLICAS CLUSTER_ID HEAP
+  local lib; lib="$(maven_lib kafka)"
+  mkdir -p "$4"
+  kafka_props "$1" "$2" "$3" "$4" "$5" >"$4/server.properties"
+  if [ ! -f "$4/data/meta.properties" ]; then
+    kafka_java "$lib" "$4" 256m kafka.tools.StorageTool format -t "$6" -c "$4/server.properties" \
+      >"$4/format.log" 2>&1 || die "formatting Kafka's storage in $4 failed; see $4/format.log"
+  fi
+  log "starting Kafka node $1 on 127.0.0.1:$2, data and log in $4"
+  ( setsid nohup java -Xms"$7" -Xmx"$7" -XX:+UseG1GC -Djava.awt.headless=true \
+      -Dkafka.logs.dir="$4" -Dlog4j2.configurationFile="$HERE/conf/kafka-log4j2.properties" \
+      -cp "$lib/*" kafka.Kafka "$4/server.properties" >"$4/stdout.log" 2>&1 </dev/null &
+    echo $! >"$4/pid" )
+}
+
+kafka_cluster_id() { # DIR
+  [ -f "$1/cluster-id" ] || { mkdir -p "$1"; kafka_java "$(maven_lib kafka)" "$1" 128m kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n1 >"$1/cluster-id"; }
+  cat "$1/cluster-id"
+}
+
+up_kafka() {
+  if port_open "$KAFKA_PORT"; then log "Kafka is up on $KAFKA_PORT"; return; fi
+  start_kafka_node 1 "$KAFKA_PORT" "1@127.0.0.1:$(( KAFKA_PORT + 1 ))" "$KAFKA_DIR" 1 "$(kafka_cluster_id "$KAFKA_DIR")" 768m
+  wait_port "$KAFKA_PORT" 90 || die "Kafka did not come up on 127.0.0.1:$KAFKA_PORT; see $KAFKA_DIR/server.log, or set SPILLWAY_TEST_KAFKA"
+}
+
+# The single-node test broker, emptied: every test run starts on a broker
+# with no topics of an earlier run. Only a broker this script started is
+# replaced; anything else on the port is left alone.
+fresh_kafka() {
+  if started_by_us "$KAFKA_DIR/pid"; then
+    kill -9 "$(cat "$KAFKA_DIR/pid")" 2>/dev/null || true
+    wait_closed "$KAFKA_PORT" 30 || true
+  fi
+  if port_open "$KAFKA_PORT"; then log "something else serves 127.0.0.1:$KAFKA_PORT; leaving it as it is"; return; fi
+  rm -rf "$KAFKA_DIR"
+  up_kafka
+}
+
+# One node of the test's own, in the foreground, for tests that kill and
+# restart a broker (tests/src/lib.rs): formats DIR on first use, then
+# becomes the broker process (exec), so its pid is the JVM's.
+run_kafka_node() { # DIR PORT CONTROLLER_PORT [ADVERTISED_PORT]
+  local dir="$1" lib; lib="$(maven_lib kafka)"
+  mkdir -p "$dir"
+  kafka_props 1 "$2" "1@127.0.0.1:$3" "$dir" 1 "$3" "${4:-$2}" >"$dir/server.properties"
+  if [ ! -f "$dir/data/meta.properties" ]; then
+    kafka_java "$lib" "$dir" 256m kafka.tools.StorageTool format -t "$(kafka_cluster_id "$dir")" \
+      -c "$dir/server.properties" >"$dir/format.log" 2>&1 || die "formatting Kafka's storage in $dir failed; see $dir/format.log"
+  fi
+  exec java -Xms512m -Xmx512m -XX:+UseG1GC -Djava.awt.headless=true \
+    -Dkafka.logs.dir="$dir" -Dlog4j2.configurationFile="$HERE/conf/kafka-log4j2.properties" \
+    -cp "$lib/*" kafka.Kafka "$dir/server.properties"
+}
+
+up_kafka_cluster() {
+  local dir="$STATE/kafka-cluster" voters="" n
+  for n in 1 2 3; do voters+="${voters:+,}$n@127.0.0.1:$(( ${KAFKA_CLUSTER_PORTS[$(( n - 1 ))]} + 1 ))"; done
+  local id; id="$(kafka_cluster_id "$dir")"
+  for n in 1 2 3; do
+    local port="${KAFKA_CLUSTER_PORTS[$(( n - 1 ))]}"
+    if port_open "$port"; then log "Kafka node $n is up on $port"; continue; fi
+    start_kafka_node "$n" "$port" "$voters" "$dir/node-$n" 3 "$id" 512m
+  done
+  for n in 1 2 3; do
+    wait_port "${KAFKA_CLUSTER_PORTS[$(( n - 1 ))]}" 90 || die "Kafka node $n did not come up; see $dir/node-$n/server.log"
+  done
+  log "Kafka cluster: 127.0.0.1:29092,127.0.0.1:29094,127.0.0.1:29096 (replication 3, min.insync.replicas 2)"
+}
+
+down_kafka() {
+  local f
+  for f in "$KAFKA_DIR/pid" "$STATE"/kafka-cluster/node-*/pid; do
+    [ -f "$f" ] || continue
+    started_by_us "$f" && log "stopping Kafka ($(dirname "$f"))"
+    stop_pidfile "$f" "$(sed -n 's/^listeners=PLAINTEXT:\/\/127.0.0.1:\([0-9]*\).*/\1/p' "$(dirname "$f")/server.properties")"
+  done
+}
+
+# ---------------------------------------------------- Chromium and kustomize
 chromium_bin() { echo "${SPILLWAY_CHROMIUM:-/usr/bin/chromium}"; }
 
 up_chromium() {
   if [ -x "$(chromium_bin)" ]; then log "Chromium is installed"; return; fi
   log "installing Chromium from Debian's packages (once per machine)"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq >/dev/null
-  apt-get install -y -qq chromium >/dev/null
-  [ -x "$(chromium_bin)" ] || { log "Chromium did not install; set SPILLWAY_CHROMIUM to a Chromium binary"; exit 1; }
+  apt_install chromium
+  [ -x "$(chromium_bin)" ] || die "Chromium did not install; set SPILLWAY_CHROMIUM to a Chromium binary"
 }
 
+# kustomize renders the manifests (deploy/kustomize/check.py); kubectl's
+# built-in one is used where kubectl is installed, else this one.
+KUSTOMIZE_VERSION=v5.7.1
+have_kustomize() { "$TOOLS/bin/kustomize" version 2>/dev/null | grep -q "$KUSTOMIZE_VERSION"; }
+
+up_kustomize() {
+  if have_kustomize; then log "kustomize $KUSTOMIZE_VERSION is installed in $TOOLS/bin"; return; fi
+  log "installing kustomize $KUSTOMIZE_VERSION from the Go module proxy (once per machine)"
+  GOBIN="$TOOLS/bin" go install "sigs.k8s.io/kustomize/kustomize/v5@$KUSTOMIZE_VERSION" >"$STATE/kustomize-install.log" 2>&1 \
+    || die "go install kustomize failed; see $STATE/kustomize-install.log"
+}
+
+# ------------------------------------------------------------------ commands
 status() {
-  if have_pg; then log "PostgreSQL: up"; else log "PostgreSQL: down"; fi
-  if have_rabbit; then log "RabbitMQ: up"; else log "RabbitMQ: down"; fi
+  if have_pg; then log "PostgreSQL: up on $PG_PORT"; else log "PostgreSQL: down"; fi
+  if have_rabbit; then log "RabbitMQ: up on $AMQP_PORT"; else log "RabbitMQ: down"; fi
   if have_rabbit_management; then log "RabbitMQ management: up"; else log "RabbitMQ management: off"; fi
+  local n
+  for n in 1 2 3; do port_open "${RABBIT_CLUSTER_PORTS[$(( n - 1 ))]}" && log "RabbitMQ cluster node $n: up on ${RABBIT_CLUSTER_PORTS[$(( n - 1 ))]}"; done
+  if port_open "$KAFKA_PORT"; then log "Kafka: up on $KAFKA_PORT"; else log "Kafka: down"; fi
+  for n in 1 2 3; do port_open "${KAFKA_CLUSTER_PORTS[$(( n - 1 ))]}" && log "Kafka cluster node $n: up on ${KAFKA_CLUSTER_PORTS[$(( n - 1 ))]}"; done
+  if port_open "$ELASTICMQ_PORT"; then log "ElasticMQ (SQS): up on $ELASTICMQ_PORT"; else log "ElasticMQ (SQS): down"; fi
+  if port_open "$SQS_PORT"; then log "moto (SQS): up on $SQS_PORT"; else log "moto (SQS): down"; fi
   if have_venv; then log "Python venv: $VENV"; else log "Python venv: missing"; fi
-  if have_moto; then log "SQS (moto): up on $SQS_PORT"; else log "SQS (moto): down"; fi
   if [ -x "$(chromium_bin)" ]; then log "Chromium: $(chromium_bin)"; else log "Chromium: missing"; fi
-  if have_kubectl; then log "kubectl: $(command -v kubectl)"; else log "kubectl: missing"; fi
-  if have_kafka; then log "Kafka (tansu): up on $KAFKA_PORT"; elif have_tansu_bin; then log "Kafka (tansu): installed, down"; else log "Kafka (tansu): not installed"; fi
+  if have_kustomize; then log "kustomize: $TOOLS/bin/kustomize"; else log "kustomize: missing"; fi
+  true
 }
 
 case "${1:-up}" in
-  up) up_pg; up_rabbit; up_rabbit_management; up_venv; up_moto; up_chromium; up_kubectl; up_tansu ;;
-  fresh-kafka) fresh_tansu ;;
+  up) up_pg; up_rabbit; up_venv; up_moto; up_elasticmq; up_kafka; up_chromium; up_kustomize ;;
+  cluster)
+    case "${2:-}" in
+      kafka) up_kafka_cluster ;;
+      rabbitmq) up_rabbit_cluster ;;
+      *) echo "usage: $0 cluster kafka|rabbitmq" >&2; exit 2 ;;
+    esac ;;
+  fresh-kafka) fresh_kafka ;;
+  kafka-node) shift; run_kafka_node "$@" ;;
   status) status ;;
-  *) echo "usage: $0 up|fresh-kafka|status" >&2; exit 2 ;;
+  down)
+    down_kafka; stop_pidfile "$ELASTICMQ_DIR/pid" "$ELASTICMQ_PORT"; stop_pidfile "$STATE/moto.pid" "$SQS_PORT"
+    down_rabbit_cluster; down_rabbit; down_pg ;;
+  *) echo "usage: $0 up|cluster kafka|cluster rabbitmq|fresh-kafka|status|down" >&2; exit 2 ;;
 esac

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Runs every test against real services: starts what is missing, builds the
-# binaries the end-to-end tests spawn, then runs the whole workspace's tests.
+# Runs every test against real services: installs and starts what is missing
+# (deploy/local/services.sh), builds the binaries the end-to-end tests
+# spawn, then runs the whole workspace's tests.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 deploy/local/services.sh up
-# An empty Kafka test broker for each run (see fresh_tansu in services.sh).
+# An empty Kafka test broker for each run, unless one is given.
 [ -n "${SPILLWAY_TEST_KAFKA:-}" ] || deploy/local/services.sh fresh-kafka
+export PATH="${SPILLWAY_TOOLS:-/var/tmp/spillway-tools}/bin:$PATH"
 cargo build --locked -p spillway -p spillway-load
 cargo test --locked --workspace

@@ -579,33 +579,22 @@ impl Moto {
     }
 }
 
-/// A tansu (Kafka-protocol) broker of the test's own, on a free port with
-/// its SQLite data in a folder of its own, so the test may `kill -9` and
-/// restart it without touching the shared broker other tests use. Killed
-/// when dropped.
-pub struct Tansu {
+/// An Apache Kafka broker (one KRaft node) of the test's own, on free ports
+/// with its data in a folder of its own, so the test may `kill -9` and
+/// restart it without touching the shared broker other tests use. Run by
+/// `deploy/local/services.sh kafka-node` (the same settings as the shared
+/// broker, from the jars that `services.sh up` fetched). Killed when
+/// dropped.
+pub struct KafkaBroker {
     pub port: u16,
+    controller: u16,
     /// The address it tells clients to use (a proxy in front of it, say).
     advertised: u16,
     dir: tempfile::TempDir,
     process: Option<Process>,
 }
 
-impl Tansu {
-    /// The binary `deploy/local/services.sh up` installs.
-    fn bin() -> PathBuf {
-        let home = std::env::var("CARGO_HOME")
-            .map(PathBuf::from)
-            .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cargo"));
-        let bin = home.join("bin/tansu");
-        assert!(
-            bin.is_file(),
-            "no tansu at {}: install it with `deploy/local/services.sh up` (cargo install tansu --version 0.6.0 --locked --features libsql,dynostore)",
-            bin.display()
-        );
-        bin
-    }
-
+impl KafkaBroker {
     pub async fn start() -> Self {
         let port = free_port();
         Self::start_advertising(port, port).await
@@ -614,9 +603,10 @@ impl Tansu {
     /// Listens on `port` and tells clients to connect to `advertised`,
     /// where a [`Proxy`] to `port` will be.
     pub async fn start_advertising(port: u16, advertised: u16) -> Self {
-        let mut t = Self { port, advertised, dir: tempfile::tempdir().expect("tansu dir"), process: None };
-        t.restart().await;
-        t
+        let dir = tempfile::tempdir().expect("kafka dir");
+        let mut k = Self { port, controller: free_port(), advertised, dir, process: None };
+        k.restart().await;
+        k
     }
 
     /// The port it tells clients to use.
@@ -629,37 +619,49 @@ impl Tansu {
         format!("127.0.0.1:{}", self.advertised)
     }
 
-    /// Starts it (again) on the same port and data, and waits until it listens.
+    /// Starts it (again) on the same ports and data, and waits until it
+    /// listens.
     pub async fn restart(&mut self) {
-        let listen = format!("tcp://127.0.0.1:{}", self.port);
-        let advertised = format!("tcp://127.0.0.1:{}", self.advertised);
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/local/services.sh");
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.dir.path().join("tansu.log"))
-            .expect("tansu log");
-        let child = Command::new(Self::bin())
-            .current_dir(self.dir.path())
-            .args(["broker", "--listener-url", &listen, "--advertised-listener-url", &advertised])
-            // Relative: tansu resolves an absolute sqlite URL against the current folder.
-            .args(["--storage-engine", "sqlite://tansu.db"])
+            .open(self.dir.path().join("stdout.log"))
+            .expect("kafka log");
+        let child = Command::new("bash")
+            .arg(script)
+            .arg("kafka-node")
+            .arg(self.dir.path())
+            .arg(self.port.to_string())
+            .arg(self.controller.to_string())
+            .arg(self.advertised.to_string())
+            .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .expect("start tansu");
+            .expect("start deploy/local/services.sh kafka-node (needs bash)");
         self.process = Some(Process(child));
         let port = self.port;
-        eventually(Duration::from_secs(30), "tansu listening", || async {
+        let dir = self.dir.path().to_owned();
+        eventually(Duration::from_secs(60), "the Kafka broker listening", || async {
             TcpStream::connect(("127.0.0.1", port)).await.is_ok()
         })
         .await;
+        // The listener opens as the broker finishes starting; say so if it
+        // died instead (no jars: `deploy/local/services.sh up` fetches them).
+        if let Some(p) = self.process.as_mut() {
+            if let Ok(Some(status)) = p.0.try_wait() {
+                panic!("the Kafka broker exited ({status}); see {}", dir.join("stdout.log").display());
+            }
+        }
     }
 
-    /// The broker's own panics, from its log: what to look at first when a
+    /// The last lines of the broker's log: what to look at first when a
     /// test on it failed.
-    pub fn panics(&self) -> Vec<String> {
-        let log = std::fs::read_to_string(self.dir.path().join("tansu.log")).unwrap_or_default();
-        log.lines().filter(|l| l.contains("panicked at")).map(str::to_owned).collect()
+    pub fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
     }
 
     /// `kill -9`: no clean shutdown, as a crash or a lost node.
@@ -671,10 +673,10 @@ impl Tansu {
     }
 }
 
-impl Drop for Tansu {
+impl Drop for KafkaBroker {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("tansu's panics in this test: {:#?}", self.panics());
+            eprintln!("the Kafka broker's log, last lines:\n{}", self.log_tail());
         }
     }
 }

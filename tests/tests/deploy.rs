@@ -1,7 +1,7 @@
 //! What `deploy/` ships, checked against this binary.
 //!
 //! - The Kubernetes manifests (`deploy/kustomize`): every overlay renders
-//!   with `kubectl kustomize`, every resource is valid Kubernetes, and every
+//!   with kustomize, every resource is valid Kubernetes, and every
 //!   container starts with a configuration this `spillway` binary accepts,
 //!   naming the overlay's backend. The checks themselves are in
 //!   `deploy/kustomize/check.py`, which says what each one is.
@@ -9,7 +9,7 @@
 //!   it queries is one the gateway exports, so a renamed metric cannot leave
 //!   a panel silently empty.
 //!
-//! Needs kubectl, the venv (`deploy/local/services.sh up`) and the
+//! Needs kustomize (or kubectl), the venv (`deploy/local/services.sh up`) and the
 //! machine's PostgreSQL (`SPILLWAY_TEST_PG`); each fails loudly when missing.
 
 use std::{collections::BTreeSet, path::PathBuf, process::Command, time::Duration};
@@ -28,7 +28,7 @@ fn every_overlay_renders_validates_and_starts_with_a_valid_config() {
         .arg(root().join("deploy/kustomize/check.py"))
         .arg(binary())
         .output()
-        .expect("run deploy/kustomize/check.py (needs kubectl: deploy/local/services.sh up says how)");
+        .expect("run deploy/kustomize/check.py (needs kustomize and the venv: deploy/local/services.sh up installs both)");
     assert!(
         out.status.success(),
         "the manifests fail their check:\n{}{}",

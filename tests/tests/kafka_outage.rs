@@ -4,45 +4,45 @@
 //! `Retry-After`, `/readyz` goes false and back, both processes recover
 //! without a restart, and every 2xx reaches the table.
 //!
-//! The broker is a tansu of this test's own (its own port and data
-//! folder), so killing it never disturbs the shared one other tests use.
+//! The broker is an Apache Kafka node of this test's own (its own ports
+//! and data folder), so killing it never disturbs the shared one other
+//! tests use.
 //!
 //! The outage cuts the network first (a proxy the broker advertises goes
 //! down: connections refused and cut), then kills the broker and starts it
-//! again, then restores the network.
-//!
-//! Worked around here, not in the backend: when a produce times out in
-//! librdkafka (`message.timeout.ms`, the backend's `send_timeout`), the
-//! idempotent producer bumps its epoch (KIP-360), and tansu 0.6.0 then
-//! panics on every produce of that producer ("more or less than one row",
-//! its idempotence check finds no row for the new epoch). So the backend's
-//! `send_timeout` here outlasts the outage: the gateway still answers 503
-//! after its own 2 s (`ingest.publisher.send_timeout`), and what librdkafka
-//! delivers after the restart is stored, and counted as a 503 that stored.
+//! again, then restores the network. It lasts longer than the backend's
+//! `send_timeout`, so librdkafka times out the sends it holds during the
+//! outage and its idempotent producer bumps its epoch (KIP-360): the
+//! producer must go on producing after that, and nothing it gave up on may
+//! have been answered 2xx.
 
 use std::time::Duration;
 
 use spillway_e2e::{
-    assert_every_accepted_delivered, eventually, free_port, outage_config, pg, Proxy, SteadyLoad, Tansu,
-    Workspace,
+    assert_every_accepted_delivered, eventually, free_port, outage_config, pg, KafkaBroker, Proxy,
+    SteadyLoad, Workspace,
 };
 
 /// The publisher's send timeout: a 503 must come within it (plus slack).
 const SEND_TIMEOUT: Duration = Duration::from_secs(2);
 const QUEUE: &str = "kafka-outage";
+/// librdkafka's own give-up time for a send (`message.timeout.ms`): shorter
+/// than the outage, which lasts at least the broker's restart plus 3 s.
+const BACKEND_SEND_TIMEOUT: Duration = Duration::from_secs(4);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_broker_kill_under_load_gives_fast_503s_and_loses_nothing() {
     let port = free_port();
-    let mut broker = Tansu::start_advertising(port, free_port()).await;
+    let mut broker = KafkaBroker::start_advertising(port, free_port()).await;
     let network = Proxy::start_on(broker.advertised(), port).await;
     let db = pg().await;
     let table = format!("kafka_outage_{}", std::process::id());
     db.batch_execute(&format!("DROP TABLE IF EXISTS {table}")).await.expect("drop table");
-    // The backend's send_timeout outlasts the outage: see the module doc.
+    // The backend's send_timeout is shorter than the outage: see the module doc.
     let backend = format!(
-        "[queue]\nbackend = \"kafka\"\nbrokers = \"{}\"\npartitions = 2\nsend_timeout = \"60s\"",
-        broker.brokers()
+        "[queue]\nbackend = \"kafka\"\nbrokers = \"{}\"\npartitions = 2\nsend_timeout = \"{}s\"",
+        broker.brokers(),
+        BACKEND_SEND_TIMEOUT.as_secs()
     );
     let ws = Workspace::new(&outage_config(&backend, QUEUE, "200ms", &table));
     let ensure = ws.cli(&["queue", "ensure"]);

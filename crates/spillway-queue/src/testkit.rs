@@ -113,12 +113,6 @@ pub struct Capabilities {
     /// Whether a send can carry its own delay (SQS FIFO: no). Where not, a
     /// delayed send is refused with `Invalid` and nothing is stored.
     pub per_message_delay: bool,
-    /// Whether a message held by a process that went away comes back to the
-    /// next process counted, as a failure would. Kafka carries that count in
-    /// its commit metadata, which some brokers drop (tansu 0.6.0); where it
-    /// is not counted the message comes back with the count it had (at
-    /// least once, never lost).
-    pub crash_counted_across_processes: bool,
 }
 
 impl Capabilities {
@@ -135,7 +129,6 @@ impl Capabilities {
             key_order: KeyOrder::Strict,
             release_counts: false,
             per_message_delay: true,
-            crash_counted_across_processes: true,
         }
     }
 }
@@ -896,13 +889,7 @@ pub async fn a_crash_in_another_process_is_counted<H: Harness>(h: &H) {
         tokio::time::sleep(visibility::<H>() + Duration::from_millis(200)).await;
     }
     let d = receive_one(&c).await;
-    let want = if caps.crash_counted_across_processes { 2 } else { 1 };
-    assert_eq!(
-        d.receive_count,
-        want,
-        "the crash of the process that held it (declared counted: {})",
-        want == 2
-    );
+    assert_eq!(d.receive_count, 2, "the crash of the process that held it is counted");
     c.ack(&d).await.expect("ack");
 }
 

@@ -253,6 +253,40 @@ impl Shared {
         Ok(found.partitions().iter().map(|p| p.id()).collect())
     }
 
+    /// Waits until every partition of a topic just created has a leader,
+    /// polling its metadata until `deadline`.
+    async fn await_leaders(
+        self: &Arc<Self>,
+        queue: &str,
+        topic: &str,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), QueueError> {
+        loop {
+            let me = self.clone();
+            let t = topic.to_owned();
+            let led = Self::blocking(move || me.producer.client().fetch_metadata(Some(&t), me.timeout()))
+                .await?
+                .map(|md| {
+                    md.topics().iter().any(|x| {
+                        x.name() == topic
+                            && x.error().is_none()
+                            && !x.partitions().is_empty()
+                            && x.partitions().iter().all(|p| p.leader() >= 0)
+                    })
+                })
+                .unwrap_or(false);
+            if led {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(QueueError::unavailable_msg(format!(
+                    "kafka: topic {topic} of {queue} was created but has no leader yet"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Low and high watermarks of one partition.
     pub(crate) async fn watermarks(
         self: &Arc<Self>,
@@ -449,8 +483,7 @@ impl KafkaBackend {
         let parts = self.consumed_partitions(queue).await?;
         let mut committed = s.committed(queue, &group, parts.clone()).await?;
         // This process's own member knows better than the commit: exact, and
-        // independent of whether the broker keeps commit metadata (tansu
-        // 0.6.0 drops it).
+        // ahead of the last commit.
         if let Some(m) = self.members.lock().await.get(queue) {
             for (tp, (o, md)) in m.commit_points() {
                 committed.insert(tp, (Some(o), md));
@@ -561,13 +594,25 @@ impl Admin for KafkaBackend {
             .create_topics(&new, &opts)
             .await
             .map_err(|e| queue_error("create topics", &spec.name, &e))?;
+        let mut created = Vec::new();
         for r in results {
-            if let Err((topic, code)) = r {
-                if code != RDKafkaErrorCode::TopicAlreadyExists {
+            match r {
+                Ok(topic) => created.push(topic),
+                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((topic, code)) => {
                     return Err(QueueError::unavailable_msg(format!("kafka: create topic {topic}: {code}")));
                 }
             }
         }
+        // CreateTopics answers when the controller has the topic, before
+        // every broker's metadata shows it with a leader: a send right
+        // after `ensure` would find no topic (Apache Kafka in KRaft mode
+        // does this within milliseconds; a cluster, longer).
+        let deadline = tokio::time::Instant::now() + cfg.send_timeout;
+        futures::future::try_join_all(
+            created.iter().map(|topic| self.shared.await_leaders(&spec.name, topic, deadline)),
+        )
+        .await?;
         self.shared.specs.insert(spec);
         Ok(())
     }

@@ -1,6 +1,6 @@
-//! The conformance kit against a Kafka-protocol broker (tansu, started by
-//! `deploy/local/services.sh`). Each scenario makes its own topics (random
-//! names).
+//! The conformance kit against Apache Kafka (a single KRaft node, started
+//! by `deploy/local/services.sh`). Each scenario makes its own topics
+//! (random names).
 use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
@@ -11,7 +11,7 @@ use crate::{
     Backend,
 };
 
-/// `SPILLWAY_TEST_KAFKA`, or the tansu broker `deploy/local/services.sh` starts.
+/// `SPILLWAY_TEST_KAFKA`, or the broker `deploy/local/services.sh` starts.
 pub(crate) fn brokers() -> String {
     std::env::var("SPILLWAY_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".to_owned())
 }
@@ -38,9 +38,7 @@ struct Kafka(Arc<KafkaBackend>);
 impl Harness for Kafka {
     /// What a log cannot do as the embedded queue does: drop a repeated
     /// dedup key, and keep a key's order past a retry (the retry is
-    /// republished behind the rest). And what this broker cannot: tansu
-    /// 0.6.0 drops commit metadata, so a crash in another process is not
-    /// counted (on Apache Kafka the metadata carries it).
+    /// republished behind the rest).
     fn capabilities() -> Capabilities {
         Capabilities {
             time: TimeSource::Wall,
@@ -48,7 +46,6 @@ impl Harness for Kafka {
             stats: StatsAccuracy::Converges { within: Duration::from_secs(5) },
             dedup: false,
             key_order: KeyOrder::UntilRetried,
-            crash_counted_across_processes: false,
             ..Capabilities::embedded()
         }
     }
@@ -61,9 +58,8 @@ impl Harness for Kafka {
     async fn reopen(&self) -> Arc<dyn Backend> {
         Arc::new(connect().await)
     }
-    // No cleanup: tansu 0.6.0 panics when a topic is deleted while a
-    // fetch on it is in progress, and is unusable until restarted. The
-    // topics have random names and stay behind in the test broker's data.
+    // No cleanup: the topics have random names, and the test command
+    // starts each run on an emptied broker (`services.sh fresh-kafka`).
 }
 
 crate::conformance_tests!(Kafka);

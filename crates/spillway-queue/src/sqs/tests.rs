@@ -1,7 +1,9 @@
-//! The conformance kit against an SQS-compatible server (moto, started by
-//! `deploy/local/services.sh`), on standard and on FIFO queues. Each
-//! scenario makes its own queues (random names) and deletes them when it
-//! passed.
+//! The conformance kit against two SQS-compatible servers, both started by
+//! `deploy/local/services.sh`: ElasticMQ (fast, persistent, the one the
+//! drills use) and moto (what only it checks), each on standard and on FIFO
+//! queues. Each scenario makes its own queues (random names) and deletes
+//! them when it passed. Where the two servers differ from each other or
+//! from SQS, docs/backends.md says so.
 use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
@@ -17,17 +19,48 @@ pub(crate) fn endpoint() -> String {
     std::env::var("SPILLWAY_TEST_SQS").unwrap_or_else(|_| "http://127.0.0.1:4566".to_owned())
 }
 
+/// `SPILLWAY_TEST_ELASTICMQ`, or the ElasticMQ server `deploy/local/services.sh` starts.
+pub(crate) fn elasticmq_endpoint() -> String {
+    std::env::var("SPILLWAY_TEST_ELASTICMQ").unwrap_or_else(|_| "http://127.0.0.1:9324".to_owned())
+}
+
 pub(crate) async fn connect() -> SqsBackend {
-    let cfg = SqsConfig::local(&endpoint());
+    connect_to(&endpoint(), "SPILLWAY_TEST_SQS").await
+}
+
+async fn connect_to(endpoint: &str, variable: &str) -> SqsBackend {
+    let cfg = SqsConfig::local(endpoint);
     let b = SqsBackend::connect(&cfg).await.expect("sqs client");
     if let Err(e) = b.ready().await {
         panic!(
-            "no SQS server answers at {} ({e}): start one with `deploy/local/services.sh up`, \
-             or point SPILLWAY_TEST_SQS at one",
-            endpoint()
+            "no SQS server answers at {endpoint} ({e}): start one with `deploy/local/services.sh up`, \
+             or point {variable} at one"
         );
     }
     b
+}
+
+/// Which SQS-compatible server a harness runs the kit on.
+trait Server: Send + Sync + 'static {
+    fn connect() -> impl std::future::Future<Output = SqsBackend> + Send;
+}
+
+/// moto (with deploy/local/sqs_server.py's fix).
+struct Moto;
+
+impl Server for Moto {
+    async fn connect() -> SqsBackend {
+        connect().await
+    }
+}
+
+/// ElasticMQ, with its queues and messages persisted.
+struct ElasticMq;
+
+impl Server for ElasticMq {
+    async fn connect() -> SqsBackend {
+        connect_to(&elasticmq_endpoint(), "SPILLWAY_TEST_ELASTICMQ").await
+    }
 }
 
 /// What standard and FIFO queues share.
@@ -76,10 +109,10 @@ impl Kind for FifoQueues {
     }
 }
 
-struct Sqs<K>(SqsBackend, std::marker::PhantomData<K>);
+struct Sqs<K, S>(SqsBackend, std::marker::PhantomData<(K, S)>);
 
 #[async_trait]
-impl<K: Kind> Harness for Sqs<K> {
+impl<K: Kind, S: Server> Harness for Sqs<K, S> {
     fn capabilities() -> Capabilities {
         K::capabilities()
     }
@@ -87,13 +120,13 @@ impl<K: Kind> Harness for Sqs<K> {
         K::suffix()
     }
     async fn new() -> Self {
-        Self(connect().await, std::marker::PhantomData)
+        Self(S::connect().await, std::marker::PhantomData)
     }
     async fn backend(&self) -> Arc<dyn Backend> {
         Arc::new(self.0.clone())
     }
     async fn reopen(&self) -> Arc<dyn Backend> {
-        Arc::new(connect().await)
+        Arc::new(S::connect().await)
     }
     async fn cleanup(&self) {
         if let Err(e) = self.0.delete_ensured().await {
@@ -102,8 +135,10 @@ impl<K: Kind> Harness for Sqs<K> {
     }
 }
 
-type Standard = Sqs<StandardQueues>;
-type Fifo = Sqs<FifoQueues>;
+type Standard = Sqs<StandardQueues, Moto>;
+type Fifo = Sqs<FifoQueues, Moto>;
+type ElasticMqStandard = Sqs<StandardQueues, ElasticMq>;
+type ElasticMqFifo = Sqs<FifoQueues, ElasticMq>;
 
 mod standard {
     use super::Standard;
@@ -113,6 +148,16 @@ mod standard {
 mod fifo {
     use super::Fifo;
     crate::conformance_tests!(Fifo);
+}
+
+mod elasticmq_standard {
+    use super::ElasticMqStandard;
+    crate::conformance_tests!(ElasticMqStandard);
+}
+
+mod elasticmq_fifo {
+    use super::ElasticMqFifo;
+    crate::conformance_tests!(ElasticMqFifo);
 }
 
 /// A queue can be named by its URL as well as by its name.
