@@ -76,6 +76,7 @@ queue = "{QUEUE}"
     let backend = spillway_queue::connect(&spillway_queue::BackendConfig::Rabbitmq(
         spillway_queue::rabbitmq::RabbitConfig {
             url: amqp_url(),
+            urls: Vec::new(),
             connection_name: "interop-test".into(),
             confirm_timeout: std::time::Duration::from_secs(10),
             management_url: None,

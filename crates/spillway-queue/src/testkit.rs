@@ -158,6 +158,17 @@ pub trait Harness: Send + Sync + Sized + 'static {
     async fn cleanup(&self) {}
 }
 
+/// A backend whose queues other programs write to with the broker's own
+/// clients (RabbitMQ, SQS, Kafka): what they write carries nothing of
+/// Spillway's, no id above all. Its harness runs
+/// [`foreign_producer_tests!`] besides the kit.
+#[async_trait]
+pub trait ForeignProducer: Harness {
+    /// Publishes `body` into `queue` as another producer would: with the
+    /// broker's own client, no Spillway id, headers or attributes.
+    async fn publish_foreign(&self, queue: &str, body: &[u8]);
+}
+
 /// Runs one scenario on the runtime the harness's time source needs.
 pub fn run<H, F, Fut>(scenario: F)
 where
@@ -1010,6 +1021,63 @@ async fn assert_stats<H: Harness>(b: &Arc<dyn Backend>, name: &str, ok: impl Fn(
         assert!(Instant::now() < deadline, "stats never reached the expected counts: {s:?}");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// Messages another producer wrote without a Spillway id, all with the same
+/// body, each get an id of their own: distinct, never empty, the same on
+/// the next receive after a nack, and the same in the DLQ. A sink that
+/// drops a repeated id (PostgreSQL's `ON CONFLICT (id) DO NOTHING`) would
+/// otherwise keep one of them and ack the rest.
+pub async fn foreign_messages_keep_unique_ids<H: ForeignProducer>(h: &H) {
+    let b = h.backend().await;
+    let (name, _p, c) = queue_with::<H>(&b, "foreign", policy::<H>(2), 64 * 1024).await;
+    for _ in 0..3 {
+        h.publish_foreign(&name, b"the same body").await;
+    }
+    let first = receive_n(&c, 3, WAIT * 2).await;
+    assert_eq!(first.len(), 3, "every foreign message is received");
+    let ids: BTreeMap<String, u32> = first.iter().map(|d| (d.message.id.clone(), d.receive_count)).collect();
+    assert_eq!(ids.len(), 3, "each foreign message has an id of its own: {ids:?}");
+    assert!(ids.keys().all(|id| !id.is_empty()), "no foreign message has an empty id: {ids:?}");
+    for d in &first {
+        assert_eq!(d.message.body.as_ref(), b"the same body");
+        assert_eq!(d.receive_count, 1);
+        assert_eq!(c.nack(d, Duration::ZERO, "sink failed").await.expect("nack"), Nacked::Retried);
+    }
+    let second = receive_n(&c, 3, WAIT * 2).await;
+    let again: BTreeMap<String, u32> =
+        second.iter().map(|d| (d.message.id.clone(), d.receive_count)).collect();
+    assert_eq!(
+        again.keys().collect::<Vec<_>>(),
+        ids.keys().collect::<Vec<_>>(),
+        "a retried foreign message keeps its id"
+    );
+    assert!(again.values().all(|n| *n == 2), "each retry is counted: {again:?}");
+    for d in &second {
+        assert_eq!(c.nack(d, Duration::ZERO, "sink failed again").await.expect("nack"), Nacked::DeadLettered);
+    }
+    assert_stats::<H>(&b, &name, |s| (s.pending(), s.dead) == (0, 3)).await;
+    let dead: Vec<String> = b.peek_dead(&name, 10).await.expect("peek").into_iter().map(|d| d.id).collect();
+    let mut dead_sorted = dead.clone();
+    dead_sorted.sort();
+    assert_eq!(dead_sorted, ids.keys().cloned().collect::<Vec<_>>(), "the dead letters keep the ids");
+}
+
+/// The scenarios of [`ForeignProducer`] backends.
+#[macro_export]
+macro_rules! foreign_producer_tests {
+    ($harness:ty) => {
+        mod foreign_producers {
+            #[allow(unused_imports)]
+            use super::*;
+            #[test]
+            fn foreign_messages_keep_unique_ids() {
+                $crate::testkit::run::<$harness, _, _>(|h| async move {
+                    $crate::testkit::foreign_messages_keep_unique_ids(&*h).await
+                });
+            }
+        }
+    };
 }
 
 /// Runs every conformance scenario as a test against a [`Harness`], each on

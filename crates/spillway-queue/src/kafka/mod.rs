@@ -47,7 +47,7 @@ use std::{
 
 use async_trait::async_trait;
 use rdkafka::{
-    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
+    admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication},
     client::DefaultClientContext,
     config::ClientConfig,
     consumer::{BaseConsumer, CommitMode, Consumer as _},
@@ -85,6 +85,18 @@ pub struct KafkaConfig {
     /// broker; use 3 (with `min.insync.replicas = 2`) in production.
     #[serde(default = "default_replication")]
     pub replication: i32,
+    /// How long the topics `queue ensure` creates keep a record
+    /// (`retention.ms`): the longest sink outage the backlog survives.
+    /// Kafka's default is 7 days, and managed clusters often set less;
+    /// Spillway sets it on every topic it creates, and warns about a topic
+    /// it adopts that keeps records for less, or compacts them.
+    #[serde(default = "default_retention", with = "humantime_serde")]
+    pub retention: Duration,
+    /// `min.insync.replicas` of the topics `queue ensure` creates: how many
+    /// replicas must have a record before its `acks=all` send is `Ok`.
+    /// Unset: 2 where `replication` is 3 or more, else 1.
+    #[serde(default)]
+    pub min_insync_replicas: Option<i32>,
     /// A send without its delivery report by then fails (`message.timeout.ms`):
     /// nothing is acknowledged on the strength of it.
     #[serde(default = "default_send_timeout", with = "humantime_serde")]
@@ -119,6 +131,9 @@ fn default_partitions() -> i32 {
 fn default_replication() -> i32 {
     1
 }
+fn default_retention() -> Duration {
+    Duration::from_secs(14 * 24 * 3600)
+}
 fn default_send_timeout() -> Duration {
     Duration::from_secs(10)
 }
@@ -143,6 +158,8 @@ impl KafkaConfig {
             group_prefix: default_group_prefix(),
             partitions: default_partitions(),
             replication: default_replication(),
+            retention: default_retention(),
+            min_insync_replicas: None,
             send_timeout: default_send_timeout(),
             linger: default_linger(),
             batch_bytes: default_batch_bytes(),
@@ -163,6 +180,18 @@ impl KafkaConfig {
             c.set(k, v);
         }
         c
+    }
+
+    /// What every topic `queue ensure` creates is set to, rather than the
+    /// broker's defaults: delete (never compact: records with equal keys
+    /// are different messages), the retention, and the in-sync minimum.
+    pub(crate) fn topic_settings(&self) -> [(&'static str, String); 3] {
+        let min_isr = self.min_insync_replicas.unwrap_or(if self.replication >= 3 { 2 } else { 1 });
+        [
+            ("cleanup.policy", "delete".to_owned()),
+            ("retention.ms", self.retention.as_millis().to_string()),
+            ("min.insync.replicas", min_isr.to_string()),
+        ]
     }
 
     pub(crate) fn group(&self, queue: &str) -> String {
@@ -407,6 +436,52 @@ pub struct KafkaBackend {
 }
 
 impl KafkaBackend {
+    /// What the adopted `topics` of `queue` keep differently from what
+    /// Spillway sets on the topics it creates: a compacting cleanup policy
+    /// (Kafka would remove a record when a later one has the same key,
+    /// though each is a message of its own), or a retention shorter than
+    /// `retention` (a sink outage longer than that loses the backlog, with
+    /// no sign but a shrinking `stats`). Each finding is logged as a
+    /// warning, by `queue ensure` and on every start, and returned. Nothing
+    /// is changed on a topic Spillway did not create.
+    pub async fn check_adopted(&self, queue: &str, topics: &[String]) -> Vec<String> {
+        let specs: Vec<ResourceSpecifier<'_>> = topics.iter().map(|t| ResourceSpecifier::Topic(t)).collect();
+        let opts = AdminOptions::new().request_timeout(Some(self.shared.config.send_timeout));
+        let described = match self.shared.admin.describe_configs(&specs, &opts).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(queue, error = %e, "could not read the settings of the topics adopted");
+                return Vec::new();
+            }
+        };
+        let want = self.shared.config.retention;
+        let mut findings = Vec::new();
+        for (topic, r) in topics.iter().zip(described) {
+            let Ok(resource) = r else { continue };
+            let value = |name: &str| resource.get(name).and_then(|e| e.value.clone());
+            if let Some(policy) = value("cleanup.policy").filter(|p| p.contains("compact")) {
+                findings.push(format!(
+                    "topic {topic} has cleanup.policy={policy}: Kafka removes a record when a later one has \
+                     the same key, though each is a message of its own"
+                ));
+            }
+            let kept = value("retention.ms").and_then(|v| v.parse::<i64>().ok());
+            if let Some(ms) = kept.and_then(|ms| u64::try_from(ms).ok()) {
+                if Duration::from_millis(ms) < want {
+                    findings.push(format!(
+                        "topic {topic} keeps records for {ms} ms (retention.ms), less than the configured \
+                         retention of {} ms: a sink outage longer than that loses the backlog",
+                        want.as_millis()
+                    ));
+                }
+            }
+        }
+        for f in &findings {
+            tracing::warn!(queue, "{f}");
+        }
+        findings
+    }
+
     /// Clients for the configured brokers. Connects lazily: a broker that is
     /// down makes calls fail, not this.
     pub async fn connect(cfg: &KafkaConfig) -> Result<Self, QueueError> {
@@ -580,11 +655,15 @@ impl Admin for KafkaBackend {
         let cfg = &self.shared.config;
         let names = topics::all(&spec.name);
         let dlq = topics::dlq(&spec.name);
+        let settings = cfg.topic_settings();
         let new: Vec<NewTopic<'_>> = names
             .iter()
             .map(|t| {
                 let partitions = if *t == dlq { 1 } else { cfg.partitions };
-                NewTopic::new(t, partitions, TopicReplication::Fixed(cfg.replication))
+                settings.iter().fold(
+                    NewTopic::new(t, partitions, TopicReplication::Fixed(cfg.replication)),
+                    |topic, (k, v)| topic.set(k, v),
+                )
             })
             .collect();
         let opts = AdminOptions::new().operation_timeout(Some(cfg.send_timeout));
@@ -595,10 +674,11 @@ impl Admin for KafkaBackend {
             .await
             .map_err(|e| queue_error("create topics", &spec.name, &e))?;
         let mut created = Vec::new();
+        let mut adopted = Vec::new();
         for r in results {
             match r {
                 Ok(topic) => created.push(topic),
-                Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((topic, RDKafkaErrorCode::TopicAlreadyExists)) => adopted.push(topic),
                 Err((topic, code)) => {
                     return Err(QueueError::unavailable_msg(format!("kafka: create topic {topic}: {code}")));
                 }
@@ -613,6 +693,9 @@ impl Admin for KafkaBackend {
             created.iter().map(|topic| self.shared.await_leaders(&spec.name, topic, deadline)),
         )
         .await?;
+        if !adopted.is_empty() {
+            self.check_adopted(&spec.name, &adopted).await;
+        }
         self.shared.specs.insert(spec);
         Ok(())
     }

@@ -63,3 +63,77 @@ impl Harness for Kafka {
 }
 
 crate::conformance_tests!(Kafka);
+
+#[async_trait]
+impl crate::testkit::ForeignProducer for Kafka {
+    /// As any Kafka client would: a value, no key, no headers.
+    async fn publish_foreign(&self, queue: &str, body: &[u8]) {
+        use rdkafka::producer::{FutureProducer, FutureRecord};
+        let producer: FutureProducer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", brokers())
+            .set("acks", "all")
+            .create()
+            .expect("a plain Kafka producer");
+        producer
+            .send(FutureRecord::<(), [u8]>::to(queue).payload(body), Duration::from_secs(10))
+            .await
+            .map_err(|(e, _)| e)
+            .expect("the broker stored the foreign record");
+    }
+}
+
+crate::foreign_producer_tests!(Kafka);
+
+/// The settings of a topic, as the broker reports them.
+async fn topic_settings(b: &KafkaBackend, topic: &str) -> std::collections::BTreeMap<String, String> {
+    use rdkafka::admin::{AdminOptions, ResourceSpecifier};
+    let spec = [ResourceSpecifier::Topic(topic)];
+    let described =
+        b.shared.admin.describe_configs(&spec, &AdminOptions::new()).await.expect("describe configs");
+    let resource = described.into_iter().next().expect("one result").expect("the topic's settings");
+    resource.entries.into_iter().filter_map(|e| Some((e.name, e.value?))).collect()
+}
+
+/// What `queue ensure` creates is set, not left to the broker's defaults:
+/// delete (never compact), the configured retention, and the in-sync
+/// minimum, on the source, each tier and the DLQ.
+#[tokio::test]
+async fn created_topics_carry_retention_cleanup_and_min_insync() {
+    let b = connect().await;
+    let name = format!("conf-retention-{:08x}", rand::random::<u32>());
+    crate::Admin::ensure(&b, &crate::QueueSpec::new(&name)).await.expect("ensure");
+    for topic in super::topics::all(&name) {
+        let got = topic_settings(&b, &topic).await;
+        assert_eq!(got.get("cleanup.policy").map(String::as_str), Some("delete"), "{topic}");
+        assert_eq!(got.get("retention.ms").map(String::as_str), Some("1209600000"), "{topic}: 14 days");
+        assert_eq!(got.get("min.insync.replicas").map(String::as_str), Some("1"), "{topic}: replication 1");
+    }
+}
+
+/// A topic Spillway adopts (made by someone else) is checked: compaction
+/// and a retention shorter than configured are named, and left as they are.
+#[tokio::test]
+async fn an_adopted_compacted_or_short_lived_topic_is_named() {
+    use rdkafka::admin::{AdminOptions, NewTopic, TopicReplication};
+    let b = connect().await;
+    let name = format!("conf-adopt-{:08x}", rand::random::<u32>());
+    let made = b
+        .shared
+        .admin
+        .create_topics(
+            &[NewTopic::new(&name, 1, TopicReplication::Fixed(1))
+                .set("cleanup.policy", "compact")
+                .set("retention.ms", "3600000")],
+            &AdminOptions::new(),
+        )
+        .await
+        .expect("create topic");
+    assert!(made.iter().all(Result::is_ok), "{made:?}");
+    crate::Admin::ensure(&b, &crate::QueueSpec::new(&name)).await.expect("ensure adopts it");
+    let findings = b.check_adopted(&name, std::slice::from_ref(&name)).await;
+    assert_eq!(findings.len(), 2, "{findings:#?}");
+    assert!(findings[0].contains("cleanup.policy=compact"), "{findings:#?}");
+    assert!(findings[1].contains("3600000 ms"), "{findings:#?}");
+    let got = topic_settings(&b, &name).await;
+    assert_eq!(got.get("cleanup.policy").map(String::as_str), Some("compact"), "left as it was");
+}

@@ -94,9 +94,15 @@ impl Record {
         self.headers.get(name).map(String::as_str)
     }
 
+    /// The `spillway-id` header; for a record another producer wrote
+    /// without one (or with an empty one), its place in the log, which no
+    /// other record shares. Every republished copy carries it in the
+    /// header ([`Self::headers_with`]), so it holds across retries, tiers
+    /// and the DLQ.
     pub(crate) fn id(&self) -> String {
         self.headers
             .get(ID)
+            .filter(|id| !id.is_empty())
             .cloned()
             .unwrap_or_else(|| format!("{}-{}-{}", self.topic, self.partition, self.offset))
     }
@@ -134,12 +140,21 @@ impl Record {
     }
 
     /// The headers of a copy: this one's, with `set` replacing or adding.
+    ///
+    /// The copy always carries this record's id and enqueue time, so a
+    /// record another producer wrote without them keeps the id and time it
+    /// was first read with (not the republished copy's place in the log).
     pub(crate) fn headers_with(&self, drop: &[&str], set: &[(&str, String)]) -> OwnedHeaders {
-        let mut out = OwnedHeaders::new_with_capacity(self.headers.len() + set.len());
+        let own = [(ID, self.id()), (ENQUEUED_AT, self.enqueued_at().to_string())];
+        let mut out = OwnedHeaders::new_with_capacity(self.headers.len() + set.len() + own.len());
+        let replaced = |k: &str| set.iter().any(|(s, _)| *s == k) || own.iter().any(|(s, _)| *s == k);
         for (k, v) in &self.headers {
-            if drop.contains(&k.as_str()) || set.iter().any(|(s, _)| s == k) {
+            if drop.contains(&k.as_str()) || replaced(k) {
                 continue;
             }
+            out = out.insert(Header { key: k, value: Some(v.as_bytes()) });
+        }
+        for (k, v) in own.iter().filter(|(k, _)| !drop.contains(k) && !set.iter().any(|(s, _)| s == k)) {
             out = out.insert(Header { key: k, value: Some(v.as_bytes()) });
         }
         for (k, v) in set {

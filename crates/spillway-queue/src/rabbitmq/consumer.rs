@@ -200,6 +200,14 @@ impl Inner {
         let returned = h.int(wire::DELIVERY_COUNT).unwrap_or(0).max(0);
         let count = u32::try_from(carried + returned + 1).unwrap_or(u32::MAX);
         let first_received_ms = h.int(wire::FIRST_RECEIVED_AT).unwrap_or(now);
+        let id = h
+            .text(wire::ID)
+            .or_else(|| d.properties.message_id().as_ref().map(|s| s.as_str().to_owned()))
+            .filter(|id| !id.is_empty());
+        let Some(id) = id else {
+            self.adopt(d, h, count - 1, first_received_ms, now).await?;
+            return Ok(None);
+        };
         if count > self.policy.max_receive_count {
             // Its last allowed receive went away without a verdict.
             let reason = h
@@ -212,10 +220,6 @@ impl Inner {
             d.acker.ack(BasicAckOptions::default()).await.map_err(|e| queue_error("ack", &self.queue, &e))?;
             return Ok(None);
         }
-        let id = h
-            .text(wire::ID)
-            .or_else(|| d.properties.message_id().as_ref().map(|s| s.as_str().to_owned()))
-            .unwrap_or_default();
         let delivery = Delivery {
             queue: self.queue.clone(),
             message: ReceivedMessage {
@@ -239,6 +243,44 @@ impl Inner {
         };
         self.held.lock().unwrap_or_else(PoisonError::into_inner).insert((generation, d.delivery_tag), held);
         Ok(Some(delivery))
+    }
+
+    /// Gives a message another producer published without an id (neither
+    /// `x-spillway-id` nor an AMQP `message_id`) one of its own: a copy with
+    /// a fresh ULID, the failures so far and the first receive time goes
+    /// to the back of the queue (confirmed), then the original is acked.
+    /// The copy is what consumers receive, so the id holds across retries,
+    /// republishes and the DLQ; without this every such message would share
+    /// the id `""` and a sink that drops repeated ids would keep only one.
+    /// A crash between the confirm and the ack leaves both: the message is
+    /// adopted twice, under two ids (a duplicate, never a loss).
+    async fn adopt(
+        &self,
+        d: lapin::message::Delivery,
+        h: Headers,
+        failures: u32,
+        first_received_ms: i64,
+        now: i64,
+    ) -> Result<(), QueueError> {
+        let id = ulid::Ulid::new().to_string();
+        let enqueued_ms = d
+            .properties
+            .timestamp()
+            .and_then(|s| i64::try_from(s).ok())
+            .map_or(now, |s| s.saturating_mul(1000));
+        let mut headers = h.without(&[]);
+        headers.set_text(wire::ID, &id);
+        headers.set_int(wire::ENQUEUED_AT, enqueued_ms);
+        headers.set_int(wire::FAILURES, i64::from(failures));
+        if failures > 0 {
+            headers.set_int(wire::FIRST_RECEIVED_AT, first_received_ms);
+        }
+        let props = headers.into_properties(&d.properties).with_message_id(ShortString::from(id.clone()));
+        let publisher = self.shared.link.publisher().await?;
+        publish_confirmed(&publisher, &self.queue, &d.data, props, self.shared.confirm_timeout).await?;
+        d.acker.ack(BasicAckOptions::default()).await.map_err(|e| queue_error("ack", &self.queue, &e))?;
+        tracing::debug!(queue = %self.queue, id, "adopted a message published without an id");
+        Ok(())
     }
 
     /// The properties of a dead letter, with its metadata.

@@ -116,6 +116,13 @@ pub struct RabbitConfig {
     /// `amqp://user:password@host:5672/vhost` or `amqps://…` (the password is
     /// masked by `config check`).
     pub url: String,
+    /// The cluster's other nodes, same form as `url`: when the node Spillway
+    /// is connected to goes away (or `url` cannot be reached at start), it
+    /// connects to the next that answers, in this order after `url`, and
+    /// stays there. Quorum queues are reachable from every node of the
+    /// cluster, so nothing else changes.
+    #[serde(default)]
+    pub urls: Vec<String>,
     /// Shown in the broker's connection list.
     #[serde(default = "default_connection_name")]
     pub connection_name: String,
@@ -171,7 +178,10 @@ fn short(name: &str) -> Result<ShortString, QueueError> {
 
 /// The connection, opened again after a failure.
 struct Link {
-    url: String,
+    /// `url`, then `urls`: the nodes tried in turn.
+    urls: Vec<String>,
+    /// The node of the last connection: tried first next time.
+    current: std::sync::atomic::AtomicUsize,
     name: String,
     conn: tokio::sync::Mutex<Option<Arc<Connection>>>,
     /// Confirm channels for publishing, opened on first use, used in turn.
@@ -185,14 +195,28 @@ impl Link {
         if let Some(c) = conn.as_ref().filter(|c| c.status().connected()) {
             return Ok(c.clone());
         }
-        let props = ConnectionProperties::default().with_connection_name(self.name.clone().into());
-        let connected = tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(&self.url, props))
-            .await
-            .map_err(|_| QueueError::Timeout { after: CONNECT_TIMEOUT })?
-            .map_err(|e| queue_error("connect", "", &e))?;
-        let c = Arc::new(connected);
-        *conn = Some(c.clone());
-        Ok(c)
+        // The node of the last connection first, then the others in order.
+        let start = self.current.load(std::sync::atomic::Ordering::Relaxed);
+        let mut failed = None;
+        for i in (0..self.urls.len()).map(|k| (start + k) % self.urls.len()) {
+            let props = ConnectionProperties::default().with_connection_name(self.name.clone().into());
+            let attempt =
+                tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(&self.urls[i], props)).await;
+            match attempt {
+                Ok(Ok(connected)) => {
+                    if i != start {
+                        tracing::info!(node = i, "connected to another node of the RabbitMQ cluster");
+                    }
+                    self.current.store(i, std::sync::atomic::Ordering::Relaxed);
+                    let c = Arc::new(connected);
+                    *conn = Some(c.clone());
+                    return Ok(c);
+                }
+                Ok(Err(e)) => failed = Some(queue_error("connect", "", &e)),
+                Err(_) => failed = Some(QueueError::Timeout { after: CONNECT_TIMEOUT }),
+            }
+        }
+        Err(failed.unwrap_or_else(|| QueueError::unavailable_msg("rabbitmq: no node to connect to")))
     }
 
     /// A new channel, with publisher confirms when asked.
@@ -333,7 +357,8 @@ impl RabbitBackend {
     /// [`RabbitBackend::connect`] with the time read from `clock`.
     pub async fn connect_with_clock(cfg: &RabbitConfig, clock: Clock) -> Result<Self, QueueError> {
         let link = Link {
-            url: cfg.url.clone(),
+            urls: std::iter::once(&cfg.url).chain(&cfg.urls).cloned().collect(),
+            current: std::sync::atomic::AtomicUsize::new(0),
             name: cfg.connection_name.clone(),
             conn: tokio::sync::Mutex::default(),
             publishers: (0..cfg.publisher_channels.max(1)).map(|_| tokio::sync::Mutex::default()).collect(),
@@ -684,6 +709,7 @@ mod tests {
     async fn connect() -> RabbitBackend {
         let cfg = RabbitConfig {
             url: url(),
+            urls: Vec::new(),
             connection_name: "spillway-tests".into(),
             confirm_timeout: Duration::from_secs(10),
             management_url: Some(management_url()),
@@ -734,6 +760,34 @@ mod tests {
     }
 
     crate::conformance_tests!(Rabbit);
+
+    #[async_trait]
+    impl crate::testkit::ForeignProducer for Rabbit {
+        /// As pika or any AMQP client would: persistent, confirmed, and no
+        /// `message_id` or header at all.
+        async fn publish_foreign(&self, queue: &str, body: &[u8]) {
+            use lapin::{options::BasicPublishOptions, options::ConfirmSelectOptions, BasicProperties};
+            let conn = lapin::Connection::connect(&url(), lapin::ConnectionProperties::default())
+                .await
+                .expect("a plain AMQP connection");
+            let ch = conn.create_channel().await.expect("channel");
+            ch.confirm_select(ConfirmSelectOptions::default()).await.expect("confirms");
+            let confirm = ch
+                .basic_publish(
+                    "".into(),
+                    queue.into(),
+                    BasicPublishOptions::default(),
+                    body,
+                    BasicProperties::default().with_delivery_mode(2),
+                )
+                .await
+                .expect("publish");
+            assert!(confirm.await.expect("confirm").is_ack(), "the broker stored the foreign message");
+            let _ = conn.close(200, "done".into()).await;
+        }
+    }
+
+    crate::foreign_producer_tests!(Rabbit);
 
     /// A queue that exists with other arguments is refused with the
     /// argument named, not a closed channel or a silent mismatch.

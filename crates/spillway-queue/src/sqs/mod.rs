@@ -102,6 +102,16 @@ pub struct SqsConfig {
     /// `SendMessageBatch` calls one `send_batch` keeps in flight at once.
     #[serde(default = "default_batches_in_flight")]
     pub batches_in_flight: usize,
+    /// How long the queues `queue ensure` creates keep a message
+    /// (`MessageRetentionPeriod`, at most 14 days): the longest sink outage
+    /// the backlog survives. SQS's default is 4 days; a queue Spillway
+    /// adopts that keeps messages for less is named in a warning.
+    #[serde(default = "default_retention", with = "humantime_serde")]
+    pub retention: Duration,
+}
+
+fn default_retention() -> Duration {
+    Duration::from_secs(DLQ_RETENTION_SECS)
 }
 
 fn default_timeout() -> Duration {
@@ -123,6 +133,7 @@ impl SqsConfig {
             secret_access_key: Some("test".into()),
             timeout: default_timeout(),
             batches_in_flight: default_batches_in_flight(),
+            retention: default_retention(),
         }
     }
 }
@@ -216,7 +227,6 @@ pub(crate) struct QueueInfo {
     pub(crate) url: String,
     pub(crate) arn: String,
     pub(crate) fifo: bool,
-    pub(crate) content_dedup: bool,
     pub(crate) visibility: Duration,
     /// The queue's `MaximumMessageSize`: the wire size SQS takes.
     pub(crate) max_wire_bytes: usize,
@@ -229,6 +239,8 @@ pub(crate) struct Shared {
     clock: Clock,
     timeout: Duration,
     batches_in_flight: usize,
+    /// `SqsConfig::retention`, capped at SQS's 14 days.
+    retention: Duration,
     /// The policies of queues ensured by this process.
     specs: crate::spec::Specs,
     queues: Mutex<HashMap<String, Arc<QueueInfo>>>,
@@ -296,7 +308,6 @@ impl Shared {
             name: queue.to_owned(),
             arn: attrs.get(&QueueAttributeName::QueueArn).cloned().unwrap_or_default(),
             fifo: flag(&attrs, QueueAttributeName::FifoQueue) || name.ends_with(".fifo"),
-            content_dedup: flag(&attrs, QueueAttributeName::ContentBasedDeduplication),
             visibility: Duration::from_secs(int(&attrs, QueueAttributeName::VisibilityTimeout).unwrap_or(30)),
             max_wire_bytes: int(&attrs, QueueAttributeName::MaximumMessageSize)
                 .and_then(|n| usize::try_from(n).ok())
@@ -493,6 +504,19 @@ impl Shared {
     }
 }
 
+/// Whether an adopted queue keeps messages for less than `retention`: a
+/// sink outage longer than that loses the backlog.
+pub(crate) fn short_retention(queue: &str, attrs: &Attributes, retention: Duration) -> Option<String> {
+    let kept = attrs.get(&QueueAttributeName::MessageRetentionPeriod)?.parse::<u64>().ok()?;
+    (kept < retention.as_secs()).then(|| {
+        format!(
+            "queue {queue} keeps messages for {kept} s (MessageRetentionPeriod), less than the configured \
+             retention of {} s: a sink outage longer than that loses the backlog",
+            retention.as_secs()
+        )
+    })
+}
+
 /// A send entry: group and deduplication ids on FIFO, a delay on standard.
 fn send_entry(
     fifo: bool,
@@ -586,6 +610,7 @@ impl SqsBackend {
                 clock: Clock::system(),
                 timeout: cfg.timeout,
                 batches_in_flight: cfg.batches_in_flight,
+                retention: cfg.retention.min(Duration::from_secs(DLQ_RETENTION_SECS)),
                 specs: crate::spec::Specs::default(),
                 queues: Mutex::default(),
                 move_tasks: AtomicBool::new(true),
@@ -679,6 +704,9 @@ impl Admin for SqsBackend {
                     ),
                     Some(_) => {}
                 }
+                if let Some(finding) = short_retention(&spec.name, &attrs, s.retention) {
+                    tracing::warn!(queue = %spec.name, "{finding}");
+                }
                 let secs = attrs.get(&QueueAttributeName::VisibilityTimeout).cloned().unwrap_or_default();
                 if secs != ceil_secs(visibility, MAX_VISIBILITY_SECS).to_string() {
                     tracing::warn!(queue = %spec.name, queue_visibility_seconds = %secs, configured = ?visibility,
@@ -706,6 +734,7 @@ impl Admin for SqsBackend {
                 );
                 attrs.insert(QueueAttributeName::MaximumMessageSize, MAX_MESSAGE_BYTES.to_string());
                 attrs.insert(QueueAttributeName::RedrivePolicy, policy.to_string());
+                attrs.insert(QueueAttributeName::MessageRetentionPeriod, s.retention.as_secs().to_string());
                 if fifo {
                     attrs.insert(QueueAttributeName::FifoQueue, "true".into());
                 }

@@ -59,11 +59,12 @@ impl SqsProducer {
         // Without an ordering key each message is its own group: no order
         // to keep, nothing held back behind another message.
         let group = m.ordering_key.as_deref().unwrap_or(&m.id);
-        let dedup = match (&m.dedup_key, info.content_dedup) {
-            (Some(k), _) => Some(k.clone()),
-            (None, true) => None,
-            (None, false) => Some(m.id.clone()),
-        };
+        // The message id unless the route set a dedup key, also on a queue
+        // with content-based deduplication: there SQS would otherwise drop
+        // a second message whose body equals the first's within 5 minutes
+        // (a raw route, two clients sending the same event), though each
+        // got its own 2xx and id.
+        let dedup = Some(m.dedup_key.clone().unwrap_or_else(|| m.id.clone()));
         let entry = send_entry(
             info.fifo,
             index.to_string(),

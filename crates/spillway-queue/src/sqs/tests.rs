@@ -135,6 +135,26 @@ impl<K: Kind, S: Server> Harness for Sqs<K, S> {
     }
 }
 
+#[async_trait]
+impl<K: Kind, S: Server> crate::testkit::ForeignProducer for Sqs<K, S> {
+    /// As any SQS client would: a body and nothing else (on a FIFO queue,
+    /// the group and deduplication ids SQS requires).
+    async fn publish_foreign(&self, queue: &str, body: &[u8]) {
+        let client = &self.0.shared.client;
+        let url = client.get_queue_url().queue_name(queue).send().await.expect("queue url");
+        let mut send = client
+            .send_message()
+            .queue_url(url.queue_url().unwrap_or_default())
+            .message_body(String::from_utf8_lossy(body));
+        if queue.ends_with(".fifo") {
+            send = send
+                .message_group_id("foreign")
+                .message_deduplication_id(format!("{:016x}", rand::random::<u64>()));
+        }
+        send.send().await.expect("the server stored the foreign message");
+    }
+}
+
 type Standard = Sqs<StandardQueues, Moto>;
 type Fifo = Sqs<FifoQueues, Moto>;
 type ElasticMqStandard = Sqs<StandardQueues, ElasticMq>;
@@ -143,21 +163,101 @@ type ElasticMqFifo = Sqs<FifoQueues, ElasticMq>;
 mod standard {
     use super::Standard;
     crate::conformance_tests!(Standard);
+    crate::foreign_producer_tests!(Standard);
 }
 
 mod fifo {
     use super::Fifo;
     crate::conformance_tests!(Fifo);
+    crate::foreign_producer_tests!(Fifo);
 }
 
 mod elasticmq_standard {
     use super::ElasticMqStandard;
     crate::conformance_tests!(ElasticMqStandard);
+    crate::foreign_producer_tests!(ElasticMqStandard);
 }
 
 mod elasticmq_fifo {
     use super::ElasticMqFifo;
     crate::conformance_tests!(ElasticMqFifo);
+    crate::foreign_producer_tests!(ElasticMqFifo);
+}
+
+/// An adopted FIFO queue with content-based deduplication keeps two
+/// messages with equal bodies and different ids: the id is the
+/// deduplication id, not the body's hash.
+#[tokio::test]
+async fn content_based_dedup_does_not_drop_equal_bodies_with_other_ids() {
+    for b in [connect().await, connect_to(&elasticmq_endpoint(), "SPILLWAY_TEST_ELASTICMQ").await] {
+        let name = format!("conf-cbd-{:08x}.fifo", rand::random::<u32>());
+        b.shared
+            .client
+            .create_queue()
+            .queue_name(&name)
+            .attributes(aws_sdk_sqs::types::QueueAttributeName::FifoQueue, "true")
+            .attributes(aws_sdk_sqs::types::QueueAttributeName::ContentBasedDeduplication, "true")
+            .send()
+            .await
+            .expect("create a queue with content-based deduplication");
+        let spec = crate::QueueSpec::new(&name);
+        crate::Admin::ensure(&b, &spec).await.expect("adopt it");
+        let p = b.producer(&name).await.expect("producer");
+        let sent = p
+            .send_batch(vec![
+                crate::OutgoingMessage::new("first-id", "the same body"),
+                crate::OutgoingMessage::new("second-id", "the same body"),
+            ])
+            .await
+            .expect("send");
+        assert!(sent.iter().all(Result::is_ok), "{sent:?}");
+        let c = b.consumer(&name).await.expect("consumer");
+        let mut ids = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while ids.len() < 2 && tokio::time::Instant::now() < deadline {
+            for d in c.receive(10, Duration::from_secs(1)).await.expect("receive") {
+                ids.push(d.message.id.clone());
+                c.ack(&d).await.expect("ack");
+            }
+        }
+        ids.sort();
+        assert_eq!(ids, ["first-id", "second-id"], "both messages were kept");
+        let _ =
+            b.shared.client.delete_queue().queue_url(b.shared.url_of(&name).await.expect("url")).send().await;
+        let _ = b.delete_ensured().await;
+    }
+}
+
+/// The source queue `queue ensure` creates keeps messages for the
+/// configured retention (14 days by default, not SQS's 4), and an adopted
+/// queue that keeps them for less is named. On moto: ElasticMQ neither
+/// keeps nor reports `MessageRetentionPeriod`.
+#[tokio::test]
+async fn created_queues_keep_messages_for_the_retention_and_short_adopted_ones_are_named() {
+    use aws_sdk_sqs::types::QueueAttributeName;
+    let b = connect().await;
+    let name = format!("conf-retention-{:08x}", rand::random::<u32>());
+    crate::Admin::ensure(&b, &crate::QueueSpec::new(&name)).await.expect("ensure");
+    let url = b.shared.url_of(&name).await.expect("url");
+    let attrs = b.shared.attributes(&name, &url).await.expect("attributes");
+    assert_eq!(attrs.get(&QueueAttributeName::MessageRetentionPeriod).map(String::as_str), Some("1209600"));
+    assert_eq!(super::short_retention(&name, &attrs, Duration::from_secs(1_209_600)), None);
+    let adopted = format!("conf-adopted-{:08x}", rand::random::<u32>());
+    let made = b
+        .shared
+        .client
+        .create_queue()
+        .queue_name(&adopted)
+        .attributes(QueueAttributeName::MessageRetentionPeriod, "345600")
+        .send()
+        .await
+        .expect("a queue with SQS's default retention");
+    let attrs =
+        b.shared.attributes(&adopted, made.queue_url().unwrap_or_default()).await.expect("attributes");
+    let finding = super::short_retention(&adopted, &attrs, Duration::from_secs(1_209_600));
+    assert!(finding.as_deref().is_some_and(|f| f.contains("345600 s")), "{finding:?}");
+    let _ = b.shared.client.delete_queue().queue_url(made.queue_url().unwrap_or_default()).send().await;
+    let _ = b.delete_ensured().await;
 }
 
 /// A queue can be named by its URL as well as by its name.

@@ -242,8 +242,11 @@ pub(crate) fn decode(m: &Message) -> Result<Decoded, QueueError> {
         }
         attributes.insert(k.clone(), text);
     }
+    // Another client's message: SQS's MessageId is unique and stays with
+    // it; a re-send (release, redrive) carries it on in the metadata.
     let meta = match meta {
-        Some(meta) => meta,
+        Some(meta) if !meta.id.is_empty() => meta,
+        Some(meta) => Meta { id: m.message_id().unwrap_or_default().to_owned(), ..meta },
         None => Meta {
             id: m.message_id().unwrap_or_default().to_owned(),
             enq: system_int(m, MessageSystemAttributeName::SentTimestamp).unwrap_or_default(),
