@@ -159,15 +159,17 @@ up_rabbit_cluster() {
   done
   for n in 1 2 3; do
     wait_port "${RABBIT_CLUSTER_PORTS[$(( n - 1 ))]}" 90 || die "rabbit-$n did not come up; see $STATE/rabbit-$n/log"
-    rabbitmqctl -n "rabbit-$n@localhost" -q await_startup >/dev/null
+    rabbitmqctl -n "rabbit-$n@localhost" -q await_startup >>"$STATE/rabbit-cluster.log" 2>&1 \
+      || die "rabbit-$n did not finish starting; see $STATE/rabbit-$n/log"
   done
   for n in 2 3; do
     if rabbitmqctl -n "rabbit-1@localhost" -q cluster_status 2>/dev/null | grep -q "rabbit-$n@localhost"; then continue; fi
-    log "joining rabbit-$n to rabbit-1"
-    rabbitmqctl -n "rabbit-$n@localhost" -q stop_app >/dev/null
-    rabbitmqctl -n "rabbit-$n@localhost" -q reset >/dev/null
-    rabbitmqctl -n "rabbit-$n@localhost" -q join_cluster "rabbit-1@localhost" >/dev/null
-    rabbitmqctl -n "rabbit-$n@localhost" -q start_app >/dev/null
+    log "joining rabbit-$n to rabbit-1 (log in $STATE/rabbit-cluster.log)"
+    { rabbitmqctl -n "rabbit-$n@localhost" -q stop_app \
+        && rabbitmqctl -n "rabbit-$n@localhost" -q reset \
+        && rabbitmqctl -n "rabbit-$n@localhost" -q join_cluster "rabbit-1@localhost" \
+        && rabbitmqctl -n "rabbit-$n@localhost" -q start_app; } >>"$STATE/rabbit-cluster.log" 2>&1 \
+      || die "rabbit-$n could not join rabbit-1; see $STATE/rabbit-cluster.log"
   done
   log "RabbitMQ cluster: amqp://guest:guest@127.0.0.1:{5681,5682,5683}/%2f"
 }

@@ -5,6 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 deploy/local/services.sh up
+# The three-node clusters the node-loss tests kill a node of.
+deploy/local/services.sh cluster kafka
+deploy/local/services.sh cluster rabbitmq
 # An empty Kafka test broker for each run, unless one is given.
 [ -n "${SPILLWAY_TEST_KAFKA:-}" ] || deploy/local/services.sh fresh-kafka
 export PATH="${SPILLWAY_TOOLS:-/var/tmp/spillway-tools}/bin:$PATH"

@@ -681,6 +681,72 @@ impl Drop for KafkaBroker {
     }
 }
 
+/// Runs `deploy/local/services.sh` with `args`; fails loudly with its
+/// output when it fails.
+pub fn services(args: &[&str]) {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/local/services.sh");
+    let out = Command::new("bash").arg(&script).args(args).output().expect("run deploy/local/services.sh");
+    assert!(
+        out.status.success(),
+        "`deploy/local/services.sh {}` failed:\n{}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Where `deploy/local/services.sh` keeps its services' data and pid files.
+pub fn services_state() -> PathBuf {
+    std::env::var("SPILLWAY_STATE")
+        .map_or_else(|_| PathBuf::from("/var/tmp/spillway-services"), PathBuf::from)
+}
+
+/// The AMQP ports of the three-node RabbitMQ cluster (`services.sh cluster
+/// rabbitmq`): node `rabbit-N@localhost` listens on the N-th.
+pub const RABBIT_CLUSTER_PORTS: [u16; 3] = [5681, 5682, 5683];
+
+/// The client ports of the three-node Kafka cluster (`services.sh cluster
+/// kafka`): node id N listens on the N-th.
+pub const KAFKA_CLUSTER_PORTS: [u16; 3] = [29092, 29094, 29096];
+
+/// The cluster's bootstrap list, for `brokers`.
+pub fn kafka_cluster_brokers() -> String {
+    KAFKA_CLUSTER_PORTS.iter().map(|p| format!("127.0.0.1:{p}")).collect::<Vec<_>>().join(",")
+}
+
+/// The cluster is up, or the test says how to bring it up.
+pub async fn assert_cluster_up(what: &str, ports: &[u16]) {
+    for port in ports {
+        assert!(
+            TcpStream::connect(("127.0.0.1", *port)).await.is_ok(),
+            "the {what} cluster is not up (nothing on 127.0.0.1:{port}): run `deploy/local/services.sh cluster {what}`"
+        );
+    }
+}
+
+/// `kill -9` of a process by pid: a node lost without a clean shutdown.
+pub fn kill9_pid(pid: u32) {
+    let ok = Command::new("kill").args(["-9", &pid.to_string()]).status().is_ok_and(|s| s.success());
+    assert!(ok, "kill -9 {pid} failed");
+}
+
+/// The operating-system pid of RabbitMQ cluster node `n` (1-based).
+pub fn rabbit_node_pid(n: usize) -> u32 {
+    let out = Command::new("rabbitmqctl")
+        .args(["-n", &format!("rabbit-{n}@localhost"), "eval", "os:getpid()."])
+        .output()
+        .expect("rabbitmqctl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.trim().trim_matches('"').parse().unwrap_or_else(|_| panic!("the pid of rabbit-{n}: {text:?}"))
+}
+
+/// The pid of Kafka cluster node `id` (1-based), from its pid file.
+pub fn kafka_node_pid(id: i32) -> u32 {
+    let file = services_state().join(format!("kafka-cluster/node-{id}/pid"));
+    let text = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    text.trim().parse().unwrap_or_else(|_| panic!("{}: {text:?}", file.display()))
+}
+
 /// A port nothing listens on right now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
@@ -803,6 +869,17 @@ impl Seen {
         let took: Vec<&Duration> =
             self.statuses.iter().zip(&self.took).filter(|(s, _)| **s == 503).map(|(_, t)| t).collect();
         took.iter().filter(|t| ***t <= within).count() as f64 / took.len().max(1) as f64
+    }
+
+    /// A node of a cluster lost: only 202 and 503 (a failover may cost
+    /// no 503 at all), none slower than the send timeout, and 2xx again at
+    /// the end without a restart.
+    pub fn assert_only_202_503_and_recovery(&self) {
+        let unexpected: Vec<u16> = self.statuses.iter().copied().filter(|s| *s != 202 && *s != 503).collect();
+        assert!(unexpected.is_empty(), "only 202 and 503 are right here: {unexpected:?}");
+        assert!(self.slow.is_empty(), "answers slower than the send timeout: {:?}", self.slow);
+        let after = self.statuses.iter().rev().take_while(|s| **s == 202).count();
+        assert!(after > 10, "the gateway did not recover: {after} 2xx at the end");
     }
 
     pub fn answered_503(&self) -> usize {

@@ -216,7 +216,15 @@ impl Inner {
             let dead = self.dead_copy(&h, &d.properties, count - 1, first_received_ms, &reason, now);
             let publisher = self.shared.link.publisher().await?;
             let timeout = self.shared.confirm_timeout;
-            publish_confirmed(&publisher, &topology::dlq(&self.queue), &d.data, dead, timeout).await?;
+            publish_confirmed(
+                &self.shared.link,
+                &publisher,
+                &topology::dlq(&self.queue),
+                &d.data,
+                dead,
+                timeout,
+            )
+            .await?;
             d.acker.ack(BasicAckOptions::default()).await.map_err(|e| queue_error("ack", &self.queue, &e))?;
             return Ok(None);
         }
@@ -277,7 +285,15 @@ impl Inner {
         }
         let props = headers.into_properties(&d.properties).with_message_id(ShortString::from(id.clone()));
         let publisher = self.shared.link.publisher().await?;
-        publish_confirmed(&publisher, &self.queue, &d.data, props, self.shared.confirm_timeout).await?;
+        publish_confirmed(
+            &self.shared.link,
+            &publisher,
+            &self.queue,
+            &d.data,
+            props,
+            self.shared.confirm_timeout,
+        )
+        .await?;
         d.acker.ack(BasicAckOptions::default()).await.map_err(|e| queue_error("ack", &self.queue, &e))?;
         tracing::debug!(queue = %self.queue, id, "adopted a message published without an id");
         Ok(())
@@ -334,7 +350,7 @@ impl Inner {
         }
         let ch = self.shared.link.publisher().await?;
         let props = headers.into_properties(&h.props);
-        publish_confirmed(&ch, route, &h.body, props, self.shared.confirm_timeout).await?;
+        publish_confirmed(&self.shared.link, &ch, route, &h.body, props, self.shared.confirm_timeout).await?;
         self.ack_original(h).await
     }
 
@@ -343,8 +359,15 @@ impl Inner {
         let props =
             self.dead_copy(&headers, &h.props, h.count, h.first_received_ms, reason, self.shared.now_ms());
         let ch = self.shared.link.publisher().await?;
-        publish_confirmed(&ch, &topology::dlq(&self.queue), &h.body, props, self.shared.confirm_timeout)
-            .await?;
+        publish_confirmed(
+            &self.shared.link,
+            &ch,
+            &topology::dlq(&self.queue),
+            &h.body,
+            props,
+            self.shared.confirm_timeout,
+        )
+        .await?;
         self.ack_original(h).await
     }
 

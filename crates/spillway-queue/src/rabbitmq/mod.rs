@@ -231,6 +231,25 @@ impl Link {
         Ok(ch)
     }
 
+    /// Retires a publishing channel the broker nacked on: the next publish
+    /// opens a fresh one. A channel keeps its own client state for each
+    /// quorum queue it published to; one opened on a surviving node while
+    /// the queue's leader was being elected again (its node `kill -9`ed
+    /// under load) had every publish after that nacked, on a broker that
+    /// stored the same publishes from a new channel.
+    async fn discard(&self, ch: &Channel) {
+        for slot in &self.publishers {
+            let mut slot = slot.lock().await;
+            if slot.as_ref().is_some_and(|c| c.id() == ch.id()) {
+                *slot = None;
+            }
+        }
+        let ch = ch.clone();
+        tokio::spawn(async move {
+            let _ = ch.close(200, "spillway: nacked, replaced".into()).await;
+        });
+    }
+
     /// The next of the shared channels for publishing, with confirms.
     async fn publisher(&self) -> Result<Channel, QueueError> {
         let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.publishers.len();
@@ -248,6 +267,7 @@ impl Link {
 /// message that was routed: `mandatory` is set, and an unroutable message
 /// is returned **and then acked**, so a returned message is an error.
 async fn publish_confirmed(
+    link: &Link,
     ch: &Channel,
     queue: &str,
     body: &[u8],
@@ -255,7 +275,7 @@ async fn publish_confirmed(
     timeout: Duration,
 ) -> Result<(), QueueError> {
     let pending = start_publish(ch, queue, body, props).await?;
-    finish_publish(queue, pending, timeout).await
+    finish_publish(link, ch, queue, pending, timeout).await
 }
 
 async fn start_publish(
@@ -270,7 +290,11 @@ async fn start_publish(
         .map_err(|e| queue_error("publish", queue, &e))
 }
 
+/// Waits for the confirm of a publish on `ch`. A nack also retires `ch`
+/// (see [`Link::discard`]).
 async fn finish_publish(
+    link: &Link,
+    ch: &Channel,
     queue: &str,
     pending: lapin::PublisherConfirm,
     timeout: Duration,
@@ -280,9 +304,12 @@ async fn finish_publish(
     match confirmed.map_err(|e| queue_error("publish confirm", queue, &e))? {
         Confirmation::Ack(None) => Ok(()),
         Confirmation::Ack(Some(_)) => Err(QueueError::NotFound(queue.to_owned())),
-        Confirmation::Nack(_) => Err(QueueError::unavailable_msg(format!(
-            "rabbitmq: the broker did not store the message for `{queue}` (nack)"
-        ))),
+        Confirmation::Nack(_) => {
+            link.discard(ch).await;
+            Err(QueueError::unavailable_msg(format!(
+                "rabbitmq: the broker did not store the message for `{queue}` (nack)"
+            )))
+        }
         Confirmation::NotRequested => Err(QueueError::unavailable_msg("rabbitmq: confirms are not enabled")),
     }
 }
@@ -472,7 +499,8 @@ impl Admin for RabbitBackend {
                     wire::DEAD_LETTERED_AT,
                 ]);
                 let props = headers.into_properties(&d.properties);
-                publish_confirmed(&ch, queue, &d.data, props, self.shared.confirm_timeout).await?;
+                publish_confirmed(&self.shared.link, &ch, queue, &d.data, props, self.shared.confirm_timeout)
+                    .await?;
                 d.acker
                     .ack(lapin::options::BasicAckOptions::default())
                     .await
@@ -649,7 +677,8 @@ impl RabbitProducer {
                 i,
                 match p {
                     Ok((route, confirm)) => {
-                        finish_publish(&route, confirm, self.shared.confirm_timeout).await
+                        finish_publish(&self.shared.link, ch, &route, confirm, self.shared.confirm_timeout)
+                            .await
                     }
                     Err(e) => Err(e),
                 },
