@@ -5,13 +5,13 @@
 # faults, restarts what it killed, and verifies every accepted request in
 # PostgreSQL. Exits non-zero if anything accepted was lost.
 #
-#   benches/drill.sh embedded|rabbitmq|kafka [out-dir]
+#   benches/drill.sh embedded|rabbitmq|rabbitmq-cluster|kafka|sqs [out-dir]
 #
-# kafka runs a tansu of its own (installed by deploy/local/services.sh up) on
-# port 19092 with its data in the drill's temporary folder.
+# kafka and rabbitmq-cluster run on the three-node clusters of
+# deploy/local/services.sh, which this brings up first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-NAME="${1:?embedded, rabbitmq or kafka}"
+NAME="${1:?embedded, rabbitmq, rabbitmq-cluster, kafka or sqs}"
 OUT="${2:-benches/results/latest/drill-$NAME}"
 cargo build --release -q -p spillway -p spillway-load
 BIN="${CARGO_TARGET_DIR:-target}/release"
@@ -20,7 +20,11 @@ trap 'rm -rf "$WORK"' EXIT
 export SPILLWAY="$BIN/spillway"
 export DRILL_DATA="$WORK/data"
 mkdir -p "$DRILL_DATA"
-export TANSU="${CARGO_HOME:-$HOME/.cargo}/bin/tansu"
+case "$NAME" in
+  kafka) deploy/local/services.sh cluster kafka ;;
+  rabbitmq-cluster) deploy/local/services.sh cluster rabbitmq ;;
+  *) deploy/local/services.sh up ;;
+esac
 export DRILL_PG="${SPILLWAY_TEST_PG:-postgres://postgres@127.0.0.1:5432/test}"
 export DRILL_AMQP="${SPILLWAY_TEST_AMQP:-amqp://guest:guest@127.0.0.1:5672/%2f}"
 export DRILL_TABLE="drill_${NAME}"

@@ -10,6 +10,8 @@
 #   deploy/local/services.sh status            # say what is there
 #   deploy/local/services.sh kafka-node DIR PORT CONTROLLER_PORT [ADVERTISED_PORT]
 #                                              # one Kafka node in the foreground (tests that kill a broker)
+#   deploy/local/services.sh elasticmq-node DIR PORT  # one ElasticMQ in the foreground (likewise)
+#   deploy/local/services.sh kill-leader kafka|rabbitmq QUEUE  # kill -9 the cluster node leading QUEUE
 #   deploy/local/services.sh down              # stop what this script started
 #
 # What `up` brings, and from where:
@@ -249,7 +251,7 @@ rest-stats { enabled = false }
 generate-node-address = false
 aws { region = us-east-1, accountId = 000000000000 }
 queues-storage { enabled = true, path = "$2/queues.conf" }
-messages-storage { enabled = true, uri = "jdbc:h2:$2/messages" }
+messages-storage { enabled = true, uri = "jdbc:h2:$2/messages;WRITE_DELAY=0" }
 EOF
 }
 
@@ -262,6 +264,16 @@ start_elasticmq() { # PORT DIR
     org.elasticmq.server.Main >"$2/server.log" 2>&1 </dev/null &
   echo $! >"$2/pid"
   wait_port "$1" 60 || die "ElasticMQ did not come up on 127.0.0.1:$1; see $2/server.log"
+}
+
+# One server of the test's own, in the foreground, for tests that kill and
+# restart it (crates/spillway-queue/src/sqs/tests.rs): becomes the server
+# process (exec), so its pid is the JVM's.
+run_elasticmq_node() { # DIR PORT
+  local lib; lib="$(maven_lib elasticmq)"
+  mkdir -p "$1"
+  elasticmq_conf "$2" "$1" >"$1/elasticmq.conf"
+  exec java -Xms64m -Xmx256m -Dconfig.file="$1/elasticmq.conf" -cp "$lib/*" org.elasticmq.server.Main
 }
 
 up_elasticmq() {
@@ -381,6 +393,32 @@ up_kafka_cluster() {
   log "Kafka cluster: 127.0.0.1:29092,127.0.0.1:29094,127.0.0.1:29096 (replication 3, min.insync.replicas 2)"
 }
 
+# `kill -9` of the cluster node that leads QUEUE (Kafka: partition 0 of its
+# topic; RabbitMQ: its quorum queue), for the drills' faults. Prints the
+# node's number. `cluster kafka|rabbitmq` starts it again.
+kill_leader() { # kafka|rabbitmq QUEUE
+  local n pid
+  case "$1" in
+    kafka)
+      n="$("$VENV/bin/python" - "$2" <<'PY'
+import sys
+from confluent_kafka.admin import AdminClient
+md = AdminClient({"bootstrap.servers": "127.0.0.1:29092,127.0.0.1:29094,127.0.0.1:29096"}).list_topics(sys.argv[1], timeout=10)
+print(md.topics[sys.argv[1]].partitions[0].leader)
+PY
+)" || die "could not find the leader of $2"
+      pid="$(cat "$STATE/kafka-cluster/node-$n/pid")" ;;
+    rabbitmq)
+      n="$(rabbitmqctl -n rabbit-2@localhost -q list_queues name leader 2>/dev/null | awk -v q="$2" '$1 == q { sub(/^rabbit-/, "", $2); sub(/@.*/, "", $2); print $2 }')"
+      [ -n "$n" ] || die "could not find the leader of $2"
+      pid="$(rabbitmqctl -n "rabbit-$n@localhost" eval 'os:getpid().' | tr -d '"')" ;;
+    *) die "kill-leader kafka|rabbitmq QUEUE" ;;
+  esac
+  kill -9 "$pid"
+  log "killed the $1 node $n (pid $pid), leader of $2"
+  echo "$n"
+}
+
 down_kafka() {
   local f
   for f in "$KAFKA_DIR/pid" "$STATE"/kafka-cluster/node-*/pid; do
@@ -439,6 +477,8 @@ case "${1:-up}" in
     esac ;;
   fresh-kafka) fresh_kafka ;;
   kafka-node) shift; run_kafka_node "$@" ;;
+  elasticmq-node) shift; run_elasticmq_node "$@" ;;
+  kill-leader) shift; kill_leader "$@" ;;
   status) status ;;
   down)
     down_kafka; stop_pidfile "$ELASTICMQ_DIR/pid" "$ELASTICMQ_PORT"; stop_pidfile "$STATE/moto.pid" "$SQS_PORT"

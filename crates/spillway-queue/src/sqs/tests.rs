@@ -260,6 +260,118 @@ async fn created_queues_keep_messages_for_the_retention_and_short_adopted_ones_a
     let _ = b.delete_ensured().await;
 }
 
+/// An ElasticMQ of the test's own (`deploy/local/services.sh
+/// elasticmq-node`), on a free port with its data in a folder of its own,
+/// so the test may `kill -9` and restart it. Killed when dropped.
+struct OwnElasticMq {
+    port: u16,
+    dir: tempfile::TempDir,
+    process: Option<std::process::Child>,
+}
+
+impl OwnElasticMq {
+    async fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let mut s = Self { port, dir: tempfile::tempdir().expect("data folder"), process: None };
+        s.restart().await;
+        s
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    async fn restart(&mut self) {
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/local/services.sh");
+        let log = std::fs::File::create(self.dir.path().join("stdout.log")).expect("log");
+        let child = std::process::Command::new("bash")
+            .arg(script)
+            .arg("elasticmq-node")
+            .arg(self.dir.path())
+            .arg(self.port.to_string())
+            .stdin(std::process::Stdio::null())
+            .stdout(log)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start deploy/local/services.sh elasticmq-node");
+        self.process = Some(child);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_err() {
+            assert!(tokio::time::Instant::now() < deadline, "ElasticMQ did not start; see its stdout.log");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            let _ = p.kill();
+            let _ = p.wait();
+        }
+    }
+}
+
+impl Drop for OwnElasticMq {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// ElasticMQ `kill -9`ed while a consumer holds messages, and started again
+/// on its data: what was acked stays gone, what was held comes back counted
+/// (receive 2), what was never received comes back once, and nothing is
+/// lost. The backend goes on without being reopened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn elasticmq_killed_mid_receive_keeps_what_was_not_acked() {
+    let mut server = OwnElasticMq::start().await;
+    let b = connect_to(&server.endpoint(), "SPILLWAY_TEST_ELASTICMQ").await;
+    let name = format!("conf-restart-{:08x}", rand::random::<u32>());
+    let mut spec = crate::QueueSpec::new(&name);
+    spec.dead_letter.visibility_timeout = Duration::from_secs(2);
+    crate::Admin::ensure(&b, &spec).await.expect("ensure");
+    let p = b.producer(&name).await.expect("producer");
+    let msgs: Vec<_> =
+        (0..10).map(|i| crate::OutgoingMessage::new(format!("m{i}"), format!("body {i}"))).collect();
+    assert!(p.send_batch(msgs).await.expect("send").iter().all(Result::is_ok));
+    let c = b.consumer(&name).await.expect("consumer");
+    let mut held = Vec::new();
+    while held.len() < 5 {
+        held.extend(c.receive(5 - held.len(), Duration::from_secs(2)).await.expect("receive"));
+    }
+    let acked: std::collections::BTreeSet<String> = held[..2].iter().map(|d| d.message.id.clone()).collect();
+    for d in &held[..2] {
+        c.ack(d).await.expect("ack");
+    }
+    let unacked: std::collections::BTreeSet<String> =
+        held[2..].iter().map(|d| d.message.id.clone()).collect();
+
+    server.kill9();
+    server.restart().await;
+    eprintln!("after the restart: {:?}", crate::Admin::stats(&b, &name).await);
+
+    let mut seen = std::collections::BTreeMap::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while seen.len() < 8 && tokio::time::Instant::now() < deadline {
+        match c.receive(10, Duration::from_secs(1)).await {
+            Ok(got) => {
+                for d in got {
+                    seen.insert(d.message.id.clone(), d.receive_count);
+                    c.ack(&d).await.expect("ack");
+                }
+            }
+            Err(e) => eprintln!("receive while the server comes back: {e}"),
+        }
+    }
+    assert_eq!(seen.len(), 8, "every message not acked came back: {seen:?}");
+    assert!(acked.iter().all(|id| !seen.contains_key(id)), "an acked message came back: {seen:?}");
+    for (id, count) in &seen {
+        let want = if unacked.contains(id) { 2 } else { 1 };
+        assert_eq!(*count, want, "{id}: held across the restart counts 2, never received counts 1");
+    }
+}
+
 /// A queue can be named by its URL as well as by its name.
 #[tokio::test]
 async fn a_queue_given_by_url_is_the_same_queue() {
