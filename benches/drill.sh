@@ -20,10 +20,10 @@ trap 'rm -rf "$WORK"' EXIT
 export SPILLWAY="$BIN/spillway"
 export DRILL_DATA="$WORK/data"
 mkdir -p "$DRILL_DATA"
+deploy/local/services.sh up
 case "$NAME" in
   kafka) deploy/local/services.sh cluster kafka ;;
   rabbitmq-cluster) deploy/local/services.sh cluster rabbitmq ;;
-  *) deploy/local/services.sh up ;;
 esac
 export DRILL_PG="${SPILLWAY_TEST_PG:-postgres://postgres@127.0.0.1:5432/test}"
 export DRILL_AMQP="${SPILLWAY_TEST_AMQP:-amqp://guest:guest@127.0.0.1:5672/%2f}"

@@ -10,10 +10,11 @@
 #   benches/max-rate.sh [step-seconds] [out-dir] [targets]
 #
 # targets default to "ceiling embedded rabbitmq kafka" (RabbitMQ and the
-# tansu of deploy/local/services.sh for their rows); `sqs` runs a moto of its
-# own (deploy/local/sqs_server.py from the venv) and measures moto more than
-# SQS. The ratio column needs ceiling in the same run. Kafka steps by
-# 100/s: tansu carries hundreds, not thousands, per second; SQS on moto by 10/s.
+# Apache Kafka of deploy/local/services.sh for their rows); `sqs` runs a moto
+# of its own (deploy/local/sqs_server.py from the venv) and measures moto
+# more than SQS. The ratio column needs ceiling in the same run. Kafka steps
+# by 100/s (set when the broker was tansu; Apache Kafka carries more); SQS on
+# moto by 10/s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EACH="${1:-8}"

@@ -13,8 +13,10 @@
 #   benches/publish.sh BACKEND [seconds] [concurrency] [rounds] [out-dir]
 #
 # Needs wrk; rabbitmq needs a RabbitMQ at $SPILLWAY_TEST_AMQP (default: the
-# machine's), kafka a broker at $SPILLWAY_TEST_KAFKA (default: the tansu
-# `deploy/local/services.sh up` starts on 127.0.0.1:9092).
+# machine's), kafka a broker at $SPILLWAY_TEST_KAFKA (default: the Apache
+# Kafka node `deploy/local/services.sh up` starts on 127.0.0.1:9092; the
+# three-node cluster of `services.sh cluster kafka` is
+# 127.0.0.1:29092,127.0.0.1:29094,127.0.0.1:29096).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BACKEND="${1:?usage: benches/publish.sh embedded|rabbitmq|kafka [seconds] [concurrency] [rounds] [out-dir]}"
@@ -61,7 +63,7 @@ for round in $(seq 1 "$ROUNDS"); do
   raw=$(raw_run "$round")
   m1=$(machine)
   raw_busy=$(busy_share "$m0" "$m1")
-  # A fresh queue per round on Kafka (topics are never deleted: tansu cannot).
+  # A fresh queue per round on Kafka: each round starts on empty topics.
   queue="spillway-bench-gw"; [ "$BACKEND" = kafka ] && queue="spillway-bench-gw-$RUN-$round"
   env $(gateway_env "$round") SPILLWAY_SERVER__LISTEN=127.0.0.1:18082 SPILLWAY_LOG__LEVEL=warn \
     SPILLWAY_CONSUMER__QUEUE="$queue" SPILLWAY_INGEST__ROUTES="[{path=\"/ingest\",queue=\"$queue\"}]" \
@@ -88,7 +90,7 @@ done
 case "$BACKEND" in
   embedded) broker="the embedded queue (SQLite, synchronous=FULL)" ;;
   rabbitmq) broker="RabbitMQ $(rabbitmqctl version 2>/dev/null || echo '?')" ;;
-  kafka) broker="Kafka protocol at $KAFKA ($(tansu --version 2>/dev/null || echo 'broker ?'))" ;;
+  kafka) broker="Apache Kafka at $KAFKA" ;;
 esac
 {
   echo "$broker: ${CONNS} concurrent senders, ${DURATION}s per case, ${BODY_BYTES}-byte body; $(nproc) cores; $(date -u +%Y-%m-%dT%H:%MZ)"
