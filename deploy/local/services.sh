@@ -79,9 +79,20 @@ up_pg() {
       runuser -u postgres -- "$bin/initdb" -D "$PG_DATA" -U postgres -A trust -E UTF8 >/dev/null
     fi
     log "starting PostgreSQL on 127.0.0.1:$PG_PORT, log in $PG_DATA/server.log"
-    runuser -u postgres -- "$bin/pg_ctl" -D "$PG_DATA" -l "$PG_DATA/server.log" -w -t 60 \
-      -o "-p $PG_PORT -c listen_addresses=127.0.0.1 -k /tmp -c max_connections=300 -c fsync=on" start >/dev/null \
-      || die "PostgreSQL did not start; see $PG_DATA/server.log"
+    local try
+    for try in 1 2 3 4 5; do
+      # A server killed with -9 leaves its pid file; PostgreSQL refuses to
+      # start while that pid is alive (reused by another process, or the
+      # old server still dying as a zombie).
+      local old; old="$(head -n1 "$PG_DATA/postmaster.pid" 2>/dev/null || true)"
+      if [ -n "$old" ] && ! ps -o stat=,comm= -p "$old" 2>/dev/null | grep -qE '^[^Z]+ +postgres'; then
+        rm -f "$PG_DATA/postmaster.pid"
+      fi
+      runuser -u postgres -- "$bin/pg_ctl" -D "$PG_DATA" -l "$PG_DATA/server.log" -w -t 60 \
+        -o "-p $PG_PORT -c listen_addresses=127.0.0.1 -k /tmp -c max_connections=300 -c fsync=on" start >/dev/null 2>&1 \
+        && break
+      sleep 2
+    done
   fi
   have_pg || die "PostgreSQL did not come up at 127.0.0.1:$PG_PORT; see $PG_DATA/server.log, or set SPILLWAY_TEST_PG"
   # The tests use the database `test`; create it where it is missing.
@@ -173,7 +184,35 @@ up_rabbit_cluster() {
         && rabbitmqctl -n "rabbit-$n@localhost" -q start_app; } >>"$STATE/rabbit-cluster.log" 2>&1 \
       || die "rabbit-$n could not join rabbit-1; see $STATE/rabbit-cluster.log"
   done
+  for n in 1 2 3; do heal_rabbit "rabbit-$n@localhost"; done
   log "RabbitMQ cluster: amqp://guest:guest@127.0.0.1:{5681,5682,5683}/%2f"
+}
+
+# Whether a node's supervisor of at-least-once dead-lettering runs. RabbitMQ
+# 3.10, started again after a `kill -9` with many quorum queues to recover,
+# can lose it (its workers crash recovering, past its restart limit), and
+# then every queue declared with `x-dead-letter-strategy: at-least-once`
+# fails with INTERNAL_ERROR.
+rabbit_healthy() { rabbitmqctl -n "$1" -q eval 'whereis(rabbit_fifo_dlx_sup).' 2>/dev/null | grep -q '<'; }
+
+heal_rabbit() { # NODE
+  local i
+  for i in 1 2 3; do
+    rabbit_healthy "$1" && return 0
+    log "restarting the rabbit app on $1: its dead-letter supervisor did not survive recovery"
+    { rabbitmqctl -n "$1" -q stop_app && rabbitmqctl -n "$1" -q start_app; } >>"$STATE/rabbit-cluster.log" 2>&1 || true
+  done
+  rabbit_healthy "$1" || die "$1 has no dead-letter supervisor after 3 restarts of its app; see its log"
+}
+
+# The cluster's test queues of earlier runs, deleted: a test killed before
+# its cleanup leaves its quorum queues, and each one is recovered (and can
+# crash) at every start of the nodes. Only names the tests use.
+clean_rabbit_cluster() {
+  local q
+  for q in $(rabbitmqctl -n rabbit-1@localhost -q list_queues name 2>/dev/null | grep -E '^cluster-loss-[0-9]+' || true); do
+    rabbitmqctl -n rabbit-1@localhost -q delete_queue "$q" >>"$STATE/rabbit-cluster.log" 2>&1 || true
+  done
 }
 
 down_rabbit_cluster() {
@@ -468,12 +507,14 @@ status() {
 }
 
 case "${1:-up}" in
-  up) up_pg; up_rabbit; up_venv; up_moto; up_elasticmq; up_kafka; up_chromium; up_kustomize ;;
+  up) up_pg; up_rabbit; heal_rabbit "rabbit@$(hostname -s)"; up_venv; up_moto; up_elasticmq; up_kafka; up_chromium; up_kustomize ;;
   cluster)
     case "${2:-}" in
       kafka) up_kafka_cluster ;;
       rabbitmq) up_rabbit_cluster ;;
-      *) echo "usage: $0 cluster kafka|rabbitmq" >&2; exit 2 ;;
+      # The test command's: the cluster, without earlier runs' test queues.
+      rabbitmq-fresh) up_rabbit_cluster; clean_rabbit_cluster; for n in 1 2 3; do heal_rabbit "rabbit-$n@localhost"; done ;;
+      *) echo "usage: $0 cluster kafka|rabbitmq|rabbitmq-fresh" >&2; exit 2 ;;
     esac ;;
   fresh-kafka) fresh_kafka ;;
   kafka-node) shift; run_kafka_node "$@" ;;

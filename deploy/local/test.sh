@@ -7,7 +7,7 @@ cd "$(dirname "$0")/../.."
 deploy/local/services.sh up
 # The three-node clusters the node-loss tests kill a node of.
 deploy/local/services.sh cluster kafka
-deploy/local/services.sh cluster rabbitmq
+deploy/local/services.sh cluster rabbitmq-fresh
 # An empty Kafka test broker for each run, unless one is given.
 [ -n "${SPILLWAY_TEST_KAFKA:-}" ] || deploy/local/services.sh fresh-kafka
 export PATH="${SPILLWAY_TOOLS:-/var/tmp/spillway-tools}/bin:$PATH"
