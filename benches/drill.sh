@@ -27,7 +27,7 @@ case "$NAME" in
 esac
 export DRILL_PG="${SPILLWAY_TEST_PG:-postgres://postgres@127.0.0.1:5432/test}"
 export DRILL_AMQP="${SPILLWAY_TEST_AMQP:-amqp://guest:guest@127.0.0.1:5672/%2f}"
-export DRILL_TABLE="drill_${NAME}"
+export DRILL_TABLE="drill_${NAME//-/_}"
 export SPILLWAY_LOG__LEVEL=warn
 psql "$DRILL_PG" -qc "DROP TABLE IF EXISTS $DRILL_TABLE" >/dev/null
 "$BIN/spillway-load" drill "benches/scenarios/$NAME-drill.toml" --out "$OUT"
