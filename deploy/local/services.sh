@@ -184,9 +184,10 @@ up_rabbit_cluster() {
         && rabbitmqctl -n "rabbit-$n@localhost" -q start_app; } >>"$STATE/rabbit-cluster.log" 2>&1 \
       || die "rabbit-$n could not join rabbit-1; see $STATE/rabbit-cluster.log"
   done
-  for n in 1 2 3; do heal_rabbit "rabbit-$n@localhost"; done
   log "RabbitMQ cluster: amqp://guest:guest@127.0.0.1:{5681,5682,5683}/%2f"
 }
+
+heal_rabbit_cluster() { local n; for n in 1 2 3; do heal_rabbit "rabbit-$n@localhost"; done; }
 
 # Whether a node's supervisor of at-least-once dead-lettering runs. RabbitMQ
 # 3.10, started again after a `kill -9` with many quorum queues to recover,
@@ -257,7 +258,6 @@ up_moto() {
 }
 
 # --------------------------------------------------- Maven-fetched servers
-command -v java >/dev/null || true
 # Copies a pom's runtime dependencies into a fixed folder, once per machine.
 maven_lib() { # NAME -> prints the lib folder
   local name="$1" lib="$TOOLS/$1-lib"
@@ -355,25 +355,33 @@ num.partitions=1
 EOF
 }
 
+# The JVM command line of a Kafka node or tool, into the array JVM.
+kafka_jvm() { # LIB DIR HEAP
+  JVM=(java -Xms"$3" -Xmx"$3" -XX:+UseG1GC -Djava.awt.headless=true
+    -Dkafka.logs.dir="$2" -Dlog4j2.configurationFile="$HERE/conf/kafka-log4j2.properties"
+    -cp "$1/*")
+}
+
 kafka_java() { # LIB DIR HEAP CLASS ARGS...
-  local lib="$1" dir="$2" heap="$3"; shift 3
-  java -Xms"$heap" -Xmx"$heap" -XX:+UseG1GC -Djava.awt.headless=true \
-    -Dkafka.logs.dir="$dir" -Dlog4j2.configurationFile="$HERE/conf/kafka-log4j2.properties" \
-    -cp "$lib/*" "$@"
+  kafka_jvm "$1" "$2" "$3"; shift 3
+  "${JVM[@]}" "$@"
+}
+
+# Formats a node's storage on first use (its server.properties written).
+format_kafka_node() { # LIB DIR CLUSTER_ID
+  [ -f "$2/data/meta.properties" ] && return 0
+  kafka_java "$1" "$2" 256m kafka.tools.StorageTool format -t "$3" -c "$2/server.properties" \
+    >"$2/format.log" 2>&1 || die "formatting Kafka's storage in $2 failed; see $2/format.log"
 }
 
 start_kafka_node() { # NODE_ID PORT VOTERS DIR REPLICAS CLUSTER_ID HEAP
   local lib; lib="$(maven_lib kafka)"
   mkdir -p "$4"
   kafka_props "$1" "$2" "$3" "$4" "$5" >"$4/server.properties"
-  if [ ! -f "$4/data/meta.properties" ]; then
-    kafka_java "$lib" "$4" 256m kafka.tools.StorageTool format -t "$6" -c "$4/server.properties" \
-      >"$4/format.log" 2>&1 || die "formatting Kafka's storage in $4 failed; see $4/format.log"
-  fi
+  format_kafka_node "$lib" "$4" "$6"
   log "starting Kafka node $1 on 127.0.0.1:$2, data and log in $4"
-  ( setsid nohup java -Xms"$7" -Xmx"$7" -XX:+UseG1GC -Djava.awt.headless=true \
-      -Dkafka.logs.dir="$4" -Dlog4j2.configurationFile="$HERE/conf/kafka-log4j2.properties" \
-      -cp "$lib/*" kafka.Kafka "$4/server.properties" >"$4/stdout.log" 2>&1 </dev/null &
+  kafka_jvm "$lib" "$4" "$7"
+  ( setsid nohup "${JVM[@]}" kafka.Kafka "$4/server.properties" >"$4/stdout.log" 2>&1 </dev/null &
     echo $! >"$4/pid" )
 }
 
@@ -408,13 +416,9 @@ run_kafka_node() { # DIR PORT CONTROLLER_PORT [ADVERTISED_PORT]
   local dir="$1" lib; lib="$(maven_lib kafka)"
   mkdir -p "$dir"
   kafka_props 1 "$2" "1@127.0.0.1:$3" "$dir" 1 "$3" "${4:-$2}" >"$dir/server.properties"
-  if [ ! -f "$dir/data/meta.properties" ]; then
-    kafka_java "$lib" "$dir" 256m kafka.tools.StorageTool format -t "$(kafka_cluster_id "$dir")" \
-      -c "$dir/server.properties" >"$dir/format.log" 2>&1 || die "formatting Kafka's storage in $dir failed; see $dir/format.log"
-  fi
-  exec java -Xms512m -Xmx512m -XX:+UseG1GC -Djava.awt.headless=true \
-    -Dkafka.logs.dir="$dir" -Dlog4j2.configurationFile="$HERE/conf/kafka-log4j2.properties" \
-    -cp "$lib/*" kafka.Kafka "$dir/server.properties"
+  format_kafka_node "$lib" "$dir" "$(kafka_cluster_id "$dir")"
+  kafka_jvm "$lib" "$dir" 512m
+  exec "${JVM[@]}" kafka.Kafka "$dir/server.properties"
 }
 
 up_kafka_cluster() {
@@ -511,9 +515,10 @@ case "${1:-up}" in
   cluster)
     case "${2:-}" in
       kafka) up_kafka_cluster ;;
-      rabbitmq) up_rabbit_cluster ;;
-      # The test command's: the cluster, without earlier runs' test queues.
-      rabbitmq-fresh) up_rabbit_cluster; clean_rabbit_cluster; for n in 1 2 3; do heal_rabbit "rabbit-$n@localhost"; done ;;
+      rabbitmq) up_rabbit_cluster; heal_rabbit_cluster ;;
+      # The test command's: the cluster, without earlier runs' test queues
+      # (deleted before the check, so a restart recovers none of them).
+      rabbitmq-fresh) up_rabbit_cluster; clean_rabbit_cluster; heal_rabbit_cluster ;;
       *) echo "usage: $0 cluster kafka|rabbitmq|rabbitmq-fresh" >&2; exit 2 ;;
     esac ;;
   fresh-kafka) fresh_kafka ;;

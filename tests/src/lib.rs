@@ -695,6 +695,16 @@ pub fn services(args: &[&str]) {
     );
 }
 
+/// Runs `deploy/local/services.sh` with these arguments when dropped,
+/// whatever happened: brings back a node a test killed.
+pub struct ServicesOnDrop(pub &'static [&'static str]);
+
+impl Drop for ServicesOnDrop {
+    fn drop(&mut self) {
+        services(self.0);
+    }
+}
+
 /// Where `deploy/local/services.sh` keeps its services' data and pid files.
 pub fn services_state() -> PathBuf {
     std::env::var("SPILLWAY_STATE")

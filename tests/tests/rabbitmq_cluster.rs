@@ -13,19 +13,10 @@ use std::time::Duration;
 
 use spillway_e2e::{
     assert_cluster_up, assert_every_accepted_delivered, eventually, kill9_pid, outage_config, pg,
-    rabbit_node_pid, services, SteadyLoad, Workspace, RABBIT_CLUSTER_PORTS,
+    rabbit_node_pid, ServicesOnDrop, SteadyLoad, Workspace, RABBIT_CLUSTER_PORTS,
 };
 
 const SEND_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Starts the killed node again when dropped, whatever happened.
-struct Restart;
-
-impl Drop for Restart {
-    fn drop(&mut self) {
-        services(&["cluster", "rabbitmq"]);
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_node_holding_the_connection_and_the_leader_dies_and_nothing_is_lost() {
@@ -51,7 +42,7 @@ async fn the_node_holding_the_connection_and_the_leader_dies_and_nothing_is_lost
     let load = SteadyLoad::start(http.clone(), reqwest::Method::POST, gw.url("/ingest"), SEND_TIMEOUT);
     tokio::time::sleep(Duration::from_secs(3)).await;
 
-    let restart = Restart;
+    let restart = ServicesOnDrop(&["cluster", "rabbitmq"]);
     kill9_pid(rabbit_node_pid(1));
     // The rest of the cluster keeps serving: 2xx again within the deadline,
     // with the first node still dead.

@@ -349,7 +349,6 @@ async fn elasticmq_killed_mid_receive_keeps_what_was_not_acked() {
 
     server.kill9();
     server.restart().await;
-    eprintln!("after the restart: {:?}", crate::Admin::stats(&b, &name).await);
 
     let mut seen = std::collections::BTreeMap::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
