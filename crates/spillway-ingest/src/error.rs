@@ -110,7 +110,12 @@ impl From<QueueError> for ApiError {
             QueueError::TooLarge { limit, .. } => Self::PayloadTooLarge { limit },
             QueueError::Rejected(m) => Self::Unprocessable(m),
             QueueError::Invalid(m) => Self::bad_request("invalid_message", m),
-            QueueError::NotFound(q) => Self::Internal(format!("queue `{q}` does not exist")),
+            // A queue that is not there is the operator's to fix (deleted,
+            // never ensured, a broker restarted without its queues): the
+            // client keeps its data and retries, as for any outage.
+            QueueError::NotFound(q) => Self::Unavailable(format!(
+                "queue `{q}` does not exist; an operator must create it (`spillway queue ensure`)"
+            )),
             other => Self::Unavailable(other.to_string()),
         }
     }
@@ -223,5 +228,25 @@ mod throttle_tests {
         assert_eq!(t.admit(101), None);
         assert_eq!(t.admit(99), None, "a clock that steps back does not open the gate");
         assert_eq!(t.admit(105), Some(2));
+    }
+}
+
+#[cfg(test)]
+mod queue_error_tests {
+    use axum::{http::header, response::IntoResponse};
+    use spillway_queue::QueueError;
+
+    use super::ApiError;
+
+    /// Every queue error that is not about the message itself is a 503
+    /// with `Retry-After`: the client keeps its data and tries again.
+    #[test]
+    fn a_missing_queue_is_a_503_with_retry_after_not_a_500() {
+        let res = ApiError::from(QueueError::NotFound("events".into())).into_response();
+        assert_eq!(res.status(), 503);
+        assert!(res.headers().contains_key(header::RETRY_AFTER), "{:?}", res.headers());
+        let unavailable = ApiError::from(QueueError::unavailable_msg("broker gone")).into_response();
+        assert_eq!(unavailable.status(), 503);
+        assert!(unavailable.headers().contains_key(header::RETRY_AFTER));
     }
 }

@@ -5,7 +5,7 @@
 //! | `Unavailable`, `Timeout`     | the backend could not store or serve it now | 503 + Retry-After |
 //! | `TooLarge`                   | over the queue's size limit, checked before any I/O | 413 |
 //! | `Rejected`, `Invalid`        | the backend refused this message itself     | 422 / 400      |
-//! | `NotFound`                   | the queue does not exist: a configuration error | 500        |
+//! | `NotFound`                   | the queue does not exist: the operator's to fix | 503 + Retry-After |
 //!
 //! The error is `Clone` because one backend failure is fanned out to every request
 //! of the batch that hit it; sources are kept behind an `Arc` so the cause chain

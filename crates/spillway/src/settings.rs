@@ -128,7 +128,15 @@ impl Settings {
             }
             f = f.merge(Toml::file(path));
         }
-        Ok(f.merge(Env::prefixed("SPILLWAY_").split("__").ignore(&["config"])))
+        // `SPILLWAY_TEST_*` belongs to the test and bench harness (where
+        // its brokers are), never to a setting: a shell that exports one
+        // must not make every `spillway` it starts refuse its config.
+        Ok(f.merge(
+            Env::prefixed("SPILLWAY_")
+                .filter(|k| !k.as_str().to_ascii_lowercase().starts_with("test_"))
+                .split("__")
+                .ignore(&["config"]),
+        ))
     }
 
     /// Extracts and compiles. The error names the key.
@@ -300,11 +308,13 @@ mod tests {
 
     #[test]
     #[allow(clippy::result_large_err)] // figment::Jail's own error type
-    fn environment_overrides_the_file() {
+    fn environment_overrides_the_file_and_test_variables_are_ignored() {
         Jail::expect_with(|jail| {
             jail.create_file("spillway.toml", "[server]\nlisten = \"127.0.0.1:9000\"\n")?;
             jail.set_env("SPILLWAY_QUEUE__BACKEND", "memory");
             jail.set_env("SPILLWAY_SERVER__LISTEN", "127.0.0.1:9100");
+            // The harness's own variables are not settings.
+            jail.set_env("SPILLWAY_TEST_ELASTICMQ", "http://127.0.0.1:9324");
             let (s, _) = Settings::load(Some(Path::new("spillway.toml"))).map_err(|e| e.to_string())?;
             assert_eq!(s.queue.kind(), "memory");
             assert_eq!(s.server.listen.port(), 9100);
