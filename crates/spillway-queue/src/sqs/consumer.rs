@@ -87,7 +87,10 @@ impl Inner {
 
     async fn receive_now(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>, QueueError> {
         let wait_secs = ceil_secs(wait, MAX_WAIT_SECS);
-        let got = self.shared.take(self.queue(), &self.info.url, max, wait_secs, None).await?;
+        let got = self
+            .shared
+            .take(self.queue(), &self.info.url, max, wait_secs, self.info.receive_hide_secs)
+            .await?;
         let now = self.shared.now_ms();
         let mut out = Vec::with_capacity(got.len());
         for m in got {
@@ -241,16 +244,25 @@ impl Consumer for SqsConsumer {
     }
 
     /// `DeleteMessageBatch`, 10 receipts a call.
+    /// Every chunk of 10 is tried, also after one failed; the deliveries of
+    /// a failed chunk stay held (the visibility keeper goes on extending
+    /// them and a later ack or close still finds them), and the first
+    /// error is returned.
     async fn ack_batch(&self, ds: &[Delivery]) -> Result<(), QueueError> {
-        let receipts: Vec<String> = ds
-            .iter()
-            .filter(|d| self.inner.take_held(&d.receipt).is_some())
-            .map(|d| d.receipt.0.clone())
-            .collect();
-        for chunk in receipts.chunks(MAX_BATCH_ENTRIES) {
-            self.inner.shared.delete_batch(self.inner.queue(), &self.inner.info.url, chunk).await?;
+        let inner = &self.inner;
+        let mut taken: Vec<(String, Held)> =
+            ds.iter().filter_map(|d| inner.take_held(&d.receipt).map(|h| (d.receipt.0.clone(), h))).collect();
+        let mut first_error = None;
+        while !taken.is_empty() {
+            let rest = taken.split_off(taken.len().min(MAX_BATCH_ENTRIES));
+            let chunk = std::mem::replace(&mut taken, rest);
+            let receipts: Vec<String> = chunk.iter().map(|(r, _)| r.clone()).collect();
+            if let Err(e) = inner.shared.delete_batch(inner.queue(), &inner.info.url, &receipts).await {
+                inner.held().extend(chunk);
+                first_error.get_or_insert(e);
+            }
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 
     async fn nack(&self, d: &Delivery, delay: Duration, reason: &str) -> Result<Nacked, QueueError> {

@@ -1,8 +1,9 @@
 //! Sending to SQS: every limit checked before any call, then
 //! `SendMessageBatch` in chunks of at most 10 entries and 1 MiB, several
-//! chunks in flight. An entry is `Ok` only when SQS listed it as
-//! successful; entries SQS failed on its side are retried, entries it
-//! refused (sender fault) are `Rejected`.
+//! chunks in flight, each message's outcome reported as its chunk's call
+//! returns. An entry is `Ok` only when SQS listed it as successful; entries
+//! SQS failed on its side are retried, entries it refused (sender fault)
+//! are `Rejected`.
 
 use std::{sync::Arc, time::Duration};
 
@@ -83,15 +84,48 @@ impl Producer for SqsProducer {
         &self,
         msgs: Vec<OutgoingMessage>,
     ) -> Result<Vec<Result<(), QueueError>>, QueueError> {
+        let mut outcomes: Vec<Option<Result<(), QueueError>>> = vec![None; msgs.len()];
+        self.send_each(msgs, &mut |i, r| {
+            if let Some(slot) = outcomes.get_mut(i) {
+                *slot = Some(r);
+            }
+        })
+        .await;
+        Ok(outcomes
+            .into_iter()
+            .map(|o| {
+                o.unwrap_or_else(|| {
+                    Err(QueueError::unavailable_msg("sqs returned no outcome for the message"))
+                })
+            })
+            .collect())
+    }
+
+    /// Each `SendMessageBatch` of 10 is its own call with its own answer,
+    /// so a request is answered when its chunk's call returns, not when the
+    /// slowest chunk of the batch does.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropped mid-way, the chunks already answered are stored (and were
+    /// reported); those in flight may be stored or not, and were not
+    /// reported `Ok`.
+    async fn send_each(
+        &self,
+        msgs: Vec<OutgoingMessage>,
+        report: &mut (dyn FnMut(usize, Result<(), QueueError>) + Send),
+    ) {
         let now = self.shared.now_ms();
-        let mut outcomes: Vec<Option<Result<(), QueueError>>> = Vec::with_capacity(msgs.len());
+        let mut reported = vec![false; msgs.len()];
         let mut chunks: Vec<Vec<aws_sdk_sqs::types::SendMessageBatchRequestEntry>> = Vec::new();
         let mut chunk_bytes = 0;
         for (i, m) in msgs.iter().enumerate() {
             match self.entry(i, m, now) {
-                Err(e) => outcomes.push(Some(Err(e))),
+                Err(e) => {
+                    reported[i] = true;
+                    report(i, Err(e));
+                }
                 Ok((entry, size)) => {
-                    outcomes.push(None);
                     let fits = chunks.last().is_some_and(|c| {
                         c.len() < MAX_BATCH_ENTRIES && chunk_bytes + size <= MAX_BATCH_BYTES
                     });
@@ -112,19 +146,17 @@ impl Producer for SqsProducer {
             .buffer_unordered(self.shared.batches_in_flight);
         while let Some(results) = sent.next().await {
             for (id, r) in results {
-                if let Some(slot) = id.parse::<usize>().ok().and_then(|i| outcomes.get_mut(i)) {
-                    *slot = Some(r);
+                if let Some(i) = id.parse::<usize>().ok().filter(|i| reported.get(*i) == Some(&false)) {
+                    reported[i] = true;
+                    report(i, r);
                 }
             }
         }
-        Ok(outcomes
-            .into_iter()
-            .map(|o| {
-                o.unwrap_or_else(|| {
-                    Err(QueueError::unavailable_msg("sqs returned no outcome for the message"))
-                })
-            })
-            .collect())
+        for (i, done) in reported.iter().enumerate() {
+            if !done {
+                report(i, Err(QueueError::unavailable_msg("sqs returned no outcome for the message")));
+            }
+        }
     }
 
     fn max_message_bytes(&self) -> usize {

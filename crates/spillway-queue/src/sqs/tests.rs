@@ -454,3 +454,59 @@ async fn the_server_never_hands_one_message_to_two_receives() {
     }
     b.delete_ensured().await.expect("cleanup");
 }
+
+/// SQS's own answers to a receipt that no longer holds its message, as AWS
+/// sends them (neither test server does): each is stale, so a late ack or
+/// extend is not an error. A bad value for another parameter is not.
+#[test]
+fn every_way_sqs_says_a_receipt_is_stale_is_recognised() {
+    use super::stale_receipt;
+    let expired =
+        "Value AQEB4Th3 for parameter ReceiptHandle is invalid. Reason: The receipt handle has expired.";
+    let moved = "Value AQEB1r2G for parameter ReceiptHandle is invalid. Reason: Message does not exist or is not available for visibility timeout change.";
+    assert!(stale_receipt("InvalidParameterValue", expired));
+    assert!(stale_receipt("InvalidParameterValue", moved));
+    assert!(stale_receipt("AWS.SimpleQueueService.MessageNotInflight", ""));
+    assert!(stale_receipt("ReceiptHandleIsInvalid", "The input receipt handle is invalid."));
+    let too_long = "Value 43200 for parameter VisibilityTimeout is invalid. Reason: Total VisibilityTimeout for the message is beyond the limit [43200 seconds]";
+    assert!(!stale_receipt("InvalidParameterValue", too_long), "a visibility past 12 hours is a real error");
+    assert!(!stale_receipt("AccessDenied", ""));
+}
+
+/// An adopted queue whose visibility timeout is 0: a message one consumer
+/// holds is not handed to another at once (the receive hides it itself),
+/// on both servers.
+#[tokio::test]
+async fn a_zero_visibility_queue_does_not_hand_a_held_message_to_another_consumer() {
+    use aws_sdk_sqs::types::QueueAttributeName;
+    for endpoint in [endpoint(), elasticmq_endpoint()] {
+        let b = connect_to(&endpoint, "SPILLWAY_TEST_SQS or SPILLWAY_TEST_ELASTICMQ").await;
+        let name = format!("conf-zerovis-{:08x}", rand::random::<u32>());
+        crate::Admin::ensure(&b, &crate::QueueSpec::new(&name)).await.expect("ensure");
+        let url = b.shared.url_of(&name).await.expect("url");
+        b.shared
+            .client
+            .set_queue_attributes()
+            .queue_url(&url)
+            .attributes(QueueAttributeName::VisibilityTimeout, "0")
+            .send()
+            .await
+            .expect("an operator sets the visibility timeout to 0");
+        // Fresh clients: what they learn of the queue is its visibility of 0.
+        let (one, two) = (connect_to(&endpoint, "").await, connect_to(&endpoint, "").await);
+        let p = one.producer(&name).await.expect("producer");
+        p.send(crate::OutgoingMessage::new("held", "body")).await.expect("send");
+        let first = one.consumer(&name).await.expect("consumer");
+        let mut got = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while got.is_empty() && tokio::time::Instant::now() < deadline {
+            got = first.receive(10, Duration::from_secs(1)).await.expect("receive");
+        }
+        assert_eq!(got.len(), 1, "{endpoint}: the message arrives");
+        let second = two.consumer(&name).await.expect("consumer");
+        let other = second.receive(10, Duration::from_secs(1)).await.expect("receive");
+        assert!(other.is_empty(), "{endpoint}: a held message went to a second consumer at once: {other:?}");
+        first.ack(&got[0]).await.expect("ack");
+        let _ = b.delete_ensured().await;
+    }
+}
