@@ -7,6 +7,7 @@
 #   deploy/local/services.sh cluster kafka     # a three-node KRaft cluster (the drills)
 #   deploy/local/services.sh cluster rabbitmq  # a three-node RabbitMQ cluster (the drills)
 #   deploy/local/services.sh fresh-kafka       # the single-node test broker, emptied
+#   deploy/local/services.sh rabbitmq          # the single-node RabbitMQ alone (after a kill -9)
 #   deploy/local/services.sh status            # say what is there
 #   deploy/local/services.sh kafka-node DIR PORT CONTROLLER_PORT [ADVERTISED_PORT]
 #                                              # one Kafka node in the foreground (tests that kill a broker)
@@ -290,7 +291,7 @@ rest-stats { enabled = false }
 generate-node-address = false
 aws { region = us-east-1, accountId = 000000000000 }
 queues-storage { enabled = true, path = "$2/queues.conf" }
-messages-storage { enabled = true, uri = "jdbc:h2:$2/messages;WRITE_DELAY=0" }
+messages-storage { enabled = true, uri = "jdbc:h2:$2/messages;WRITE_DELAY=0;RETENTION_TIME=0" }
 EOF
 }
 
@@ -312,11 +313,23 @@ run_elasticmq_node() { # DIR PORT
   local lib; lib="$(maven_lib elasticmq)"
   mkdir -p "$1"
   elasticmq_conf "$2" "$1" >"$1/elasticmq.conf"
-  exec java -Xms64m -Xmx256m -Dconfig.file="$1/elasticmq.conf" -cp "$lib/*" org.elasticmq.server.Main
+  exec java -Xms256m -Xmx1g -Dconfig.file="$1/elasticmq.conf" -cp "$lib/*" org.elasticmq.server.Main
 }
 
+# ElasticMQ keeps messages in H2, which with WRITE_DELAY=0 (every ack
+# written before the answer, so a kill -9 loses nothing acked) has no
+# background thread to compact its file: it grows by 10-45 KB per message
+# sent (measured; RETENTION_TIME=0 is the low end) and never shrinks. The
+# shared server's messages are test state, so a file past 1 GiB is started
+# afresh when the server is down; a running one is left as it is.
+ELASTICMQ_MAX_KIB=$(( 1024 * 1024 ))
 up_elasticmq() {
   if port_open "$ELASTICMQ_PORT"; then log "ElasticMQ (SQS) is up on $ELASTICMQ_PORT"; return; fi
+  local kib; kib="$(du -sk "$ELASTICMQ_DIR" 2>/dev/null | awk '{print $1}')"
+  if [ "${kib:-0}" -gt "$ELASTICMQ_MAX_KIB" ]; then
+    log "ElasticMQ's data is $(( kib / 1024 )) MiB: starting it on fresh data (the test server's messages are disposable)"
+    rm -f "$ELASTICMQ_DIR"/messages.*.db "$ELASTICMQ_DIR"/queues.conf
+  fi
   start_elasticmq "$ELASTICMQ_PORT" "$ELASTICMQ_DIR"
 }
 
@@ -521,6 +534,8 @@ case "${1:-up}" in
       rabbitmq-fresh) up_rabbit_cluster; clean_rabbit_cluster; heal_rabbit_cluster ;;
       *) echo "usage: $0 cluster kafka|rabbitmq|rabbitmq-fresh" >&2; exit 2 ;;
     esac ;;
+  # The single-node RabbitMQ alone, healed after a kill -9 (the outage test's restart).
+  rabbitmq) up_rabbit; heal_rabbit "rabbit@$(hostname -s)" ;;
   fresh-kafka) fresh_kafka ;;
   kafka-node) shift; run_kafka_node "$@" ;;
   elasticmq-node) shift; run_elasticmq_node "$@" ;;
@@ -529,5 +544,5 @@ case "${1:-up}" in
   down)
     down_kafka; stop_pidfile "$ELASTICMQ_DIR/pid" "$ELASTICMQ_PORT"; stop_pidfile "$STATE/moto.pid" "$SQS_PORT"
     down_rabbit_cluster; down_rabbit; down_pg ;;
-  *) echo "usage: $0 up|cluster kafka|cluster rabbitmq|fresh-kafka|status|down" >&2; exit 2 ;;
+  *) echo "usage: $0 up|cluster kafka|cluster rabbitmq|rabbitmq|fresh-kafka|status|down" >&2; exit 2 ;;
 esac

@@ -4,6 +4,7 @@
                                                      receive count), then deleted
     boto3_client.py ENDPOINT send QUEUE BODY K=V… -> sends one message with String attributes;
                                                      prints its SQS message id
+    boto3_client.py ENDPOINT delete QUEUE          -> deletes the queue (an operator's mistake)
 """
 import json
 import sys
@@ -39,6 +40,8 @@ def main():
         attrs = {k: {"DataType": "String", "StringValue": v} for k, v in (p.split("=", 1) for p in pairs)}
         sent = sqs.send_message(QueueUrl=url, MessageBody=body, MessageAttributes=attrs)
         print(sent["MessageId"])
+    elif action == "delete":
+        sqs.delete_queue(QueueUrl=url)
     else:
         sys.exit("unknown action %s" % action)
 

@@ -499,10 +499,20 @@ pub async fn assert_every_accepted_delivered(
     accepted: &std::collections::HashSet<String>,
     answered_503: usize,
 ) {
-    eventually(Duration::from_secs(60), "every 2xx in the table", || async {
-        accepted.is_subset(&ids(db, table).await)
-    })
-    .await;
+    assert_every_accepted_delivered_within(db, table, accepted, answered_503, Duration::from_secs(60)).await;
+}
+
+/// [`assert_every_accepted_delivered`], with the consumer given `deadline`
+/// from now to drain.
+pub async fn assert_every_accepted_delivered_within(
+    db: &tokio_postgres::Client,
+    table: &str,
+    accepted: &std::collections::HashSet<String>,
+    answered_503: usize,
+    deadline: Duration,
+) {
+    eventually(deadline, "every 2xx in the table", || async { accepted.is_subset(&ids(db, table).await) })
+        .await;
     let stored = ids(db, table).await;
     let extra: Vec<&String> = stored.difference(accepted).collect();
     assert!(
@@ -622,38 +632,10 @@ impl KafkaBroker {
     /// Starts it (again) on the same ports and data, and waits until it
     /// listens.
     pub async fn restart(&mut self) {
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/local/services.sh");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("stdout.log"))
-            .expect("kafka log");
-        let child = Command::new("bash")
-            .arg(script)
-            .arg("kafka-node")
-            .arg(self.dir.path())
-            .arg(self.port.to_string())
-            .arg(self.controller.to_string())
-            .arg(self.advertised.to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start deploy/local/services.sh kafka-node (needs bash)");
-        self.process = Some(Process(child));
-        let port = self.port;
-        let dir = self.dir.path().to_owned();
-        eventually(Duration::from_secs(60), "the Kafka broker listening", || async {
-            TcpStream::connect(("127.0.0.1", port)).await.is_ok()
-        })
-        .await;
-        // The listener opens as the broker finishes starting; say so if it
-        // died instead (no jars: `deploy/local/services.sh up` fetches them).
-        if let Some(p) = self.process.as_mut() {
-            if let Ok(Some(status)) = p.0.try_wait() {
-                panic!("the Kafka broker exited ({status}); see {}", dir.join("stdout.log").display());
-            }
-        }
+        let (port, controller, advertised) =
+            (self.port.to_string(), self.controller.to_string(), self.advertised.to_string());
+        let args = ["kafka-node", &port, &controller, &advertised];
+        self.process = Some(start_node("the Kafka broker", &args, self.dir.path(), self.port).await);
     }
 
     /// The last lines of the broker's log: what to look at first when a
@@ -677,6 +659,75 @@ impl Drop for KafkaBroker {
     fn drop(&mut self) {
         if std::thread::panicking() {
             eprintln!("the Kafka broker's log, last lines:\n{}", self.log_tail());
+        }
+    }
+}
+
+/// Runs `deploy/local/services.sh NODE DIR ARGS…` (a server of a test's
+/// own, in the foreground: `kafka-node`, `elasticmq-node`) as a child, its
+/// output in `DIR/stdout.log`, and waits until it listens on `port`.
+async fn start_node(what: &str, args: &[&str], dir: &Path, port: u16) -> Process {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/local/services.sh");
+    let log =
+        std::fs::OpenOptions::new().create(true).append(true).open(dir.join("stdout.log")).expect("node log");
+    let (node, rest) = args.split_first().expect("a node kind");
+    let child = Command::new("bash")
+        .arg(script)
+        .arg(node)
+        .arg(dir)
+        .args(rest)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("start deploy/local/services.sh {node} (needs bash): {e}"));
+    let mut process = Process(child);
+    eventually(Duration::from_secs(60), &format!("{what} listening on {port}"), || async {
+        TcpStream::connect(("127.0.0.1", port)).await.is_ok()
+    })
+    .await;
+    // The listener opens as the server finishes starting; say so if it
+    // died instead (no jars: `deploy/local/services.sh up` fetches them).
+    if let Ok(Some(status)) = process.0.try_wait() {
+        panic!("{what} exited ({status}); see {}", dir.join("stdout.log").display());
+    }
+    process
+}
+
+/// An ElasticMQ of a test's own (`services.sh elasticmq-node`: its own
+/// port and data folder, messages persisted), for tests that kill the SQS
+/// server. Killed when dropped.
+pub struct ElasticMqNode {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    process: Option<Process>,
+}
+
+impl ElasticMqNode {
+    pub async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("elasticmq dir");
+        let mut node = Self { port: free_port(), dir, process: None };
+        node.restart().await;
+        node
+    }
+
+    /// The endpoint URL for `queue.endpoint_url`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts it (again) on the same port and data.
+    pub async fn restart(&mut self) {
+        let port = self.port.to_string();
+        self.process =
+            Some(start_node("ElasticMQ", &["elasticmq-node", &port], self.dir.path(), self.port).await);
+    }
+
+    /// `kill -9`: no clean shutdown.
+    pub fn kill9(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            let _ = p.0.kill();
+            let _ = p.0.wait();
         }
     }
 }
@@ -742,12 +793,22 @@ pub fn kill9_pid(pid: u32) {
 
 /// The operating-system pid of RabbitMQ cluster node `n` (1-based).
 pub fn rabbit_node_pid(n: usize) -> u32 {
-    let out = Command::new("rabbitmqctl")
-        .args(["-n", &format!("rabbit-{n}@localhost"), "eval", "os:getpid()."])
-        .output()
-        .expect("rabbitmqctl");
+    rabbit_pid(&["-n", &format!("rabbit-{n}@localhost")])
+}
+
+/// The operating-system pid of the machine's single-node RabbitMQ
+/// (`services.sh up`'s).
+pub fn rabbit_single_pid() -> u32 {
+    rabbit_pid(&[])
+}
+
+fn rabbit_pid(node: &[&str]) -> u32 {
+    let out =
+        Command::new("rabbitmqctl").args(node).args(["eval", "os:getpid()."]).output().expect("rabbitmqctl");
     let text = String::from_utf8_lossy(&out.stdout);
-    text.trim().trim_matches('"').parse().unwrap_or_else(|_| panic!("the pid of rabbit-{n}: {text:?}"))
+    text.trim().trim_matches('"').parse().unwrap_or_else(|_| {
+        panic!("the pid of RabbitMQ {node:?}: {text:?} (is it up? deploy/local/services.sh up)")
+    })
 }
 
 /// The pid of Kafka cluster node `id` (1-based), from its pid file.

@@ -7,13 +7,20 @@
 //! - interop with boto3: it reads what Spillway sent, with the body and
 //!   attributes `docs/backends.md` documents, and Spillway reads what it sent;
 //! - an outage under steady load into PostgreSQL: fast 503s with
-//!   `Retry-After`, `/readyz` false and back, and every 2xx in the table.
+//!   `Retry-After`, `/readyz` false and back, and every 2xx in the table;
+//! - the SQS server itself `kill -9`ed under load and started again on its
+//!   data (an ElasticMQ of the test's own, messages persisted): fast 503s,
+//!   2xx again without a restart, and the consumer drains every 2xx into
+//!   PostgreSQL within 30 s of the load's end;
+//! - a queue deleted under the gateway: 503 with `Retry-After` (the
+//!   operator's fault, so the client keeps its data), not a 500, and 202
+//!   again once `queue ensure` made it again.
 
 use std::{process::Command, time::Duration};
 
 use spillway_e2e::{
-    assert_every_accepted_delivered, count, eventually, outage_config, pg, pg_url, venv, Moto, Proxy,
-    SteadyLoad, Workspace,
+    assert_every_accepted_delivered, assert_every_accepted_delivered_within, count, eventually,
+    outage_config, pg, pg_url, venv, ElasticMqNode, Moto, Proxy, SteadyLoad, Workspace,
 };
 use spillway_queue::{Admin, Backend};
 
@@ -122,6 +129,80 @@ async fn the_original_setup_runs_from_the_seed_config() {
     assert_eq!(meta["src"], "my-queue");
     assert!(meta["err"].as_str().is_some_and(|e| e.contains("no_poison")), "{meta}");
     let _ = db.batch_execute(&format!("DROP TABLE IF EXISTS {table}")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_server_killed_under_load_and_restarted_loses_nothing_and_the_consumer_resumes() {
+    let mut server = ElasticMqNode::start().await;
+    let db = pg().await;
+    let table = format!("sqs_kill_{}", std::process::id());
+    db.batch_execute(&format!("DROP TABLE IF EXISTS {table}")).await.expect("drop table");
+    let backend = "[queue]\nbackend = \"sqs\"\nregion = \"us-east-1\"";
+    let ws = workspace(&outage_config(backend, "killed", "200ms", &table), &server.url());
+    let ensured = ws.cli(&["queue", "ensure"]);
+    assert!(ensured.status.success(), "{}", String::from_utf8_lossy(&ensured.stderr));
+    let gw = ws.serve();
+    let _consumer = ws.consume();
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("client");
+    let load =
+        SteadyLoad::start(http.clone(), reqwest::Method::POST, gw.url("/ingest"), Duration::from_secs(2));
+
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    server.kill9();
+    eventually(Duration::from_secs(5), "readiness false while the server is down", || async {
+        http.get(gw.url("/readyz")).send().await.is_ok_and(|r| r.status() == 503)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    server.restart().await;
+    eventually(Duration::from_secs(60), "readiness back after the restart", || async {
+        http.get(gw.url("/readyz")).send().await.is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let seen = load.finish().await;
+    seen.assert_fast_503s_and_recovery();
+    assert_every_accepted_delivered_within(
+        &db,
+        &table,
+        &seen.accepted,
+        seen.answered_503(),
+        Duration::from_secs(30),
+    )
+    .await;
+    let _ = db.batch_execute(&format!("DROP TABLE IF EXISTS {table}")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_deleted_under_the_gateway_is_a_503_with_retry_after_until_ensured() {
+    let moto = Moto::start().await;
+    let ws = workspace(
+        "[queue]\nbackend = \"sqs\"\nregion = \"us-east-1\"\n\n\
+         [[ingest.routes]]\npath = \"/e\"\nqueue = \"gone\"\n",
+        &moto.url(),
+    );
+    let ensured = ws.cli(&["queue", "ensure"]);
+    assert!(ensured.status.success(), "{}", String::from_utf8_lossy(&ensured.stderr));
+    let gw = ws.serve();
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("client");
+    let post = || http.post(gw.url("/e")).header("content-type", "application/json").body("{}").send();
+    assert_eq!(post().await.expect("post").status(), 202);
+
+    boto3(&moto.url(), &["delete", "gone"]);
+    let res = post().await.expect("post");
+    assert_eq!(res.status(), 503, "a missing queue is the operator's to fix, not the client's");
+    assert!(header(&res, "retry-after").is_some(), "{:?}", res.headers());
+    let body: serde_json::Value = res.json().await.expect("a JSON error body");
+    assert_eq!(body["error"]["code"], "queue_unavailable", "{body}");
+    let sqs = moto.backend().await;
+    assert!(sqs.stats("gone").await.is_err(), "nothing made the queue again behind the operator's back");
+
+    let ensured = ws.cli(&["queue", "ensure"]);
+    assert!(ensured.status.success(), "{}", String::from_utf8_lossy(&ensured.stderr));
+    eventually(Duration::from_secs(30), "202 again once the queue exists", || async {
+        post().await.is_ok_and(|r| r.status() == 202)
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
