@@ -9,8 +9,13 @@ CORS_ORIGIN=https://app.test.com
 CORS_POLICY_ENV=(SPILLWAY_INGEST__CORS__ALLOWED_ORIGINS='["https://*.test.com", "https://test.com"]'
   SPILLWAY_INGEST__CORS__ALLOW_CREDENTIALS=true)
 
+# wrk from Debian's packages, installed once when missing (the machines
+# start with none).
 need_wrk() {
-  command -v wrk >/dev/null || { echo "wrk is needed: apt-get install -y wrk" >&2; exit 1; }
+  command -v wrk >/dev/null && return
+  echo "installing wrk (apt-get)" >&2
+  { apt-get install -y -q wrk >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q wrk >/dev/null 2>&1; }; } \
+    || { echo "wrk is needed and apt-get could not install it: apt-get install -y wrk" >&2; exit 1; }
 }
 
 # bench_workspace OUT -> sets BIN, creates OUT and WORK, kills background

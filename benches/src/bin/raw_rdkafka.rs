@@ -40,9 +40,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut cfg = ClientConfig::new();
     cfg.set("bootstrap.servers", brokers);
     let admin: AdminClient<DefaultClientContext> = cfg.create()?;
-    // Six partitions, as the backend's `queue ensure` makes; one that exists is kept.
+    // Six partitions, as the backend's `queue ensure` makes, and the
+    // broker's default replication (-1, KIP-464): 3 on the three-node
+    // cluster, as the gateway's topics get there. One that exists is kept.
     let _ = admin
-        .create_topics(&[NewTopic::new(topic, 6, TopicReplication::Fixed(1))], &AdminOptions::new())
+        .create_topics(&[NewTopic::new(topic, 6, TopicReplication::Fixed(-1))], &AdminOptions::new())
         .await?;
     let producer: FutureProducer = cfg
         .clone()
