@@ -1,5 +1,6 @@
 //! Helpers the benchmark binaries share.
 
+pub mod kafka;
 pub mod segment;
 
 /// The body both baseline servers (`ceiling`, `durable_ceiling`) answer

@@ -18,13 +18,7 @@
 use std::{sync::Arc, time::Duration};
 
 use axum::{body::Bytes, extract::State, http::StatusCode, routing::post, Router};
-use rdkafka::{
-    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
-    client::DefaultClientContext,
-    message::{Header, OwnedHeaders},
-    producer::{FutureProducer, FutureRecord},
-    ClientConfig,
-};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 
 struct Bridge {
     producer: FutureProducer,
@@ -33,15 +27,7 @@ struct Bridge {
 
 async fn accept(State(b): State<Arc<Bridge>>, body: Bytes) -> (StatusCode, String) {
     let id = ulid::Ulid::new().to_string();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis())
-        .to_string();
-    let headers = OwnedHeaders::new_with_capacity(4)
-        .insert(Header { key: "spillway-id", value: Some(id.as_bytes()) })
-        .insert(Header { key: "spillway-enqueued-at", value: Some(now.as_bytes()) })
-        .insert(Header { key: "spillway-route", value: Some(b"ingest".as_slice()) })
-        .insert(Header { key: "spillway-format", value: Some(b"raw".as_slice()) });
+    let headers = spillway_benches::kafka::headers(&id, "raw");
     let rec = FutureRecord::<[u8], [u8]>::to(&b.topic).payload(&body).headers(headers);
     match b.producer.send(rec, Duration::ZERO).await {
         Ok(_) => (StatusCode::ACCEPTED, spillway_benches::accepted_body(&id, body.len())),
@@ -55,21 +41,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let [_, addr, brokers, topic] = args.as_slice() else {
         return Err("usage: bridge_rdkafka ADDR BROKERS TOPIC".into());
     };
-    let mut cfg = ClientConfig::new();
-    cfg.set("bootstrap.servers", brokers);
-    let admin: AdminClient<DefaultClientContext> = cfg.create()?;
-    // As raw_rdkafka: six partitions, the broker's default replication.
-    let _ = admin
-        .create_topics(&[NewTopic::new(topic, 6, TopicReplication::Fixed(-1))], &AdminOptions::new())
-        .await?;
-    let producer: FutureProducer = cfg
-        .clone()
-        .set("acks", "all")
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "2")
-        .set("batch.size", "1048576")
-        .set("message.timeout.ms", "10000")
-        .create()?;
+    let producer = spillway_benches::kafka::topic_and_producer(brokers, topic).await?;
     let bridge = Arc::new(Bridge { producer, topic: topic.clone() });
     let app = Router::new().route("/ingest", post(accept).put(accept)).with_state(bridge);
     let listener = tokio::net::TcpListener::bind(addr).await?;

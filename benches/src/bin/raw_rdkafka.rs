@@ -17,13 +17,7 @@
 
 use std::time::Duration;
 
-use rdkafka::{
-    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
-    client::DefaultClientContext,
-    message::{Header, OwnedHeaders},
-    producer::{FutureProducer, FutureRecord},
-    ClientConfig,
-};
+use rdkafka::producer::FutureRecord;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -37,23 +31,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let (in_flight, seconds, body_bytes): (usize, u64, usize) =
         (in_flight.parse()?, seconds.parse()?, body_bytes.parse()?);
-    let mut cfg = ClientConfig::new();
-    cfg.set("bootstrap.servers", brokers);
-    let admin: AdminClient<DefaultClientContext> = cfg.create()?;
-    // Six partitions, as the backend's `queue ensure` makes, and the
-    // broker's default replication (-1, KIP-464): 3 on the three-node
-    // cluster, as the gateway's topics get there. One that exists is kept.
-    let _ = admin
-        .create_topics(&[NewTopic::new(topic, 6, TopicReplication::Fixed(-1))], &AdminOptions::new())
-        .await?;
-    let producer: FutureProducer = cfg
-        .clone()
-        .set("acks", "all")
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "2")
-        .set("batch.size", "1048576")
-        .set("message.timeout.ms", "10000")
-        .create()?;
+    let producer = spillway_benches::kafka::topic_and_producer(brokers, topic).await?;
     let body = vec![b'x'; body_bytes];
     let topic = topic.clone();
     let run = spillway_benches::closed_loop(in_flight, seconds, |_, handle| {
@@ -62,17 +40,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             while handle.running() {
                 let mut rec = FutureRecord::<[u8], [u8]>::to(&topic).payload(&body);
                 if !bare {
-                    let id = ulid::Ulid::new().to_string();
-                    let now = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_millis())
-                        .to_string();
-                    let headers = OwnedHeaders::new_with_capacity(4)
-                        .insert(Header { key: "spillway-id", value: Some(id.as_bytes()) })
-                        .insert(Header { key: "spillway-enqueued-at", value: Some(now.as_bytes()) })
-                        .insert(Header { key: "spillway-route", value: Some(b"ingest".as_slice()) })
-                        .insert(Header { key: "spillway-format", value: Some(b"envelope".as_slice()) });
-                    rec = rec.headers(headers);
+                    rec = rec.headers(spillway_benches::kafka::headers(
+                        &ulid::Ulid::new().to_string(),
+                        "envelope",
+                    ));
                 }
                 producer.send(rec, Duration::ZERO).await.map_err(|(e, _)| e).expect("delivered");
                 handle.stored();

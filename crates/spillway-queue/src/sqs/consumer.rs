@@ -254,8 +254,7 @@ impl Consumer for SqsConsumer {
             ds.iter().filter_map(|d| inner.take_held(&d.receipt).map(|h| (d.receipt.0.clone(), h))).collect();
         let mut first_error = None;
         while !taken.is_empty() {
-            let rest = taken.split_off(taken.len().min(MAX_BATCH_ENTRIES));
-            let chunk = std::mem::replace(&mut taken, rest);
+            let chunk: Vec<(String, Held)> = taken.drain(..taken.len().min(MAX_BATCH_ENTRIES)).collect();
             let receipts: Vec<String> = chunk.iter().map(|(r, _)| r.clone()).collect();
             if let Err(e) = inner.shared.delete_batch(inner.queue(), &inner.info.url, &receipts).await {
                 inner.held().extend(chunk);

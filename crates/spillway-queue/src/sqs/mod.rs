@@ -142,7 +142,6 @@ impl SqsConfig {
 /// timeout is 0 (an adopted queue): SQS's default. With 0, every receive
 /// would hand the message to every other consumer at once, and keeping it
 /// hidden while a worker holds it would mean extending it without pause.
-const ZERO_VISIBILITY_HOLD_SECS: i32 = 30;
 const ZERO_VISIBILITY_HOLD: Duration = Duration::from_secs(30);
 
 /// The SQS error code of a failed call, if the server answered one.
@@ -339,14 +338,16 @@ impl Shared {
         let queue_visibility =
             Duration::from_secs(int(&attrs, QueueAttributeName::VisibilityTimeout).unwrap_or(30));
         if queue_visibility.is_zero() {
-            tracing::warn!(queue = %queue, "the queue's visibility timeout is 0: receives hide each message for {ZERO_VISIBILITY_HOLD_SECS} s themselves, or every consumer would see it at once");
+            tracing::warn!(queue = %queue, "the queue's visibility timeout is 0: receives hide each message for {ZERO_VISIBILITY_HOLD:?} themselves, or every consumer would see it at once");
         }
         let info = Arc::new(QueueInfo {
             name: queue.to_owned(),
             arn: attrs.get(&QueueAttributeName::QueueArn).cloned().unwrap_or_default(),
             fifo: flag(&attrs, QueueAttributeName::FifoQueue) || name.ends_with(".fifo"),
             visibility: if queue_visibility.is_zero() { ZERO_VISIBILITY_HOLD } else { queue_visibility },
-            receive_hide_secs: queue_visibility.is_zero().then_some(ZERO_VISIBILITY_HOLD_SECS),
+            receive_hide_secs: queue_visibility
+                .is_zero()
+                .then(|| ceil_secs(ZERO_VISIBILITY_HOLD, MAX_VISIBILITY_SECS)),
             max_wire_bytes: int(&attrs, QueueAttributeName::MaximumMessageSize)
                 .and_then(|n| usize::try_from(n).ok())
                 .unwrap_or(256 * 1024),
