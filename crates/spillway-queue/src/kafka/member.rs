@@ -18,11 +18,20 @@
 //! - A tier record that is not due yet pauses its partition (the records
 //!   behind it are due later still); the source topic never waits for it.
 //!
+//! - The group assigns partitions with `cooperative-sticky`: a member
+//!   joining or leaving moves only the partitions that must move, and the
+//!   others keep their holds.
+//! - A partition this member gives up in a rebalance is committed with its
+//!   holds cleared: a hand-over is not a crash, so it is not counted (five
+//!   rebalances must not walk a healthy record to the DLQ). A member that
+//!   dies, or is dropped while its consumers hold records without a
+//!   verdict, leaves those holds in its last commit, and they count.
+//!
 //! # What it does not guarantee
 //!
 //! - When the group rebalances, records held from a partition this member
-//!   loses are delivered again by the new owner (at least once): the
-//!   receipts here go stale, and their acks do nothing.
+//!   loses are delivered again by the new owner (at least once, uncounted):
+//!   the receipts here go stale, and their acks do nothing.
 
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
@@ -115,6 +124,12 @@ impl Part {
 
     /// The offset to commit and its metadata.
     fn commit_point(&self) -> (i64, String) {
+        self.commit_point_with(true)
+    }
+
+    /// The offset to commit and its metadata; with `holds` false, the
+    /// records handed out are written as not held (a clean hand-over).
+    fn commit_point_with(&self, holds: bool) -> (i64, String) {
         let first_entry = self.entries.keys().next().copied();
         let first_inherited = self.window.unsettled.range(self.end..).next().map(|(o, _)| *o);
         let end = self.end.max(self.window.end).max(self.floor);
@@ -122,7 +137,11 @@ impl Part {
         let mut items: Vec<Item> = self
             .entries
             .iter()
-            .map(|(o, e)| Item { offset: *o, crashes: e.crashes, held: matches!(e.slot, Slot::Held { .. }) })
+            .map(|(o, e)| Item {
+                offset: *o,
+                crashes: e.crashes,
+                held: holds && matches!(e.slot, Slot::Held { .. }),
+            })
             .chain(self.window.unsettled.range(self.end..).map(|(o, i)| Item {
                 offset: *o,
                 crashes: i.crashes,
@@ -145,6 +164,9 @@ struct State {
     full: bool,
     /// When the group last assigned this member partitions.
     assigned: Option<std::time::Instant>,
+    /// Set when the member is dropped: the partitions it gives up now go
+    /// with whatever its consumers still hold, and those holds count.
+    leaving: bool,
 }
 
 impl State {
@@ -173,8 +195,11 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
     state.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// The rebalance callbacks: a partition this member loses is committed as
-/// it stands, then forgotten.
+/// The rebalance callbacks: a partition this member gives up is committed,
+/// then forgotten. In a rebalance its holds are cleared (a hand-over, not a
+/// crash); when the member itself is dropped they stay, and count: its
+/// consumers went away without a verdict (a clean stop `close`s them
+/// first, which gives everything back uncounted).
 pub(crate) struct Ctx {
     state: Arc<Mutex<State>>,
     queue: String,
@@ -195,9 +220,10 @@ impl ConsumerContext for Ctx {
         let mut tpl = TopicPartitionList::new();
         {
             let mut st = lock(&self.state);
+            let leaving = st.leaving;
             for e in revoked.elements() {
                 if let Some(part) = st.parts.remove(&(e.topic().to_owned(), e.partition())) {
-                    let (offset, md) = part.commit_point();
+                    let (offset, md) = part.commit_point_with(leaving);
                     if tpl.add_partition_offset(e.topic(), e.partition(), Offset::Offset(offset)).is_ok() {
                         if let Some(mut el) = tpl.find_partition(e.topic(), e.partition()) {
                             el.set_metadata(md);
@@ -208,7 +234,14 @@ impl ConsumerContext for Ctx {
             st.version += 1;
         }
         if tpl.count() > 0 {
-            if let Err(e) = consumer.commit(&tpl, CommitMode::Sync) {
+            // The callback runs inside the fetch task's poll: a synchronous
+            // commit there would stall one of the runtime's few threads
+            // for as long as the coordinator takes.
+            let commit = || consumer.commit(&tpl, CommitMode::Sync);
+            let multi_thread = tokio::runtime::Handle::try_current()
+                .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+            let done = if multi_thread { tokio::task::block_in_place(commit) } else { commit() };
+            if let Err(e) = done {
                 tracing::warn!(queue = %self.queue, error = %e, "kafka: commit of revoked partitions failed; their records are delivered again");
             }
         }
@@ -238,6 +271,7 @@ pub(crate) struct Member {
 
 impl Drop for Member {
     fn drop(&mut self) {
+        lock(&self.inner.state).leaving = true;
         self.fetch.abort();
     }
 }
@@ -280,7 +314,11 @@ impl Member {
             .set("auto.offset.reset", "earliest")
             .set("fetch.wait.max.ms", cfg.fetch_wait.as_millis().to_string())
             .set("session.timeout.ms", session.to_string())
-            .set("heartbeat.interval.ms", (session / 5).to_string())
+            .set(
+                "heartbeat.interval.ms",
+                cfg.options.get("heartbeat.interval.ms").cloned().unwrap_or((session / 5).to_string()),
+            )
+            .set("partition.assignment.strategy", cfg.assignment_strategy())
             .create_with_context(ctx)
             .map_err(|e| queue_error("consumer", queue, &e))?;
         let names = topics::consumed(queue);
@@ -316,6 +354,18 @@ impl Member {
             }
             Err(_) => false,
         }
+    }
+
+    /// How many partitions the group gives this member now.
+    #[cfg(test)]
+    pub(crate) fn assignment_len(&self) -> usize {
+        self.inner.consumer.assignment().map_or(0, |a| a.count())
+    }
+
+    /// Whether the group hands partitions over one by one.
+    #[cfg(test)]
+    pub(crate) fn cooperative(&self) -> bool {
+        matches!(self.inner.consumer.rebalance_protocol(), rdkafka::consumer::RebalanceProtocol::Cooperative)
     }
 
     /// What a commit now would write, per partition this member reads.

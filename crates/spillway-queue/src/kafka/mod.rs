@@ -194,6 +194,19 @@ impl KafkaConfig {
         ]
     }
 
+    /// `partition.assignment.strategy` of the group members:
+    /// `cooperative-sticky` (a join or leave moves only what must move),
+    /// unless `options` names another. A group cannot mix cooperative and
+    /// eager members, so moving from a release that used librdkafka's
+    /// eager default (`range,roundrobin`) stops the consumers once, or
+    /// keeps that default through `options` (see docs/backends.md).
+    pub(crate) fn assignment_strategy(&self) -> String {
+        self.options
+            .get("partition.assignment.strategy")
+            .cloned()
+            .unwrap_or_else(|| "cooperative-sticky".to_owned())
+    }
+
     pub(crate) fn group(&self, queue: &str) -> String {
         format!("{}.{queue}", self.group_prefix)
     }

@@ -137,3 +137,96 @@ async fn an_adopted_compacted_or_short_lived_topic_is_named() {
     let got = topic_settings(&b, &name).await;
     assert_eq!(got.get("cleanup.policy").map(String::as_str), Some("compact"), "left as it was");
 }
+
+/// Waits until `check` holds, or fails naming `what`.
+async fn until(what: &str, within: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + within;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "{what} within {within:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Another process joining and leaving the group ten times, while this one
+/// holds every record, moves partitions back and forth. None of it is a
+/// crash: each record comes back (where its partition moved) with its
+/// count unchanged, and nothing reaches the DLQ. With holds committed on
+/// revoke, the fifth round has walked every moved record to its limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rebalances_are_not_counted_as_crashes() {
+    use crate::{Admin as _, Backend as _, DeadLetterPolicy, OutgoingMessage, QueueSpec};
+    // Members learn of a rebalance at their next heartbeat: a short one
+    // keeps ten rounds quick.
+    let mut cfg = config();
+    cfg.options.insert("heartbeat.interval.ms".into(), "200".into());
+    let connect = async || KafkaBackend::connect(&cfg).await.expect("kafka clients");
+    let a = connect().await;
+    let name = format!("kafka-rebalance-{:08x}", rand::random::<u32>());
+    let spec = QueueSpec {
+        name: name.clone(),
+        // Long enough that no hold expires during the test: only a
+        // rebalance could count one.
+        dead_letter: DeadLetterPolicy { max_receive_count: 5, visibility_timeout: Duration::from_secs(300) },
+        max_message_bytes: 64 * 1024,
+    };
+    a.ensure(&spec).await.expect("ensure");
+    let p = a.producer(&name).await.expect("producer");
+    let sent: Vec<_> = (0..8)
+        .map(|i| OutgoingMessage {
+            ordering_key: Some(format!("k{i}")),
+            ..OutgoingMessage::new(format!("r{i}"), "x")
+        })
+        .collect();
+    for outcome in p.send_batch(sent).await.expect("send") {
+        outcome.expect("stored");
+    }
+    let c = a.consumer(&name).await.expect("consumer");
+    let mut held = Vec::new();
+    until("this process holds all 8", Duration::from_secs(30), async || {
+        held.extend(c.receive(8, Duration::from_millis(200)).await.expect("receive"));
+        held.len() == 8
+    })
+    .await;
+    assert!(held.iter().all(|d| d.receive_count == 1));
+    let member = a.members.lock().await.get(&name).cloned().expect("member");
+    let all = member.assignment_len();
+    assert!(all >= 2, "the member reads every partition: {all}");
+    assert!(member.cooperative(), "a join moves only what must move (cooperative-sticky)");
+
+    for round in 0..10 {
+        let b = connect().await;
+        b.ensure(&spec).await.expect("ensure in the other process");
+        let cb = b.consumer(&name).await.expect("a consumer joins");
+        let other = b.members.lock().await.get(&name).cloned().expect("member");
+        until(&format!("round {round}: the joiner gets partitions"), Duration::from_secs(60), async || {
+            other.assignment_len() > 0 && member.assignment_len() < all
+        })
+        .await;
+        drop((cb, other, b));
+        until(&format!("round {round}: the partitions come back"), Duration::from_secs(60), async || {
+            member.assignment_len() == all
+        })
+        .await;
+    }
+
+    // Records still held here are acked; those whose partition moved come
+    // back, uncounted.
+    c.ack_batch(&held).await.expect("ack what is still held");
+    let mut seen: std::collections::BTreeMap<String, u32> =
+        held.iter().map(|d| (d.message.id.clone(), d.receive_count)).collect();
+    let mut settled = held.len();
+    until("every record is back and acked", Duration::from_secs(30), async || {
+        let got = c.receive(8, Duration::from_millis(500)).await.expect("receive");
+        for d in &got {
+            assert_eq!(d.receive_count, 1, "{} came back counted after clean rebalances", d.message.id);
+            seen.insert(d.message.id.clone(), d.receive_count);
+        }
+        c.ack_batch(&got).await.expect("ack");
+        settled += got.len();
+        seen.len() == 8 && a.stats(&name).await.is_ok_and(|s| s.pending() == 0)
+    })
+    .await;
+    assert!(settled >= 8);
+    let dead = a.peek_dead(&name, 10).await.expect("peek dead");
+    assert!(dead.is_empty(), "dead-lettered by rebalances alone: {dead:?}");
+}
