@@ -826,11 +826,15 @@ pub fn free_port() -> u16 {
 /// A TCP proxy that can be taken down and brought back on the same port:
 /// down, it refuses connections and cuts the open ones, as a server that
 /// stopped would; up, it forwards to the target again. For outages of a
-/// server that keeps its state only in memory (moto).
+/// server that keeps its state only in memory (moto). Frozen, it keeps
+/// every connection open and accepts new ones but passes no byte either
+/// way, as a network partition or a hung server does: what shows whether
+/// each call has a deadline.
 pub struct Proxy {
     pub port: u16,
     target: u16,
     tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    frozen: tokio::sync::watch::Sender<bool>,
 }
 
 impl Proxy {
@@ -840,7 +844,8 @@ impl Proxy {
 
     /// Listens on `port` (one a server advertises), forwarding to `target`.
     pub async fn start_on(port: u16, target: u16) -> Arc<Self> {
-        let proxy = Arc::new(Self { port, target, tasks: std::sync::Mutex::default() });
+        let (frozen, _) = tokio::sync::watch::channel(false);
+        let proxy = Arc::new(Self { port, target, tasks: std::sync::Mutex::default(), frozen });
         proxy.up().await;
         proxy
     }
@@ -850,11 +855,14 @@ impl Proxy {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port)).await.expect("proxy bind");
         let this = self.clone();
         let accept = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
+            while let Ok((inbound, _)) = listener.accept().await {
                 let target = this.target;
+                let frozen = this.frozen.subscribe();
                 let conn = tokio::spawn(async move {
-                    if let Ok(mut outbound) = TcpStream::connect(("127.0.0.1", target)).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    if let Ok(outbound) = TcpStream::connect(("127.0.0.1", target)).await {
+                        let (in_r, in_w) = inbound.into_split();
+                        let (out_r, out_w) = outbound.into_split();
+                        tokio::join!(pipe(in_r, out_w, frozen.clone()), pipe(out_r, in_w, frozen));
                     }
                 });
                 this.tasks.lock().expect("lock").push(conn);
@@ -863,12 +871,51 @@ impl Proxy {
         self.tasks.lock().expect("lock").push(accept);
     }
 
+    /// Holds every byte from now on, both ways, on every connection, until
+    /// the guard is dropped (a failing test thaws too, so calls stuck on
+    /// the network can end and the runtime can shut down).
+    #[must_use = "the network thaws when the guard is dropped"]
+    pub fn freeze(&self) -> Frozen<'_> {
+        self.frozen.send_replace(true);
+        Frozen(self)
+    }
+}
+
+/// A [`Proxy`] frozen; dropping it passes what was held and forwards again.
+pub struct Frozen<'a>(&'a Proxy);
+
+impl Drop for Frozen<'_> {
+    fn drop(&mut self) {
+        self.0.frozen.send_replace(false);
+    }
+}
+
+impl Proxy {
     /// Stops listening and cuts every open connection.
     pub fn down(&self) {
         for t in self.tasks.lock().expect("lock").drain(..) {
             t.abort();
         }
     }
+}
+
+/// Copies `from` to `to`, holding each chunk while `frozen` is true.
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    mut frozen: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if frozen.wait_for(|f| !*f).await.is_err() || to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
 }
 
 /// The config every outage test runs: `backend` (its `[queue]` table),

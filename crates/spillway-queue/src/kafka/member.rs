@@ -257,8 +257,9 @@ pub(crate) struct Inner {
     state: Arc<Mutex<State>>,
     notify: Notify,
     /// The state version last committed; held while a commit is on the way,
-    /// so concurrent callers share one commit (group commit).
-    committed: tokio::sync::Mutex<u64>,
+    /// so concurrent callers share one commit (group commit), and commits
+    /// never land out of order.
+    committed: Arc<tokio::sync::Mutex<u64>>,
 }
 
 /// The group member of one queue in this process. Dropping it stops the
@@ -332,7 +333,7 @@ impl Member {
             consumer: Arc::new(consumer),
             state,
             notify: Notify::new(),
-            committed: tokio::sync::Mutex::new(0),
+            committed: Arc::new(tokio::sync::Mutex::new(0)),
         });
         let fetch = tokio::spawn(inner.clone().fetch_loop());
         Ok(Self { inner, fetch, owners: AtomicU64::new(1) })
@@ -793,24 +794,41 @@ impl Inner {
 
     /// Commits the ledger as it stands, unless a commit since the last
     /// change already did.
+    ///
+    /// A synchronous commit has no timeout of its own: with the coordinator
+    /// unreachable it waits for as long as that lasts. The caller waits at
+    /// most `send_timeout` (then `Timeout`); the commit itself goes on in
+    /// the background holding the lock, so the next one starts only after
+    /// it and no older commit lands over a newer one.
+    ///
+    /// # Cancel safety
+    ///
+    /// Safe: dropping the future leaves the commit running to its end.
     async fn commit(&self) -> Result<(), QueueError> {
-        let want = lock(&self.state).version;
-        let mut done = self.committed.lock().await;
-        if *done >= want {
-            return Ok(());
-        }
-        let (version, tpl) = {
-            let st = lock(&self.state);
-            (st.version, st.commit_list().map_err(|e| queue_error("commit", &self.queue, &e))?)
-        };
-        if tpl.count() > 0 {
+        let after = self.shared.config.send_timeout;
+        let run = async {
+            let want = lock(&self.state).version;
+            let mut done = self.committed.clone().lock_owned().await;
+            if *done >= want {
+                return Ok(());
+            }
+            let (version, tpl) = {
+                let st = lock(&self.state);
+                (st.version, st.commit_list().map_err(|e| queue_error("commit", &self.queue, &e))?)
+            };
             let consumer = self.consumer.clone();
-            Shared::blocking(move || consumer.commit(&tpl, CommitMode::Sync))
-                .await?
-                .map_err(|e| queue_error("commit", &self.queue, &e))?;
-        }
-        *done = version;
-        Ok(())
+            tokio::task::spawn_blocking(move || {
+                if tpl.count() > 0 {
+                    consumer.commit(&tpl, CommitMode::Sync)?;
+                }
+                *done = version;
+                Ok(())
+            })
+            .await
+            .map_err(|e| QueueError::unavailable("kafka: commit task", e))?
+            .map_err(|e| queue_error("commit", &self.queue, &e))
+        };
+        tokio::time::timeout(after, run).await.map_err(|_| QueueError::Timeout { after })?
     }
 
     async fn fetch_loop(self: Arc<Self>) {

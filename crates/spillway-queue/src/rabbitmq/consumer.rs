@@ -35,7 +35,9 @@ use async_trait::async_trait;
 use lapin::{options::BasicAckOptions, types::ShortString, BasicProperties, Channel};
 use tokio::time::Instant;
 
-use super::{ms_time, publish_confirmed, queue_error, topology, wire, wire::Headers, Shared};
+use super::{
+    bounded, close_channel, ms_time, publish_confirmed, queue_error, topology, wire, wire::Headers, Shared,
+};
 use crate::{Consumer, DeadLetterPolicy, Delivery, Nacked, QueueError, Receipt, ReceivedMessage};
 
 /// Channel generations, unique in the process, so a receipt names one
@@ -102,7 +104,7 @@ impl Drop for RabbitConsumer {
             rt.spawn(async move {
                 let _receiving = inner.receiving.write().await;
                 for ch in inner.take_channels() {
-                    let _ = ch.close(200, ShortString::from("consumer dropped")).await;
+                    close_channel(&ch, inner.shared.consuming.timeout, "consumer dropped");
                 }
             });
         }
@@ -130,7 +132,7 @@ impl Inner {
                 _ => self.forget(g),
             }
         }
-        let c = self.shared.link.channel(false).await?;
+        let c = self.shared.consuming.channel(false).await?;
         let g = GENERATIONS.fetch_add(1, Ordering::SeqCst) + 1;
         self.channels.lock().unwrap_or_else(PoisonError::into_inner).insert(g, c.clone());
         Ok((g, c))
@@ -157,10 +159,16 @@ impl Inner {
     async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>, QueueError> {
         let (generation, ch) = self.checkout().await?;
         let got = self.receive_on(generation, &ch, max, wait).await;
-        if ch.status().connected() {
-            self.checkin(generation);
-        } else {
-            self.forget(generation);
+        match &got {
+            Ok(_) if ch.status().connected() => self.checkin(generation),
+            Ok(_) => self.forget(generation),
+            Err(_) => {
+                // A call on it failed or timed out: what it has in flight
+                // is unknown (a `get-ok` may still come). Close it, so the
+                // broker returns whatever it holds; its receipts go stale.
+                self.forget(generation);
+                close_channel(&ch, self.shared.consuming.timeout, "spillway: a call failed");
+            }
         }
         got
     }
@@ -176,9 +184,20 @@ impl Inner {
         loop {
             let mut out = Vec::new();
             while out.len() < max {
-                let Some(got) = self.shared.get(ch, &self.queue).await? else { break };
-                if let Some(d) = self.take(generation, got).await? {
-                    out.push(d);
+                // What this receive already holds goes to the caller even
+                // when a later call fails: dropped here, it would stay
+                // unacked on a live channel, held by nobody.
+                let got = match self.shared.get(ch, &self.queue).await {
+                    Ok(Some(got)) => got,
+                    Ok(None) => break,
+                    Err(e) if out.is_empty() => return Err(e),
+                    Err(_) => return Ok(out),
+                };
+                match self.take(generation, got).await {
+                    Ok(Some(d)) => out.push(d),
+                    Ok(None) => {}
+                    Err(e) if out.is_empty() => return Err(e),
+                    Err(_) => return Ok(out),
                 }
             }
             if !out.is_empty() || Instant::now() >= deadline {
@@ -214,18 +233,12 @@ impl Inner {
                 .text(wire::LAST_ERROR)
                 .unwrap_or_else(|| format!("its consumer went away holding it on receive {}", count - 1));
             let dead = self.dead_copy(&h, &d.properties, count - 1, first_received_ms, &reason, now);
-            let publisher = self.shared.link.publisher().await?;
-            let timeout = self.shared.confirm_timeout;
-            publish_confirmed(
-                &self.shared.link,
-                &publisher,
-                &topology::dlq(&self.queue),
-                &d.data,
-                dead,
-                timeout,
-            )
-            .await?;
-            d.acker.ack(BasicAckOptions::default()).await.map_err(|e| queue_error("ack", &self.queue, &e))?;
+            let dlq = topology::dlq(&self.queue);
+            if let Err(e) = self.publish(&dlq, &d.data, dead).await {
+                self.give_back(&d).await;
+                return Err(e);
+            }
+            self.shared.ack(&d.acker, &self.queue).await?;
             return Ok(None);
         }
         let delivery = Delivery {
@@ -284,19 +297,32 @@ impl Inner {
             headers.set_int(wire::FIRST_RECEIVED_AT, first_received_ms);
         }
         let props = headers.into_properties(&d.properties).with_message_id(ShortString::from(id.clone()));
-        let publisher = self.shared.link.publisher().await?;
-        publish_confirmed(
-            &self.shared.link,
-            &publisher,
-            &self.queue,
-            &d.data,
-            props,
-            self.shared.confirm_timeout,
-        )
-        .await?;
-        d.acker.ack(BasicAckOptions::default()).await.map_err(|e| queue_error("ack", &self.queue, &e))?;
+        if let Err(e) = self.publish(&self.queue, &d.data, props).await {
+            self.give_back(&d).await;
+            return Err(e);
+        }
+        self.shared.ack(&d.acker, &self.queue).await?;
         tracing::debug!(queue = %self.queue, id, "adopted a message published without an id");
         Ok(())
+    }
+
+    /// Publishes on the publishing connection and waits for the confirm.
+    async fn publish(&self, route: &str, body: &[u8], props: BasicProperties) -> Result<(), QueueError> {
+        let link = &self.shared.publishing;
+        let ch = link.publisher().await?;
+        publish_confirmed(link, &ch, route, body, props, self.shared.confirm_timeout).await
+    }
+
+    /// Hands a delivery this consumer could not take back to the broker at
+    /// once (requeued, which counts it), instead of leaving it unacked on a
+    /// live channel until that closes. If even that fails, the channel
+    /// goes, which returns it too.
+    async fn give_back(&self, d: &lapin::message::Delivery) {
+        let options = lapin::options::BasicRejectOptions { requeue: true };
+        let rejected = tokio::time::timeout(self.shared.consuming.timeout, d.acker.reject(options)).await;
+        if !matches!(rejected, Ok(Ok(_))) {
+            tracing::warn!(queue = %self.queue, "rabbitmq: could not give a delivery back; its channel closes");
+        }
     }
 
     /// The properties of a dead letter, with its metadata.
@@ -330,7 +356,12 @@ impl Inner {
         let Some(c) = ch.filter(|c| c.status().connected()) else {
             return Ok(()); // its channel is gone: the broker returned it already
         };
-        c.basic_ack(h.tag, BasicAckOptions::default()).await.map_err(|e| queue_error("ack", &self.queue, &e))
+        bounded(self.shared.consuming.timeout, async {
+            c.basic_ack(h.tag, BasicAckOptions::default())
+                .await
+                .map_err(|e| queue_error("ack", &self.queue, &e))
+        })
+        .await
     }
 
     /// Republishes a held delivery to `route` with `failures` carried, then
@@ -348,9 +379,7 @@ impl Inner {
         if let Some(e) = last_error {
             headers.set_text(wire::LAST_ERROR, e);
         }
-        let ch = self.shared.link.publisher().await?;
-        let props = headers.into_properties(&h.props);
-        publish_confirmed(&self.shared.link, &ch, route, &h.body, props, self.shared.confirm_timeout).await?;
+        self.publish(route, &h.body, headers.into_properties(&h.props)).await?;
         self.ack_original(h).await
     }
 
@@ -358,16 +387,7 @@ impl Inner {
         let headers = Headers::of(&h.props);
         let props =
             self.dead_copy(&headers, &h.props, h.count, h.first_received_ms, reason, self.shared.now_ms());
-        let ch = self.shared.link.publisher().await?;
-        publish_confirmed(
-            &self.shared.link,
-            &ch,
-            &topology::dlq(&self.queue),
-            &h.body,
-            props,
-            self.shared.confirm_timeout,
-        )
-        .await?;
+        self.publish(&topology::dlq(&self.queue), &h.body, props).await?;
         self.ack_original(h).await
     }
 
@@ -434,18 +454,25 @@ impl Consumer for RabbitConsumer {
     }
 
     /// Waits for a receive in progress (even one whose caller went away),
-    /// then releases every held delivery, uncounted, and closes the channel.
+    /// then releases every held delivery, uncounted, and closes the
+    /// channels. If a release fails (the broker is down or blocked), the
+    /// rest are not tried one deadline after another: the channels close,
+    /// and the broker returns what they held, counted.
     async fn close(&self) -> Result<(), QueueError> {
         let _receiving = self.inner.receiving.write().await;
         let held: Vec<Held> =
             self.inner.held.lock().unwrap_or_else(PoisonError::into_inner).drain().map(|(_, h)| h).collect();
+        let mut failed = None;
         for h in &held {
-            self.inner.release(h, Duration::ZERO).await?;
+            if let Err(e) = self.inner.release(h, Duration::ZERO).await {
+                failed = Some(e);
+                break;
+            }
         }
         for ch in self.inner.take_channels() {
-            let _ = ch.close(200, ShortString::from("closed")).await;
+            close_channel(&ch, self.inner.shared.consuming.timeout, "closed");
         }
-        Ok(())
+        failed.map_or(Ok(()), Err)
     }
 
     fn visibility_timeout(&self) -> Duration {

@@ -126,9 +126,10 @@ pub struct RabbitConfig {
     /// Shown in the broker's connection list.
     #[serde(default = "default_connection_name")]
     pub connection_name: String,
-    /// A publish (a send, a retry, a dead letter) whose confirm has not come
-    /// by then is `Timeout`: the broker may or may not have it, so nothing is
-    /// acked on the strength of it. Bounds every wait on a silent broker.
+    /// The deadline of every call to the broker. A publish (a send, a
+    /// retry, a dead letter) whose confirm has not come by then is
+    /// `Timeout`: the broker may or may not have it, so nothing is acked on
+    /// the strength of it. Bounds every wait on a silent broker.
     #[serde(default = "default_confirm_timeout", with = "humantime_serde")]
     pub confirm_timeout: Duration,
     /// The management plugin's HTTP API (`http://user:password@host:15672`,
@@ -176,7 +177,31 @@ fn short(name: &str) -> Result<ShortString, QueueError> {
     ShortString::try_new(name).map_err(|e| QueueError::Invalid(format!("queue name {name:?}: {e}")))
 }
 
-/// The connection, opened again after a failure.
+/// Runs one call to the broker; `Timeout` after `after`. Every await on
+/// lapin goes through here: a broker that stops answering (a partition, a
+/// hung node, a connection blocked by a resource alarm) must not hang a
+/// request, a worker or a shutdown.
+async fn bounded<T>(
+    after: Duration,
+    call: impl std::future::Future<Output = Result<T, QueueError>>,
+) -> Result<T, QueueError> {
+    tokio::time::timeout(after, call).await.map_err(|_| QueueError::Timeout { after })?
+}
+
+/// Closes a channel in the background, bounded: nobody waits for a close,
+/// and one the broker never answers must not hold a task forever.
+fn close_channel(ch: &Channel, after: Duration, reason: &'static str) {
+    let ch = ch.clone();
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(after, ch.close(200, ShortString::from(reason))).await;
+    });
+}
+
+/// A connection, opened again after a failure. Spillway keeps two: one
+/// that publishes and one that only consumes. Under a memory or disk alarm
+/// RabbitMQ stops reading from every connection that publishes; acks on a
+/// shared connection would stall with it, and acks are what free the
+/// broker's memory and disk.
 struct Link {
     /// `url`, then `urls`: the nodes tried in turn.
     urls: Vec<String>,
@@ -187,6 +212,8 @@ struct Link {
     /// Confirm channels for publishing, opened on first use, used in turn.
     publishers: Vec<tokio::sync::Mutex<Option<Channel>>>,
     next: std::sync::atomic::AtomicUsize,
+    /// The deadline of every call on this connection.
+    timeout: Duration,
 }
 
 impl Link {
@@ -222,13 +249,27 @@ impl Link {
     /// A new channel, with publisher confirms when asked.
     async fn channel(&self, confirms: bool) -> Result<Channel, QueueError> {
         let conn = self.connection().await?;
-        let ch = conn.create_channel().await.map_err(|e| queue_error("open channel", "", &e))?;
-        if confirms {
-            ch.confirm_select(ConfirmSelectOptions::default())
-                .await
-                .map_err(|e| queue_error("enable confirms", "", &e))?;
+        bounded(self.timeout, async {
+            let ch = conn.create_channel().await.map_err(|e| queue_error("open channel", "", &e))?;
+            if confirms {
+                ch.confirm_select(ConfirmSelectOptions::default())
+                    .await
+                    .map_err(|e| queue_error("enable confirms", "", &e))?;
+            }
+            Ok(ch)
+        })
+        .await
+    }
+
+    /// `Unavailable` while the broker blocks this connection (a memory or
+    /// disk alarm): a publish would wait for the alarm to clear.
+    async fn unblocked(&self) -> Result<(), QueueError> {
+        if self.connection().await?.status().blocked() {
+            return Err(QueueError::unavailable_msg(
+                "rabbitmq: the broker blocked publishing (a memory or disk alarm; see `rabbitmq-diagnostics alarms`)",
+            ));
         }
-        Ok(ch)
+        Ok(())
     }
 
     /// Retires a publishing channel the broker nacked on: the next publish
@@ -244,14 +285,13 @@ impl Link {
                 *slot = None;
             }
         }
-        let ch = ch.clone();
-        tokio::spawn(async move {
-            let _ = ch.close(200, "spillway: nacked, replaced".into()).await;
-        });
+        close_channel(ch, self.timeout, "spillway: nacked, replaced");
     }
 
-    /// The next of the shared channels for publishing, with confirms.
+    /// The next of the shared channels for publishing, with confirms;
+    /// `Unavailable` at once while the broker blocks publishing.
     async fn publisher(&self) -> Result<Channel, QueueError> {
+        self.unblocked().await?;
         let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.publishers.len();
         let mut ch = self.publishers[i].lock().await;
         if let Some(c) = ch.as_ref().filter(|c| c.status().connected()) {
@@ -274,8 +314,10 @@ async fn publish_confirmed(
     props: BasicProperties,
     timeout: Duration,
 ) -> Result<(), QueueError> {
-    let pending = start_publish(ch, queue, body, props).await?;
-    finish_publish(link, ch, queue, pending, timeout).await
+    let deadline = tokio::time::Instant::now() + timeout;
+    let pending = bounded(timeout, start_publish(ch, queue, body, props)).await?;
+    finish_publish(link, ch, queue, pending, deadline.saturating_duration_since(tokio::time::Instant::now()))
+        .await
 }
 
 async fn start_publish(
@@ -315,7 +357,11 @@ async fn finish_publish(
 }
 
 struct Shared {
-    link: Link,
+    /// Sends, retries, dead letters, redrives: everything that publishes.
+    publishing: Link,
+    /// Receives, acks, declares, counts: never publishes, so a resource
+    /// alarm never blocks it.
+    consuming: Link,
     clock: Clock,
     confirm_timeout: Duration,
     management: Option<Management>,
@@ -335,37 +381,59 @@ impl Shared {
     /// Ready messages in `queue`; `NotFound` if it does not exist.
     async fn count(&self, ch: &Channel, queue: &str) -> Result<u64, QueueError> {
         let options = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
-        let q = ch
-            .queue_declare(short(queue)?, options, FieldTable::default())
-            .await
-            .map_err(|e| queue_error("declare (passive)", queue, &e))?;
+        let name = short(queue)?;
+        let q = bounded(self.consuming.timeout, async {
+            ch.queue_declare(name, options, FieldTable::default())
+                .await
+                .map_err(|e| queue_error("declare (passive)", queue, &e))
+        })
+        .await?;
         Ok(u64::from(q.message_count()))
     }
 
     /// `NotFound` unless `queue` exists. On a channel of its own: a passive
     /// declare of a missing queue closes the channel it ran on.
     async fn must_exist(&self, queue: &str) -> Result<(), QueueError> {
-        let ch = self.link.channel(false).await?;
+        let ch = self.consuming.channel(false).await?;
         let exists = self.count(&ch, queue).await;
-        let _ = ch.close(200, ShortString::from("done")).await;
+        close_channel(&ch, self.consuming.timeout, "done");
         exists.map(|_| ())
     }
 
     /// The next message of `queue`, unacked, if there is one.
     async fn get(&self, ch: &Channel, queue: &str) -> Result<Option<lapin::message::Delivery>, QueueError> {
-        let got = ch
-            .basic_get(short(queue)?, BasicGetOptions { no_ack: false })
-            .await
-            .map_err(|e| queue_error("get", queue, &e))?;
+        let name = short(queue)?;
+        let got = bounded(self.consuming.timeout, async {
+            ch.basic_get(name, BasicGetOptions { no_ack: false })
+                .await
+                .map_err(|e| queue_error("get", queue, &e))
+        })
+        .await?;
         Ok(got.map(|m| m.delivery))
     }
 
     async fn declare(&self, ch: &Channel, queue: &str, args: FieldTable) -> Result<(), QueueError> {
         let options = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
-        ch.queue_declare(short(queue)?, options, args)
-            .await
-            .map_err(|e| queue_error(&format!("declare queue `{queue}`"), queue, &e))?;
+        let name = short(queue)?;
+        bounded(self.consuming.timeout, async {
+            ch.queue_declare(name, options, args)
+                .await
+                .map_err(|e| queue_error(&format!("declare queue `{queue}`"), queue, &e))
+        })
+        .await?;
         Ok(())
+    }
+
+    /// Acks a delivery on the channel it came on.
+    async fn ack(&self, acker: &lapin::Acker, queue: &str) -> Result<(), QueueError> {
+        bounded(self.consuming.timeout, async {
+            acker
+                .ack(lapin::options::BasicAckOptions::default())
+                .await
+                .map_err(|e| queue_error("ack", queue, &e))
+        })
+        .await
+        .map(|_| ())
     }
 }
 
@@ -383,20 +451,25 @@ impl RabbitBackend {
 
     /// [`RabbitBackend::connect`] with the time read from `clock`.
     pub async fn connect_with_clock(cfg: &RabbitConfig, clock: Clock) -> Result<Self, QueueError> {
-        let link = Link {
+        let link = |role: &str, publishers: usize| Link {
             urls: std::iter::once(&cfg.url).chain(&cfg.urls).cloned().collect(),
             current: std::sync::atomic::AtomicUsize::new(0),
-            name: cfg.connection_name.clone(),
+            name: format!("{} ({role})", cfg.connection_name),
             conn: tokio::sync::Mutex::default(),
-            publishers: (0..cfg.publisher_channels.max(1)).map(|_| tokio::sync::Mutex::default()).collect(),
+            publishers: (0..publishers.max(1)).map(|_| tokio::sync::Mutex::default()).collect(),
             next: std::sync::atomic::AtomicUsize::new(0),
+            timeout: cfg.confirm_timeout,
         };
+        let publishing = link("publishing", cfg.publisher_channels);
+        let consuming = link("consuming", 1);
         let management = cfg.management_url.as_deref().map(|m| Management::new(m, &cfg.url)).transpose()?;
-        link.connection().await?;
+        publishing.connection().await?;
+        consuming.connection().await?;
         let confirm_timeout = cfg.confirm_timeout;
         Ok(Self {
             shared: Arc::new(Shared {
-                link,
+                publishing,
+                consuming,
                 clock,
                 confirm_timeout,
                 management,
@@ -414,7 +487,7 @@ impl Admin for RabbitBackend {
         if spec.dead_letter.max_receive_count == 0 {
             return Err(QueueError::Invalid("max_receive_count must be at least 1".into()));
         }
-        let ch = self.shared.link.channel(false).await?;
+        let ch = self.shared.consuming.channel(false).await?;
         let name = &spec.name;
         let declared = async {
             self.shared.declare(&ch, &topology::dlq(name), topology::dlq_args()).await?;
@@ -428,7 +501,7 @@ impl Admin for RabbitBackend {
                 .await
         }
         .await;
-        let _ = ch.close(200, ShortString::from("done")).await;
+        close_channel(&ch, self.shared.consuming.timeout, "done");
         declared?;
         self.shared.specs.insert(spec);
         Ok(())
@@ -441,7 +514,7 @@ impl Admin for RabbitBackend {
     /// interval, 5 s by default), and are 0 otherwise: AMQP does not tell
     /// them.
     async fn stats(&self, queue: &str) -> Result<QueueStats, QueueError> {
-        let ch = self.shared.link.channel(false).await?;
+        let ch = self.shared.consuming.channel(false).await?;
         let counted = async {
             let visible = self.shared.count(&ch, queue).await?;
             let dead = self.shared.count(&ch, &topology::dlq(queue)).await?;
@@ -456,14 +529,14 @@ impl Admin for RabbitBackend {
             Ok(QueueStats { visible, delayed, in_flight, dead })
         }
         .await;
-        let _ = ch.close(200, ShortString::from("done")).await;
+        close_channel(&ch, self.shared.consuming.timeout, "done");
         counted
     }
 
     /// Takes up to `max` dead letters without acking them, then closes the
     /// channel, which returns them to the DLQ.
     async fn peek_dead(&self, queue: &str, max: usize) -> Result<Vec<DeadLetter>, QueueError> {
-        let ch = self.shared.link.channel(false).await?;
+        let ch = self.shared.consuming.channel(false).await?;
         let dlq = topology::dlq(queue);
         let peeked = async {
             self.shared.count(&ch, &dlq).await?;
@@ -475,14 +548,14 @@ impl Admin for RabbitBackend {
             Ok(out)
         }
         .await;
-        let _ = ch.close(200, ShortString::from("peeked")).await;
+        close_channel(&ch, self.shared.consuming.timeout, "peeked");
         peeked
     }
 
     /// Moves dead letters back: republished to the source queue with their
     /// count and error cleared, confirmed, then acked in the DLQ.
     async fn redrive(&self, queue: &str, max: usize) -> Result<u64, QueueError> {
-        let ch = self.shared.link.channel(true).await?;
+        let ch = self.shared.consuming.channel(false).await?;
         let dlq = topology::dlq(queue);
         let moved = async {
             self.shared.count(&ch, queue).await?;
@@ -499,23 +572,22 @@ impl Admin for RabbitBackend {
                     wire::DEAD_LETTERED_AT,
                 ]);
                 let props = headers.into_properties(&d.properties);
-                publish_confirmed(&self.shared.link, &ch, queue, &d.data, props, self.shared.confirm_timeout)
+                let publisher = self.shared.publishing.publisher().await?;
+                let link = &self.shared.publishing;
+                publish_confirmed(link, &publisher, queue, &d.data, props, self.shared.confirm_timeout)
                     .await?;
-                d.acker
-                    .ack(lapin::options::BasicAckOptions::default())
-                    .await
-                    .map_err(|e| queue_error("ack", &dlq, &e))?;
+                self.shared.ack(&d.acker, &dlq).await?;
                 moved += 1;
             }
             Ok(moved)
         }
         .await;
-        let _ = ch.close(200, ShortString::from("redriven")).await;
+        close_channel(&ch, self.shared.consuming.timeout, "redriven");
         moved
     }
 
     async fn purge(&self, queue: &str, target: PurgeTarget) -> Result<u64, QueueError> {
-        let ch = self.shared.link.channel(false).await?;
+        let ch = self.shared.consuming.channel(false).await?;
         let names: Vec<String> = match target {
             PurgeTarget::Source => std::iter::once(queue.to_owned())
                 .chain(topology::TIERS_MS.iter().map(|&t| topology::tier_queue(queue, t)))
@@ -526,16 +598,20 @@ impl Admin for RabbitBackend {
             let mut n = 0u64;
             for name in &names {
                 self.shared.count(&ch, name).await?;
+                let q = short(name)?;
                 n += u64::from(
-                    ch.queue_purge(short(name)?, QueuePurgeOptions::default())
-                        .await
-                        .map_err(|e| queue_error("purge", name, &e))?,
+                    bounded(self.shared.consuming.timeout, async {
+                        ch.queue_purge(q, QueuePurgeOptions::default())
+                            .await
+                            .map_err(|e| queue_error("purge", name, &e))
+                    })
+                    .await?,
                 );
             }
             Ok(n)
         }
         .await;
-        let _ = ch.close(200, ShortString::from("purged")).await;
+        close_channel(&ch, self.shared.consuming.timeout, "purged");
         purged
     }
 }
@@ -586,7 +662,13 @@ impl Backend for RabbitBackend {
     }
 
     async fn ready(&self) -> Result<(), QueueError> {
-        self.shared.link.publisher().await.map(|_| ())
+        // A round trip (a channel opened and closed): a broker that stopped
+        // answering keeps its connections looking open until the heartbeat
+        // gives up, a minute or more.
+        let ch = self.shared.consuming.channel(false).await?;
+        close_channel(&ch, self.shared.consuming.timeout, "ready");
+        // Not ready while the broker blocks publishing (a resource alarm).
+        self.shared.publishing.publisher().await.map(|_| ())
     }
 }
 
@@ -605,7 +687,7 @@ impl Producer for RabbitProducer {
         msgs: Vec<OutgoingMessage>,
     ) -> Result<Vec<Result<(), QueueError>>, QueueError> {
         let mut outcomes: Vec<Option<Result<(), QueueError>>> = (0..msgs.len()).map(|_| None).collect();
-        let ch = self.shared.link.publisher().await?;
+        let ch = self.shared.publishing.publisher().await?;
         self.publish_each(&ch, msgs, &mut |i, o| outcomes[i] = Some(o)).await;
         Ok(outcomes
             .into_iter()
@@ -620,7 +702,7 @@ impl Producer for RabbitProducer {
         msgs: Vec<OutgoingMessage>,
         report: &mut (dyn FnMut(usize, Result<(), QueueError>) + Send),
     ) {
-        match self.shared.link.publisher().await {
+        match self.shared.publishing.publisher().await {
             Ok(ch) => self.publish_each(&ch, msgs, report).await,
             Err(e) => (0..msgs.len()).for_each(|i| report(i, Err(e.clone()))),
         }
@@ -648,6 +730,10 @@ impl RabbitProducer {
     ) {
         let limit = self.max_message_bytes;
         let now = self.shared.now_ms();
+        // One deadline for the batch: confirms awaited one after another
+        // must not each get the whole timeout afresh.
+        let deadline = tokio::time::Instant::now() + self.shared.confirm_timeout;
+        let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
         let mut pending = Vec::with_capacity(msgs.len());
         for m in &msgs {
             if let Err(e) = m.check_size(limit) {
@@ -670,15 +756,15 @@ impl RabbitProducer {
                 }
             };
             let route = topology::route_for(&self.queue, m.delay);
-            pending.push(start_publish(ch, &route, &m.body, props).await.map(|c| (route, c)));
+            pending
+                .push(bounded(left(), start_publish(ch, &route, &m.body, props)).await.map(|c| (route, c)));
         }
         for (i, p) in pending.into_iter().enumerate() {
             report(
                 i,
                 match p {
                     Ok((route, confirm)) => {
-                        finish_publish(&self.shared.link, ch, &route, confirm, self.shared.confirm_timeout)
-                            .await
+                        finish_publish(&self.shared.publishing, ch, &route, confirm, left()).await
                     }
                     Err(e) => Err(e),
                 },
@@ -692,7 +778,7 @@ impl RabbitBackend {
     /// retry tiers and DLQ. For tests on a shared broker.
     pub async fn delete_ensured(&self) -> Result<(), QueueError> {
         let names = self.shared.specs.names();
-        let ch = self.shared.link.channel(false).await?;
+        let ch = self.shared.consuming.channel(false).await?;
         for name in names {
             let all = std::iter::once(name.clone())
                 .chain(std::iter::once(topology::dlq(&name)))
@@ -703,7 +789,7 @@ impl RabbitBackend {
                     .map_err(|e| queue_error("delete", &q, &e))?;
             }
         }
-        let _ = ch.close(200, ShortString::from("deleted")).await;
+        close_channel(&ch, self.shared.consuming.timeout, "deleted");
         Ok(())
     }
 }
