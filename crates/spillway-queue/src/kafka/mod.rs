@@ -239,10 +239,23 @@ pub(crate) fn queue_error(what: &str, queue: &str, e: &KafkaError) -> QueueError
     }
 }
 
+/// The idempotent `acks=all` producer every send goes through.
+fn new_producer(cfg: &KafkaConfig, health: &Arc<Health>) -> Result<FutureProducer<ProducerCtx>, QueueError> {
+    cfg.client()
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("message.timeout.ms", ms(cfg.send_timeout))
+        .set("linger.ms", ms(cfg.linger))
+        .set("batch.size", cfg.batch_bytes.to_string())
+        .create_with_context(ProducerCtx(health.clone()))
+        .map_err(|e| queue_error("producer", "", &e))
+}
+
 /// What every part of the backend shares: clients, config, policies.
 pub(crate) struct Shared {
     pub(crate) config: KafkaConfig,
-    pub(crate) producer: FutureProducer<ProducerCtx>,
+    /// Replaced after a fatal error (see [`Shared::producer`]).
+    producer: std::sync::RwLock<Arc<FutureProducer<ProducerCtx>>>,
     /// Whether the brokers answer; sends fail fast while they do not.
     health: Arc<Health>,
     admin: AdminClient<DefaultClientContext>,
@@ -268,6 +281,35 @@ impl Shared {
         self.config.send_timeout
     }
 
+    /// The producer. An idempotent producer that hit a fatal error (an
+    /// out-of-order sequence, a fenced epoch) refuses every send from then
+    /// on; it is replaced here, once, by a new one, so the process recovers
+    /// without a restart. Sends in flight on the old one fail (no 2xx).
+    ///
+    /// librdkafka reports a fatal error through the error callback under
+    /// its cause's code (it cannot be told from a transient one there), so
+    /// the producer is asked directly: an atomic read per call.
+    pub(crate) fn producer(&self) -> Arc<FutureProducer<ProducerCtx>> {
+        let current = self.producer.read().unwrap_or_else(PoisonError::into_inner).clone();
+        if current.client().fatal_error().is_none() {
+            return current;
+        }
+        let mut slot = self.producer.write().unwrap_or_else(PoisonError::into_inner);
+        let Some((code, reason)) = slot.client().fatal_error() else {
+            return slot.clone(); // another caller replaced it already
+        };
+        match new_producer(&self.config, &self.health) {
+            Ok(p) => {
+                *slot = Arc::new(p);
+                tracing::error!(%code, reason, "kafka: the producer hit a fatal error; a new one replaced it");
+            }
+            Err(e) => {
+                tracing::error!(%code, reason, error = %e, "kafka: the producer hit a fatal error and could not be replaced");
+            }
+        }
+        slot.clone()
+    }
+
     /// The partitions of `topic`, `NotFound` when it does not exist.
     pub(crate) async fn partitions(
         self: &Arc<Self>,
@@ -276,7 +318,7 @@ impl Shared {
     ) -> Result<Vec<i32>, QueueError> {
         let me = self.clone();
         let t = topic.to_owned();
-        let md = Self::blocking(move || me.producer.client().fetch_metadata(Some(&t), me.timeout()))
+        let md = Self::blocking(move || me.producer().client().fetch_metadata(Some(&t), me.timeout()))
             .await?
             .map_err(|e| queue_error("metadata", queue, &e))?;
         let Some(found) = md.topics().iter().find(|x| x.name() == topic) else {
@@ -306,7 +348,7 @@ impl Shared {
         loop {
             let me = self.clone();
             let t = topic.to_owned();
-            let led = Self::blocking(move || me.producer.client().fetch_metadata(Some(&t), me.timeout()))
+            let led = Self::blocking(move || me.producer().client().fetch_metadata(Some(&t), me.timeout()))
                 .await?
                 .map(|md| {
                     md.topics().iter().any(|x| {
@@ -338,7 +380,7 @@ impl Shared {
     ) -> Result<(i64, i64), QueueError> {
         let me = self.clone();
         let t = topic.to_owned();
-        Self::blocking(move || me.producer.client().fetch_watermarks(&t, partition, me.timeout()))
+        Self::blocking(move || me.producer().client().fetch_watermarks(&t, partition, me.timeout()))
             .await?
             .map_err(|e| queue_error("watermarks", queue, &e))
     }
@@ -427,7 +469,7 @@ impl Shared {
         if let Some(k) = key {
             rec = rec.key(k);
         }
-        match self.producer.send(rec, rdkafka::util::Timeout::After(Duration::ZERO)).await {
+        match self.producer().send(rec, rdkafka::util::Timeout::After(Duration::ZERO)).await {
             Ok(_) => Ok(()),
             Err((e, _)) => {
                 self.health.observe(&e);
@@ -500,20 +542,12 @@ impl KafkaBackend {
     pub async fn connect(cfg: &KafkaConfig) -> Result<Self, QueueError> {
         let probe: BaseConsumer = cfg.client().create().map_err(|e| queue_error("probe client", "", &e))?;
         let health = Health::new(probe);
-        let producer: FutureProducer<ProducerCtx> = cfg
-            .client()
-            .set("acks", "all")
-            .set("enable.idempotence", "true")
-            .set("message.timeout.ms", ms(cfg.send_timeout))
-            .set("linger.ms", ms(cfg.linger))
-            .set("batch.size", cfg.batch_bytes.to_string())
-            .create_with_context(ProducerCtx(health.clone()))
-            .map_err(|e| queue_error("producer", "", &e))?;
+        let producer = new_producer(cfg, &health)?;
         let admin: AdminClient<DefaultClientContext> =
             cfg.client().create().map_err(|e| queue_error("admin client", "", &e))?;
         let shared = Arc::new(Shared {
             config: cfg.clone(),
-            producer,
+            producer: std::sync::RwLock::new(Arc::new(producer)),
             health,
             admin,
             specs: Specs::default(),
@@ -809,7 +843,8 @@ impl Backend for KafkaBackend {
         let me = self.shared.clone();
         let timeout = Duration::from_secs(2).min(me.config.send_timeout);
         let reached =
-            Shared::blocking(move || me.producer.client().fetch_metadata(None, timeout).map(|_| ())).await?;
+            Shared::blocking(move || me.producer().client().fetch_metadata(None, timeout).map(|_| ()))
+                .await?;
         if reached.is_err() {
             self.shared.health.suspect();
         }

@@ -230,3 +230,50 @@ async fn rebalances_are_not_counted_as_crashes() {
     let dead = a.peek_dead(&name, 10).await.expect("peek dead");
     assert!(dead.is_empty(), "dead-lettered by rebalances alone: {dead:?}");
 }
+
+/// An idempotent producer's fatal error (librdkafka's test hook fabricates
+/// one, as no broker can be made to) leaves that producer refusing every
+/// send: the backend replaces it, and sends succeed again without a
+/// restart.
+///
+/// The one `unsafe` in the workspace: librdkafka's test hook has no safe
+/// wrapper, and no real broker can be made to fence an idempotent producer
+/// on demand.
+#[tokio::test]
+#[allow(unsafe_code)]
+async fn a_fatal_producer_error_is_recovered_by_a_new_producer() {
+    use rdkafka::producer::Producer as _;
+
+    use crate::{Admin as _, Backend as _, OutgoingMessage, QueueSpec};
+    let b = connect().await;
+    let name = format!("kafka-fatal-{:08x}", rand::random::<u32>());
+    b.ensure(&QueueSpec::new(&name)).await.expect("ensure");
+    let p = b.producer(&name).await.expect("producer");
+    p.send(OutgoingMessage::new("before", "x")).await.expect("send before");
+    let old = b.shared.producer();
+    let reason = c"spillway test: fabricated fatal error";
+    // SAFETY: a live client handle and a NUL-terminated reason, as the
+    // function documents; it only marks the client as fatally failed.
+    let code = unsafe {
+        rdkafka::bindings::rd_kafka_test_fatal_error(
+            old.client().native_ptr(),
+            rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER,
+            reason.as_ptr(),
+        )
+    };
+    assert_eq!(code, rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR);
+    assert!(old.client().fatal_error().is_some(), "the hook made the producer fail fatally");
+    drop(old);
+    // The fatal error reaches the context through the producer's poll
+    // thread; sends succeed again once the producer is replaced.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match p.send(OutgoingMessage::new("after", "x")).await {
+            Ok(()) => break,
+            Err(e) => assert!(tokio::time::Instant::now() < deadline, "still refused after 10 s: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(b.shared.producer().client().fatal_error().is_none());
+    b.ready().await.expect("ready with the new producer");
+}
