@@ -364,6 +364,9 @@ share.coordinator.state.topic.replication.factor=$5
 share.coordinator.state.topic.min.isr=$min_isr
 unclean.leader.election.enable=false
 group.initial.rebalance.delay.ms=0
+# A group with no members keeps its offsets this long after its last
+# commit: at least the topics' retention (14 days, Spillway's default).
+offsets.retention.minutes=20160
 num.partitions=1
 EOF
 }

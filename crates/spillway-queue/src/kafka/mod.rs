@@ -453,6 +453,40 @@ impl Shared {
             .map_err(|e| queue_error("commit", queue, &e))
     }
 
+    /// Moves the DLQ cursor of `queue` to `offset`, then deletes the dead
+    /// letters below it (Kafka's DeleteRecords). The cursor is the offset
+    /// of a group that never has members, and the broker drops such
+    /// offsets `offsets.retention.minutes` after their last commit (7 days
+    /// by default): without the deletion, a cursor dropped that way would
+    /// start again at the oldest dead letter, and everything redriven or
+    /// purged since would be peeked and redriven again. The deletion is
+    /// best effort (a Kafka-protocol broker without DeleteRecords keeps
+    /// the records, logged): the cursor is what counts.
+    pub(crate) async fn move_dlq_cursor(
+        self: &Arc<Self>,
+        queue: &str,
+        offset: i64,
+    ) -> Result<(), QueueError> {
+        let dlq = topics::dlq(queue);
+        self.commit_as(queue, &self.config.dlq_group(queue), vec![(dlq.clone(), 0, offset, String::new())])
+            .await?;
+        let mut below = TopicPartitionList::new();
+        below
+            .add_partition_offset(&dlq, 0, Offset::Offset(offset))
+            .map_err(|e| queue_error("trim", queue, &e))?;
+        let options = AdminOptions::new().operation_timeout(Some(self.timeout()));
+        let trimmed = tokio::time::timeout(self.timeout(), self.admin.delete_records(&below, &options)).await;
+        let failed = match trimmed {
+            Ok(Ok(tpl)) => tpl.elements().iter().find_map(|e| e.error().err().map(|e| e.to_string())),
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some("timed out".to_owned()),
+        };
+        if let Some(e) = failed {
+            tracing::warn!(queue, error = %e, "kafka: could not delete dead letters below the DLQ cursor; they reappear if the broker expires the cursor");
+        }
+        Ok(())
+    }
+
     /// Produces one record and waits for its delivery report.
     pub(crate) async fn produce(
         &self,
@@ -533,6 +567,45 @@ impl KafkaBackend {
         }
         for f in &findings {
             tracing::warn!(queue, "{f}");
+        }
+        findings
+    }
+
+    /// Checks the one broker setting a backlog's survival hangs on besides
+    /// retention: `offsets.retention.minutes` (7 days by default). A
+    /// consumer group with no members (every `spillway consume` stopped)
+    /// loses its committed offsets that long after its last commit; its
+    /// next member starts again at the oldest record, and everything the
+    /// commit's metadata said was settled is delivered again. Named in a
+    /// warning when it is shorter than the configured retention; returns
+    /// what it found.
+    pub async fn check_broker(&self) -> Vec<String> {
+        let me = self.shared.clone();
+        let timeout = me.config.send_timeout;
+        let broker = Shared::blocking(move || me.producer().client().fetch_metadata(None, timeout))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .and_then(|md| md.brokers().first().map(|b| b.id()));
+        let Some(id) = broker else { return Vec::new() };
+        let opts = AdminOptions::new().request_timeout(Some(timeout));
+        let described = self.shared.admin.describe_configs(&[ResourceSpecifier::Broker(id)], &opts).await;
+        let minutes = described
+            .ok()
+            .and_then(|d| d.into_iter().next())
+            .and_then(Result::ok)
+            .and_then(|r| r.get("offsets.retention.minutes").and_then(|e| e.value.clone()))
+            .and_then(|v| v.parse::<u64>().ok());
+        let want = self.shared.config.retention;
+        let mut findings = Vec::new();
+        if let Some(m) = minutes.filter(|m| Duration::from_secs(m.saturating_mul(60)) < want) {
+            findings.push(format!(
+                "the brokers keep a consumer group's offsets for {m} minutes after its last commit                  (offsets.retention.minutes), less than the configured retention of {} minutes:                  consumers stopped longer than that start again at the oldest record (duplicates).                  Set offsets.retention.minutes to at least the retention",
+                want.as_secs() / 60
+            ));
+        }
+        for f in &findings {
+            tracing::warn!("{f}");
         }
         findings
     }
@@ -743,6 +816,7 @@ impl Admin for KafkaBackend {
         if !adopted.is_empty() {
             self.check_adopted(&spec.name, &adopted).await;
         }
+        self.check_broker().await;
         self.shared.specs.insert(spec);
         Ok(())
     }
@@ -771,30 +845,22 @@ impl Admin for KafkaBackend {
         for outcome in futures::future::join_all(sends).await {
             outcome?;
         }
-        let dlq = topics::dlq(queue);
-        self.shared
-            .commit_as(queue, &self.shared.config.dlq_group(queue), vec![(dlq, 0, last + 1, String::new())])
-            .await?;
+        self.shared.move_dlq_cursor(queue, last + 1).await?;
         debug_assert!(last >= from);
         Ok(records.len() as u64)
     }
 
     /// Moves the group (or the DLQ cursor) past everything there is now.
-    /// Kafka's DeleteRecords is not used: some Kafka-protocol brokers do
-    /// not have it, and the records are still needed by nobody.
+    /// The source topics are left as they are (another consumer group may
+    /// read them); the DLQ is trimmed below its cursor
+    /// ([`Shared::move_dlq_cursor`]).
     async fn purge(&self, queue: &str, target: PurgeTarget) -> Result<u64, QueueError> {
         match target {
             PurgeTarget::Dead => {
                 let before = self.counts(queue).await?.dead;
                 let dlq = topics::dlq(queue);
                 let (_, high) = self.shared.watermarks(queue, &dlq, 0).await?;
-                self.shared
-                    .commit_as(
-                        queue,
-                        &self.shared.config.dlq_group(queue),
-                        vec![(dlq, 0, high, String::new())],
-                    )
-                    .await?;
+                self.shared.move_dlq_cursor(queue, high).await?;
                 Ok(before)
             }
             PurgeTarget::Source => {

@@ -277,3 +277,57 @@ async fn a_fatal_producer_error_is_recovered_by_a_new_producer() {
     assert!(b.shared.producer().client().fatal_error().is_none());
     b.ready().await.expect("ready with the new producer");
 }
+
+/// The DLQ cursor is the offset of a group with no members, which the
+/// broker drops `offsets.retention.minutes` after its last commit. Dead
+/// letters redriven or purged before that must not come back then: the
+/// group is deleted here, as the expiry would, and the DLQ stays as the
+/// cursor left it.
+#[tokio::test]
+async fn redriven_dead_letters_stay_gone_when_the_broker_drops_the_cursor() {
+    use rdkafka::admin::AdminOptions;
+
+    use crate::{Admin as _, Backend as _, OutgoingMessage, QueueSpec};
+    let b = connect().await;
+    let name = format!("kafka-cursor-{:08x}", rand::random::<u32>());
+    b.ensure(&QueueSpec::new(&name)).await.expect("ensure");
+    let p = b.producer(&name).await.expect("producer");
+    for i in 0..3 {
+        p.send(OutgoingMessage::new(format!("d{i}"), "x")).await.expect("send");
+    }
+    let c = b.consumer(&name).await.expect("consumer");
+    let mut killed = 0;
+    while killed < 3 {
+        for d in c.receive(3, Duration::from_secs(1)).await.expect("receive") {
+            c.dead_letter(&d, "bad").await.expect("dead letter");
+            killed += 1;
+        }
+    }
+    c.close().await.expect("close");
+    drop(c);
+    assert_eq!(b.peek_dead(&name, 10).await.expect("peek").len(), 3);
+    assert_eq!(b.redrive(&name, 2).await.expect("redrive two"), 2);
+    let group = b.shared.config.dlq_group(&name);
+    let deleted =
+        b.shared.admin.delete_groups(&[&group], &AdminOptions::new()).await.expect("delete the cursor group");
+    assert!(deleted.iter().all(Result::is_ok), "{deleted:?}");
+    let dead = b.peek_dead(&name, 10).await.expect("peek after the cursor is gone");
+    assert_eq!(dead.len(), 1, "redriven dead letters came back: {dead:?}");
+    assert_eq!(b.stats(&name).await.expect("stats").dead, 1);
+}
+
+/// A broker that keeps a group's offsets for less than the configured
+/// retention is named: here a retention of 60 days against the broker's
+/// offsets.retention.minutes (14 days as `services.sh` sets it, 7 by
+/// Kafka's default). One equal to it is not.
+#[tokio::test]
+async fn a_broker_that_drops_offsets_before_the_retention_is_named() {
+    let long = KafkaConfig { retention: Duration::from_secs(60 * 24 * 3600), ..config() };
+    let b = KafkaBackend::connect(&long).await.expect("kafka clients");
+    let findings = b.check_broker().await;
+    assert_eq!(findings.len(), 1, "{findings:?}");
+    assert!(findings[0].contains("offsets.retention.minutes"), "{findings:?}");
+    let short = KafkaConfig { retention: Duration::from_secs(3600), ..config() };
+    let b = KafkaBackend::connect(&short).await.expect("kafka clients");
+    assert_eq!(b.check_broker().await, Vec::<String>::new());
+}
