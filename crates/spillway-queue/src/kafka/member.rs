@@ -34,7 +34,7 @@
 //!   the receipts here go stale, and their acks do nothing.
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc, Mutex, MutexGuard, PoisonError,
@@ -606,12 +606,27 @@ impl Inner {
         for x in expired.iter().rev() {
             st.ready.push_front(x.clone());
         }
+        // Keys another consumer holds: their records wait, in place, so a
+        // key is handled by one consumer at a time and in order (this one
+        // may take several of a key at once; it handles a batch in order).
+        let busy: HashSet<Vec<u8>> = st
+            .parts
+            .values()
+            .flat_map(|p| p.entries.values())
+            .filter(|e| matches!(e.slot, Slot::Held { owner: o, .. } if o != owner))
+            .filter_map(|e| e.record.key.clone())
+            .collect();
+        let mut skipped = Vec::new();
         let mut out = Vec::new();
         let mut dead = Vec::new();
         while out.len() < max {
             let Some((tp, offset)) = st.ready.pop_front() else { break };
             let Some(e) = st.parts.get_mut(&tp).and_then(|p| p.entries.get_mut(&offset)) else { continue };
             if e.slot != Slot::Ready {
+                continue;
+            }
+            if e.record.key.as_ref().is_some_and(|k| busy.contains(k)) {
+                skipped.push((tp, offset));
                 continue;
             }
             st.seq += 1;
@@ -643,6 +658,9 @@ impl Inner {
                 first_received_at: ms_time(e.first_received_ms.unwrap_or(now_ms)),
                 receipt: receipt(&tp, offset, seq),
             });
+        }
+        for x in skipped.into_iter().rev() {
+            st.ready.push_front(x);
         }
         if !out.is_empty() || !dead.is_empty() || !expired.is_empty() {
             st.version += 1;

@@ -855,6 +855,9 @@ mod tests {
                 in_flight_reported: true,
                 dedup: false,
                 key_order: KeyOrder::UntilRetried,
+                // `basic.get` takes the queue's head, whatever its key:
+                // workers side by side hold one key's messages at once.
+                key_single_flight: false,
                 ..Capabilities::embedded()
             }
         }

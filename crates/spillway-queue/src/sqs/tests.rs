@@ -85,7 +85,12 @@ struct StandardQueues;
 
 impl Kind for StandardQueues {
     fn capabilities() -> Capabilities {
-        Capabilities { dedup: false, key_order: KeyOrder::None, ..sqs_capabilities() }
+        Capabilities {
+            dedup: false,
+            key_order: KeyOrder::None,
+            key_single_flight: false,
+            ..sqs_capabilities()
+        }
     }
     fn suffix() -> &'static str {
         ""
