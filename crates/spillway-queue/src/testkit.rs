@@ -476,6 +476,50 @@ pub async fn a_dropped_receive_costs_nothing_after_close<H: Harness>(h: &H) {
     assert_eq!(got[0].receive_count, released_count::<H>(), "the dropped receive was counted");
 }
 
+/// A nack, a delayed release and a dead letter whose futures are dropped
+/// mid-call (a shutdown in a `select!`) strand nothing: each message comes
+/// back (settled or not, it is received again) or is in the DLQ, within the
+/// visibility timeout and a wait. A backend that marked a message as being
+/// settled and never finished (Kafka before its settles ran to their end),
+/// or took it from its books without acking it (RabbitMQ), hides it for good.
+pub async fn a_dropped_settle_strands_nothing<H: Harness>(h: &H) {
+    let b = h.backend().await;
+    let (name, p, c) = queue::<H>(&b, "dropsettle").await;
+    send_all(&p, (1..=3).map(msg).collect()).await;
+    let ds = receive_n(&c, 3, WAIT).await;
+    for d in &ds {
+        let call: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> =
+            match d.message.id.as_str() {
+                "m0001" => Box::pin(async {
+                    let _ = c.nack(d, Duration::ZERO, "dropped").await;
+                }),
+                "m0002" => Box::pin(async {
+                    let _ = c.release(d, Duration::from_millis(200)).await;
+                }),
+                _ => Box::pin(async {
+                    let _ = c.dead_letter(d, "dropped").await;
+                }),
+            };
+        // Started (the first poll reaches the backend), then dropped.
+        let _ = futures_poll_once(call).await;
+    }
+    let mut missing: HashSet<String> = ds.iter().map(|d| d.message.id.clone()).collect();
+    let deadline = Instant::now() + visibility::<H>() * 2 + WAIT;
+    while !missing.is_empty() && Instant::now() < deadline {
+        for d in c.receive(3, SHORT).await.expect("receive") {
+            missing.remove(&d.message.id);
+            c.ack(&d).await.expect("ack");
+        }
+        for dead in b.peek_dead(&name, 3).await.expect("peek dead") {
+            missing.remove(&dead.id);
+        }
+    }
+    assert!(missing.is_empty(), "stranded by a dropped settle: {missing:?}");
+    // Nor is a copy all that came back: the original is settled too, not
+    // left in flight (pinning a Kafka partition's committed offset).
+    assert_stats::<H>(&b, &name, |s| s.pending() == 0).await;
+}
+
 /// Polls a future once; `Some` if it completed.
 async fn futures_poll_once<F: std::future::Future + Unpin>(mut f: F) -> Option<F::Output> {
     std::future::poll_fn(|cx| {
@@ -1192,6 +1236,7 @@ macro_rules! conformance_tests {
             nack_delay_hides_for_at_least_delay,
             dropped_consumer_message_is_redelivered,
             a_dropped_receive_costs_nothing_after_close,
+            a_dropped_settle_strands_nothing,
             dead_lettered_after_max_receive_count,
             dead_letter_carries_metadata,
             redrive_moves_back_with_count_reset,

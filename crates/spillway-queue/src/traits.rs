@@ -68,6 +68,11 @@ pub trait Producer: Send + Sync {
     /// the whole call is reported to every index it did not report yet.
     /// The default waits for `send_batch`: right for a backend whose batch is
     /// one unit (the embedded queue's commit, SQS's `SendMessageBatch`).
+    ///
+    /// # Cancel safety
+    ///
+    /// As `send_batch`: indexes not yet reported when the call is dropped
+    /// may or may not be stored, and must not be answered 2xx.
     async fn send_each(
         &self,
         msgs: Vec<OutgoingMessage>,
@@ -92,6 +97,10 @@ pub trait Producer: Send + Sync {
     }
 
     /// Sends one message. `Ok` means durable, as for [`Producer::send_batch`].
+    ///
+    /// # Cancel safety
+    ///
+    /// As `send_batch`: dropped, the message may or may not be stored.
     async fn send(&self, msg: OutgoingMessage) -> Result<(), QueueError> {
         let mut outcomes = self.send_batch(vec![msg]).await?;
         outcomes.pop().unwrap_or_else(|| Err(QueueError::unavailable_msg("backend returned no outcome")))
@@ -138,6 +147,11 @@ pub trait Consumer: Send + Sync {
 
     /// Acks several deliveries; the same as acking each, in one round trip
     /// where the backend can (embedded: one writer job, one commit).
+    ///
+    /// # Cancel safety
+    ///
+    /// As `ack`, for each delivery: a dropped call may have removed some of
+    /// them; the others are delivered again.
     async fn ack_batch(&self, ds: &[Delivery]) -> Result<(), QueueError> {
         for d in ds {
             self.ack(d).await?;
@@ -158,25 +172,50 @@ pub trait Consumer: Send + Sync {
     ///
     /// A dropped nack may or may not have happened; if not, the message comes
     /// back after its visibility timeout, its receive counted either way.
+    /// Never stranded: a backend whose nack is more than one step (a copy
+    /// republished, then the original settled: Kafka, RabbitMQ) runs it to
+    /// its end in a task of its own (kit: `a_dropped_settle_strands_nothing`).
     async fn nack(&self, d: &Delivery, delay: Duration, reason: &str) -> Result<Nacked, QueueError>;
 
     /// Gives the message back without blaming it: visible again after `delay`,
     /// and this receive does not count toward the dead-letter queue where the
     /// backend can undo the count (embedded, memory; see `docs/backends.md`).
     /// Used when the sink, not the message, failed, and on shutdown.
+    ///
+    /// # Cancel safety
+    ///
+    /// As `nack`: a dropped release may or may not have happened, and never
+    /// strands the message; if not, it comes back after its visibility
+    /// timeout (counted, as a crash is).
     async fn release(&self, d: &Delivery, delay: Duration) -> Result<(), QueueError>;
 
     /// Keeps the message hidden for `timeout` from now, for work that takes
     /// longer than the visibility timeout. A stale receipt is a no-op.
+    ///
+    /// # Cancel safety
+    ///
+    /// A dropped extend may or may not have moved the deadline; the message
+    /// then comes back at the old one at worst.
     async fn extend(&self, d: &Delivery, timeout: Duration) -> Result<(), QueueError>;
 
     /// Moves the message to the dead-letter queue now, whatever its count:
     /// for a failure that no retry can fix.
+    ///
+    /// # Cancel safety
+    ///
+    /// As `nack`: dropped, the message is in the DLQ or comes back, never
+    /// stranded.
     async fn dead_letter(&self, d: &Delivery, reason: &str) -> Result<(), QueueError>;
 
     /// Releases every delivery this consumer still holds, so another consumer
     /// gets them at once rather than after the visibility timeout. That
     /// includes what a dropped [`Consumer::receive`] took.
+    ///
+    /// # Cancel safety
+    ///
+    /// A dropped close may have released some deliveries; the rest come back
+    /// as after a crash (after the visibility timeout, or when the channel
+    /// closes), counted.
     async fn close(&self) -> Result<(), QueueError>;
 
     /// How long a receive hides a message from other consumers. The runtime
@@ -198,16 +237,40 @@ pub enum PurgeTarget {
 pub trait Admin: Send + Sync {
     /// Creates the queue and its dead-letter queue, or updates their policy.
     /// Idempotent.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropped, some of the queues may exist: run it again (it is
+    /// idempotent).
     async fn ensure(&self, spec: &QueueSpec) -> Result<(), QueueError>;
     /// Counts for the queue and its dead-letter queue.
+    ///
+    /// # Cancel safety
+    ///
+    /// Safe: it only reads.
     async fn stats(&self, queue: &str) -> Result<QueueStats, QueueError>;
     /// Up to `max` dead letters, oldest first, without removing them.
+    ///
+    /// # Cancel safety
+    ///
+    /// Safe: a dropped peek leaves the DLQ as it was (RabbitMQ returns what
+    /// it took when its channel closes).
     async fn peek_dead(&self, queue: &str, max: usize) -> Result<Vec<DeadLetter>, QueueError>;
     /// Moves up to `max` dead letters (oldest first) back into the queue with
     /// their receive count reset. Returns how many moved. Callers loop over
     /// small batches to show progress and to limit the rate.
+    ///
+    /// # Cancel safety
+    ///
+    /// A dropped redrive may have sent some dead letters back without
+    /// removing them from the DLQ: a later redrive sends them again
+    /// (duplicates, never a loss).
     async fn redrive(&self, queue: &str, max: usize) -> Result<u64, QueueError>;
     /// Deletes every message of the target. Returns how many.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropped, part of the target may be deleted.
     async fn purge(&self, queue: &str, target: PurgeTarget) -> Result<u64, QueueError>;
 }
 
@@ -217,9 +280,21 @@ pub trait Backend: Admin {
     /// The backend's name as configured (`embedded`, `memory`, …).
     fn kind(&self) -> &'static str;
     /// A producer for an existing queue.
+    ///
+    /// # Cancel safety
+    ///
+    /// Safe: nothing is sent.
     async fn producer(&self, queue: &str) -> Result<Arc<dyn Producer>, QueueError>;
     /// A consumer for an existing queue.
+    ///
+    /// # Cancel safety
+    ///
+    /// Safe: nothing is received until its first `receive`.
     async fn consumer(&self, queue: &str) -> Result<Arc<dyn Consumer>, QueueError>;
     /// Whether the backend can take writes now. Drives `/readyz`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Safe: it only asks.
     async fn ready(&self) -> Result<(), QueueError>;
 }

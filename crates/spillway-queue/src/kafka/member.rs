@@ -277,6 +277,11 @@ impl Drop for Member {
     }
 }
 
+/// The outcome of a settle spawned so that it outlives its caller.
+async fn settled<T>(task: JoinHandle<Result<T, QueueError>>) -> Result<T, QueueError> {
+    task.await.map_err(|e| QueueError::unavailable("kafka: settle task", e))?
+}
+
 fn receipt(tp: &Tp, offset: i64, seq: u64) -> Receipt {
     Receipt(format!("{}|{}|{offset}|{seq}", tp.0, tp.1))
 }
@@ -398,7 +403,8 @@ impl Member {
             let any_dead = !dead.is_empty();
             for t in dead {
                 let reason = "the consumer went away holding it on its last allowed receive";
-                self.inner.dead_letter(t, reason).await?;
+                let inner = self.inner.clone();
+                settled(tokio::spawn(async move { inner.dead_letter(t, reason).await })).await?;
             }
             if !out.is_empty() {
                 if let Err(e) = self.inner.commit().await {
@@ -444,42 +450,23 @@ impl Member {
         Ok(())
     }
 
+    /// A settle runs in a task of its own, to its end even when the caller
+    /// is dropped (a shutdown's `select!`): dropped mid-produce, it would
+    /// leave the record marked as settling, never to expire, pinning the
+    /// partition's committed offset.
     pub(crate) async fn nack(
         &self,
         r: &Receipt,
         delay: Duration,
         reason: &str,
     ) -> Result<Nacked, QueueError> {
-        let Some(t) = self.inner.start_settle(r) else { return Ok(Nacked::Stale) };
-        if t.count >= self.inner.policy.max_receive_count {
-            self.inner.dead_letter(t, reason).await?;
-            return Ok(Nacked::DeadLettered);
-        }
-        let failures = t.count;
-        self.inner.retry(t, delay, failures, Some(reason)).await?;
-        Ok(Nacked::Retried)
+        let (inner, r, reason) = (self.inner.clone(), r.clone(), reason.to_owned());
+        settled(tokio::spawn(async move { inner.nack(&r, delay, &reason).await })).await
     }
 
     pub(crate) async fn release(&self, r: &Receipt, delay: Duration) -> Result<(), QueueError> {
-        if delay.is_zero() {
-            let mut st = lock(&self.inner.state);
-            let Some((tp, offset, seq)) = parse_receipt(r) else { return Ok(()) };
-            let Some(e) = st.parts.get_mut(&tp).and_then(|p| p.entries.get_mut(&offset)) else {
-                return Ok(());
-            };
-            if matches!(e.slot, Slot::Held { seq: s, settling: false, .. } if s == seq) {
-                e.slot = Slot::Ready;
-                st.ready.push_front((tp, offset));
-                st.version += 1;
-                drop(st);
-                self.inner.notify.notify_waiters();
-            }
-            return Ok(());
-        }
-        let Some(t) = self.inner.start_settle(r) else { return Ok(()) };
-        // Uncounted: the failures carried so far, and the crashes.
-        let failures = t.count.saturating_sub(1);
-        self.inner.retry(t, delay, failures, None).await
+        let (inner, r) = (self.inner.clone(), r.clone());
+        settled(tokio::spawn(async move { inner.release(&r, delay).await })).await
     }
 
     pub(crate) fn extend(&self, r: &Receipt, timeout: Duration) {
@@ -495,8 +482,12 @@ impl Member {
     }
 
     pub(crate) async fn dead_letter(&self, r: &Receipt, reason: &str) -> Result<(), QueueError> {
-        let Some(t) = self.inner.start_settle(r) else { return Ok(()) };
-        self.inner.dead_letter(t, reason).await
+        let (inner, r, reason) = (self.inner.clone(), r.clone(), reason.to_owned());
+        settled(tokio::spawn(async move {
+            let Some(t) = inner.start_settle(&r) else { return Ok(()) };
+            inner.dead_letter(t, &reason).await
+        }))
+        .await
     }
 
     /// Gives back everything `owner` holds, uncounted.
@@ -579,6 +570,39 @@ impl Member {
 }
 
 impl Inner {
+    async fn nack(&self, r: &Receipt, delay: Duration, reason: &str) -> Result<Nacked, QueueError> {
+        let Some(t) = self.start_settle(r) else { return Ok(Nacked::Stale) };
+        if t.count >= self.policy.max_receive_count {
+            self.dead_letter(t, reason).await?;
+            return Ok(Nacked::DeadLettered);
+        }
+        let failures = t.count;
+        self.retry(t, delay, failures, Some(reason)).await?;
+        Ok(Nacked::Retried)
+    }
+
+    async fn release(&self, r: &Receipt, delay: Duration) -> Result<(), QueueError> {
+        if delay.is_zero() {
+            let mut st = lock(&self.state);
+            let Some((tp, offset, seq)) = parse_receipt(r) else { return Ok(()) };
+            let Some(e) = st.parts.get_mut(&tp).and_then(|p| p.entries.get_mut(&offset)) else {
+                return Ok(());
+            };
+            if matches!(e.slot, Slot::Held { seq: s, settling: false, .. } if s == seq) {
+                e.slot = Slot::Ready;
+                st.ready.push_front((tp, offset));
+                st.version += 1;
+                drop(st);
+                self.notify.notify_waiters();
+            }
+            return Ok(());
+        }
+        let Some(t) = self.start_settle(r) else { return Ok(()) };
+        // Uncounted: the failures carried so far, and the crashes.
+        let failures = t.count.saturating_sub(1);
+        self.retry(t, delay, failures, None).await
+    }
+
     /// Takes up to `max` records for `owner`: first the holds that expired
     /// (counted), then the ready ones. Records whose count is past the limit
     /// come back in the second list, to be dead-lettered.

@@ -111,6 +111,11 @@ impl Drop for RabbitConsumer {
     }
 }
 
+/// The outcome of a settle spawned so that it outlives its caller.
+async fn settled<T>(task: tokio::task::JoinHandle<Result<T, QueueError>>) -> Result<T, QueueError> {
+    task.await.map_err(|e| QueueError::unavailable("rabbitmq: settle task", e))?
+}
+
 fn receipt(generation: u64, tag: u64) -> Receipt {
     Receipt(format!("{generation}.{tag}"))
 }
@@ -415,29 +420,45 @@ impl Consumer for RabbitConsumer {
         .map_err(|e| QueueError::unavailable("rabbitmq: receive task failed", e))?
     }
 
+    /// Settles run in a task of their own, to their end even when the
+    /// caller is dropped: dropped between taking the delivery out of `held`
+    /// and acking it, it would stay unacked on a live channel, held by
+    /// nobody, until the channel closed.
     async fn ack(&self, d: &Delivery) -> Result<(), QueueError> {
-        match self.inner.settle(&d.receipt) {
-            Some(h) => self.inner.ack_original(&h).await,
-            None => Ok(()),
-        }
+        let (inner, r) = (self.inner.clone(), d.receipt.clone());
+        settled(tokio::spawn(async move {
+            match inner.settle(&r) {
+                Some(h) => inner.ack_original(&h).await,
+                None => Ok(()),
+            }
+        }))
+        .await
     }
 
     async fn nack(&self, d: &Delivery, delay: Duration, reason: &str) -> Result<Nacked, QueueError> {
-        let Some(h) = self.inner.settle(&d.receipt) else { return Ok(Nacked::Stale) };
-        if h.count >= self.inner.policy.max_receive_count {
-            self.inner.dead_letter(&h, reason).await?;
-            return Ok(Nacked::DeadLettered);
-        }
-        let route = topology::route_for(&self.inner.queue, delay.min(topology::MAX_DELAY));
-        self.inner.republish(&h, &route, h.count, Some(reason)).await?;
-        Ok(Nacked::Retried)
+        let (inner, r, reason) = (self.inner.clone(), d.receipt.clone(), reason.to_owned());
+        settled(tokio::spawn(async move {
+            let Some(h) = inner.settle(&r) else { return Ok(Nacked::Stale) };
+            if h.count >= inner.policy.max_receive_count {
+                inner.dead_letter(&h, &reason).await?;
+                return Ok(Nacked::DeadLettered);
+            }
+            let route = topology::route_for(&inner.queue, delay.min(topology::MAX_DELAY));
+            inner.republish(&h, &route, h.count, Some(&reason)).await?;
+            Ok(Nacked::Retried)
+        }))
+        .await
     }
 
     async fn release(&self, d: &Delivery, delay: Duration) -> Result<(), QueueError> {
-        match self.inner.settle(&d.receipt) {
-            Some(h) => self.inner.release(&h, delay).await,
-            None => Ok(()),
-        }
+        let (inner, r) = (self.inner.clone(), d.receipt.clone());
+        settled(tokio::spawn(async move {
+            match inner.settle(&r) {
+                Some(h) => inner.release(&h, delay).await,
+                None => Ok(()),
+            }
+        }))
+        .await
     }
 
     /// Nothing to do: a held message stays held until settled or until its
@@ -447,10 +468,14 @@ impl Consumer for RabbitConsumer {
     }
 
     async fn dead_letter(&self, d: &Delivery, reason: &str) -> Result<(), QueueError> {
-        match self.inner.settle(&d.receipt) {
-            Some(h) => self.inner.dead_letter(&h, reason).await,
-            None => Ok(()),
-        }
+        let (inner, r, reason) = (self.inner.clone(), d.receipt.clone(), reason.to_owned());
+        settled(tokio::spawn(async move {
+            match inner.settle(&r) {
+                Some(h) => inner.dead_letter(&h, &reason).await,
+                None => Ok(()),
+            }
+        }))
+        .await
     }
 
     /// Waits for a receive in progress (even one whose caller went away),
