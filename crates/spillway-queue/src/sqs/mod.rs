@@ -720,18 +720,24 @@ impl Admin for SqsBackend {
         match existing {
             Some(url) => {
                 let attrs = s.attributes(&spec.name, &url).await?;
+                // The DLQ the queue names (or Spillway's name for it) is made
+                // if it is missing: new, or deleted since (dead letters would
+                // fail until it is back).
+                let dlq = match redrive_target(&attrs) {
+                    Some(arn) => arn.rsplit(':').next().unwrap_or_default().to_owned(),
+                    None => dlq_name(name),
+                };
+                let mut dlq_attrs = HashMap::new();
+                dlq_attrs.insert(QueueAttributeName::MessageRetentionPeriod, DLQ_RETENTION_SECS.to_string());
+                if fifo {
+                    dlq_attrs.insert(QueueAttributeName::FifoQueue, "true".into());
+                }
+                if s.get_or_create(&dlq, dlq_attrs).await?.1 {
+                    tracing::warn!(queue = %spec.name, dlq = %dlq, "the dead-letter queue was missing: made again");
+                }
                 match redrive_max(&attrs) {
                     None => {
                         tracing::warn!(queue = %spec.name, "the queue has no RedrivePolicy: only Spillway dead-letters its messages");
-                        let mut dlq = HashMap::new();
-                        dlq.insert(
-                            QueueAttributeName::MessageRetentionPeriod,
-                            DLQ_RETENTION_SECS.to_string(),
-                        );
-                        if fifo {
-                            dlq.insert(QueueAttributeName::FifoQueue, "true".into());
-                        }
-                        s.get_or_create(&dlq_name(name), dlq).await?;
                     }
                     Some(n) if n <= u64::from(max) => tracing::warn!(
                         queue = %spec.name, redrive_max_receive_count = n, max_receive_count = max,

@@ -515,3 +515,30 @@ async fn a_zero_visibility_queue_does_not_hand_a_held_message_to_another_consume
         let _ = b.delete_ensured().await;
     }
 }
+
+/// A DLQ deleted behind Spillway's back (an operator's cleanup) is made
+/// again by the next `ensure`, so dead letters can be stored again; before,
+/// `ensure` saw the source queue's RedrivePolicy and never looked at the
+/// DLQ, and every dead letter failed until someone made it by hand.
+#[tokio::test]
+async fn ensure_makes_a_deleted_dlq_again() {
+    use crate::{Admin as _, Backend as _, OutgoingMessage, QueueSpec};
+    let b = connect().await;
+    let name = format!("conf-dlqgone-{:08x}", rand::random::<u32>());
+    let spec = QueueSpec::new(&name);
+    b.ensure(&spec).await.expect("ensure");
+    let dlq_url = b.shared.url_of(&super::dlq_name(&name)).await.expect("the DLQ exists");
+    b.shared.client.delete_queue().queue_url(&dlq_url).send().await.expect("delete the DLQ");
+    assert!(matches!(b.shared.url_of(&super::dlq_name(&name)).await, Err(crate::QueueError::NotFound(_))));
+    b.ensure(&spec).await.expect("ensure again");
+    b.shared.url_of(&super::dlq_name(&name)).await.expect("the DLQ made again");
+    b.producer(&name).await.expect("producer").send(OutgoingMessage::new("x", "x")).await.expect("send");
+    let c = b.consumer(&name).await.expect("consumer");
+    let d = loop {
+        if let Some(d) = c.receive(1, Duration::from_secs(1)).await.expect("receive").pop() {
+            break d;
+        }
+    };
+    c.dead_letter(&d, "bad").await.expect("a dead letter is stored again");
+    assert_eq!(b.peek_dead(&name, 1).await.expect("peek")[0].id, "x");
+}
