@@ -1042,7 +1042,13 @@ pub async fn a_crash_in_another_process_is_counted<H: Harness>(h: &H) {
     c.ack(&d).await.expect("ack");
 }
 
-/// `extend` keeps a message hidden past its visibility timeout.
+/// `extend` keeps a message hidden past its visibility timeout. Where
+/// nothing expires ([`Redelivery::OnDisconnect`]: RabbitMQ), this checks
+/// only that `extend` is harmless (no error, no release, the ack after it
+/// works): it cannot show that an extend was needed, because there it is
+/// not. The consumer runtime's keeper, which extends for real, is tested
+/// where holds expire (`a_sink_slower_than_the_visibility_timeout_gets_each_message_once`
+/// in `spillway-consumer`).
 pub async fn extend_keeps_a_message_hidden<H: Harness>(h: &H) {
     let b = h.backend().await;
     let (name, p, c) = queue::<H>(&b, "extend").await;
@@ -1112,6 +1118,13 @@ pub async fn dedup_key_drops_a_repeat<H: Harness>(h: &H) {
 /// What was sent survives a new connection (a restart). A backend that
 /// declares itself not durable (memory) must show the opposite: nothing of
 /// the queue is left, so nobody mistakes it for a durable one.
+///
+/// On a broker the new connection does not restart the broker: this shows
+/// that a send's `Ok` means the broker has the message, not a buffer in the
+/// client that the old connection took with it. That the broker keeps it
+/// across its own restart is shown by the outage tests, which `kill -9` it
+/// under load (`tests/tests/rabbitmq_outage.rs`, `kafka_outage.rs`,
+/// `sqs.rs`).
 pub async fn sent_messages_survive_a_reopen<H: Harness>(h: &H) {
     let b = h.backend().await;
     let (name, p, _) = queue::<H>(&b, "reopen").await;
