@@ -331,3 +331,74 @@ async fn a_broker_that_drops_offsets_before_the_retention_is_named() {
     let b = KafkaBackend::connect(&short).await.expect("kafka clients");
     assert_eq!(b.check_broker().await, Vec::<String>::new());
 }
+
+/// A foreign record's headers reach the DLQ as its producer wrote them,
+/// through a retry and a dead letter: bytes that are not UTF-8, a null
+/// value and a repeated key included. Read as text, they came out as
+/// replacement characters, an empty string and one value.
+#[tokio::test]
+async fn foreign_headers_survive_retries_and_dead_letters_byte_for_byte() {
+    use rdkafka::{
+        consumer::{BaseConsumer, Consumer as _},
+        message::{Header, Headers as _, OwnedHeaders},
+        producer::{FutureProducer, FutureRecord},
+        Message as _,
+    };
+
+    use crate::{Admin as _, Backend as _, QueueSpec};
+    let b = connect().await;
+    let name = format!("kafka-headers-{:08x}", rand::random::<u32>());
+    b.ensure(&QueueSpec::new(&name)).await.expect("ensure");
+    let written: Vec<(&str, Option<&[u8]>)> =
+        vec![("trace", Some(&[0xff, 0xfe, 0x00])), ("empty", None), ("dup", Some(b"a")), ("dup", Some(b"b"))];
+    let mut headers = OwnedHeaders::new();
+    for (key, value) in &written {
+        headers = headers.insert(Header { key, value: *value });
+    }
+    let producer: FutureProducer =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", brokers()).create().expect("producer");
+    producer
+        .send(FutureRecord::<(), [u8]>::to(&name).payload(b"x").headers(headers), Duration::from_secs(10))
+        .await
+        .map_err(|(e, _)| e)
+        .expect("foreign record stored");
+    let c = b.consumer(&name).await.expect("consumer");
+    let receive = || async {
+        loop {
+            if let Some(d) = c.receive(1, Duration::from_secs(1)).await.expect("receive").pop() {
+                return d;
+            }
+        }
+    };
+    let d = receive().await;
+    c.nack(&d, Duration::ZERO, "once").await.expect("nack: a retry copy");
+    let d = receive().await;
+    c.dead_letter(&d, "then dead").await.expect("dead letter");
+    let reader: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", format!("{name}-reader"))
+        .create()
+        .expect("reader");
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_offset(&super::topics::dlq(&name), 0, rdkafka::Offset::Beginning).expect("tpl");
+    reader.assign(&tpl).expect("assign");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let dead = loop {
+        assert!(std::time::Instant::now() < deadline, "no dead letter in the DLQ topic");
+        if let Some(m) = reader.poll(Duration::from_millis(200)) {
+            break m.expect("dead letter").detach();
+        }
+    };
+    let got: Vec<(String, Option<Vec<u8>>)> = dead
+        .headers()
+        .map(|h| {
+            h.iter()
+                .filter(|h| !h.key.starts_with("spillway-"))
+                .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let want: Vec<(String, Option<Vec<u8>>)> =
+        written.iter().map(|(k, v)| ((*k).to_owned(), v.map(<[u8]>::to_vec))).collect();
+    assert_eq!(got, want);
+}

@@ -61,7 +61,14 @@ pub(crate) struct Record {
     pub(crate) offset: i64,
     pub(crate) key: Option<Vec<u8>>,
     pub(crate) body: Bytes,
+    /// The headers read as text (the last of a repeated key wins): for
+    /// Spillway's own headers and for the attributes a sink sees.
     pub(crate) headers: BTreeMap<String, String>,
+    /// The headers exactly as fetched: order, repeated keys, null values
+    /// and bytes that are not UTF-8. Copies (retries, dead letters) carry
+    /// these, so a foreign producer's headers reach the DLQ as it wrote
+    /// them, not as their text reading.
+    pub(crate) raw_headers: Vec<(String, Option<Vec<u8>>)>,
     /// The broker's timestamp, ms since the epoch.
     pub(crate) timestamp_ms: Option<i64>,
 }
@@ -69,10 +76,12 @@ pub(crate) struct Record {
 impl Record {
     pub(crate) fn of<M: Message>(m: &M) -> Self {
         let mut headers = BTreeMap::new();
+        let mut raw_headers = Vec::new();
         if let Some(h) = m.headers() {
             for h in h.iter() {
                 let value = h.value.map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default();
                 headers.insert(h.key.to_owned(), value);
+                raw_headers.push((h.key.to_owned(), h.value.map(<[u8]>::to_vec)));
             }
         }
         Self {
@@ -82,6 +91,7 @@ impl Record {
             key: m.key().map(<[u8]>::to_vec),
             body: Bytes::copy_from_slice(m.payload().unwrap_or_default()),
             headers,
+            raw_headers,
             timestamp_ms: m.timestamp().to_millis(),
         }
     }
@@ -146,13 +156,13 @@ impl Record {
     /// was first read with (not the republished copy's place in the log).
     pub(crate) fn headers_with(&self, drop: &[&str], set: &[(&str, String)]) -> OwnedHeaders {
         let own = [(ID, self.id()), (ENQUEUED_AT, self.enqueued_at().to_string())];
-        let mut out = OwnedHeaders::new_with_capacity(self.headers.len() + set.len() + own.len());
+        let mut out = OwnedHeaders::new_with_capacity(self.raw_headers.len() + set.len() + own.len());
         let replaced = |k: &str| set.iter().any(|(s, _)| *s == k) || own.iter().any(|(s, _)| *s == k);
-        for (k, v) in &self.headers {
+        for (k, v) in &self.raw_headers {
             if drop.contains(&k.as_str()) || replaced(k) {
                 continue;
             }
-            out = out.insert(Header { key: k, value: Some(v.as_bytes()) });
+            out = out.insert(Header { key: k, value: v.as_deref() });
         }
         for (k, v) in own.iter().filter(|(k, _)| !drop.contains(k) && !set.iter().any(|(s, _)| s == k)) {
             out = out.insert(Header { key: k, value: Some(v.as_bytes()) });
@@ -225,6 +235,7 @@ mod tests {
             .iter()
             .map(|h| (h.key.to_owned(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned()))
             .collect();
+        let raw_headers = h.iter().map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec))).collect();
         let r = Record {
             topic: "q".into(),
             partition: 0,
@@ -232,6 +243,7 @@ mod tests {
             key: None,
             body: Bytes::new(),
             headers,
+            raw_headers,
             timestamp_ms: None,
         };
         assert_eq!(r.attributes().get("spillway-format").map(String::as_str), Some("json"));
