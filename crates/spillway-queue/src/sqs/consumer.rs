@@ -93,6 +93,11 @@ impl Inner {
             .await?;
         let now = self.shared.now_ms();
         let mut out = Vec::with_capacity(got.len());
+        // A dead letter that cannot be stored (the DLQ gone, say) fails the
+        // receive only when nothing else came: the others are handed over
+        // rather than left hidden until their visibility timeout, counted;
+        // the failed one stays hidden and is tried again after it.
+        let mut failed = None;
         for m in got {
             let (Some(receipt), Some(sqs_id)) = (m.receipt_handle(), m.message_id()) else { continue };
             let mut decoded = match wire::decode(&m) {
@@ -114,7 +119,10 @@ impl Inner {
                         first_ms: now,
                         received_ms: now,
                     };
-                    self.dead_letter_held(receipt, &held, 1, Some(now), &e.to_string()).await?;
+                    if let Err(e) = self.dead_letter_held(receipt, &held, 1, Some(now), &e.to_string()).await
+                    {
+                        failed = Some(e);
+                    }
                     continue;
                 }
             };
@@ -132,7 +140,9 @@ impl Inner {
                         .to_owned()
                 });
                 // When that last receive happened is not known.
-                self.dead_letter_held(receipt, &held, count - 1, None, &reason).await?;
+                if let Err(e) = self.dead_letter_held(receipt, &held, count - 1, None, &reason).await {
+                    failed = Some(e);
+                }
                 continue;
             }
             let d = &held.decoded;
@@ -153,7 +163,10 @@ impl Inner {
             all.retain(|_, h| h.sqs_id != sqs_id);
             all.insert(receipt.to_owned(), held);
         }
-        Ok(out)
+        match failed {
+            Some(e) if out.is_empty() => Err(e),
+            _ => Ok(out),
+        }
     }
 
     /// Sends the message to the DLQ with its metadata (`count` failed
