@@ -188,7 +188,15 @@ up_rabbit_cluster() {
   log "RabbitMQ cluster: amqp://guest:guest@127.0.0.1:{5681,5682,5683}/%2f"
 }
 
-heal_rabbit_cluster() { local n; for n in 1 2 3; do heal_rabbit "rabbit-$n@localhost"; done; }
+# Twice, a few seconds apart: a node still recovering its quorum queues can
+# lose its dead-letter supervisor after the first check passed.
+heal_rabbit_cluster() {
+  local n pass
+  for pass in 1 2; do
+    [ "$pass" = 2 ] && sleep 5
+    for n in 1 2 3; do heal_rabbit "rabbit-$n@localhost"; done
+  done
+}
 
 # Whether a node's supervisor of at-least-once dead-lettering runs. RabbitMQ
 # 3.10, started again after a `kill -9` with many quorum queues to recover,
