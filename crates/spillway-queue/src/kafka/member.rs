@@ -401,10 +401,21 @@ impl Member {
             notified.as_mut().enable();
             let (out, dead, next_expiry) = self.inner.take(owner, max);
             let any_dead = !dead.is_empty();
+            // A dead letter that cannot be stored (the DLQ topic gone, say)
+            // is held again (it expires and is tried once more); it fails
+            // the receive only when nothing else came, so the records taken
+            // with it are handed over, not left hidden until they expire.
+            let mut failed = None;
             for t in dead {
                 let reason = "the consumer went away holding it on its last allowed receive";
                 let inner = self.inner.clone();
-                settled(tokio::spawn(async move { inner.dead_letter(t, reason).await })).await?;
+                if let Err(e) = settled(tokio::spawn(async move { inner.dead_letter(t, reason).await })).await
+                {
+                    failed = Some(e);
+                }
+            }
+            if let Some(e) = failed.filter(|_| out.is_empty()) {
+                return Err(e);
             }
             if !out.is_empty() {
                 if let Err(e) = self.inner.commit().await {

@@ -402,3 +402,48 @@ async fn foreign_headers_survive_retries_and_dead_letters_byte_for_byte() {
         written.iter().map(|(k, v)| ((*k).to_owned(), v.map(<[u8]>::to_vec))).collect();
     assert_eq!(got, want);
 }
+
+/// A record over its limit whose dead letter cannot be stored (the DLQ
+/// topic deleted under the consumer) is taken with two fresh ones: the two
+/// are handed over, not failed with it and left hidden until they expire.
+#[tokio::test]
+async fn a_dead_letter_that_fails_does_not_hold_back_the_records_taken_with_it() {
+    use rdkafka::admin::AdminOptions;
+
+    use crate::{Admin as _, Backend as _, DeadLetterPolicy, OutgoingMessage, QueueSpec};
+    let cfg = KafkaConfig { send_timeout: Duration::from_secs(2), ..config() };
+    let b = KafkaBackend::connect(&cfg).await.expect("kafka clients");
+    let name = format!("kafka-dlqfail-{:08x}", rand::random::<u32>());
+    let spec = QueueSpec {
+        name: name.clone(),
+        dead_letter: DeadLetterPolicy { max_receive_count: 1, visibility_timeout: Duration::from_secs(1) },
+        max_message_bytes: 64 * 1024,
+    };
+    b.ensure(&spec).await.expect("ensure");
+    let p = b.producer(&name).await.expect("producer");
+    p.send(OutgoingMessage::new("over", "x")).await.expect("send");
+    let c = b.consumer(&name).await.expect("consumer");
+    let first = loop {
+        if let Some(d) = c.receive(1, Duration::from_secs(1)).await.expect("receive").pop() {
+            break d;
+        }
+    };
+    assert_eq!(first.message.id, "over");
+    let dlq = super::topics::dlq(&name);
+    let deleted = b.shared.admin.delete_topics(&[&dlq], &AdminOptions::new()).await.expect("delete the DLQ");
+    assert!(deleted.iter().all(Result::is_ok), "{deleted:?}");
+    for id in ["a", "b"] {
+        p.send(OutgoingMessage::new(id, "x")).await.expect("send");
+    }
+    // "over" is hidden for a second more, then over its limit of one.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut ids = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while ids.len() < 2 && tokio::time::Instant::now() < deadline {
+        let got =
+            c.receive(10, Duration::from_millis(500)).await.expect("the others, though a dead letter failed");
+        ids.extend(got.iter().map(|d| d.message.id.clone()));
+    }
+    ids.sort_unstable();
+    assert_eq!(ids, ["a", "b"]);
+}
