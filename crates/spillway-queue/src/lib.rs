@@ -39,6 +39,8 @@ pub mod config;
 pub mod error;
 pub mod message;
 pub mod spec;
+#[cfg(any(feature = "rabbitmq", feature = "sqs", feature = "kafka"))]
+mod task;
 pub mod traits;
 
 pub mod embedded;

@@ -56,7 +56,7 @@ use super::{
     wire::{self, Record},
     Shared,
 };
-use crate::{clock::ms_time, DeadLetterPolicy, Delivery, Nacked, QueueError, Receipt};
+use crate::{clock::ms_time, task::run_to_end, DeadLetterPolicy, Delivery, Nacked, QueueError, Receipt};
 
 /// A topic and partition.
 pub(crate) type Tp = (String, i32);
@@ -277,11 +277,6 @@ impl Drop for Member {
     }
 }
 
-/// The outcome of a settle spawned so that it outlives its caller.
-async fn settled<T>(task: JoinHandle<Result<T, QueueError>>) -> Result<T, QueueError> {
-    task.await.map_err(|e| QueueError::unavailable("kafka: settle task", e))?
-}
-
 fn receipt(tp: &Tp, offset: i64, seq: u64) -> Receipt {
     Receipt(format!("{}|{}|{offset}|{seq}", tp.0, tp.1))
 }
@@ -409,7 +404,8 @@ impl Member {
             for t in dead {
                 let reason = "the consumer went away holding it on its last allowed receive";
                 let inner = self.inner.clone();
-                if let Err(e) = settled(tokio::spawn(async move { inner.dead_letter(t, reason).await })).await
+                if let Err(e) =
+                    run_to_end("kafka: settle", async move { inner.dead_letter(t, reason).await }).await
                 {
                     failed = Some(e);
                 }
@@ -472,12 +468,12 @@ impl Member {
         reason: &str,
     ) -> Result<Nacked, QueueError> {
         let (inner, r, reason) = (self.inner.clone(), r.clone(), reason.to_owned());
-        settled(tokio::spawn(async move { inner.nack(&r, delay, &reason).await })).await
+        run_to_end("kafka: settle", async move { inner.nack(&r, delay, &reason).await }).await
     }
 
     pub(crate) async fn release(&self, r: &Receipt, delay: Duration) -> Result<(), QueueError> {
         let (inner, r) = (self.inner.clone(), r.clone());
-        settled(tokio::spawn(async move { inner.release(&r, delay).await })).await
+        run_to_end("kafka: settle", async move { inner.release(&r, delay).await }).await
     }
 
     pub(crate) fn extend(&self, r: &Receipt, timeout: Duration) {
@@ -494,10 +490,10 @@ impl Member {
 
     pub(crate) async fn dead_letter(&self, r: &Receipt, reason: &str) -> Result<(), QueueError> {
         let (inner, r, reason) = (self.inner.clone(), r.clone(), reason.to_owned());
-        settled(tokio::spawn(async move {
+        run_to_end("kafka: settle", async move {
             let Some(t) = inner.start_settle(&r) else { return Ok(()) };
             inner.dead_letter(t, &reason).await
-        }))
+        })
         .await
     }
 

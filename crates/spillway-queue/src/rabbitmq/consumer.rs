@@ -38,7 +38,9 @@ use tokio::time::Instant;
 use super::{
     bounded, close_channel, ms_time, publish_confirmed, queue_error, topology, wire, wire::Headers, Shared,
 };
-use crate::{Consumer, DeadLetterPolicy, Delivery, Nacked, QueueError, Receipt, ReceivedMessage};
+use crate::{
+    task::run_to_end, Consumer, DeadLetterPolicy, Delivery, Nacked, QueueError, Receipt, ReceivedMessage,
+};
 
 /// Channel generations, unique in the process, so a receipt names one
 /// channel of one consumer: another consumer's receipt is stale here.
@@ -109,11 +111,6 @@ impl Drop for RabbitConsumer {
             });
         }
     }
-}
-
-/// The outcome of a settle spawned so that it outlives its caller.
-async fn settled<T>(task: tokio::task::JoinHandle<Result<T, QueueError>>) -> Result<T, QueueError> {
-    task.await.map_err(|e| QueueError::unavailable("rabbitmq: settle task", e))?
 }
 
 fn receipt(generation: u64, tag: u64) -> Receipt {
@@ -411,13 +408,12 @@ impl Consumer for RabbitConsumer {
         let inner = self.inner.clone();
         // Taken before the task exists, so `close` cannot slip in between.
         let receiving = inner.receiving.clone().read_owned().await;
-        tokio::spawn(async move {
+        run_to_end("rabbitmq: receive", async move {
             let got = inner.receive(max, wait).await;
             drop(receiving);
             got
         })
         .await
-        .map_err(|e| QueueError::unavailable("rabbitmq: receive task failed", e))?
     }
 
     /// Settles run in a task of their own, to their end even when the
@@ -426,18 +422,18 @@ impl Consumer for RabbitConsumer {
     /// nobody, until the channel closed.
     async fn ack(&self, d: &Delivery) -> Result<(), QueueError> {
         let (inner, r) = (self.inner.clone(), d.receipt.clone());
-        settled(tokio::spawn(async move {
+        run_to_end("rabbitmq: settle", async move {
             match inner.settle(&r) {
                 Some(h) => inner.ack_original(&h).await,
                 None => Ok(()),
             }
-        }))
+        })
         .await
     }
 
     async fn nack(&self, d: &Delivery, delay: Duration, reason: &str) -> Result<Nacked, QueueError> {
         let (inner, r, reason) = (self.inner.clone(), d.receipt.clone(), reason.to_owned());
-        settled(tokio::spawn(async move {
+        run_to_end("rabbitmq: settle", async move {
             let Some(h) = inner.settle(&r) else { return Ok(Nacked::Stale) };
             if h.count >= inner.policy.max_receive_count {
                 inner.dead_letter(&h, &reason).await?;
@@ -446,18 +442,18 @@ impl Consumer for RabbitConsumer {
             let route = topology::route_for(&inner.queue, delay.min(topology::MAX_DELAY));
             inner.republish(&h, &route, h.count, Some(&reason)).await?;
             Ok(Nacked::Retried)
-        }))
+        })
         .await
     }
 
     async fn release(&self, d: &Delivery, delay: Duration) -> Result<(), QueueError> {
         let (inner, r) = (self.inner.clone(), d.receipt.clone());
-        settled(tokio::spawn(async move {
+        run_to_end("rabbitmq: settle", async move {
             match inner.settle(&r) {
                 Some(h) => inner.release(&h, delay).await,
                 None => Ok(()),
             }
-        }))
+        })
         .await
     }
 
@@ -469,12 +465,12 @@ impl Consumer for RabbitConsumer {
 
     async fn dead_letter(&self, d: &Delivery, reason: &str) -> Result<(), QueueError> {
         let (inner, r, reason) = (self.inner.clone(), d.receipt.clone(), reason.to_owned());
-        settled(tokio::spawn(async move {
+        run_to_end("rabbitmq: settle", async move {
             match inner.settle(&r) {
                 Some(h) => inner.dead_letter(&h, &reason).await,
                 None => Ok(()),
             }
-        }))
+        })
         .await
     }
 

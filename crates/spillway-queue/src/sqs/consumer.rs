@@ -30,7 +30,8 @@ use super::{
     MAX_VISIBILITY_SECS, MAX_WAIT_SECS,
 };
 use crate::{
-    clock::ms_time, Consumer, DeadLetterPolicy, Delivery, Nacked, QueueError, Receipt, ReceivedMessage,
+    clock::ms_time, task::run_to_end, Consumer, DeadLetterPolicy, Delivery, Nacked, QueueError, Receipt,
+    ReceivedMessage,
 };
 
 /// A delivery this consumer holds: what it takes to settle or re-send it.
@@ -240,11 +241,11 @@ impl Consumer for SqsConsumer {
     async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>, QueueError> {
         let guard = self.inner.receiving.clone().read_owned().await;
         let inner = self.inner.clone();
-        let task = tokio::spawn(async move {
+        run_to_end("sqs: receive", async move {
             let _receiving = guard;
             inner.receive_now(max, wait).await
-        });
-        task.await.map_err(|e| QueueError::unavailable_msg(format!("sqs receive task failed: {e}")))?
+        })
+        .await
     }
 
     async fn ack(&self, d: &Delivery) -> Result<(), QueueError> {
