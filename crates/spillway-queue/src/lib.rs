@@ -37,6 +37,8 @@
 pub mod clock;
 pub mod config;
 pub mod error;
+#[cfg(any(feature = "rabbitmq", feature = "sqs", feature = "kafka"))]
+mod fault;
 pub mod message;
 pub mod spec;
 #[cfg(any(feature = "rabbitmq", feature = "sqs", feature = "kafka"))]

@@ -46,6 +46,7 @@ use futures::FutureExt as _;
 use rdkafka::{
     client::ClientContext,
     consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, StreamConsumer},
+    error::{KafkaError, RDKafkaErrorCode},
     Offset, TopicPartitionList,
 };
 use tokio::{sync::Notify, task::JoinHandle, time::Instant};
@@ -882,6 +883,9 @@ impl Inner {
 
     async fn fetch_loop(self: Arc<Self>) {
         let mut last_warn: Option<Instant> = None;
+        // How long to wait after a record was put back (its partition's
+        // committed offset could not be read), doubling while it goes on.
+        let mut put_back_wait = Duration::from_millis(100);
         loop {
             let next_due = lock(&self.state).next_due_ms();
             let sleep = next_due.map(|due| {
@@ -893,20 +897,29 @@ impl Inner {
                     Ok(m) => {
                         let r = Record::of(&m);
                         drop(m);
-                        self.accept(r).await;
+                        let mut put_back = !self.accept(r).await;
                         // Take what else is already here before waking the
                         // receivers, so a receive gets a batch, not one.
                         for _ in 0..MAX_READY {
+                            if put_back {
+                                break;
+                            }
                             match self.consumer.recv().now_or_never() {
                                 Some(Ok(m)) => {
                                     let r = Record::of(&m);
                                     drop(m);
-                                    self.accept(r).await;
+                                    put_back = !self.accept(r).await;
                                 }
                                 _ => break,
                             }
                         }
                         self.notify.notify_waiters();
+                        if put_back {
+                            tokio::time::sleep(put_back_wait).await;
+                            put_back_wait = (put_back_wait * 2).min(Duration::from_secs(5));
+                        } else {
+                            put_back_wait = Duration::from_millis(100);
+                        }
                     }
                     Err(e) => {
                         if last_warn.is_none_or(|w| w.elapsed() > Duration::from_secs(5)) {
@@ -923,28 +936,34 @@ impl Inner {
         }
     }
 
-    /// Reads the committed offset of a partition seen for the first time.
-    async fn init_part(&self, tp: &Tp, first_offset: i64) -> Part {
+    /// Reads the committed offset of a partition seen for the first time,
+    /// one try bounded by `send_timeout`.
+    ///
+    /// If it fails, the record that asked is put back: the partition seeks
+    /// to it, so it is fetched again and the read tried again then. `None`
+    /// says so. Meanwhile the fetch goes on for every other partition — a
+    /// group coordinator that does not answer for one partition must not
+    /// stop the records and due retries of all the others (this call runs
+    /// on the fetch loop). Only if the seek fails too is the read retried
+    /// here until it succeeds: dropping the record without the seek would
+    /// let the partition's commit pass over it.
+    async fn init_part(&self, tp: &Tp, first_offset: i64) -> Option<Part> {
         let mut backoff = Duration::from_millis(100);
-        let timeout = self.shared.config.send_timeout;
+        let mut put_back = false;
         loop {
-            // The member's own client: it already knows the group's coordinator.
-            let consumer = self.consumer.clone();
-            let (t, p) = tp.clone();
-            let got = Shared::blocking(move || {
-                let mut tpl = TopicPartitionList::new();
-                tpl.add_partition(&t, p);
-                let got = consumer.committed_offsets(tpl, timeout)?;
-                Ok(super::committed::read(&got).into_iter().next().map(|c| (c.offset, c.metadata)))
-            })
-            .await
-            .and_then(|r| r.map_err(|e| queue_error("committed offsets", &self.queue, &e)));
-            match got {
-                Ok(found) => {
-                    return match found {
-                        Some((Offset::Offset(o), md)) => Part::new(o, &md),
-                        _ => Part::new(first_offset, ""),
-                    };
+            match self.read_committed(tp).await {
+                Ok(Some((Offset::Offset(o), md))) => return Some(Part::new(o, &md)),
+                Ok(_) => return Some(Part::new(first_offset, "")),
+                Err(e) if !put_back => {
+                    tracing::warn!(queue = %self.queue, topic = %tp.0, partition = tp.1, error = %e,
+                        "kafka: reading the committed offset failed; the partition will fetch the record again");
+                    match self.seek(tp, first_offset).await {
+                        Ok(()) => return None,
+                        Err(e) => {
+                            tracing::warn!(queue = %self.queue, error = %e, "kafka: seeking back failed; reading the committed offset again");
+                            put_back = true;
+                        }
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(queue = %self.queue, error = %e, "kafka: reading the committed offset failed; retrying");
@@ -955,11 +974,44 @@ impl Inner {
         }
     }
 
-    async fn accept(&self, r: Record) {
+    /// The partition's committed offset and its metadata, as the group
+    /// coordinator has them; `None` when the group has none yet.
+    async fn read_committed(&self, tp: &Tp) -> Result<Option<(Offset, String)>, QueueError> {
+        let timeout = self.shared.config.send_timeout;
+        // The member's own client: it already knows the group's coordinator.
+        let consumer = self.consumer.clone();
+        let (t, p) = tp.clone();
+        Shared::blocking(move || {
+            if crate::fault::hit("kafka.committed", || format!("{t}/{p}")) {
+                return Err(KafkaError::OffsetFetch(RDKafkaErrorCode::CoordinatorNotAvailable));
+            }
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(&t, p);
+            let got = consumer.committed_offsets(tpl, timeout)?;
+            Ok(super::committed::read(&got).into_iter().next().map(|c| (c.offset, c.metadata)))
+        })
+        .await
+        .and_then(|r| r.map_err(|e| queue_error("committed offsets", &self.queue, &e)))
+    }
+
+    /// Makes the partition fetch from `offset` again; what was fetched past
+    /// it and not yet taken is discarded by librdkafka.
+    async fn seek(&self, tp: &Tp, offset: i64) -> Result<(), QueueError> {
+        let timeout = self.shared.config.send_timeout;
+        let consumer = self.consumer.clone();
+        let (t, p) = tp.clone();
+        Shared::blocking(move || consumer.seek(&t, p, Offset::Offset(offset), timeout))
+            .await
+            .and_then(|r| r.map_err(|e| queue_error("seek", &self.queue, &e)))
+    }
+
+    /// Takes a fetched record in. `false` if it was put back instead (see
+    /// [`Self::init_part`]): the fetch loop then waits a little.
+    async fn accept(&self, r: Record) -> bool {
         let tp: Tp = (r.topic.clone(), r.partition);
         let known = lock(&self.state).parts.contains_key(&tp);
         if !known {
-            let part = self.init_part(&tp, r.offset).await;
+            let Some(part) = self.init_part(&tp, r.offset).await else { return false };
             lock(&self.state).parts.entry(tp.clone()).or_insert(part);
         }
         let now_ms = self.shared.now_ms();
@@ -968,10 +1020,10 @@ impl Inner {
         {
             let mut st = lock(&self.state);
             let st = &mut *st;
-            let Some(part) = st.parts.get_mut(&tp) else { return };
+            let Some(part) = st.parts.get_mut(&tp) else { return true };
             if r.offset < part.floor || r.offset < part.end || part.window.settled(r.offset) {
                 part.end = part.end.max(r.offset + 1);
-                return;
+                return true;
             }
             part.end = r.offset + 1;
             let crashes = part.window.unsettled.get(&r.offset).map_or(0, |i| i.crashes);
@@ -1006,6 +1058,7 @@ impl Inner {
         if pause_all {
             self.set_paused(true, &[]);
         }
+        true
     }
 
     /// Moves the records that fell due to the ready list.

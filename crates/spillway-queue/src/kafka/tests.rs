@@ -447,3 +447,65 @@ async fn a_dead_letter_that_fails_does_not_hold_back_the_records_taken_with_it()
     ids.sort_unstable();
     assert_eq!(ids, ["a", "b"]);
 }
+
+/// A group coordinator that cannot say where the group left off in one
+/// partition must not stop the others: the record that asked is put back
+/// (its partition seeks to it) and taken once the coordinator answers,
+/// uncounted. Before, the fetch loop retried that read until it succeeded,
+/// and every other partition's records waited behind it.
+#[tokio::test]
+async fn a_partition_whose_committed_offset_cannot_be_read_does_not_stop_the_others() {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    use crate::{Admin as _, Backend as _, QueueSpec};
+    let b = connect().await;
+    let name = format!("kafka-coordinator-{:08x}", rand::random::<u32>());
+    b.ensure(&QueueSpec::new(&name)).await.expect("ensure");
+    let producer: FutureProducer =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", brokers()).create().expect("producer");
+    let produce = |partition: i32, body: &'static str| {
+        let producer = producer.clone();
+        let name = name.clone();
+        async move {
+            producer
+                .send(
+                    FutureRecord::<(), str>::to(&name).partition(partition).payload(body),
+                    Duration::from_secs(10),
+                )
+                .await
+                .map_err(|(e, _)| e)
+                .expect("record stored");
+        }
+    };
+    let blind = format!("{name}/0");
+    crate::fault::arm("kafka.committed", &blind, 0, u32::MAX);
+    produce(0, "zero").await;
+    let c = b.consumer(&name).await.expect("consumer");
+    // The member starts and fetches "zero" first; its partition cannot start.
+    assert!(c.receive(10, Duration::from_secs(2)).await.expect("receive").is_empty());
+    produce(1, "one").await;
+    let mut got = Vec::new();
+    until("partition 1's record while partition 0 cannot start", Duration::from_secs(10), async || {
+        got.extend(c.receive(10, Duration::from_millis(200)).await.expect("receive"));
+        !got.is_empty()
+    })
+    .await;
+    assert_eq!(got.iter().map(|d| &d.message.body[..]).collect::<Vec<_>>(), [&b"one"[..]]);
+    crate::fault::disarm("kafka.committed", &blind);
+    let mut zero = Vec::new();
+    until(
+        "partition 0's record once its committed offset can be read",
+        Duration::from_secs(15),
+        async || {
+            zero.extend(c.receive(10, Duration::from_millis(200)).await.expect("receive"));
+            !zero.is_empty()
+        },
+    )
+    .await;
+    assert_eq!(zero.len(), 1);
+    assert_eq!(&zero[0].message.body[..], b"zero");
+    assert_eq!(zero[0].receive_count, 1, "put back is not a failed receive");
+    for d in got.iter().chain(&zero) {
+        c.ack(d).await.expect("ack");
+    }
+}
