@@ -129,6 +129,11 @@ up_rabbit() {
   fi
   # The AMQP port opens before the broker takes connections.
   rabbitmqctl -q await_startup >/dev/null 2>&1 || sleep 5
+  # A dead letter the DLQ refused is held by the broker (at-least-once
+  # dead-lettering) and sent again after this long: 3 minutes by default,
+  # 5 s here so the kit sees it arrive. Read when a queue starts; reset by
+  # a restart, so set on every `up`.
+  rabbitmqctl -q eval 'application:set_env(rabbit, dead_letter_worker_publisher_confirm_timeout, 5000).' >/dev/null 2>&1 || true
   # The management plugin's HTTP API: the rabbitmq backend reads the count
   # of held (unacknowledged) messages from it. Enabling needs no restart.
   if ! have_rabbit_management; then

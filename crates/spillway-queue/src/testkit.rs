@@ -175,6 +175,25 @@ pub trait ForeignProducer: Harness {
     async fn publish_foreign(&self, queue: &str, body: &[u8]);
 }
 
+/// A backend whose DLQ can be made to refuse dead letters the way its
+/// broker refuses them (a size limit, a policy), without deleting it: with
+/// the DLQ deleted, the broker's own backstop (SQS's RedrivePolicy,
+/// RabbitMQ's `x-delivery-limit`) would move a message into nothing and
+/// the scenario would measure the broker, not Spillway. Its harness runs
+/// [`refusing_dlq_tests!`] besides the kit.
+#[async_trait]
+pub trait RefusingDlq: Harness {
+    /// From now on the DLQ of `queue` refuses a dead letter whose body has
+    /// [`REFUSED_BODY`] bytes.
+    async fn refuse_dead_letters(&self, queue: &str);
+    /// And from now on takes them again.
+    async fn accept_dead_letters(&self, queue: &str);
+}
+
+/// The body size of the message [`RefusingDlq`] makes the DLQ refuse (over
+/// the smallest size limit SQS allows a queue, 1 KiB).
+pub const REFUSED_BODY: usize = 2048;
+
 /// Runs one scenario on the runtime the harness's time source needs.
 pub fn run<H, F, Fut>(scenario: F)
 where
@@ -1229,6 +1248,88 @@ pub async fn foreign_messages_keep_unique_ids<H: ForeignProducer>(h: &H) {
     let mut dead_sorted = dead.clone();
     dead_sorted.sort();
     assert_eq!(dead_sorted, ids.keys().cloned().collect::<Vec<_>>(), "the dead letters keep the ids");
+}
+
+/// A message over its limit whose dead letter the DLQ refuses holds back
+/// nothing else: the messages received with it or after it are handed
+/// over at once and uncounted (not failed with it, left hidden until their
+/// visibility timeout and then counted), it is never delivered itself, and
+/// once the DLQ takes dead letters again it is there: nothing lost, nothing
+/// left in flight. A receive may fail while it cannot be dead-lettered.
+pub async fn a_refused_dead_letter_holds_back_nothing_else<H: RefusingDlq>(h: &H) {
+    let b = h.backend().await;
+    let (name, p, c) = queue_with::<H>(&b, "dlqrefused", policy::<H>(1), 64 * 1024).await;
+    p.send(OutgoingMessage::new("over", vec![b'x'; REFUSED_BODY])).await.expect("send");
+    let held = receive_one(&c).await;
+    assert_eq!((held.message.id.as_str(), held.receive_count), ("over", 1));
+    h.refuse_dead_letters(&name).await;
+    for id in ["a", "b"] {
+        p.send(OutgoingMessage::new(id, "fine")).await.expect("send");
+    }
+    // Not settled: it comes back over its limit of one, and the receive
+    // that meets it must dead-letter it, which the DLQ refuses.
+    let c = come_back::<H>(&b, &name, c).await;
+    let mut got: BTreeMap<String, u32> = BTreeMap::new();
+    let mut refused = 0;
+    let deadline = Instant::now() + WAIT;
+    while got.len() < 2 && Instant::now() < deadline {
+        match c.receive(10, SHORT).await {
+            Ok(ds) => {
+                for d in ds {
+                    got.insert(d.message.id.clone(), d.receive_count);
+                    c.ack(&d).await.expect("ack");
+                }
+            }
+            Err(_) => refused += 1,
+        }
+    }
+    assert_eq!(
+        got,
+        BTreeMap::from([("a".to_owned(), 1), ("b".to_owned(), 1)]),
+        "the others, at once and uncounted, within {WAIT:?} ({refused} receives failed)"
+    );
+    let dead = b.peek_dead(&name, 10).await.expect("peek");
+    assert!(
+        dead.iter().all(|d| d.id != "over"),
+        "the DLQ took the dead letter it should refuse: the harness's refusal does not work"
+    );
+    h.accept_dead_letters(&name).await;
+    let deadline = Instant::now() + WAIT * 6;
+    loop {
+        // Receives drive the dead letter where the backend moves it then.
+        let again = c.receive(10, SHORT).await.unwrap_or_default();
+        assert!(
+            again.is_empty(),
+            "delivered past its limit: {:?}",
+            again.iter().map(|d| &d.message.id).collect::<Vec<_>>()
+        );
+        let s = b.stats(&name).await.expect("stats");
+        if (s.pending(), s.dead) == (0, 1) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never reached the DLQ once it took dead letters again: {s:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let dead = b.peek_dead(&name, 10).await.expect("peek");
+    assert_eq!(dead.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), ["over"]);
+    assert_eq!(dead[0].body.len(), REFUSED_BODY);
+}
+
+/// The scenarios of [`RefusingDlq`] backends.
+#[macro_export]
+macro_rules! refusing_dlq_tests {
+    ($harness:ty) => {
+        mod refusing_dlq {
+            #[allow(unused_imports)]
+            use super::*;
+            #[test]
+            fn a_refused_dead_letter_holds_back_nothing_else() {
+                $crate::testkit::run::<$harness, _, _>(|h| async move {
+                    $crate::testkit::a_refused_dead_letter_holds_back_nothing_else(&*h).await
+                });
+            }
+        }
+    };
 }
 
 /// The scenarios of [`ForeignProducer`] backends.

@@ -907,6 +907,88 @@ mod tests {
 
     crate::foreign_producer_tests!(Rabbit);
 
+    #[async_trait]
+    impl crate::testkit::RefusingDlq for Rabbit {
+        /// A policy on the DLQ, as an operator would set one: `max-length`
+        /// 1 with `overflow: reject-publish`, so the broker nacks every
+        /// publish into it once it is full (and holds its own dead letters
+        /// until it may). It is filled here, and the call returns once a
+        /// publish was nacked: a quorum queue takes the publish that
+        /// reaches its limit, and a policy takes effect a moment after it
+        /// is set.
+        async fn refuse_dead_letters(&self, queue: &str) {
+            use lapin::{options::BasicPublishOptions, options::ConfirmSelectOptions, BasicProperties};
+            let dlq = super::topology::dlq(queue);
+            let body = serde_json::json!({
+                "pattern": format!("^{}$", dlq.replace('.', "\\.")),
+                "apply-to": "queues",
+                "priority": 10,
+                "definition": { "max-length": 1, "overflow": "reject-publish" },
+            });
+            let res = management(reqwest::Method::PUT, &format!("policies/%2F/refuse-{dlq}"))
+                .json(&body)
+                .send()
+                .await
+                .expect("the management API");
+            assert!(res.status().is_success(), "set the policy: {}", res.status());
+            let conn = lapin::Connection::connect(&url(), lapin::ConnectionProperties::default())
+                .await
+                .expect("a plain AMQP connection");
+            let ch = conn.create_channel().await.expect("channel");
+            ch.confirm_select(ConfirmSelectOptions::default()).await.expect("confirms");
+            for _ in 0..100 {
+                let props = BasicProperties::default().with_delivery_mode(2);
+                let confirm = ch
+                    .basic_publish(
+                        "".into(),
+                        dlq.as_str().into(),
+                        BasicPublishOptions::default(),
+                        b"filler",
+                        props,
+                    )
+                    .await
+                    .expect("publish");
+                if confirm.await.expect("confirm").is_nack() {
+                    let _ = conn.close(200, "done".into()).await;
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            panic!("the DLQ `{dlq}` never refused a publish under its policy");
+        }
+        /// The fillers taken out, then the policy removed. In that order:
+        /// a publisher the DLQ refused (the broker's own dead-letter worker
+        /// among them) is told it may publish again only when the queue
+        /// drops below its limit; with the policy removed first, RabbitMQ
+        /// 3.10's worker kept its refused dead letter for good.
+        async fn accept_dead_letters(&self, queue: &str) {
+            let dlq = super::topology::dlq(queue);
+            let res = management(reqwest::Method::DELETE, &format!("queues/%2F/{dlq}/contents"))
+                .send()
+                .await
+                .expect("the management API");
+            assert!(res.status().is_success(), "purge the fillers: {}", res.status());
+            let res = management(reqwest::Method::DELETE, &format!("policies/%2F/refuse-{dlq}"))
+                .send()
+                .await
+                .expect("the management API");
+            assert!(res.status().is_success(), "clear the policy: {}", res.status());
+        }
+    }
+
+    /// A call to the test broker's management API.
+    fn management(method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let base = reqwest::Url::parse(&management_url()).expect("management url");
+        let url = format!(
+            "http://{}:{}/api/{path}",
+            base.host_str().unwrap_or("127.0.0.1"),
+            base.port().unwrap_or(15672)
+        );
+        reqwest::Client::new().request(method, url).basic_auth(base.username(), base.password())
+    }
+
+    crate::refusing_dlq_tests!(Rabbit);
+
     /// A queue that exists with other arguments is refused with the
     /// argument named, not a closed channel or a silent mismatch.
     #[tokio::test]
