@@ -24,6 +24,7 @@ use std::{
 };
 
 use async_trait::async_trait;
+use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
 
 use super::{
     ceil_secs, is_stale, send_entry, wire, QueueInfo, Shared, MAX_BATCH_ENTRIES, MAX_DELAY_SECS,
@@ -33,6 +34,9 @@ use crate::{
     clock::ms_time, task::run_to_end, Consumer, DeadLetterPolicy, Delivery, Nacked, QueueError, Receipt,
     ReceivedMessage,
 };
+
+/// How many chunks of 10 `close` releases at a time.
+const CLOSE_CHUNKS_AT_ONCE: usize = 4;
 
 /// A delivery this consumer holds: what it takes to settle or re-send it.
 struct Held {
@@ -224,15 +228,77 @@ impl Inner {
             self.set_visibility(receipt, ceil_secs(delay, MAX_VISIBILITY_SECS)).await?;
             return Ok(());
         }
+        let entry = self.release_entry("0", h, delay)?;
+        self.shared.send_one(self.queue(), &self.info.url, entry).await?;
+        self.shared.delete(self.queue(), &self.info.url, receipt).await
+    }
+
+    /// The copy a release sends: the message with its count unchanged.
+    fn release_entry(
+        &self,
+        id: &str,
+        h: &Held,
+        delay: Duration,
+    ) -> Result<SendMessageBatchRequestEntry, QueueError> {
         let mut meta = h.decoded.meta.clone();
         meta.fail = h.count.saturating_sub(1);
         meta.first = Some(h.first_ms);
         let w = wire::encode(&h.decoded.body, &h.decoded.attributes, meta)?;
         // A release longer than SQS's longest delay comes back sooner; the
         // runtime then releases it again, uncounted.
-        let entry = send_entry(false, "0".into(), w, ceil_secs(delay, MAX_DELAY_SECS), None, None)?;
-        self.shared.send_one(self.queue(), &self.info.url, entry).await?;
-        self.shared.delete(self.queue(), &self.info.url, receipt).await
+        send_entry(false, id.to_owned(), w, ceil_secs(delay, MAX_DELAY_SECS), None, None)
+    }
+
+    /// Releases up to 10 held messages at once: one `SendMessageBatch` of
+    /// their copies and one `DeleteMessageBatch` of those sent (FIFO: one
+    /// `ChangeMessageVisibilityBatch` to 0). What could not be released is
+    /// returned with the first error, still held.
+    async fn release_chunk(
+        &self,
+        chunk: Vec<(String, Held)>,
+    ) -> Result<(), (QueueError, Vec<(String, Held)>)> {
+        let receipts: Vec<String> = chunk.iter().map(|(r, _)| r.clone()).collect();
+        if self.info.fifo {
+            return self
+                .shared
+                .show_again(self.queue(), &self.info.url, &receipts)
+                .await
+                .map_err(|e| (e, chunk));
+        }
+        let mut entries = Vec::with_capacity(chunk.len());
+        for (i, (_, h)) in chunk.iter().enumerate() {
+            match self.release_entry(&i.to_string(), h, Duration::ZERO) {
+                Ok(e) => entries.push(e),
+                Err(e) => return Err((e, chunk)),
+            }
+        }
+        let sent = self.shared.send_entries(self.queue(), &self.info.url, entries).await;
+        let mut first_error = None;
+        let mut sent_ok = vec![false; chunk.len()];
+        for (id, outcome) in sent {
+            match (id.parse::<usize>().ok().filter(|i| *i < chunk.len()), outcome) {
+                (Some(i), Ok(())) => sent_ok[i] = true,
+                (_, Err(e)) => {
+                    first_error.get_or_insert(e);
+                }
+                (None, Ok(())) => {}
+            }
+        }
+        let (copied, kept): (Vec<_>, Vec<_>) = chunk.into_iter().zip(sent_ok).partition(|(_, ok)| *ok);
+        let copied: Vec<(String, Held)> = copied.into_iter().map(|(c, _)| c).collect();
+        let kept: Vec<(String, Held)> = kept.into_iter().map(|(c, _)| c).collect();
+        let receipts: Vec<String> = copied.iter().map(|(r, _)| r.clone()).collect();
+        if !receipts.is_empty() {
+            if let Err(e) = self.shared.delete_batch(self.queue(), &self.info.url, &receipts).await {
+                // The copies are stored: the originals come back after
+                // their visibility timeout as duplicates, never lost.
+                first_error.get_or_insert(e);
+            }
+        }
+        match first_error {
+            None => Ok(()),
+            Some(e) => Err((e, kept)),
+        }
     }
 }
 
@@ -328,15 +394,33 @@ impl Consumer for SqsConsumer {
         done
     }
 
-    /// Waits for receives in progress, then releases everything held.
+    /// Waits for receives in progress, then releases everything held, 10
+    /// messages a call and at most [`CLOSE_CHUNKS_AT_ONCE`] calls at a
+    /// time (a consumer holding thousands must not open thousands of
+    /// connections at once). Every chunk is tried; what could not be
+    /// released stays held and the first error is returned.
     async fn close(&self) -> Result<(), QueueError> {
+        use futures::StreamExt as _;
         let _no_receives = self.inner.receiving.write().await;
-        let held: Vec<(String, Held)> = self.inner.held().drain().collect();
-        let released = futures::future::join_all(
-            held.iter().map(|(receipt, h)| self.inner.release_held(receipt, h, Duration::ZERO)),
-        )
-        .await;
-        released.into_iter().collect::<Result<Vec<()>, _>>().map(|_| ())
+        let mut held: Vec<(String, Held)> = self.inner.held().drain().collect();
+        let mut chunks = Vec::new();
+        while !held.is_empty() {
+            chunks.push(held.drain(..held.len().min(MAX_BATCH_ENTRIES)).collect::<Vec<_>>());
+        }
+        let inner = &self.inner;
+        let outcomes: Vec<_> = futures::stream::iter(chunks)
+            .map(|chunk| inner.release_chunk(chunk))
+            .buffer_unordered(CLOSE_CHUNKS_AT_ONCE)
+            .collect()
+            .await;
+        let mut first_error = None;
+        for outcome in outcomes {
+            if let Err((e, kept)) = outcome {
+                inner.held().extend(kept);
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     }
 
     fn visibility_timeout(&self) -> Duration {

@@ -470,6 +470,9 @@ impl Shared {
             let e = DeleteMessageBatchRequestEntry::builder().id(i.to_string()).receipt_handle(r).build();
             entries.push(e.map_err(|e| QueueError::Invalid(format!("sqs delete entry: {e}")))?);
         }
+        if crate::fault::hit("sqs.delete_batch", || queue.to_owned()) {
+            return Err(QueueError::unavailable_msg(format!("sqs delete batch on `{queue}`: InternalError")));
+        }
         let got = self.client.delete_message_batch().queue_url(url).set_entries(Some(entries)).send().await;
         let got = got.map_err(|e| self.err("delete batch", queue, e))?;
         match got.failed().iter().find(|f| !stale_receipt(f.code(), f.message().unwrap_or_default())) {
@@ -926,7 +929,8 @@ impl SqsBackend {
             let ours = listed
                 .results()
                 .iter()
-                .find(|t| handle.is_empty() || t.task_handle() == Some(handle.as_str()));
+                .find(|t| handle.is_empty() || t.task_handle() == Some(handle.as_str()))
+                .filter(|_| !crate::fault::hit("sqs.move_task_listed", || info.name.clone()));
             let Some(task) = ours else {
                 if tokio::time::Instant::now() >= listed_by {
                     return Err(QueueError::unavailable_msg(format!(

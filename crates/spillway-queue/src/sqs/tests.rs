@@ -570,3 +570,117 @@ async fn ensure_makes_a_deleted_dlq_again() {
     c.dead_letter(&d, "bad").await.expect("a dead letter is stored again");
     assert_eq!(b.peek_dead(&name, 1).await.expect("peek")[0].id, "x");
 }
+
+/// Held messages as many as `n`, received on `c` (several receives: SQS
+/// hands out at most 10 a call).
+async fn hold(c: &Arc<dyn crate::Consumer>, n: usize) -> Vec<crate::Delivery> {
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while got.len() < n {
+        assert!(tokio::time::Instant::now() < deadline, "only {} of {n} received", got.len());
+        got.extend(c.receive(10, Duration::from_secs(1)).await.expect("receive"));
+    }
+    got
+}
+
+/// An `ack_batch` whose second `DeleteMessageBatch` of three fails deletes
+/// the first and the third, and keeps the second chunk's messages held, so
+/// acking them again deletes them. Before, the batch forgot every receipt
+/// before deleting (the second acks found nothing to delete, and those
+/// messages came back) and stopped at the failed chunk (the third came
+/// back too).
+#[tokio::test]
+async fn ack_batch_keeps_a_failed_chunk_held_and_deletes_the_rest() {
+    use crate::{Admin as _, Backend as _, DeadLetterPolicy, OutgoingMessage, QueueSpec};
+    let b = connect().await;
+    let name = format!("conf-ackchunk-{:08x}", rand::random::<u32>());
+    let spec = QueueSpec {
+        name: name.clone(),
+        dead_letter: DeadLetterPolicy { max_receive_count: 5, visibility_timeout: Duration::from_secs(2) },
+        max_message_bytes: 64 * 1024,
+    };
+    b.ensure(&spec).await.expect("ensure");
+    let p = b.producer(&name).await.expect("producer");
+    let msgs: Vec<OutgoingMessage> = (0..25).map(|i| OutgoingMessage::new(format!("m{i:02}"), "x")).collect();
+    for outcome in p.send_batch(msgs).await.expect("send") {
+        outcome.expect("stored");
+    }
+    let c = b.consumer(&name).await.expect("consumer");
+    let held = hold(&c, 25).await;
+    crate::fault::arm("sqs.delete_batch", &name, 1, 1);
+    c.ack_batch(&held).await.expect_err("the second chunk's delete failed");
+    crate::fault::disarm("sqs.delete_batch", &name);
+    for d in &held[10..20] {
+        c.ack(d).await.expect("ack again");
+    }
+    // Past the visibility timeout nothing comes back: all 25 are deleted.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let back = c.receive(10, Duration::from_secs(1)).await.expect("receive");
+    assert!(back.is_empty(), "came back: {:?}", back.iter().map(|d| &d.message.id).collect::<Vec<_>>());
+    let _ = b.delete_ensured().await;
+}
+
+/// `close` of a consumer holding 45 messages gives each back at once, as
+/// a release (uncounted on standard queues), in batches (standard: copies sent 10 a call and the
+/// originals deleted 10 a call; FIFO: visibility 0, 10 a call). Before, it
+/// released each message alone, all at once.
+#[tokio::test]
+async fn close_gives_back_many_held_messages_uncounted() {
+    use crate::{Admin as _, Backend as _, OutgoingMessage, QueueSpec};
+    let b = connect().await;
+    for suffix in ["", ".fifo"] {
+        let name = format!("conf-closemany-{:08x}{suffix}", rand::random::<u32>());
+        b.ensure(&QueueSpec::new(&name)).await.expect("ensure");
+        let p = b.producer(&name).await.expect("producer");
+        // No ordering key: on FIFO each message is a group of its own, so
+        // one consumer can hold them all at once.
+        let msgs: Vec<OutgoingMessage> =
+            (0..45).map(|i| OutgoingMessage::new(format!("m{i:02}"), "x")).collect();
+        for chunk in msgs.chunks(10) {
+            for outcome in p.send_batch(chunk.to_vec()).await.expect("send") {
+                outcome.expect("stored");
+            }
+        }
+        let c = b.consumer(&name).await.expect("consumer");
+        let held = hold(&c, 45).await;
+        c.close().await.expect("close");
+        let c = b.consumer(&name).await.expect("another consumer");
+        let back = hold(&c, 45).await;
+        let mut ids: Vec<&str> = back.iter().map(|d| d.message.id.as_str()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), 45, "{name}: every held message once");
+        // FIFO declares `release_counts`: SQS's count cannot be undone.
+        let count = if suffix.is_empty() { 1 } else { 2 };
+        assert!(
+            back.iter().all(|d| d.receive_count == count),
+            "{name}: a close costs nothing more than a release"
+        );
+        c.ack_batch(&back).await.expect("ack");
+        drop(held);
+    }
+    let _ = b.delete_ensured().await;
+}
+
+/// A move task the server never lists (its list is eventually consistent,
+/// or another task hides it) ends the redrive with an error after 30 s,
+/// not a wait forever. ElasticMQ: moto has no move tasks.
+#[tokio::test]
+async fn a_move_task_never_listed_is_an_error_not_a_wait_forever() {
+    use crate::{Admin as _, Backend as _, OutgoingMessage, QueueSpec};
+    let b = connect_to(&elasticmq_endpoint(), "SPILLWAY_TEST_ELASTICMQ").await;
+    let name = format!("conf-movetask-{:08x}", rand::random::<u32>());
+    b.ensure(&QueueSpec::new(&name)).await.expect("ensure");
+    b.producer(&name).await.expect("producer").send(OutgoingMessage::new("x", "x")).await.expect("send");
+    let c = b.consumer(&name).await.expect("consumer");
+    let d = hold(&c, 1).await.remove(0);
+    c.dead_letter(&d, "bad").await.expect("dead letter");
+    crate::fault::arm("sqs.move_task_listed", &name, 0, u32::MAX);
+    let started = std::time::Instant::now();
+    let got = tokio::time::timeout(Duration::from_secs(45), b.redrive(&name, 100)).await;
+    crate::fault::disarm("sqs.move_task_listed", &name);
+    let err = got.expect("the redrive ended").expect_err("a task never listed");
+    assert!(err.to_string().contains("did not list"), "{err}");
+    assert!(started.elapsed() >= Duration::from_secs(30), "gave up before its 30 s");
+    let _ = b.delete_ensured().await;
+}
