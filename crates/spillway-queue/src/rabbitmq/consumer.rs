@@ -35,9 +35,7 @@ use async_trait::async_trait;
 use lapin::{options::BasicAckOptions, types::ShortString, BasicProperties, Channel};
 use tokio::time::Instant;
 
-use super::{
-    bounded, close_channel, ms_time, publish_confirmed, queue_error, topology, wire, wire::Headers, Shared,
-};
+use super::{bounded, close_channel, ms_time, publish, queue_error, topology, wire, wire::Headers, Shared};
 use crate::{
     task::run_to_end, Consumer, DeadLetterPolicy, Delivery, Nacked, QueueError, Receipt, ReceivedMessage,
 };
@@ -310,9 +308,7 @@ impl Inner {
 
     /// Publishes on the publishing connection and waits for the confirm.
     async fn publish(&self, route: &str, body: &[u8], props: BasicProperties) -> Result<(), QueueError> {
-        let link = &self.shared.publishing;
-        let ch = link.publisher().await?;
-        publish_confirmed(link, &ch, route, body, props, self.shared.confirm_timeout).await
+        publish::publish_one(&self.shared.publishing, route, body, props, self.shared.confirm_timeout).await
     }
 
     /// Hands a delivery this consumer could not take back to the broker at

@@ -26,6 +26,7 @@
 //! While the broker is down every call fails fast with `Unavailable`.
 
 mod consumer;
+mod publish;
 pub mod topology;
 mod wire;
 
@@ -33,11 +34,9 @@ use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use lapin::{
-    options::{
-        BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions, QueuePurgeOptions,
-    },
+    options::{BasicGetOptions, ConfirmSelectOptions, QueueDeclareOptions, QueuePurgeOptions},
     types::{FieldTable, ShortString},
-    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ErrorKind,
+    BasicProperties, Channel, Connection, ConnectionProperties, ErrorKind,
 };
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -139,17 +138,18 @@ pub struct RabbitConfig {
     /// `in_flight` is 0.
     #[serde(default)]
     pub management_url: Option<String>,
-    /// Confirm channels sends are spread over, batch by batch (a message
-    /// never moves between channels, so a batch keeps its order). The
-    /// broker runs each channel as one process; on this project's 2-core
-    /// test machine 8 channels measured no faster than 1 (docs/benchmarks.md),
-    /// so 1 is the default. On a broker with cores to spare, try more.
+    /// How many batches may publish at once. Each holds a confirm channel
+    /// of its own until its last confirm is in (so a returned message is
+    /// paired with its own publish, and one batch's channel error fails no
+    /// other); channels are kept for the next batch. The default matches
+    /// ingest's batches in flight per queue for a broker that confirms
+    /// each message (64): fewer makes batches wait for a channel.
     #[serde(default = "default_publisher_channels")]
     pub publisher_channels: usize,
 }
 
 fn default_publisher_channels() -> usize {
-    1
+    64
 }
 
 fn default_connection_name() -> String {
@@ -209,9 +209,11 @@ struct Link {
     current: std::sync::atomic::AtomicUsize,
     name: String,
     conn: tokio::sync::Mutex<Option<Arc<Connection>>>,
-    /// Confirm channels for publishing, opened on first use, used in turn.
-    publishers: Vec<tokio::sync::Mutex<Option<Channel>>>,
-    next: std::sync::atomic::AtomicUsize,
+    /// Confirm channels for publishing no batch holds: each batch leases
+    /// one for itself (see [`publish`]), opened when none is idle.
+    idle: std::sync::Mutex<Vec<Channel>>,
+    /// How many batches may hold a confirm channel at once.
+    leases: Arc<tokio::sync::Semaphore>,
     /// The deadline of every call on this connection.
     timeout: Duration,
 }
@@ -272,87 +274,37 @@ impl Link {
         Ok(())
     }
 
-    /// Retires a publishing channel the broker nacked on: the next publish
-    /// opens a fresh one. A channel keeps its own client state for each
-    /// quorum queue it published to; one opened on a surviving node while
-    /// the queue's leader was being elected again (its node `kill -9`ed
-    /// under load) had every publish after that nacked, on a broker that
-    /// stored the same publishes from a new channel.
-    async fn discard(&self, ch: &Channel) {
-        for slot in &self.publishers {
-            let mut slot = slot.lock().await;
-            if slot.as_ref().is_some_and(|c| c.id() == ch.id()) {
-                *slot = None;
-            }
-        }
-        close_channel(ch, self.timeout, "spillway: nacked, replaced");
-    }
-
-    /// The next of the shared channels for publishing, with confirms;
+    /// A confirm channel for one batch's publishes alone, waiting (at most
+    /// the deadline) while `publisher_channels` batches hold one;
     /// `Unavailable` at once while the broker blocks publishing.
-    async fn publisher(&self) -> Result<Channel, QueueError> {
+    async fn publisher(&self) -> Result<publish::Lease<'_>, QueueError> {
         self.unblocked().await?;
-        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.publishers.len();
-        let mut ch = self.publishers[i].lock().await;
-        if let Some(c) = ch.as_ref().filter(|c| c.status().connected()) {
-            return Ok(c.clone());
-        }
-        let c = self.channel(true).await?;
-        *ch = Some(c.clone());
-        Ok(c)
+        let permit = bounded(self.timeout, async {
+            self.leases
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| QueueError::unavailable_msg("rabbitmq: closed"))
+        })
+        .await?;
+        let idle = loop {
+            let next = self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop();
+            match next {
+                Some(c) if c.status().connected() => break Some(c),
+                Some(_) => continue,
+                None => break None,
+            }
+        };
+        let channel = match idle {
+            Some(c) => c,
+            None => self.channel(true).await?,
+        };
+        Ok(publish::Lease { link: self, channel, keep: false, _permit: permit })
     }
-}
 
-/// Publishes and waits for the broker's confirm. `Ok` only for an ack of a
-/// message that was routed: `mandatory` is set, and an unroutable message
-/// is returned **and then acked**, so a returned message is an error.
-async fn publish_confirmed(
-    link: &Link,
-    ch: &Channel,
-    queue: &str,
-    body: &[u8],
-    props: BasicProperties,
-    timeout: Duration,
-) -> Result<(), QueueError> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    let pending = bounded(timeout, start_publish(ch, queue, body, props)).await?;
-    finish_publish(link, ch, queue, pending, deadline.saturating_duration_since(tokio::time::Instant::now()))
-        .await
-}
-
-async fn start_publish(
-    ch: &Channel,
-    queue: &str,
-    body: &[u8],
-    props: BasicProperties,
-) -> Result<lapin::PublisherConfirm, QueueError> {
-    let options = BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() };
-    ch.basic_publish(ShortString::from(""), short(queue)?, options, body, props)
-        .await
-        .map_err(|e| queue_error("publish", queue, &e))
-}
-
-/// Waits for the confirm of a publish on `ch`. A nack also retires `ch`
-/// (see [`Link::discard`]).
-async fn finish_publish(
-    link: &Link,
-    ch: &Channel,
-    queue: &str,
-    pending: lapin::PublisherConfirm,
-    timeout: Duration,
-) -> Result<(), QueueError> {
-    let confirmed =
-        tokio::time::timeout(timeout, pending).await.map_err(|_| QueueError::Timeout { after: timeout })?;
-    match confirmed.map_err(|e| queue_error("publish confirm", queue, &e))? {
-        Confirmation::Ack(None) => Ok(()),
-        Confirmation::Ack(Some(_)) => Err(QueueError::NotFound(queue.to_owned())),
-        Confirmation::Nack(_) => {
-            link.discard(ch).await;
-            Err(QueueError::unavailable_msg(format!(
-                "rabbitmq: the broker did not store the message for `{queue}` (nack)"
-            )))
-        }
-        Confirmation::NotRequested => Err(QueueError::unavailable_msg("rabbitmq: confirms are not enabled")),
+    /// A confirm channel a batch finished with cleanly, for the next.
+    fn give_back(&self, channel: Channel) {
+        self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(channel);
     }
 }
 
@@ -456,8 +408,8 @@ impl RabbitBackend {
             current: std::sync::atomic::AtomicUsize::new(0),
             name: format!("{} ({role})", cfg.connection_name),
             conn: tokio::sync::Mutex::default(),
-            publishers: (0..publishers.max(1)).map(|_| tokio::sync::Mutex::default()).collect(),
-            next: std::sync::atomic::AtomicUsize::new(0),
+            idle: std::sync::Mutex::default(),
+            leases: Arc::new(tokio::sync::Semaphore::new(publishers.max(1))),
             timeout: cfg.confirm_timeout,
         };
         let publishing = link("publishing", cfg.publisher_channels);
@@ -572,10 +524,8 @@ impl Admin for RabbitBackend {
                     wire::DEAD_LETTERED_AT,
                 ]);
                 let props = headers.into_properties(&d.properties);
-                let publisher = self.shared.publishing.publisher().await?;
                 let link = &self.shared.publishing;
-                publish_confirmed(link, &publisher, queue, &d.data, props, self.shared.confirm_timeout)
-                    .await?;
+                publish::publish_one(link, queue, &d.data, props, self.shared.confirm_timeout).await?;
                 self.shared.ack(&d.acker, &dlq).await?;
                 moved += 1;
             }
@@ -668,7 +618,7 @@ impl Backend for RabbitBackend {
         let ch = self.shared.consuming.channel(false).await?;
         close_channel(&ch, self.shared.consuming.timeout, "ready");
         // Not ready while the broker blocks publishing (a resource alarm).
-        self.shared.publishing.publisher().await.map(|_| ())
+        self.shared.publishing.publisher().await.map(|mut lease| lease.keep())
     }
 }
 
@@ -680,15 +630,16 @@ struct RabbitProducer {
 
 #[async_trait]
 impl Producer for RabbitProducer {
-    /// Publishes the whole batch on the next shared confirm channel, then waits
-    /// for every confirm: one round trip for the batch, not one per message.
+    /// Publishes the whole batch on a confirm channel of its own, then
+    /// waits for every confirm: one round trip for the batch, not one per
+    /// message.
     async fn send_batch(
         &self,
         msgs: Vec<OutgoingMessage>,
     ) -> Result<Vec<Result<(), QueueError>>, QueueError> {
         let mut outcomes: Vec<Option<Result<(), QueueError>>> = (0..msgs.len()).map(|_| None).collect();
-        let ch = self.shared.publishing.publisher().await?;
-        self.publish_each(&ch, msgs, &mut |i, o| outcomes[i] = Some(o)).await;
+        let lease = self.shared.publishing.publisher().await?;
+        self.publish_each(lease, msgs, &mut |i, o| outcomes[i] = Some(o)).await;
         Ok(outcomes
             .into_iter()
             .map(|o| o.unwrap_or_else(|| Err(QueueError::unavailable_msg("rabbitmq: no confirm outcome"))))
@@ -703,7 +654,7 @@ impl Producer for RabbitProducer {
         report: &mut (dyn FnMut(usize, Result<(), QueueError>) + Send),
     ) {
         match self.shared.publishing.publisher().await {
-            Ok(ch) => self.publish_each(&ch, msgs, report).await,
+            Ok(lease) => self.publish_each(lease, msgs, report).await,
             Err(e) => (0..msgs.len()).for_each(|i| report(i, Err(e.clone()))),
         }
     }
@@ -718,13 +669,13 @@ impl Producer for RabbitProducer {
 }
 
 impl RabbitProducer {
-    /// Publishes every message on `ch`, then reports each outcome in
-    /// publish order as its confirm arrives (a message refused before the
-    /// wire gets its error in its place): the one loop behind `send_batch`
-    /// and `send_each`.
+    /// Publishes every message on the leased channel, then reports each
+    /// outcome in publish order as its confirm arrives (a message refused
+    /// before the wire gets its error in its place): the one loop behind
+    /// `send_batch` and `send_each`.
     async fn publish_each(
         &self,
-        ch: &Channel,
+        lease: publish::Lease<'_>,
         msgs: Vec<OutgoingMessage>,
         report: &mut (dyn FnMut(usize, Result<(), QueueError>) + Send),
     ) {
@@ -733,43 +684,22 @@ impl RabbitProducer {
         // One deadline for the batch: confirms awaited one after another
         // must not each get the whole timeout afresh.
         let deadline = tokio::time::Instant::now() + self.shared.confirm_timeout;
-        let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
-        let mut pending = Vec::with_capacity(msgs.len());
-        for m in &msgs {
-            if let Err(e) = m.check_size(limit) {
-                pending.push(Err(e));
-                continue;
-            }
-            if m.delay > topology::MAX_DELAY {
-                pending.push(Err(QueueError::Invalid(format!(
-                    "a delay of {:?} is longer than RabbitMQ's longest retry tier ({:?})",
-                    m.delay,
-                    topology::MAX_DELAY
-                ))));
-                continue;
-            }
-            let props = match wire::properties_for(m, now) {
-                Ok(p) => p,
-                Err(e) => {
-                    pending.push(Err(e));
-                    continue;
+        let items = msgs
+            .iter()
+            .map(|m| {
+                m.check_size(limit)?;
+                if m.delay > topology::MAX_DELAY {
+                    return Err(QueueError::Invalid(format!(
+                        "a delay of {:?} is longer than RabbitMQ's longest retry tier ({:?})",
+                        m.delay,
+                        topology::MAX_DELAY
+                    )));
                 }
-            };
-            let route = topology::route_for(&self.queue, m.delay);
-            pending
-                .push(bounded(left(), start_publish(ch, &route, &m.body, props)).await.map(|c| (route, c)));
-        }
-        for (i, p) in pending.into_iter().enumerate() {
-            report(
-                i,
-                match p {
-                    Ok((route, confirm)) => {
-                        finish_publish(&self.shared.publishing, ch, &route, confirm, left()).await
-                    }
-                    Err(e) => Err(e),
-                },
-            );
-        }
+                let props = wire::properties_for(m, now)?;
+                Ok((topology::route_for(&self.queue, m.delay), m.body.as_ref(), props))
+            })
+            .collect();
+        publish::publish_batch(lease, items, deadline, report).await;
     }
 }
 
@@ -988,6 +918,105 @@ mod tests {
     }
 
     crate::refusing_dlq_tests!(Rabbit);
+
+    /// One batch whose delayed messages are returned (their retry tier's
+    /// queue deleted by an operator) and whose others are stored: each
+    /// message gets its own outcome. The broker acks such a batch with
+    /// multiple acks, whose confirms lapin completes in no set order, each
+    /// taking whatever return came first.
+    #[tokio::test]
+    async fn a_batch_half_returned_reports_each_message_its_own_outcome() {
+        use crate::{Admin as _, Backend as _, OutgoingMessage, QueueSpec};
+        let b = connect().await;
+        let name = format!("conf-halfreturned-{:08x}", rand::random::<u32>());
+        b.ensure(&QueueSpec::new(&name)).await.expect("ensure");
+        let p = b.producer(&name).await.expect("producer");
+        let tier = super::topology::route_for(&name, Duration::from_millis(100));
+        assert_ne!(tier, name);
+        let ch = b.shared.consuming.channel(false).await.expect("channel");
+        ch.queue_delete(tier.as_str().into(), lapin::options::QueueDeleteOptions::default())
+            .await
+            .expect("delete the tier");
+        let mut wrong = Vec::new();
+        let mut stored = 0;
+        for round in 0..5 {
+            let msgs: Vec<OutgoingMessage> = (0..200)
+                .map(|i| {
+                    let mut m = OutgoingMessage::new(format!("r{round}m{i}"), "x");
+                    if i % 2 == 0 {
+                        m.delay = Duration::from_millis(100);
+                    }
+                    m
+                })
+                .collect();
+            for (i, outcome) in p.send_batch(msgs).await.expect("batch").into_iter().enumerate() {
+                match (i % 2 == 0, outcome) {
+                    (true, Ok(())) => {
+                        wrong.push(format!("r{round}m{i} reported stored, but its tier is gone"))
+                    }
+                    (false, Err(e)) => {
+                        wrong.push(format!("r{round}m{i} failed, but its queue is there: {e}"))
+                    }
+                    (false, Ok(())) => stored += 1,
+                    (true, Err(_)) => {}
+                }
+            }
+        }
+        assert!(wrong.is_empty(), "{} wrong outcomes: {wrong:?}", wrong.len());
+        assert_eq!(stored, 500);
+        let _ = b.delete_ensured().await;
+    }
+
+    /// Messages the broker returns as unroutable (their queue deleted) and
+    /// messages it stores, sent side by side, each get their own outcome:
+    /// every returned one an error, every stored one `Ok`. lapin hands a
+    /// `basic.return` to whichever confirm of the channel completes next,
+    /// in no set order when one ack covers several publishes; on a channel
+    /// shared by concurrent batches, a returned message was reported stored
+    /// (a 2xx for a message that went nowhere) and a stored one failed, in
+    /// about one run in three of 400 sends.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_returned_message_is_never_reported_stored() {
+        use crate::{Admin as _, Backend as _, OutgoingMessage, QueueSpec};
+        let b = connect().await;
+        let gone = format!("conf-returned-{:08x}", rand::random::<u32>());
+        let kept = format!("conf-stored-{:08x}", rand::random::<u32>());
+        b.ensure(&QueueSpec::new(&gone)).await.expect("ensure");
+        b.ensure(&QueueSpec::new(&kept)).await.expect("ensure");
+        let to_gone = b.producer(&gone).await.expect("producer");
+        let to_kept = b.producer(&kept).await.expect("producer");
+        let ch = b.shared.consuming.channel(false).await.expect("channel");
+        ch.queue_delete(gone.as_str().into(), lapin::options::QueueDeleteOptions::default())
+            .await
+            .expect("delete");
+        let mut sends = tokio::task::JoinSet::new();
+        for i in 0..1000 {
+            let p = if i % 2 == 0 { to_gone.clone() } else { to_kept.clone() };
+            sends.spawn(async move { (i, p.send(OutgoingMessage::new(format!("m{i}"), "x")).await) });
+        }
+        let mut stored = 0;
+        let mut wrong = Vec::new();
+        while let Some(joined) = sends.join_next().await {
+            let (i, outcome) = joined.expect("send task");
+            match (i % 2 == 0, outcome) {
+                (true, Ok(())) => wrong.push(format!("m{i} reported stored, but its queue is gone")),
+                (false, Err(e)) => wrong.push(format!("m{i} failed, but its queue is there: {e}")),
+                (false, Ok(())) => stored += 1,
+                (true, Err(_)) => {}
+            }
+        }
+        assert!(wrong.is_empty(), "{} wrong outcomes: {wrong:?}", wrong.len());
+        let mut s = b.stats(&kept).await.expect("stats");
+        for _ in 0..40 {
+            if s.visible == stored {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            s = b.stats(&kept).await.expect("stats");
+        }
+        assert_eq!(s.visible, stored);
+        let _ = b.delete_ensured().await;
+    }
 
     /// A queue that exists with other arguments is refused with the
     /// argument named, not a closed channel or a silent mismatch.
