@@ -199,6 +199,15 @@ async fn queue_stats_prints_a_table_or_json() {
     ] {
         assert!(metrics.contains(gauge), "missing {gauge}: {metrics}");
     }
+    // The oldest message's age; no retention, as the embedded queue keeps
+    // every message until consumed.
+    let age = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(r#"spillway_queue_oldest_message_age_seconds{queue="ingest"} "#))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no age gauge: {metrics}"));
+    assert!((0.0..60.0).contains(&age), "the three were sent moments ago: {age}");
+    assert!(!metrics.contains("spillway_queue_retention_seconds"), "{metrics}");
 
     let purge = ws.cli(&["dlq", "purge"]);
     assert!(!purge.status.success(), "purge without --yes must refuse");

@@ -59,6 +59,6 @@ pub mod testkit;
 pub use clock::Clock;
 pub use config::{connect, BackendConfig};
 pub use error::QueueError;
-pub use message::{DeadLetter, Delivery, OutgoingMessage, QueueStats, Receipt, ReceivedMessage};
+pub use message::{DeadLetter, Delivery, OutgoingMessage, QueueAge, QueueStats, Receipt, ReceivedMessage};
 pub use spec::{DeadLetterPolicy, QueueSpec};
 pub use traits::{Admin, Backend, Consumer, Nacked, Producer, PurgeTarget};

@@ -113,6 +113,22 @@ pub struct QueueStats {
     pub dead: u64,
 }
 
+/// How close a backlog is to being lost to the broker's retention: how long
+/// the queue keeps a message nobody consumed, and how old its oldest
+/// message still to be delivered is. An alert on the second nearing the
+/// first (docs/operations.md) comes before the broker deletes anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct QueueAge {
+    /// The broker deletes a message nobody consumed after this long; `None`
+    /// where it keeps it until consumed (the embedded queue, RabbitMQ
+    /// without a `message-ttl`).
+    pub retention: Option<Duration>,
+    /// The age of the oldest message still to be delivered (not dead):
+    /// zero when there is none, `None` where the backend cannot tell
+    /// (docs/backends.md says where).
+    pub oldest: Option<Duration>,
+}
+
 impl QueueStats {
     /// Everything that is still to be delivered (not dead).
     pub fn pending(&self) -> u64 {

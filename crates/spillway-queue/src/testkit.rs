@@ -118,6 +118,10 @@ pub struct Capabilities {
     /// Whether a send can carry its own delay (SQS FIFO: no). Where not, a
     /// delayed send is refused with `Invalid` and nothing is stored.
     pub per_message_delay: bool,
+    /// Whether `age` tells the oldest message's age (SQS gives it only to
+    /// CloudWatch; RabbitMQ's quorum queues do not tell it). Where not, it
+    /// is `None`.
+    pub oldest_age: bool,
 }
 
 impl Capabilities {
@@ -135,6 +139,7 @@ impl Capabilities {
             key_single_flight: true,
             release_counts: false,
             per_message_delay: true,
+            oldest_age: true,
         }
     }
 }
@@ -1250,6 +1255,46 @@ pub async fn foreign_messages_keep_unique_ids<H: ForeignProducer>(h: &H) {
     assert_eq!(dead_sorted, ids.keys().cloned().collect::<Vec<_>>(), "the dead letters keep the ids");
 }
 
+/// `age` counts from the oldest message still to be delivered: zero with
+/// none, growing while it waits, from the next one once it is acked, and
+/// zero again once the last is dead-lettered (a dead letter does not
+/// count). Where declared unknown, it is `None` throughout.
+pub async fn oldest_age_is_the_oldest_message_still_to_be_delivered<H: Harness>(h: &H) {
+    let b = h.backend().await;
+    let (name, p, c) = queue::<H>(&b, "age").await;
+    let known = H::capabilities().oldest_age;
+    let age = || async { b.age(&name).await.expect("age").oldest };
+    assert_eq!(age().await, known.then_some(Duration::ZERO), "an empty queue");
+    p.send(OutgoingMessage::new("a", "a")).await.expect("send");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    p.send(OutgoingMessage::new("b", "b")).await.expect("send");
+    let waited = age().await;
+    if known {
+        let waited = waited.expect("known");
+        assert!(
+            waited >= Duration::from_secs(2) && waited < Duration::from_secs(30),
+            "a waited 2 s: {waited:?}"
+        );
+    } else {
+        assert_eq!(waited, None);
+    }
+    let mut left = receive_n(&c, 2, WAIT * 2).await;
+    assert_eq!(left.len(), 2);
+    left.sort_by(|x, y| x.message.id.cmp(&y.message.id));
+    c.ack(&left[0]).await.expect("ack a");
+    let after = age().await;
+    if known {
+        let after = after.expect("known");
+        assert!(after < Duration::from_secs(2), "from b once a is acked: {after:?}");
+    } else {
+        assert_eq!(after, None);
+    }
+    c.dead_letter(&left[1], "bad").await.expect("dead letter b");
+    // A second on, a dead letter counted as waiting would show its age.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(age().await, known.then_some(Duration::ZERO), "only a dead letter left");
+}
+
 /// A message over its limit whose dead letter the DLQ refuses holds back
 /// nothing else: the messages received with it or after it are handed
 /// over at once and uncounted (not failed with it, left hidden until their
@@ -1393,7 +1438,8 @@ macro_rules! conformance_tests {
             unknown_queue_is_not_found,
             queues_are_isolated,
             dedup_key_drops_a_repeat,
-            sent_messages_survive_a_reopen
+            sent_messages_survive_a_reopen,
+            oldest_age_is_the_oldest_message_still_to_be_delivered
         );
     };
     (@each $harness:ty; $($name:ident),* $(,)?) => {

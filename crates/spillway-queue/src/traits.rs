@@ -8,7 +8,7 @@ use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 
-use crate::{DeadLetter, Delivery, OutgoingMessage, QueueError, QueueSpec, QueueStats};
+use crate::{DeadLetter, Delivery, OutgoingMessage, QueueAge, QueueError, QueueSpec, QueueStats};
 
 /// What a [`Consumer::nack`] did with the message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -249,6 +249,13 @@ pub trait Admin: Send + Sync {
     ///
     /// Safe: it only reads.
     async fn stats(&self, queue: &str) -> Result<QueueStats, QueueError>;
+    /// How long the queue keeps what is not consumed, and how old its
+    /// oldest message still to be delivered is.
+    ///
+    /// # Cancel safety
+    ///
+    /// Safe: it only reads.
+    async fn age(&self, queue: &str) -> Result<QueueAge, QueueError>;
     /// Up to `max` dead letters, oldest first, without removing them.
     ///
     /// # Cancel safety

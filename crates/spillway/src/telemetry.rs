@@ -14,8 +14,21 @@ use spillway_queue::Backend;
 pub(crate) const QUEUE_MESSAGES: &str = "spillway_queue_messages";
 /// Scrapes whose queue counts could not be read (the last values stay).
 pub(crate) const QUEUE_STATS_ERRORS: &str = "spillway_queue_stats_errors_total";
+/// The age of the oldest message still to be delivered, by queue, where
+/// the backend can tell (docs/backends.md): with
+/// [`QUEUE_RETENTION`], the alert before a broker's retention deletes a
+/// backlog (docs/operations.md).
+pub(crate) const QUEUE_OLDEST_AGE: &str = "spillway_queue_oldest_message_age_seconds";
+/// How long the broker keeps a message nobody consumed, by queue; absent
+/// where it keeps it until consumed.
+pub(crate) const QUEUE_RETENTION: &str = "spillway_queue_retention_seconds";
 /// A scrape waits this long for the backend's counts.
 const STATS_TIMEOUT: Duration = Duration::from_secs(2);
+/// The age is read again at most this often: on Kafka it fetches a record
+/// per partition behind, which a scrape every few seconds need not repeat.
+const AGE_EVERY: Duration = Duration::from_secs(30);
+/// A scrape waits this long for the age.
+const AGE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Seconds: from well under a millisecond (an fsync'd commit) to a 30 s sink call.
 const LATENCY_BUCKETS: [f64; 14] =
@@ -53,6 +66,8 @@ pub(crate) struct Metrics {
     handle: PrometheusHandle,
     backend: Arc<dyn Backend>,
     queues: Arc<[String]>,
+    /// When each queue's age was last read.
+    aged: Arc<std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>>,
 }
 
 impl Metrics {
@@ -64,7 +79,7 @@ impl Metrics {
         for q in queues.iter() {
             metrics::counter!(QUEUE_STATS_ERRORS, "queue" => q.clone()).absolute(0);
         }
-        Self { handle, backend, queues }
+        Self { handle, backend, queues, aged: Arc::default() }
     }
 
     pub(crate) async fn render(&self) -> String {
@@ -89,7 +104,34 @@ impl Metrics {
                     metrics::counter!(QUEUE_STATS_ERRORS, "queue" => q.clone()).increment(1);
                 }
             }
+            self.refresh_age(q).await;
         }
         self.handle.render()
+    }
+
+    /// Sets the age gauges of `q`, unless they were read less than
+    /// [`AGE_EVERY`] ago. A failed read keeps the last values.
+    async fn refresh_age(&self, q: &str) {
+        {
+            let mut aged = self.aged.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if aged.get(q).is_some_and(|at| at.elapsed() < AGE_EVERY) {
+                return;
+            }
+            aged.insert(q.to_owned(), std::time::Instant::now());
+        }
+        match tokio::time::timeout(AGE_TIMEOUT, self.backend.age(q)).await {
+            Ok(Ok(age)) => {
+                if let Some(oldest) = age.oldest {
+                    metrics::gauge!(QUEUE_OLDEST_AGE, "queue" => q.to_owned()).set(oldest.as_secs_f64());
+                }
+                if let Some(retention) = age.retention {
+                    metrics::gauge!(QUEUE_RETENTION, "queue" => q.to_owned()).set(retention.as_secs_f64());
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(queue = %q, error = %e, "metrics: cannot read the oldest message's age")
+            }
+            Err(_) => tracing::warn!(queue = %q, "metrics: the oldest message's age did not arrive in time"),
+        }
     }
 }

@@ -31,7 +31,7 @@ pub use self::durability::{Durability, CHECKPOINT_EVERY};
 use self::{durability::Checkpointer, ops::Handle, writer::Writer};
 use crate::{
     Admin, Backend, Clock, Consumer, DeadLetter, Delivery, Nacked, OutgoingMessage, Producer, PurgeTarget,
-    QueueError, QueueSpec, QueueStats,
+    QueueAge, QueueError, QueueSpec, QueueStats,
 };
 
 /// How often a long poll looks again when nothing in this process wakes it:
@@ -194,6 +194,15 @@ impl Admin for EmbeddedBackend {
     async fn stats(&self, queue: &str) -> Result<QueueStats, QueueError> {
         let (queue, now) = (queue.to_owned(), self.shared.now());
         self.read(move |c| ops::stats(c, &queue, now)).await
+    }
+
+    /// Kept until consumed; the oldest message's age on the read
+    /// connection (see [`ops::oldest_enqueued`] for its cost).
+    async fn age(&self, queue: &str) -> Result<QueueAge, QueueError> {
+        let (q, now) = (queue.to_owned(), self.shared.now());
+        let oldest = self.read(move |c| ops::oldest_enqueued(c, &q)).await?;
+        let age = oldest.map_or(0, |at| now.saturating_sub(at).max(0));
+        Ok(QueueAge { retention: None, oldest: Some(Duration::from_millis(u64::try_from(age).unwrap_or(0))) })
     }
 
     async fn peek_dead(&self, queue: &str, max: usize) -> Result<Vec<DeadLetter>, QueueError> {

@@ -561,6 +561,21 @@ pub(crate) fn stats(conn: &Connection, queue: &str, now: i64) -> Result<QueueSta
     })
 }
 
+/// When the queue's oldest message still to be delivered was sent (ms);
+/// `None` when there is none. By sequence (a retry keeps its row, so its
+/// first send), walking the table in row order: `+queue` keeps SQLite off
+/// the queue's indexes, which would visit every live row. It reads the
+/// rows before the first live one of the queue: dead letters and other
+/// queues' messages, not the backlog.
+pub(crate) fn oldest_enqueued(conn: &Connection, queue: &str) -> Result<Option<i64>, QueueError> {
+    policy(conn, queue)?;
+    conn.prepare_cached(
+        "SELECT enqueued_at FROM messages WHERE +queue = ?1 AND dead_at IS NULL ORDER BY seq LIMIT 1",
+    )
+    .and_then(|mut st| st.query_row([queue], |r| r.get(0)).optional())
+    .map_err(sql("oldest message"))
+}
+
 /// The counts by a full scan: what [`stats`] must always agree with.
 #[cfg(test)]
 pub(crate) fn stats_by_scan(conn: &Connection, queue: &str, now: i64) -> Result<QueueStats, QueueError> {

@@ -63,8 +63,8 @@ use self::{
     wire::Record,
 };
 use crate::{
-    spec::Specs, Admin, Backend, Clock, Consumer, DeadLetter, Producer, PurgeTarget, QueueError, QueueSpec,
-    QueueStats,
+    spec::Specs, Admin, Backend, Clock, Consumer, DeadLetter, Producer, PurgeTarget, QueueAge, QueueError,
+    QueueSpec, QueueStats,
 };
 
 /// `[queue] backend = "kafka"`.
@@ -600,7 +600,10 @@ impl KafkaBackend {
         let mut findings = Vec::new();
         if let Some(m) = minutes.filter(|m| Duration::from_secs(m.saturating_mul(60)) < want) {
             findings.push(format!(
-                "the brokers keep a consumer group's offsets for {m} minutes after its last commit                  (offsets.retention.minutes), less than the configured retention of {} minutes:                  consumers stopped longer than that start again at the oldest record (duplicates).                  Set offsets.retention.minutes to at least the retention",
+                "the brokers keep a consumer group's offsets for {m} minutes after its last commit \
+                 (offsets.retention.minutes), less than the configured retention of {} minutes: \
+                 consumers stopped longer than that start again at the oldest record (duplicates). \
+                 Set offsets.retention.minutes to at least the retention",
                 want.as_secs() / 60
             ));
         }
@@ -672,7 +675,10 @@ impl KafkaBackend {
     }
 
     /// Counts of the source and the retry tiers: (unsettled not held, held), per kind.
-    async fn counts(&self, queue: &str) -> Result<QueueStats, QueueError> {
+    /// Where the group stands in each partition the queue consumes:
+    /// `(topic, partition, position, end, commit metadata)`, the position
+    /// being the lowest record not settled (at least the low watermark).
+    async fn positions(&self, queue: &str) -> Result<Vec<(String, i32, i64, i64, String)>, QueueError> {
         let s = &self.shared;
         let group = s.config.group(queue);
         let parts = self.consumed_partitions(queue).await?;
@@ -689,10 +695,20 @@ impl KafkaBackend {
         let marks =
             futures::future::try_join_all(parts.iter().map(|(topic, p)| s.watermarks(queue, topic, *p)))
                 .await?;
+        Ok(parts
+            .into_iter()
+            .zip(marks)
+            .map(|((topic, p), (low, high))| {
+                let (off, md) = committed.remove(&(topic.clone(), p)).unwrap_or((None, String::new()));
+                (topic, p, off.unwrap_or(low).max(low), high, md)
+            })
+            .collect())
+    }
+
+    async fn counts(&self, queue: &str) -> Result<QueueStats, QueueError> {
+        let s = &self.shared;
         let mut stats = QueueStats::default();
-        for ((topic, p), (low, high)) in parts.into_iter().zip(marks) {
-            let (off, md) = committed.get(&(topic.clone(), p)).cloned().unwrap_or((None, String::new()));
-            let from = off.unwrap_or(low).max(low);
+        for (topic, _, from, high, md) in self.positions(queue).await? {
             let window = ledger::decode(from, &md);
             let held_now = window.unsettled.iter().filter(|(o, i)| i.held && **o < high).count() as u64;
             let unsettled =
@@ -711,6 +727,78 @@ impl KafkaBackend {
         let from = cursor.get(&(dlq, 0)).and_then(|(o, _)| *o).unwrap_or(low).max(low);
         stats.dead = u64::try_from(high - from).unwrap_or(0);
         Ok(stats)
+    }
+
+    /// The source topic's `retention.ms`; `None` for `-1` (kept until
+    /// deleted by hand).
+    async fn retention_of(&self, queue: &str) -> Result<Option<Duration>, QueueError> {
+        let opts = AdminOptions::new().request_timeout(Some(self.shared.timeout()));
+        let described = self
+            .shared
+            .admin
+            .describe_configs(&[ResourceSpecifier::Topic(queue)], &opts)
+            .await
+            .map_err(|e| queue_error("describe topic", queue, &e))?;
+        let resource = described
+            .into_iter()
+            .next()
+            .ok_or_else(|| QueueError::unavailable_msg("kafka: no answer for the topic's settings"))?
+            .map_err(|code| {
+                QueueError::unavailable_msg(format!("kafka: describe topic `{queue}`: {code}"))
+            })?;
+        let ms =
+            resource.get("retention.ms").and_then(|e| e.value.as_deref()).and_then(|v| v.parse::<i64>().ok());
+        Ok(ms.and_then(|ms| u64::try_from(ms).ok()).map(Duration::from_millis))
+    }
+
+    /// The broker timestamp (ms) of the oldest record at the given
+    /// positions: each is fetched once, by a reader of its own that commits
+    /// nothing. `None` if none arrived within the timeout.
+    async fn oldest_timestamp(
+        &self,
+        queue: &str,
+        at: Vec<(String, i32, i64)>,
+    ) -> Result<Option<i64>, QueueError> {
+        use rdkafka::Message as _;
+        let s = &self.shared;
+        let reader: BaseConsumer = s
+            .config
+            .client()
+            .set("group.id", format!("{}.age", s.config.group(queue)))
+            .set("enable.auto.commit", "false")
+            .set("fetch.wait.max.ms", "10")
+            .create()
+            .map_err(|e| queue_error("age reader", queue, &e))?;
+        let timeout = s.timeout();
+        Shared::blocking(move || {
+            let mut tpl = TopicPartitionList::new();
+            for (topic, p, o) in &at {
+                tpl.add_partition_offset(topic, *p, Offset::Offset(*o))?;
+            }
+            reader.assign(&tpl)?;
+            let mut left: HashMap<(String, i32), i64> =
+                at.into_iter().map(|(topic, p, o)| ((topic, p), o)).collect();
+            let deadline = std::time::Instant::now() + timeout;
+            let mut oldest: Option<i64> = None;
+            while !left.is_empty() && std::time::Instant::now() < deadline {
+                match reader.poll(Duration::from_millis(100)) {
+                    Some(Ok(m)) => {
+                        let tp = (m.topic().to_owned(), m.partition());
+                        if left.get(&tp).is_some_and(|o| m.offset() >= *o) {
+                            left.remove(&tp);
+                            if let Some(ts) = m.timestamp().to_millis() {
+                                oldest = Some(oldest.map_or(ts, |o| o.min(ts)));
+                            }
+                        }
+                    }
+                    Some(Err(e)) => return Err(e),
+                    None => {}
+                }
+            }
+            Ok(oldest)
+        })
+        .await?
+        .map_err(|e| queue_error("age reader", queue, &e))
     }
 
     /// Reads up to `max` dead letters from the cursor on: (offset, record).
@@ -823,6 +911,30 @@ impl Admin for KafkaBackend {
 
     async fn stats(&self, queue: &str) -> Result<QueueStats, QueueError> {
         self.counts(queue).await
+    }
+
+    /// The source topic's `retention.ms`, and the broker timestamp of the
+    /// oldest record the group has not settled, across the source and the
+    /// retry tiers (a retry's clock starts at its republish, as the
+    /// broker's retention does).
+    async fn age(&self, queue: &str) -> Result<QueueAge, QueueError> {
+        let retention = self.retention_of(queue).await?;
+        let behind: Vec<(String, i32, i64)> = self
+            .positions(queue)
+            .await?
+            .into_iter()
+            .filter(|(_, _, from, high, _)| from < high)
+            .map(|(topic, p, from, _, _)| (topic, p, from))
+            .collect();
+        if behind.is_empty() {
+            return Ok(QueueAge { retention, oldest: Some(Duration::ZERO) });
+        }
+        let now = self.shared.now_ms();
+        let oldest = self
+            .oldest_timestamp(queue, behind)
+            .await?
+            .map(|ts| Duration::from_millis(u64::try_from(now.saturating_sub(ts)).unwrap_or(0)));
+        Ok(QueueAge { retention, oldest })
     }
 
     async fn peek_dead(&self, queue: &str, max: usize) -> Result<Vec<DeadLetter>, QueueError> {

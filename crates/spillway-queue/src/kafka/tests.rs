@@ -150,6 +150,9 @@ async fn created_topics_carry_retention_cleanup_and_min_insync() {
         assert_eq!(got.get("retention.ms").map(String::as_str), Some("1209600000"), "{topic}: 14 days");
         assert_eq!(got.get("min.insync.replicas").map(String::as_str), Some("1"), "{topic}: replication 1");
     }
+    // What the retention alert divides by (`spillway_queue_retention_seconds`).
+    let age = crate::Admin::age(&b, &name).await.expect("age");
+    assert_eq!(age.retention, Some(Duration::from_secs(14 * 24 * 3600)));
 }
 
 /// A topic Spillway adopts (made by someone else) is checked: compaction

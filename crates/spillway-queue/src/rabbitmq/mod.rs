@@ -44,8 +44,8 @@ use time::OffsetDateTime;
 use self::wire::Headers;
 pub(crate) use crate::clock::ms_time;
 use crate::{
-    Admin, Backend, Clock, Consumer, DeadLetter, OutgoingMessage, Producer, PurgeTarget, QueueError,
-    QueueSpec, QueueStats,
+    Admin, Backend, Clock, Consumer, DeadLetter, OutgoingMessage, Producer, PurgeTarget, QueueAge,
+    QueueError, QueueSpec, QueueStats,
 };
 
 /// How long opening a connection may take before the call is `Timeout`.
@@ -88,8 +88,25 @@ impl Management {
 
     /// Messages delivered to consumers and not yet acknowledged.
     async fn unacked(&self, queue: &str) -> Result<u64, QueueError> {
+        let v = self.queue(queue, "messages_unacknowledged").await?;
+        Ok(v.get("messages_unacknowledged").and_then(serde_json::Value::as_u64).unwrap_or(0))
+    }
+
+    /// The message TTL in force on the queue: its `x-message-ttl`
+    /// argument, or else a policy's `message-ttl` (the lower of the two
+    /// wins, as the broker applies them).
+    async fn message_ttl(&self, queue: &str) -> Result<Option<Duration>, QueueError> {
+        let v = self.queue(queue, "arguments,effective_policy_definition").await?;
+        let arg = v.pointer("/arguments/x-message-ttl").and_then(serde_json::Value::as_u64);
+        let policy =
+            v.pointer("/effective_policy_definition/message-ttl").and_then(serde_json::Value::as_u64);
+        Ok(arg.into_iter().chain(policy).min().map(Duration::from_millis))
+    }
+
+    /// The queue's fields `columns` from `GET /api/queues/{vhost}/{queue}`.
+    async fn queue(&self, queue: &str, columns: &str) -> Result<serde_json::Value, QueueError> {
         let name = queue.replace('%', "%25").replace('/', "%2F");
-        let url = format!("{}/api/queues/{}/{name}?columns=messages_unacknowledged", self.base, self.vhost);
+        let url = format!("{}/api/queues/{}/{name}?columns={columns}", self.base, self.vhost);
         let res = self
             .http
             .get(&url)
@@ -102,9 +119,7 @@ impl Management {
         }
         let res =
             res.error_for_status().map_err(|e| QueueError::unavailable("rabbitmq management API", e))?;
-        let v: serde_json::Value =
-            res.json().await.map_err(|e| QueueError::unavailable("rabbitmq management API answer", e))?;
-        Ok(v.get("messages_unacknowledged").and_then(serde_json::Value::as_u64).unwrap_or(0))
+        res.json().await.map_err(|e| QueueError::unavailable("rabbitmq management API answer", e))
     }
 }
 
@@ -485,6 +500,19 @@ impl Admin for RabbitBackend {
         counted
     }
 
+    /// Spillway's queues keep a message until consumed; an operator's
+    /// `message-ttl` policy (read through `management_url`) is the
+    /// retention. The oldest message's age is not told for a quorum queue
+    /// (the management API has it for classic queues only, and reading the
+    /// head with `basic.get` would count a receive): `None`.
+    async fn age(&self, queue: &str) -> Result<QueueAge, QueueError> {
+        let retention = match &self.shared.management {
+            Some(m) => m.message_ttl(queue).await?,
+            None => None,
+        };
+        Ok(QueueAge { retention, oldest: None })
+    }
+
     /// Takes up to `max` dead letters without acking them, then closes the
     /// channel, which returns them to the DLQ.
     async fn peek_dead(&self, queue: &str, max: usize) -> Result<Vec<DeadLetter>, QueueError> {
@@ -788,6 +816,8 @@ mod tests {
                 // `basic.get` takes the queue's head, whatever its key:
                 // workers side by side hold one key's messages at once.
                 key_single_flight: false,
+                // Quorum queues do not tell the head's age.
+                oldest_age: false,
                 ..Capabilities::embedded()
             }
         }
@@ -904,6 +934,36 @@ mod tests {
                 .expect("the management API");
             assert!(res.status().is_success(), "clear the policy: {}", res.status());
         }
+    }
+
+    /// Spillway's queues keep a message until consumed (no retention);
+    /// an operator's `message-ttl` policy is the retention `age` reports,
+    /// which the retention alert divides by.
+    #[tokio::test]
+    async fn a_message_ttl_policy_is_the_retention() {
+        use crate::{Admin as _, QueueSpec};
+        let b = connect().await;
+        let name = format!("conf-ttl-{:08x}", rand::random::<u32>());
+        b.ensure(&QueueSpec::new(&name)).await.expect("ensure");
+        assert_eq!(b.age(&name).await.expect("age").retention, None);
+        let policy = format!("policies/%2F/ttl-{name}");
+        let body = serde_json::json!({
+            "pattern": format!("^{name}$"), "apply-to": "queues", "priority": 10,
+            "definition": { "message-ttl": 3_600_000 },
+        });
+        let res = management(reqwest::Method::PUT, &policy).json(&body).send().await.expect("management API");
+        assert!(res.status().is_success(), "{}", res.status());
+        let mut got = None;
+        for _ in 0..40 {
+            got = b.age(&name).await.expect("age").retention;
+            if got.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        let _ = management(reqwest::Method::DELETE, &policy).send().await;
+        assert_eq!(got, Some(Duration::from_secs(3600)));
+        let _ = b.delete_ensured().await;
     }
 
     /// A call to the test broker's management API.

@@ -56,7 +56,7 @@ use serde::{Deserialize, Serialize};
 
 use self::wire::Decoded;
 use crate::{
-    clock::ms_time, Admin, Backend, Clock, Consumer, DeadLetter, Producer, PurgeTarget, QueueError,
+    clock::ms_time, Admin, Backend, Clock, Consumer, DeadLetter, Producer, PurgeTarget, QueueAge, QueueError,
     QueueSpec, QueueStats,
 };
 
@@ -808,6 +808,19 @@ impl Admin for SqsBackend {
                 + count(&dlq, QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
                 + count(&dlq, QueueAttributeName::ApproximateNumberOfMessagesDelayed),
         })
+    }
+
+    /// The queue's `MessageRetentionPeriod`. SQS tells the oldest message's
+    /// age only to CloudWatch (`ApproximateAgeOfOldestMessage`, which the
+    /// documented alert uses): `None` here.
+    async fn age(&self, queue: &str) -> Result<QueueAge, QueueError> {
+        let info = self.shared.info(queue).await?;
+        let attrs = self.shared.attributes(queue, &info.url).await?;
+        let retention = attrs
+            .get(&QueueAttributeName::MessageRetentionPeriod)
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(Duration::from_secs);
+        Ok(QueueAge { retention, oldest: None })
     }
 
     /// Receives up to `max` dead letters, then makes them visible again.

@@ -70,6 +70,8 @@ fn sqs_capabilities() -> Capabilities {
         // SQS takes whole seconds; 2 s leaves room on a loaded machine.
         visibility: Duration::from_secs(2),
         stats: StatsAccuracy::Converges { within: Duration::from_secs(5) },
+        // SQS tells the oldest message's age only to CloudWatch.
+        oldest_age: false,
         ..Capabilities::embedded()
     }
 }
@@ -275,6 +277,9 @@ async fn created_queues_keep_messages_for_the_retention_and_short_adopted_ones_a
     let attrs = b.shared.attributes(&name, &url).await.expect("attributes");
     assert_eq!(attrs.get(&QueueAttributeName::MessageRetentionPeriod).map(String::as_str), Some("1209600"));
     assert_eq!(super::short_retention(&name, &attrs, Duration::from_secs(1_209_600)), None);
+    // What the retention alert divides by (`spillway_queue_retention_seconds`).
+    let age = crate::Admin::age(&b, &name).await.expect("age");
+    assert_eq!(age.retention, Some(Duration::from_secs(1_209_600)));
     let adopted = format!("conf-adopted-{:08x}", rand::random::<u32>());
     let made = b
         .shared
