@@ -121,6 +121,22 @@ impl From<QueueError> for ApiError {
     }
 }
 
+impl ApiError {
+    /// What the client is told. A server-side failure's details (a
+    /// broker's error text: an AWS account id, a role's ARN, a host name)
+    /// are for the log, which has them; the client needs only to know that
+    /// its message was not stored and when to retry.
+    fn public_message(&self) -> String {
+        match self {
+            Self::Unavailable(_) => format!(
+                "the queue could not store the message now; nothing was stored, retry after {RETRY_AFTER_SECS} s"
+            ),
+            Self::Internal(_) => "internal error; nothing was stored".to_owned(),
+            other => other.to_string(),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
@@ -131,7 +147,7 @@ impl IntoResponse for ApiError {
         } else {
             tracing::debug!(error = %self, code = self.code(), "request refused");
         }
-        let mut body = json!({ "error": { "code": self.code(), "message": self.to_string() } });
+        let mut body = json!({ "error": { "code": self.code(), "message": self.public_message() } });
         if let Self::SchemaViolation { details, .. } = &self {
             body["error"]["details"] =
                 details.iter().map(|v| json!({ "path": v.path, "message": v.message })).collect();
@@ -248,5 +264,21 @@ mod queue_error_tests {
         let unavailable = ApiError::from(QueueError::unavailable_msg("broker gone")).into_response();
         assert_eq!(unavailable.status(), 503);
         assert!(unavailable.headers().contains_key(header::RETRY_AFTER));
+    }
+
+    /// A 503's body says what the client needs (not stored, retry), never
+    /// the broker's text: an AWS refusal names the account and the role.
+    #[tokio::test]
+    async fn a_503_body_keeps_the_brokers_details_to_the_log() {
+        let aws = "sqs send on `q`: AccessDenied: User: arn:aws:sts::123456789012:assumed-role/ingest/i-0 \
+                   is not authorized to perform: sqs:sendmessage";
+        let res = ApiError::from(QueueError::unavailable_msg(aws)).into_response();
+        assert_eq!(res.status(), 503);
+        let body = axum::body::to_bytes(res.into_body(), 4096).await.expect("body");
+        let v: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+        assert_eq!(v["error"]["code"], "queue_unavailable");
+        let message = v["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("retry"), "{message}");
+        assert!(!message.contains("123456789012") && !message.contains("arn:"), "{message}");
     }
 }

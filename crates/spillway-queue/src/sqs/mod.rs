@@ -193,10 +193,8 @@ where
             if code.contains("NonExistentQueue") || code == "QueueDoesNotExist" {
                 return QueueError::NotFound(queue.to_owned());
             }
-            let throttled =
-                code.contains("Throttl") || code.contains("OverLimit") || code.contains("RequestThrottled");
-            if !throttled && status.is_some_and(|s| (400..500).contains(&s)) {
-                let msg = s.err().message().unwrap_or_default();
+            let msg = s.err().message().unwrap_or_default();
+            if status.is_some_and(|s| (400..500).contains(&s)) && message_at_fault(code, msg) {
                 return QueueError::Rejected(format!("sqs {what} on `{queue}`: {code}: {msg}"));
             }
         }
@@ -206,6 +204,22 @@ where
         reason: format!("sqs {what} on `{queue}`: {}", describe(&e)),
         source: Some(Arc::new(e)),
     }
+}
+
+/// Whether SQS refused because of the message itself (its contents or
+/// its size, or a batch too long, which Spillway then sends one by one):
+/// only then is it the client's fault, a 422 that retrying cannot help.
+/// Every other refusal is the operator's or Spillway's — credentials
+/// (`ExpiredToken`, `InvalidClientTokenId`), permissions (`AccessDenied`),
+/// KMS keys (`KmsAccessDenied`, `KmsDisabled`…), quotas and throttling,
+/// clock skew (`RequestExpired`, `SignatureDoesNotMatch`): `Unavailable`,
+/// a 503 with `Retry-After`, so the client keeps its data and retries (API
+/// Gateway answered 5xx there too). A 4xx never tells a client to drop
+/// data over an IAM slip.
+pub(crate) fn message_at_fault(code: &str, message: &str) -> bool {
+    let code = code.rsplit('.').next().unwrap_or(code);
+    matches!(code, "InvalidMessageContents" | "MessageTooLong" | "BatchRequestTooLong")
+        || (code == "InvalidParameterValue" && message.contains("shorter than"))
 }
 
 /// The error and its causes on one line: the SDK's own `Display` says only
@@ -418,12 +432,23 @@ impl Shared {
             }
             let mut retry = Vec::new();
             for failed in result.failed() {
-                if failed.sender_fault() {
-                    let msg = failed.message().unwrap_or_default();
+                let msg = failed.message().unwrap_or_default();
+                if failed.sender_fault() && message_at_fault(failed.code(), msg) {
                     out.push((
                         failed.id().to_owned(),
                         Err(QueueError::Rejected(format!(
                             "sqs refused the message: {}: {msg}",
+                            failed.code()
+                        ))),
+                    ));
+                } else if failed.sender_fault() {
+                    // The account's, not the message's (a KMS key, a
+                    // permission): retrying now will not help, the client
+                    // retrying later may.
+                    out.push((
+                        failed.id().to_owned(),
+                        Err(QueueError::unavailable_msg(format!(
+                            "sqs did not store the message in `{queue}`: {}: {msg}",
                             failed.code()
                         ))),
                     ));

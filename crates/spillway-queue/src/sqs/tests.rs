@@ -511,6 +511,39 @@ fn every_way_sqs_says_a_receipt_is_stale_is_recognised() {
     assert!(!stale_receipt("AccessDenied", ""));
 }
 
+/// Only a refusal of the message itself is the client's fault (422): the
+/// operator's errors — IAM, credentials, KMS, clock skew, quotas — are
+/// 503s the client retries, never a 4xx that tells it to drop its data.
+/// (The codes and texts are AWS's; no test server here sends them.)
+#[test]
+fn only_a_refusal_of_the_message_itself_is_the_clients_fault() {
+    use super::message_at_fault;
+    for (code, msg) in [
+        (
+            "InvalidParameterValue",
+            "One or more parameters are invalid. Reason: Message must be shorter than 262144 bytes.",
+        ),
+        ("AWS.SimpleQueueService.BatchRequestTooLong", "Batch requests cannot be longer than 262144 bytes"),
+        ("InvalidMessageContents", "Invalid binary character '#x1B' was found in the message body"),
+    ] {
+        assert!(message_at_fault(code, msg), "{code}");
+    }
+    for (code, msg) in [
+        ("AccessDenied", "User: arn:aws:sts::123456789012:assumed-role/ingest/i-0 is not authorized to perform: sqs:sendmessage on resource: arn:aws:sqs:eu-west-1:123456789012:my-queue because no identity-based policy allows the sqs:sendmessage action"),
+        ("ExpiredToken", "The security token included in the request is expired"),
+        ("InvalidClientTokenId", "The security token included in the request is invalid."),
+        ("SignatureDoesNotMatch", "Signature expired: 20261207T080000Z is now earlier than 20261207T081500Z"),
+        ("RequestExpired", "Request has expired."),
+        ("KmsAccessDenied", "The ciphertext refers to a customer master key that does not exist"),
+        ("KMS.DisabledException", "arn:aws:kms:eu-west-1:123456789012:key/1 is disabled."),
+        ("InvalidParameterValue", "Value 43200 for parameter VisibilityTimeout is invalid."),
+        ("RequestThrottled", "Rate exceeded"),
+        ("OverLimit", "too many in flight"),
+    ] {
+        assert!(!message_at_fault(code, msg), "{code} is the operator's");
+    }
+}
+
 /// An adopted queue whose visibility timeout is 0: a message one consumer
 /// holds is not handed to another at once (the receive hides it itself),
 /// on both servers.
