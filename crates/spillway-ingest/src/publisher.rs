@@ -89,7 +89,10 @@ async fn run(
     mut rx: mpsc::Receiver<Pending>,
     cfg: PublisherConfig,
 ) {
-    let in_flight = cfg.max_in_flight_for(producer.confirms_each());
+    let in_flight = match (cfg.max_in_flight, producer.max_batches_in_flight()) {
+        (None, Some(bound)) => cfg.max_in_flight_for(producer.confirms_each()).min(bound.max(1)),
+        _ => cfg.max_in_flight_for(producer.confirms_each()),
+    };
     let slots = Arc::new(Semaphore::new(in_flight));
     let metrics = Arc::new(PublishMetrics::new(&queue));
     let timeout = cfg.send_timeout;
@@ -348,6 +351,8 @@ mod tests {
     /// Holds every batch for `hold` and records how many were in flight.
     struct Peak {
         each: bool,
+        /// What the backend says of its own bound.
+        bound: Option<usize>,
         hold: Duration,
         now: AtomicUsize,
         peak: AtomicUsize,
@@ -355,7 +360,7 @@ mod tests {
 
     impl Peak {
         fn new(each: bool, hold: Duration) -> Arc<Self> {
-            Arc::new(Self { each, hold, now: AtomicUsize::new(0), peak: AtomicUsize::new(0) })
+            Arc::new(Self { each, bound: None, hold, now: AtomicUsize::new(0), peak: AtomicUsize::new(0) })
         }
     }
 
@@ -376,6 +381,35 @@ mod tests {
         }
         fn confirms_each(&self) -> bool {
             self.each
+        }
+        fn max_batches_in_flight(&self) -> Option<usize> {
+            self.bound
+        }
+    }
+
+    /// A backend that publishes at most 8 batches at once (RabbitMQ's
+    /// channels) gets no more; a configured `max_in_flight` still wins.
+    #[tokio::test(start_paused = true)]
+    async fn batches_in_flight_stay_within_the_backends_own_bound() {
+        for (configured, expected) in [(None, 8), (Some(16), 16)] {
+            let producer = Arc::new(Peak {
+                each: true,
+                bound: Some(8),
+                hold: Duration::from_secs(1),
+                now: AtomicUsize::new(0),
+                peak: AtomicUsize::new(0),
+            });
+            let cfg = PublisherConfig {
+                max_batch: 1,
+                max_in_flight: configured,
+                send_timeout: Duration::from_secs(60),
+                ..PublisherConfig::default()
+            };
+            let p = Arc::new(Publisher::spawn("q", producer.clone(), &cfg));
+            for t in publish_at_once(&p, 100) {
+                t.await.expect("task").expect("stored");
+            }
+            assert_eq!(producer.peak.load(Ordering::SeqCst), expected, "configured: {configured:?}");
         }
     }
 

@@ -116,6 +116,14 @@ pub trait Producer: Send + Sync {
     fn confirms_each(&self) -> bool {
         false
     }
+
+    /// The most batches the backend publishes at once, where it has such a
+    /// bound (RabbitMQ: one confirm channel per batch, `publisher_channels`
+    /// of them): the gateway keeps no more in flight, so a request waits
+    /// in a fuller batch rather than in a small one queued for a channel.
+    fn max_batches_in_flight(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// Receives from one queue. At-least-once: a delivery that is not acked comes

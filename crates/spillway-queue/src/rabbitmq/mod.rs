@@ -156,15 +156,16 @@ pub struct RabbitConfig {
     /// How many batches may publish at once. Each holds a confirm channel
     /// of its own until its last confirm is in (so a returned message is
     /// paired with its own publish, and one batch's channel error fails no
-    /// other); channels are kept for the next batch. The default matches
-    /// ingest's batches in flight per queue for a broker that confirms
-    /// each message (64): fewer makes batches wait for a channel.
+    /// other); channels are kept for the next batch. Ingest keeps no more
+    /// batches in flight than this, so they fill up while they wait. 8
+    /// measured as fast as the shared channel before it (64 channels with 64
+    /// small batches took twice the gateway's CPU; docs/benchmarks.md).
     #[serde(default = "default_publisher_channels")]
     pub publisher_channels: usize,
 }
 
 fn default_publisher_channels() -> usize {
-    64
+    8
 }
 
 fn default_connection_name() -> String {
@@ -331,6 +332,8 @@ struct Shared {
     consuming: Link,
     clock: Clock,
     confirm_timeout: Duration,
+    /// `publisher_channels`: batches publishing at once.
+    publisher_channels: usize,
     management: Option<Management>,
     /// The policies of queues ensured by this process.
     specs: crate::spec::Specs,
@@ -439,6 +442,7 @@ impl RabbitBackend {
                 consuming,
                 clock,
                 confirm_timeout,
+                publisher_channels: cfg.publisher_channels.max(1),
                 management,
                 specs: crate::spec::Specs::default(),
             }),
@@ -693,6 +697,10 @@ impl Producer for RabbitProducer {
 
     fn confirms_each(&self) -> bool {
         true
+    }
+
+    fn max_batches_in_flight(&self) -> Option<usize> {
+        Some(self.shared.publisher_channels)
     }
 }
 
