@@ -120,6 +120,14 @@ install_rabbit() {
   apt_install rabbitmq-server
 }
 
+# A dead letter the DLQ refused is held by the broker (at-least-once
+# dead-lettering) and sent again after this long: 3 minutes by default, 5 s
+# here so the kit sees it arrive. Read when a queue starts; lost when the
+# node restarts, so set after every start and heal.
+tune_rabbit() {
+  rabbitmqctl -q eval 'application:set_env(rabbit, dead_letter_worker_publisher_confirm_timeout, 5000).' >/dev/null 2>&1 || true
+}
+
 up_rabbit() {
   if have_rabbit; then log "RabbitMQ is up on $AMQP_PORT"; else
     install_rabbit
@@ -129,11 +137,6 @@ up_rabbit() {
   fi
   # The AMQP port opens before the broker takes connections.
   rabbitmqctl -q await_startup >/dev/null 2>&1 || sleep 5
-  # A dead letter the DLQ refused is held by the broker (at-least-once
-  # dead-lettering) and sent again after this long: 3 minutes by default,
-  # 5 s here so the kit sees it arrive. Read when a queue starts; reset by
-  # a restart, so set on every `up`.
-  rabbitmqctl -q eval 'application:set_env(rabbit, dead_letter_worker_publisher_confirm_timeout, 5000).' >/dev/null 2>&1 || true
   # The management plugin's HTTP API: the rabbitmq backend reads the count
   # of held (unacknowledged) messages from it. Enabling needs no restart.
   if ! have_rabbit_management; then
@@ -540,7 +543,7 @@ status() {
 }
 
 case "${1:-up}" in
-  up) up_pg; up_rabbit; heal_rabbit "rabbit@$(hostname -s)"; up_venv; up_moto; up_elasticmq; up_kafka; up_chromium; up_kustomize ;;
+  up) up_pg; up_rabbit; heal_rabbit "rabbit@$(hostname -s)"; tune_rabbit; up_venv; up_moto; up_elasticmq; up_kafka; up_chromium; up_kustomize ;;
   cluster)
     case "${2:-}" in
       kafka) up_kafka_cluster ;;
@@ -551,7 +554,7 @@ case "${1:-up}" in
       *) echo "usage: $0 cluster kafka|rabbitmq|rabbitmq-fresh" >&2; exit 2 ;;
     esac ;;
   # The single-node RabbitMQ alone, healed after a kill -9 (the outage test's restart).
-  rabbitmq) up_rabbit; heal_rabbit "rabbit@$(hostname -s)" ;;
+  rabbitmq) up_rabbit; heal_rabbit "rabbit@$(hostname -s)"; tune_rabbit ;;
   fresh-kafka) fresh_kafka ;;
   kafka-node) shift; run_kafka_node "$@" ;;
   elasticmq-node) shift; run_elasticmq_node "$@" ;;

@@ -403,6 +403,20 @@ impl Shared {
         Ok(r)
     }
 
+    /// A reader of its own, for fetching a few records at given offsets
+    /// (dead letters to peek, the oldest record's timestamp): in `group`,
+    /// which it never commits to; the broker answers a fetch without
+    /// waiting for more data.
+    fn one_off_reader(&self, queue: &str, group: String, what: &str) -> Result<BaseConsumer, QueueError> {
+        self.config
+            .client()
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("fetch.wait.max.ms", "10")
+            .create()
+            .map_err(|e| queue_error(what, queue, &e))
+    }
+
     /// The committed offset (or `None`) and metadata of each partition.
     pub(crate) async fn committed(
         self: &Arc<Self>,
@@ -761,14 +775,7 @@ impl KafkaBackend {
     ) -> Result<Option<i64>, QueueError> {
         use rdkafka::Message as _;
         let s = &self.shared;
-        let reader: BaseConsumer = s
-            .config
-            .client()
-            .set("group.id", format!("{}.age", s.config.group(queue)))
-            .set("enable.auto.commit", "false")
-            .set("fetch.wait.max.ms", "10")
-            .create()
-            .map_err(|e| queue_error("age reader", queue, &e))?;
+        let reader = s.one_off_reader(queue, format!("{}.age", s.config.group(queue)), "age reader")?;
         let timeout = s.timeout();
         Shared::blocking(move || {
             let mut tpl = TopicPartitionList::new();
@@ -813,14 +820,7 @@ impl KafkaBackend {
             return Ok((from, Vec::new()));
         }
         let want = usize::try_from(high - from).unwrap_or(usize::MAX).min(max);
-        let reader: BaseConsumer = s
-            .config
-            .client()
-            .set("group.id", format!("{}.peek", s.config.dlq_group(queue)))
-            .set("enable.auto.commit", "false")
-            .set("fetch.wait.max.ms", "10")
-            .create()
-            .map_err(|e| queue_error("dlq reader", queue, &e))?;
+        let reader = s.one_off_reader(queue, format!("{}.peek", s.config.dlq_group(queue)), "dlq reader")?;
         let timeout = s.timeout();
         let records = Shared::blocking(move || {
             let mut tpl = TopicPartitionList::new();
