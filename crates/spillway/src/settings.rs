@@ -18,7 +18,7 @@ use std::{
 
 use anyhow::bail;
 use figment::{
-    providers::{Env, Format, Toml},
+    providers::{Env, Format, Serialized, Toml},
     Figment,
 };
 use serde::{Deserialize, Serialize};
@@ -115,6 +115,24 @@ impl Default for LogConfig {
     }
 }
 
+/// `SPILLWAY_QUEUE__OPTIONS__<property>`, after the `SPILLWAY_` prefix.
+const OPTIONS_ENV: &str = "queue__options__";
+
+/// `SPILLWAY_QUEUE__OPTIONS__SASL.PASSWORD=…` as `queue.options` =
+/// `{"sasl.password": …}`. A librdkafka property's name has dots, and the
+/// environment provider nests on every dot after splitting on `__`, so it
+/// read `options.sasl.password` as a table and refused the configuration:
+/// these variables are read here, the rest of the name kept as one key
+/// (lowercased, as librdkafka names are).
+fn queue_options_from(vars: impl Iterator<Item = (String, String)>) -> BTreeMap<String, String> {
+    vars.filter_map(|(k, v)| {
+        let k = k.to_ascii_lowercase();
+        let property = k.strip_prefix("spillway_")?.strip_prefix(OPTIONS_ENV)?;
+        (!property.is_empty()).then(|| (property.to_owned(), v))
+    })
+    .collect()
+}
+
 impl Settings {
     /// Defaults, then the file (which must exist if given), then the environment.
     pub(crate) fn figment(file: Option<&Path>) -> anyhow::Result<Figment> {
@@ -131,12 +149,17 @@ impl Settings {
         // `SPILLWAY_TEST_*` belongs to the test and bench harness (where
         // its brokers are), never to a setting: a shell that exports one
         // must not make every `spillway` it starts refuse its config.
-        Ok(f.merge(
+        let f = f.merge(
             Env::prefixed("SPILLWAY_")
-                .filter(|k| !k.as_str().to_ascii_lowercase().starts_with("test_"))
+                .filter(|k| {
+                    let k = k.as_str().to_ascii_lowercase();
+                    !k.starts_with("test_") && !k.starts_with(OPTIONS_ENV)
+                })
                 .split("__")
                 .ignore(&["config"]),
-        ))
+        );
+        let options = queue_options_from(std::env::vars());
+        Ok(if options.is_empty() { f } else { f.merge(Serialized::default("queue.options", options)) })
     }
 
     /// Extracts and compiles. The error names the key.
@@ -318,6 +341,37 @@ mod tests {
             let (s, _) = Settings::load(Some(Path::new("spillway.toml"))).map_err(|e| e.to_string())?;
             assert_eq!(s.queue.kind(), "memory");
             assert_eq!(s.server.listen.port(), 9100);
+            Ok(())
+        });
+    }
+
+    /// A librdkafka property with dots, from the environment, as the
+    /// docs show it (`SPILLWAY_QUEUE__OPTIONS__SASL.PASSWORD`): one key in
+    /// `queue.options`, merged with the file's, and masked by `config
+    /// check`. It could not parse before (the dots nested it).
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's own error type
+    fn kafka_options_with_dots_come_from_the_environment() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "spillway.toml",
+                "[queue]\nbackend = \"kafka\"\nbrokers = \"k:9092\"\n[queue.options]\n\"security.protocol\" = \"SASL_SSL\"\n",
+            )?;
+            jail.set_env("SPILLWAY_QUEUE__OPTIONS__SASL.PASSWORD", "hunter2");
+            jail.set_env("SPILLWAY_QUEUE__OPTIONS__SASL.MECHANISM", "SCRAM-SHA-512");
+            let (s, _) = Settings::load(Some(Path::new("spillway.toml"))).map_err(|e| e.to_string())?;
+            let BackendConfig::Kafka(k) = &s.queue else { return Err("not kafka".into()) };
+            let got: Vec<(&str, &str)> = k.options.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            assert_eq!(
+                got,
+                [
+                    ("sasl.mechanism", "SCRAM-SHA-512"),
+                    ("sasl.password", "hunter2"),
+                    ("security.protocol", "SASL_SSL")
+                ]
+            );
+            let text = s.masked().to_string();
+            assert!(!text.contains("hunter2"), "{text}");
             Ok(())
         });
     }
