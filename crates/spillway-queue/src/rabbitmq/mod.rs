@@ -650,7 +650,9 @@ impl Backend for RabbitBackend {
         let ch = self.shared.consuming.channel(false).await?;
         close_channel(&ch, self.shared.consuming.timeout, "ready");
         // Not ready while the broker blocks publishing (a resource alarm).
-        self.shared.publishing.publisher().await.map(|mut lease| lease.keep())
+        // Not a lease: under load every publishing channel is busy, and a
+        // probe waiting for one would call a busy gateway unready.
+        self.shared.publishing.unblocked().await
     }
 }
 
@@ -986,6 +988,20 @@ mod tests {
     }
 
     crate::refusing_dlq_tests!(Rabbit);
+
+    /// Readiness does not wait for a publishing channel: with every one
+    /// leased (a gateway under load), the probe still answers at once.
+    #[tokio::test]
+    async fn readiness_does_not_wait_for_a_busy_publishing_channel() {
+        let b = connect().await;
+        let mut held = Vec::new();
+        for _ in 0..b.shared.publisher_channels {
+            held.push(b.shared.publishing.publisher().await.expect("a lease"));
+        }
+        let probe = tokio::time::timeout(Duration::from_secs(2), crate::Backend::ready(&b)).await;
+        assert!(matches!(probe, Ok(Ok(()))), "{probe:?}");
+        drop(held);
+    }
 
     /// One batch whose delayed messages are returned (their retry tier's
     /// queue deleted by an operator) and whose others are stored: each
