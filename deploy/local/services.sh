@@ -62,6 +62,35 @@ stop_pidfile() { # PIDFILE PORT
   rm -f "$1"
 }
 
+# ----------------------------------------------------------------------- TLS
+# A throwaway certificate authority for the TLS tests, made once per machine
+# in $TLS_DIR: the test servers (Kafka's SSL and SASL_SSL listeners,
+# PostgreSQL, RabbitMQ's amqps listener) present server.crt, for localhost
+# and 127.0.0.1, signed by ca.crt; client.crt is a client certificate signed
+# by the same CA; other-ca.crt signed nothing here (the wrong-CA tests).
+TLS_DIR="$STATE/tls"
+TLS_PASS=spillway-test # of server.p12 (Kafka's keystore); a test secret
+
+up_tls() {
+  [ -f "$TLS_DIR/server.p12" ] && [ -f "$TLS_DIR/client.crt" ] && return 0
+  log "making a test CA and certificates in $TLS_DIR"
+  rm -rf "$TLS_DIR"; mkdir -p "$TLS_DIR"
+  (
+    cd "$TLS_DIR"
+    ossl() { openssl "$@" >>openssl.log 2>&1 || die "openssl $1 failed; see $TLS_DIR/openssl.log"; }
+    ossl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=Spillway test CA" -keyout ca.key -out ca.crt
+    ossl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=Some other CA" -keyout other-ca.key -out other-ca.crt
+    printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' >server.ext
+    printf 'extendedKeyUsage=clientAuth\n' >client.ext
+    ossl req -newkey rsa:2048 -nodes -subj "/CN=localhost" -keyout server.key -out server.csr
+    ossl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 -extfile server.ext -out server.crt
+    ossl req -newkey rsa:2048 -nodes -subj "/CN=spillway" -keyout client.key -out client.csr
+    ossl x509 -req -in client.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 -extfile client.ext -out client.crt
+    ossl pkcs12 -export -in server.crt -inkey server.key -out server.p12 -passout "pass:$TLS_PASS"
+    chmod 0644 ./*.crt ./*.key ./*.p12
+  )
+}
+
 # ---------------------------------------------------------------- PostgreSQL
 PG_PORT="${SPILLWAY_TEST_PG_PORT:-5432}"
 PG_URL="${SPILLWAY_TEST_PG:-postgres://postgres@127.0.0.1:$PG_PORT/test}"
@@ -356,6 +385,9 @@ up_elasticmq() {
 # topics' replication matches the node count.
 KAFKA_PORT="${SPILLWAY_TEST_KAFKA_PORT:-9092}"
 KAFKA_DIR="$STATE/kafka"
+# The test broker's SSL listener; its SASL_SSL listener is the port above.
+KAFKA_SSL_PORT="${SPILLWAY_TEST_KAFKA_SSL_PORT:-9094}"
+KAFKA_SASL_PASS=spillway-secret # the test broker's SASL user `spillway`
 KAFKA_CLUSTER_PORTS=(29092 29094 29096) # each node's controller listens one above
 
 kafka_props() { # NODE_ID PORT VOTERS DIR REPLICAS [CONTROLLER_PORT [ADVERTISED_PORT]]
@@ -364,11 +396,11 @@ kafka_props() { # NODE_ID PORT VOTERS DIR REPLICAS [CONTROLLER_PORT [ADVERTISED_
 process.roles=broker,controller
 node.id=$1
 controller.quorum.voters=$3
-listeners=PLAINTEXT://127.0.0.1:$2,CONTROLLER://127.0.0.1:${6:-$(( $2 + 1 ))}
-advertised.listeners=PLAINTEXT://127.0.0.1:${7:-$2}
+listeners=PLAINTEXT://127.0.0.1:$2,CONTROLLER://127.0.0.1:${6:-$(( $2 + 1 ))}${KAFKA_TLS_PORT:+,SSL://127.0.0.1:$KAFKA_TLS_PORT,SASL_SSL://127.0.0.1:$(( KAFKA_TLS_PORT + 1 ))}
+advertised.listeners=PLAINTEXT://127.0.0.1:${7:-$2}${KAFKA_TLS_PORT:+,SSL://127.0.0.1:$KAFKA_TLS_PORT,SASL_SSL://127.0.0.1:$(( KAFKA_TLS_PORT + 1 ))}
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SSL:SSL,SASL_SSL:SASL_SSL
 log.dirs=$4/data
 auto.create.topics.enable=false
 default.replication.factor=$5
@@ -384,6 +416,22 @@ group.initial.rebalance.delay.ms=0
 # commit: at least the topics' retention (14 days, Spillway's default).
 offsets.retention.minutes=20160
 num.partitions=1
+EOF
+  [ -n "${KAFKA_TLS_PORT:-}" ] || return 0
+  # The TLS listeners of the single-node test broker (the connectivity
+  # tests): SSL, and SASL_SSL with PLAIN, SCRAM and OAUTHBEARER. The SCRAM
+  # users are made when the storage is formatted; OAUTHBEARER takes Kafka's
+  # unsecured (unsigned) tokens, which only a test broker would.
+  cat <<EOF
+ssl.keystore.type=PKCS12
+ssl.keystore.location=$TLS_DIR/server.p12
+ssl.keystore.password=$TLS_PASS
+ssl.key.password=$TLS_PASS
+sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512,OAUTHBEARER
+listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_spillway="$KAFKA_SASL_PASS";
+listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.oauthbearer.sasl.jaas.config=org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule required;
 EOF
 }
 
@@ -402,7 +450,10 @@ kafka_java() { # LIB DIR HEAP CLASS ARGS...
 # Formats a node's storage on first use (its server.properties written).
 format_kafka_node() { # LIB DIR CLUSTER_ID
   [ -f "$2/data/meta.properties" ] && return 0
-  kafka_java "$1" "$2" 256m kafka.tools.StorageTool format -t "$3" -c "$2/server.properties" \
+  local scram=()
+  [ -z "${KAFKA_TLS_PORT:-}" ] || scram=(--add-scram "SCRAM-SHA-256=[name=spillway,password=$KAFKA_SASL_PASS]"
+    --add-scram "SCRAM-SHA-512=[name=spillway,password=$KAFKA_SASL_PASS]")
+  kafka_java "$1" "$2" 256m kafka.tools.StorageTool format -t "$3" -c "$2/server.properties" "${scram[@]}" \
     >"$2/format.log" 2>&1 || die "formatting Kafka's storage in $2 failed; see $2/format.log"
 }
 
@@ -424,7 +475,8 @@ kafka_cluster_id() { # DIR
 
 up_kafka() {
   if port_open "$KAFKA_PORT"; then log "Kafka is up on $KAFKA_PORT"; return; fi
-  start_kafka_node 1 "$KAFKA_PORT" "1@127.0.0.1:$(( KAFKA_PORT + 1 ))" "$KAFKA_DIR" 1 "$(kafka_cluster_id "$KAFKA_DIR")" 768m
+  up_tls
+  KAFKA_TLS_PORT="$KAFKA_SSL_PORT" start_kafka_node 1 "$KAFKA_PORT" "1@127.0.0.1:$(( KAFKA_PORT + 1 ))" "$KAFKA_DIR" 1 "$(kafka_cluster_id "$KAFKA_DIR")" 768m
   wait_port "$KAFKA_PORT" 90 || die "Kafka did not come up on 127.0.0.1:$KAFKA_PORT; see $KAFKA_DIR/server.log, or set SPILLWAY_TEST_KAFKA"
 }
 

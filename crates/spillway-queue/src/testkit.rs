@@ -47,6 +47,31 @@ pub const WAIT: Duration = Duration::from_secs(5);
 /// How long a receive that must find nothing waits before concluding so.
 pub const SHORT: Duration = Duration::from_millis(200);
 
+/// The folder of the test CA and certificates `deploy/local/services.sh`
+/// makes (`$SPILLWAY_STATE/tls`): `ca.crt` signed `server.crt` (for
+/// localhost and 127.0.0.1, presented by every TLS test server) and
+/// `client.crt`; `other-ca.crt` signed nothing the servers present.
+///
+/// # Panics
+///
+/// When `ca.crt` is not there, saying how to make it: a TLS test must not
+/// pass, or skip, without its server.
+pub fn tls_dir() -> std::path::PathBuf {
+    let state = std::env::var("SPILLWAY_STATE").unwrap_or_else(|_| "/var/tmp/spillway-services".to_owned());
+    let dir = std::path::Path::new(&state).join("tls");
+    assert!(
+        dir.join("ca.crt").is_file(),
+        "no test CA at {}: run `deploy/local/services.sh up`, which makes it and starts the TLS listeners",
+        dir.display()
+    );
+    dir
+}
+
+/// A path under [`tls_dir`], as a string for a config.
+pub fn tls_file(name: &str) -> String {
+    tls_dir().join(name).display().to_string()
+}
+
 /// Where a backend reads the time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TimeSource {

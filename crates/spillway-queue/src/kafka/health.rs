@@ -10,6 +10,12 @@
 //! idle connection the broker closed also raises the event; its probe
 //! succeeds at once, so no send is refused for it.
 //!
+//! The cause of the last connection failure librdkafka reported (a TLS
+//! handshake the CA did not verify, a SASL login refused) is kept, so that
+//! "brokers unreachable" names it and the key to fix (librdkafka's text
+//! names `ssl.ca.location`, the SASL mechanism); it is logged once per
+//! change, and forgotten when a probe reaches the brokers.
+//!
 //! What is guaranteed: a send refused here was never handed to librdkafka,
 //! so nothing refused is stored behind the caller's back. What is not: a
 //! send that was already in librdkafka's queue when the brokers went away
@@ -18,7 +24,7 @@
 use std::{
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc,
+        Arc, Mutex, PoisonError,
     },
     time::Duration,
 };
@@ -40,6 +46,9 @@ pub(crate) struct Health {
     probing: AtomicBool,
     probe: BaseConsumer,
     runtime: Option<tokio::runtime::Handle>,
+    /// librdkafka's reason for the last failed connection, if any since
+    /// the brokers were last reached.
+    cause: Mutex<Option<String>>,
 }
 
 impl Health {
@@ -51,7 +60,40 @@ impl Health {
             probing: AtomicBool::new(false),
             probe,
             runtime: tokio::runtime::Handle::try_current().ok(),
+            cause: Mutex::new(None),
         })
+    }
+
+    /// Why the last connection failed, as librdkafka said it.
+    pub(crate) fn cause(&self) -> Option<String> {
+        self.cause.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// librdkafka reported a failed connection: keep its reason, and log it
+    /// when it differs from the last (librdkafka repeats itself per retry).
+    fn failed(&self, reason: &str) {
+        // librdkafka appends "(after 42ms in state SSL_HANDSHAKE, 3 identical
+        // error(s) suppressed)": the part before it is the same each time.
+        let reason = reason.split(" (after ").next().unwrap_or(reason).to_owned();
+        let mut cause = self.cause.lock().unwrap_or_else(PoisonError::into_inner);
+        if cause.as_deref() != Some(reason.as_str()) {
+            tracing::warn!(reason, "kafka: connection to a broker failed");
+            *cause = Some(reason);
+        }
+    }
+
+    /// The brokers answered: a cause kept from before is stale.
+    pub(crate) fn reached(&self) {
+        *self.cause.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    }
+
+    /// The error of a call that reached no broker, with the cause when one
+    /// is known.
+    pub(crate) fn explain(&self, what: &str) -> String {
+        match self.cause() {
+            Some(cause) => format!("kafka: {what}: {cause}"),
+            None => format!("kafka: {what}"),
+        }
     }
 
     /// True while the last probe failed.
@@ -86,6 +128,7 @@ impl Health {
             .unwrap_or(false);
             let was_down = self.down.swap(!reached, Ordering::SeqCst);
             if reached {
+                self.reached();
                 if was_down {
                     tracing::info!("kafka: brokers reachable again");
                 }
@@ -93,7 +136,10 @@ impl Health {
                 return;
             }
             if !was_down {
-                tracing::warn!("kafka: brokers unreachable; sends fail fast until a probe reaches them");
+                tracing::warn!(
+                    cause = self.cause().as_deref().unwrap_or("no answer"),
+                    "kafka: brokers unreachable; sends fail fast until a probe reaches them"
+                );
             }
             tokio::time::sleep(PROBE_EVERY).await;
         }
@@ -120,8 +166,12 @@ pub(crate) struct ProducerCtx(pub(crate) Arc<Health>);
 
 impl ClientContext for ProducerCtx {
     fn error(&self, error: KafkaError, reason: &str) {
-        if matches!(error.rdkafka_error_code(), Some(RDKafkaErrorCode::AllBrokersDown)) {
-            self.0.suspect();
+        match error.rdkafka_error_code() {
+            Some(RDKafkaErrorCode::AllBrokersDown) => self.0.suspect(),
+            // A TLS handshake or a SASL login refused: the operator's to fix.
+            // (A broker closing an idle connection is not one: not kept.)
+            Some(RDKafkaErrorCode::SSL | RDKafkaErrorCode::Authentication) => self.0.failed(reason),
+            _ => {}
         }
         tracing::debug!(%error, reason, "kafka: client error");
     }

@@ -38,6 +38,8 @@ mod wire;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tls_tests;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -169,6 +171,24 @@ impl KafkaConfig {
         }
     }
 
+    /// Each file an option names (`ssl.ca.location`, `ssl.key.location`,
+    /// …) can be read: librdkafka's own refusal says "ssl.ca.location
+    /// failed: system lib", without the path or why.
+    fn check_files(&self) -> Result<(), QueueError> {
+        for (key, path) in &self.options {
+            // `ssl.ca.location = probe` asks librdkafka to find the system's.
+            if !key.ends_with(".location") || path == "probe" {
+                continue;
+            }
+            if let Err(e) = std::fs::File::open(path) {
+                return Err(QueueError::unavailable_msg(format!(
+                    "kafka: options.{key}: cannot read {path}: {e}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     fn client(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.brokers);
@@ -222,6 +242,11 @@ fn ms(d: Duration) -> String {
 
 /// Turns a Kafka error into what the caller does next.
 pub(crate) fn queue_error(what: &str, queue: &str, e: &KafkaError) -> QueueError {
+    // A client librdkafka would not make: its text names the property
+    // ("ssl.ca.location failed: …"), which the operator must see.
+    if let KafkaError::ClientCreation(why) = e {
+        return QueueError::unavailable(format!("kafka: {what}: {why}"), e.clone());
+    }
     let code = e.rdkafka_error_code();
     match code {
         Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic) => {
@@ -630,6 +655,7 @@ impl KafkaBackend {
     /// Clients for the configured brokers. Connects lazily: a broker that is
     /// down makes calls fail, not this.
     pub async fn connect(cfg: &KafkaConfig) -> Result<Self, QueueError> {
+        cfg.check_files()?;
         let probe: BaseConsumer = cfg.client().create().map_err(|e| queue_error("probe client", "", &e))?;
         let health = Health::new(probe);
         let producer = new_producer(cfg, &health)?;
@@ -874,13 +900,18 @@ impl Admin for KafkaBackend {
                 )
             })
             .collect();
-        let opts = AdminOptions::new().operation_timeout(Some(cfg.send_timeout));
-        let results = self
-            .shared
-            .admin
-            .create_topics(&new, &opts)
-            .await
-            .map_err(|e| queue_error("create topics", &spec.name, &e))?;
+        // The request's own timeout too: librdkafka's default (60 s) is
+        // how long `serve` would wait on brokers it cannot log in to.
+        let opts = AdminOptions::new()
+            .operation_timeout(Some(cfg.send_timeout))
+            .request_timeout(Some(cfg.send_timeout * 2));
+        // Timed out because no broker took the connection: say why.
+        let results = self.shared.admin.create_topics(&new, &opts).await.map_err(|e| {
+            match self.shared.health.cause() {
+                Some(_) => QueueError::unavailable(self.shared.health.explain("create topics"), e),
+                None => queue_error("create topics", &spec.name, &e),
+            }
+        })?;
         let mut created = Vec::new();
         let mut adopted = Vec::new();
         for r in results {
@@ -1015,17 +1046,22 @@ impl Backend for KafkaBackend {
     /// Not while the brokers are known to be down; else a metadata round
     /// trip to them.
     async fn ready(&self) -> Result<(), QueueError> {
-        if self.shared.health.is_down() {
-            return Err(QueueError::unavailable_msg("kafka: brokers unreachable"));
+        let health = &self.shared.health;
+        if health.is_down() {
+            return Err(QueueError::unavailable_msg(health.explain("brokers unreachable")));
         }
         let me = self.shared.clone();
         let timeout = Duration::from_secs(2).min(me.config.send_timeout);
         let reached =
             Shared::blocking(move || me.producer().client().fetch_metadata(None, timeout).map(|_| ()))
                 .await?;
-        if reached.is_err() {
-            self.shared.health.suspect();
+        match reached {
+            Ok(()) => health.reached(),
+            Err(_) => health.suspect(),
         }
-        reached.map_err(|e| queue_error("metadata", "", &e))
+        reached.map_err(|e| match health.cause() {
+            Some(_) => QueueError::unavailable(health.explain("metadata"), e),
+            None => queue_error("metadata", "", &e),
+        })
     }
 }

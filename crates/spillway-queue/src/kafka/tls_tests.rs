@@ -1,0 +1,144 @@
+//! Kafka over TLS and SASL, against the test broker's SSL listener and its
+//! SASL_SSL listener (PLAIN and SCRAM users `spillway`), which
+//! `deploy/local/services.sh` starts with a throwaway CA. A round trip
+//! uses every client the backend makes: the admin client (`ensure`), the
+//! producer, the group member and the offset readers.
+use std::time::Duration;
+
+use super::{KafkaBackend, KafkaConfig};
+use crate::{
+    testkit::{tls_file, WAIT},
+    Admin as _, Backend as _, OutgoingMessage, QueueSpec,
+};
+
+/// The SSL listener (`SPILLWAY_TEST_KAFKA_SSL`); its SASL_SSL listener is
+/// the port above.
+fn ssl_brokers() -> String {
+    std::env::var("SPILLWAY_TEST_KAFKA_SSL").unwrap_or_else(|_| "127.0.0.1:9094".to_owned())
+}
+
+fn sasl_brokers() -> String {
+    let ssl = ssl_brokers();
+    let (host, port) = ssl.rsplit_once(':').expect("host:port");
+    format!("{host}:{}", port.parse::<u16>().expect("a port") + 1)
+}
+
+fn config(brokers: String, options: &[(&str, &str)]) -> KafkaConfig {
+    let mut c = KafkaConfig { partitions: 1, ..KafkaConfig::new(brokers) };
+    c.options = options.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    c
+}
+
+fn sasl(mechanism: &str, password: &str) -> KafkaConfig {
+    let ca = tls_file("ca.crt");
+    config(
+        sasl_brokers(),
+        &[
+            ("security.protocol", "SASL_SSL"),
+            ("ssl.ca.location", &ca),
+            ("sasl.mechanisms", mechanism),
+            ("sasl.username", "spillway"),
+            ("sasl.password", password),
+        ],
+    )
+}
+
+/// Connects, sends one message, receives and acks it.
+async fn round_trip(cfg: &KafkaConfig) {
+    let b = KafkaBackend::connect(cfg).await.expect("clients");
+    if let Err(e) = b.ready().await {
+        panic!(
+            "the TLS listener at {} refused ({e}): start the test broker with \
+             `deploy/local/services.sh fresh-kafka`, which opens its SSL and SASL_SSL listeners",
+            cfg.brokers
+        );
+    }
+    let name = format!("kafka-tls-{:08x}", rand::random::<u32>());
+    b.ensure(&QueueSpec::new(&name)).await.expect("ensure over TLS");
+    b.producer(&name)
+        .await
+        .expect("producer")
+        .send(OutgoingMessage::new("m1", "over tls"))
+        .await
+        .expect("send");
+    let c = b.consumer(&name).await.expect("consumer");
+    let deadline = tokio::time::Instant::now() + WAIT * 2;
+    let got = loop {
+        let got = c.receive(1, Duration::from_secs(1)).await.expect("receive over TLS");
+        if !got.is_empty() || tokio::time::Instant::now() > deadline {
+            break got;
+        }
+    };
+    assert_eq!(got.len(), 1, "the message came back over {}", cfg.brokers);
+    assert_eq!(&got[0].message.body[..], b"over tls");
+    c.ack(&got[0]).await.expect("ack over TLS");
+    c.close().await.expect("close");
+}
+
+/// Waits for `ready` to fail, and returns its error's text.
+async fn refused(cfg: &KafkaConfig) -> String {
+    let b = KafkaBackend::connect(cfg).await.expect("clients are made without a connection");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match b.ready().await {
+            Ok(()) => panic!("{} accepted a client it must refuse", cfg.brokers),
+            // The first failure can come before librdkafka said why.
+            Err(e) if e.to_string().contains("failed") || tokio::time::Instant::now() > deadline => {
+                assert!(e.is_retryable(), "the operator's to fix, not the message's: {e}");
+                return e.to_string();
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+#[tokio::test]
+async fn ssl_with_the_servers_ca_round_trips() {
+    let ca = tls_file("ca.crt");
+    round_trip(&config(ssl_brokers(), &[("security.protocol", "SSL"), ("ssl.ca.location", &ca)])).await;
+}
+
+#[tokio::test]
+async fn sasl_ssl_scram_sha_256_round_trips() {
+    round_trip(&sasl("SCRAM-SHA-256", "spillway-secret")).await;
+}
+
+#[tokio::test]
+async fn sasl_ssl_scram_sha_512_round_trips() {
+    round_trip(&sasl("SCRAM-SHA-512", "spillway-secret")).await;
+}
+
+#[tokio::test]
+async fn sasl_ssl_plain_round_trips() {
+    round_trip(&sasl("PLAIN", "spillway-secret")).await;
+}
+
+/// A CA that did not sign the broker's certificate: no connection, and the
+/// error names the key to fix.
+#[tokio::test]
+async fn a_wrong_ca_is_refused_naming_ssl_ca_location() {
+    let other = tls_file("other-ca.crt");
+    let e =
+        refused(&config(ssl_brokers(), &[("security.protocol", "SSL"), ("ssl.ca.location", &other)])).await;
+    assert!(e.contains("certificate verify failed") && e.contains("ssl.ca.location"), "{e}");
+}
+
+/// A wrong SCRAM password: no connection, and the error says the login
+/// was refused, and nothing of the password.
+#[tokio::test]
+async fn a_wrong_password_is_refused_naming_the_mechanism() {
+    let e = refused(&sasl("SCRAM-SHA-256", "not-the-password")).await;
+    assert!(e.contains("SASL authentication error") && e.contains("SCRAM-SHA-256"), "{e}");
+    assert!(!e.contains("not-the-password"), "{e}");
+}
+
+/// A CA file that is not there is refused when the clients are made.
+#[tokio::test]
+async fn a_missing_ca_file_is_refused_at_connect_naming_it() {
+    let cfg = config(
+        ssl_brokers(),
+        &[("security.protocol", "SSL"), ("ssl.ca.location", "/nonexistent/spillway-ca.crt")],
+    );
+    let e = KafkaBackend::connect(&cfg).await.err().expect("refused").to_string();
+    assert!(e.contains("ssl.ca.location") && e.contains("/nonexistent/spillway-ca.crt"), "{e}");
+}
