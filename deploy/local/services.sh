@@ -16,7 +16,8 @@
 #   deploy/local/services.sh down              # stop what this script started
 #
 # What `up` brings, and from where:
-#   PostgreSQL 15     Debian's package; a cluster of our own in $STATE/pg, trust on loopback
+#   PostgreSQL 15     Debian's package; a cluster of our own in $STATE/pg, trust on
+#                     loopback, TLS on; one without TLS in $STATE/pg-plain (port + 1)
 #   RabbitMQ          Debian's package, with its management plugin
 #   Apache Kafka 4    the Maven registry (deploy/local/maven/kafka/pom.xml), KRaft, one node
 #   ElasticMQ         the Maven registry (deploy/local/maven/elasticmq/pom.xml), persistent
@@ -99,42 +100,76 @@ PG_DATA="$STATE/pg"
 have_pg() { pg_isready -q -h 127.0.0.1 -p "$PG_PORT" 2>/dev/null; }
 pg_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1; }
 
-up_pg() {
-  if have_pg; then log "PostgreSQL is up on $PG_PORT"; else
-    [ -n "$(pg_bin)" ] && [ -x "$(pg_bin)/initdb" ] || { log "installing PostgreSQL from Debian's packages"; apt_install postgresql; }
-    local bin; bin="$(pg_bin)"
-    if [ ! -f "$PG_DATA/PG_VERSION" ]; then
-      log "making a PostgreSQL cluster in $PG_DATA (trust on loopback: a test server)"
-      mkdir -p "$PG_DATA"; chown postgres:postgres "$PG_DATA"
-      runuser -u postgres -- "$bin/initdb" -D "$PG_DATA" -U postgres -A trust -E UTF8 >/dev/null
+# The test cluster serves TLS (the sink's `sslmode` tests) with the test
+# CA's server certificate; PostgreSQL wants its key private to its owner.
+# A second cluster without TLS on the next port is the server an
+# `sslmode=require` client must refuse.
+PG_PLAIN_PORT="${SPILLWAY_TEST_PG_PLAIN_PORT:-$(( PG_PORT + 1 ))}"
+
+pg_tls_files() {
+  up_tls
+  mkdir -p "$STATE/pg-tls"
+  install -o postgres -g postgres -m 0644 "$TLS_DIR/server.crt" "$STATE/pg-tls/server.crt"
+  install -o postgres -g postgres -m 0600 "$TLS_DIR/server.key" "$STATE/pg-tls/server.key"
+}
+
+start_pg_cluster() { # DATA PORT EXTRA_OPTIONS
+  [ -n "$(pg_bin)" ] && [ -x "$(pg_bin)/initdb" ] || { log "installing PostgreSQL from Debian's packages"; apt_install postgresql; }
+  local bin; bin="$(pg_bin)"
+  if [ ! -f "$1/PG_VERSION" ]; then
+    log "making a PostgreSQL cluster in $1 (trust on loopback: a test server)"
+    mkdir -p "$1"; chown postgres:postgres "$1"
+    runuser -u postgres -- "$bin/initdb" -D "$1" -U postgres -A trust -E UTF8 >/dev/null
+  fi
+  log "starting PostgreSQL on 127.0.0.1:$2, log in $1/server.log"
+  local try
+  for try in 1 2 3 4 5; do
+    # A server killed with -9 leaves its pid file; PostgreSQL refuses to
+    # start while that pid is alive (reused by another process, or the
+    # old server still dying as a zombie).
+    local old; old="$(head -n1 "$1/postmaster.pid" 2>/dev/null || true)"
+    if [ -n "$old" ] && ! ps -o stat=,comm= -p "$old" 2>/dev/null | grep -qE '^[^Z]+ +postgres'; then
+      rm -f "$1/postmaster.pid"
     fi
-    log "starting PostgreSQL on 127.0.0.1:$PG_PORT, log in $PG_DATA/server.log"
-    local try
-    for try in 1 2 3 4 5; do
-      # A server killed with -9 leaves its pid file; PostgreSQL refuses to
-      # start while that pid is alive (reused by another process, or the
-      # old server still dying as a zombie).
-      local old; old="$(head -n1 "$PG_DATA/postmaster.pid" 2>/dev/null || true)"
-      if [ -n "$old" ] && ! ps -o stat=,comm= -p "$old" 2>/dev/null | grep -qE '^[^Z]+ +postgres'; then
-        rm -f "$PG_DATA/postmaster.pid"
-      fi
-      runuser -u postgres -- "$bin/pg_ctl" -D "$PG_DATA" -l "$PG_DATA/server.log" -w -t 60 \
-        -o "-p $PG_PORT -c listen_addresses=127.0.0.1 -k /tmp -c max_connections=300 -c fsync=on" start >/dev/null 2>&1 \
-        && break
-      sleep 2
-    done
+    runuser -u postgres -- "$bin/pg_ctl" -D "$1" -l "$1/server.log" -w -t 60 \
+      -o "-p $2 -c listen_addresses=127.0.0.1 -k /tmp -c max_connections=300 -c fsync=on $3" start >/dev/null 2>&1 \
+      && break
+    sleep 2
+  done
+}
+
+PG_TLS_OPTIONS="-c ssl=on -c ssl_cert_file=$STATE/pg-tls/server.crt -c ssl_key_file=$STATE/pg-tls/server.key"
+
+up_pg() {
+  # Ours, running from before TLS was set up: restarted with it.
+  if have_pg && [ -f "$PG_DATA/postmaster.pid" ] \
+    && [ "$(psql "${PG_URL%/*}/postgres" -tAc 'SHOW ssl' 2>/dev/null)" = "off" ]; then
+    log "restarting PostgreSQL ($PG_DATA) with TLS"
+    runuser -u postgres -- "$(pg_bin)/pg_ctl" -D "$PG_DATA" -m fast -w stop >/dev/null || true
+  fi
+  if have_pg; then log "PostgreSQL is up on $PG_PORT"; else
+    pg_tls_files
+    start_pg_cluster "$PG_DATA" "$PG_PORT" "$PG_TLS_OPTIONS"
   fi
   have_pg || die "PostgreSQL did not come up at 127.0.0.1:$PG_PORT; see $PG_DATA/server.log, or set SPILLWAY_TEST_PG"
   # The tests use the database `test`; create it where it is missing.
   psql "${PG_URL%/*}/postgres" -tAc "SELECT 1 FROM pg_database WHERE datname = 'test'" 2>/dev/null | grep -q 1 \
     || psql "${PG_URL%/*}/postgres" -qc "CREATE DATABASE test" >/dev/null \
     || die "could not create the database test at ${PG_URL%/*}"
+  if pg_isready -q -h 127.0.0.1 -p "$PG_PLAIN_PORT" 2>/dev/null; then log "PostgreSQL without TLS is up on $PG_PLAIN_PORT"; else
+    start_pg_cluster "$STATE/pg-plain" "$PG_PLAIN_PORT" "-c ssl=off -c max_connections=20"
+    pg_isready -q -h 127.0.0.1 -p "$PG_PLAIN_PORT" \
+      || die "PostgreSQL without TLS did not come up at 127.0.0.1:$PG_PLAIN_PORT; see $STATE/pg-plain/server.log"
+  fi
 }
 
 down_pg() {
-  [ -f "$PG_DATA/postmaster.pid" ] || return 0
-  log "stopping PostgreSQL ($PG_DATA)"
-  runuser -u postgres -- "$(pg_bin)/pg_ctl" -D "$PG_DATA" -m fast -w stop >/dev/null || true
+  local data
+  for data in "$PG_DATA" "$STATE/pg-plain"; do
+    [ -f "$data/postmaster.pid" ] || continue
+    log "stopping PostgreSQL ($data)"
+    runuser -u postgres -- "$(pg_bin)/pg_ctl" -D "$data" -m fast -w stop >/dev/null || true
+  done
 }
 
 # ------------------------------------------------------------------ RabbitMQ
@@ -579,7 +614,8 @@ up_kustomize() {
 
 # ------------------------------------------------------------------ commands
 status() {
-  if have_pg; then log "PostgreSQL: up on $PG_PORT"; else log "PostgreSQL: down"; fi
+  if have_pg; then log "PostgreSQL: up on $PG_PORT (TLS $(psql "${PG_URL%/*}/postgres" -tAc 'SHOW ssl' 2>/dev/null))"; else log "PostgreSQL: down"; fi
+  if pg_isready -q -h 127.0.0.1 -p "$PG_PLAIN_PORT" 2>/dev/null; then log "PostgreSQL without TLS: up on $PG_PLAIN_PORT"; else log "PostgreSQL without TLS: down"; fi
   if have_rabbit; then log "RabbitMQ: up on $AMQP_PORT"; else log "RabbitMQ: down"; fi
   if have_rabbit_management; then log "RabbitMQ management: up"; else log "RabbitMQ management: off"; fi
   local n

@@ -13,13 +13,20 @@
 //!
 //! `lock_timeout` and `statement_timeout` bound every statement on the server,
 //! so a locked table answers in bounded time and the connection stays usable.
+//!
+//! TLS follows the URL's `sslmode`, `sslrootcert`, `sslcert` and `sslkey`, as
+//! libpq does ([`tls`]).
+
+mod tls;
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use spillway_queue::Delivery;
-use tokio_postgres::{error::SqlState, NoTls};
+use tokio_postgres::error::SqlState;
+
+use self::tls::Tls;
 
 use super::{Sink, SinkSetupError};
 use crate::SinkError;
@@ -30,24 +37,29 @@ const POOL_SIZE: usize = 16;
 /// See the module doc.
 pub struct PostgresSink {
     pool: Pool,
+    tls: Tls,
     insert: String,
     insert_many: String,
 }
 
 impl PostgresSink {
-    /// Checks the settings without connecting.
+    /// Checks the settings without connecting; reads the TLS files the
+    /// URL names.
     pub fn check(url: &str, table: &str, lock_timeout: Duration) -> Result<(), SinkSetupError> {
-        Self::config(url, table, lock_timeout).map(|_| ())
+        let (_, _, tls) = Self::config(url, table, lock_timeout)?;
+        tls.connector().map(|_| ()).map_err(|message| SinkSetupError::Config { key: "url", message })
     }
 
     fn config(
         url: &str,
         table: &str,
         lock_timeout: Duration,
-    ) -> Result<(tokio_postgres::Config, String), SinkSetupError> {
+    ) -> Result<(tokio_postgres::Config, String, Tls), SinkSetupError> {
         let table = quote_table(table)?;
+        let (url, tls) = Tls::split(url).map_err(|message| SinkSetupError::Config { key: "url", message })?;
         let mut pg: tokio_postgres::Config =
             url.parse().map_err(|e| SinkSetupError::Config { key: "url", message: format!("{e}") })?;
+        pg.ssl_mode(tls.pg_mode());
         if lock_timeout.is_zero() || lock_timeout > Duration::from_secs(3600) {
             return Err(SinkSetupError::Config {
                 key: "lock_timeout",
@@ -56,7 +68,7 @@ impl PostgresSink {
         }
         let ms = lock_timeout.as_millis();
         pg.options(format!("-c lock_timeout={ms} -c statement_timeout={}", ms * 2));
-        Ok((pg, table))
+        Ok((pg, table, tls))
     }
 
     pub async fn connect(
@@ -65,16 +77,19 @@ impl PostgresSink {
         create_table: bool,
         lock_timeout: Duration,
     ) -> Result<Self, SinkSetupError> {
-        let (pg, table) = Self::config(url, table, lock_timeout)?;
+        let (pg, table, tls) = Self::config(url, table, lock_timeout)?;
+        let connector = tls.connector().map_err(|message| SinkSetupError::Config { key: "url", message })?;
         let manager =
-            Manager::from_config(pg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+            Manager::from_config(pg, connector, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
             .max_size(POOL_SIZE)
             .build()
             .map_err(|e| SinkSetupError::Unavailable(format!("postgres pool: {e}")))?;
         if create_table {
-            let client =
-                pool.get().await.map_err(|e| SinkSetupError::Unavailable(format!("postgres: {e}")))?;
+            let client = pool
+                .get()
+                .await
+                .map_err(|e| SinkSetupError::Unavailable(format!("postgres: {}", tls.explain(&chain(&e)))))?;
             client
                 .batch_execute(&format!(
                     "CREATE TABLE IF NOT EXISTS {table} (
@@ -97,7 +112,7 @@ impl PostgresSink {
              SELECT i, q, p::jsonb, e FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[]) AS r(i, q, p, e)
              ON CONFLICT (id) DO NOTHING"
         );
-        Ok(Self { pool, insert, insert_many })
+        Ok(Self { pool, tls, insert, insert_many })
     }
 }
 
@@ -173,7 +188,7 @@ impl Sink for PostgresSink {
         let client = match self.pool.get().await {
             Ok(c) => c,
             Err(e) => {
-                let down = SinkError::Down(format!("postgres: {e}"));
+                let down = SinkError::Down(format!("postgres: {}", self.tls.explain(&chain(&e))));
                 return ds.iter().map(|_| Err(down.clone())).collect();
             }
         };
@@ -182,7 +197,11 @@ impl Sink for PostgresSink {
     }
 
     async fn deliver(&self, d: &Delivery) -> Result<(), SinkError> {
-        let client = self.pool.get().await.map_err(|e| SinkError::Down(format!("postgres: {e}")))?;
+        let client = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| SinkError::Down(format!("postgres: {}", self.tls.explain(&chain(&e)))))?;
         let body = std::str::from_utf8(&d.message.body).map_err(|_| not_text())?;
         let enqueued_at = std::time::SystemTime::from(d.message.enqueued_at);
         let result = async {
@@ -195,6 +214,22 @@ impl Sink for PostgresSink {
             Err(e) => Err(classify(&e)),
         }
     }
+}
+
+/// An error and its causes, joined: tokio-postgres says "error performing
+/// TLS handshake" and keeps why (an unknown issuer, a server without TLS)
+/// in its source.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let more = cause.to_string();
+        if !text.ends_with(&more) {
+            text = format!("{text}: {more}");
+        }
+        source = cause.source();
+    }
+    text
 }
 
 fn not_text() -> SinkError {
