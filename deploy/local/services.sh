@@ -18,7 +18,7 @@
 # What `up` brings, and from where:
 #   PostgreSQL 15     Debian's package; a cluster of our own in $STATE/pg, trust on
 #                     loopback, TLS on; one without TLS in $STATE/pg-plain (port + 1)
-#   RabbitMQ          Debian's package, with its management plugin
+#   RabbitMQ          Debian's package, with its management plugin and an amqps listener
 #   Apache Kafka 4    the Maven registry (deploy/local/maven/kafka/pom.xml), KRaft, one node
 #   ElasticMQ         the Maven registry (deploy/local/maven/elasticmq/pom.xml), persistent
 #   moto              PyPI, in a venv (with pika, boto3, confluent-kafka, kubernetes-validate)
@@ -192,11 +192,56 @@ tune_rabbit() {
   rabbitmqctl -q eval 'application:set_env(rabbit, dead_letter_worker_publisher_confirm_timeout, 5000).' >/dev/null 2>&1 || true
 }
 
+# RabbitMQ takes its file-descriptor budget from the limit it starts with
+# (1024 here by default): each quorum queue holds segment files, and with a
+# few hundred of them the file handle cache runs out and new connections
+# wait for a handle, forever (TCP accepted, the AMQP handshake never
+# answered). RabbitMQ's production guidance is 65536 or more; the most this
+# machine allows is used.
+# Debian's `rabbitmq-server` wrapper switches to the rabbitmq user with
+# `su`, whose PAM session puts the limit back to 1024; setpriv keeps it.
+rabbit_server() { # [VAR=value…]: rabbitmq-server -detached, as the rabbitmq user
+  (
+    local hard; hard="$(ulimit -Hn)"
+    if [ "$hard" = unlimited ] || [ "$hard" -gt 65536 ]; then hard=65536; fi
+    ulimit -n "$hard" 2>/dev/null || true
+    cd /var/lib/rabbitmq
+    exec setpriv --reuid=rabbitmq --regid=rabbitmq --init-groups \
+      env HOME=/var/lib/rabbitmq "$@" /usr/lib/rabbitmq/bin/rabbitmq-server -detached
+  ) >/dev/null 2>&1 || true
+}
+
+# The single node's own config file (the cluster's nodes keep the default):
+# an amqps listener with the test CA's server certificate, asking for a
+# client certificate and checking one that is sent (not requiring it).
+AMQPS_PORT="${SPILLWAY_TEST_AMQPS_PORT:-5671}"
+RABBIT_CONF="$STATE/rabbit/rabbitmq.conf"
+
+rabbit_conf() {
+  up_tls
+  mkdir -p "$STATE/rabbit"
+  cat >"$RABBIT_CONF" <<EOF
+listeners.ssl.default = $AMQPS_PORT
+ssl_options.cacertfile = $TLS_DIR/ca.crt
+ssl_options.certfile = $TLS_DIR/server.crt
+ssl_options.keyfile = $TLS_DIR/server.key
+ssl_options.verify = verify_peer
+ssl_options.fail_if_no_peer_cert = false
+EOF
+}
+
 up_rabbit() {
+  # Ours, running from before TLS was set up: restarted with it.
+  if have_rabbit && ! port_open "$AMQPS_PORT"; then
+    log "restarting RabbitMQ with its amqps listener"
+    rabbitmqctl -q stop >/dev/null 2>&1 || true
+    wait_closed "$AMQP_PORT" 30 || die "RabbitMQ did not stop; stop it and run this again"
+  fi
   if have_rabbit; then log "RabbitMQ is up on $AMQP_PORT"; else
     install_rabbit
-    log "starting RabbitMQ"
-    rabbitmq-server -detached >/dev/null 2>&1 || true
+    rabbit_conf
+    log "starting RabbitMQ (amqp $AMQP_PORT, amqps $AMQPS_PORT)"
+    rabbit_server RABBITMQ_CONFIG_FILE="$RABBIT_CONF"
     wait_port "$AMQP_PORT" 90 || die "RabbitMQ did not come up at 127.0.0.1:$AMQP_PORT; start it (rabbitmq-server -detached) or set SPILLWAY_TEST_AMQP"
   fi
   # The AMQP port opens before the broker takes connections.
@@ -222,14 +267,13 @@ down_rabbit() {
 # replicas (the backend's `queue_type`).
 RABBIT_CLUSTER_PORTS=(5681 5682 5683)
 
-rabbit_node() { # N CMD...
-  local n="$1" port="${RABBIT_CLUSTER_PORTS[$(( $1 - 1 ))]}"; shift
-  env RABBITMQ_NODENAME="rabbit-$n@localhost" RABBITMQ_NODE_PORT="$port" \
+rabbit_node() { # N: starts node N
+  local n="$1" port="${RABBIT_CLUSTER_PORTS[$(( $1 - 1 ))]}"
+  rabbit_server RABBITMQ_NODENAME="rabbit-$n@localhost" RABBITMQ_NODE_PORT="$port" \
     RABBITMQ_DIST_PORT="$(( port + 20000 ))" \
     RABBITMQ_MNESIA_BASE="$STATE/rabbit-$n/mnesia" RABBITMQ_LOG_BASE="$STATE/rabbit-$n/log" \
     RABBITMQ_PID_FILE="$STATE/rabbit-$n/pid" \
-    RABBITMQ_SERVER_START_ARGS="-rabbitmq_management listener [{port,$(( port + 10000 ))}]" \
-    "$@"
+    RABBITMQ_SERVER_START_ARGS="-rabbitmq_management listener [{port,$(( port + 10000 ))}]"
 }
 
 up_rabbit_cluster() {
@@ -241,7 +285,7 @@ up_rabbit_cluster() {
     mkdir -p "$STATE/rabbit-$n/log" "$STATE/rabbit-$n/mnesia"
     chown -R rabbitmq:rabbitmq "$STATE/rabbit-$n" 2>/dev/null || true
     log "starting rabbit-$n@localhost on 127.0.0.1:$port"
-    rabbit_node "$n" rabbitmq-server -detached >/dev/null 2>&1 || true
+    rabbit_node "$n"
   done
   for n in 1 2 3; do
     wait_port "${RABBIT_CLUSTER_PORTS[$(( n - 1 ))]}" 90 || die "rabbit-$n did not come up; see $STATE/rabbit-$n/log"
@@ -617,6 +661,7 @@ status() {
   if have_pg; then log "PostgreSQL: up on $PG_PORT (TLS $(psql "${PG_URL%/*}/postgres" -tAc 'SHOW ssl' 2>/dev/null))"; else log "PostgreSQL: down"; fi
   if pg_isready -q -h 127.0.0.1 -p "$PG_PLAIN_PORT" 2>/dev/null; then log "PostgreSQL without TLS: up on $PG_PLAIN_PORT"; else log "PostgreSQL without TLS: down"; fi
   if have_rabbit; then log "RabbitMQ: up on $AMQP_PORT"; else log "RabbitMQ: down"; fi
+  if port_open "$AMQPS_PORT"; then log "RabbitMQ amqps: up on $AMQPS_PORT"; else log "RabbitMQ amqps: down"; fi
   if have_rabbit_management; then log "RabbitMQ management: up"; else log "RabbitMQ management: off"; fi
   local n
   for n in 1 2 3; do port_open "${RABBIT_CLUSTER_PORTS[$(( n - 1 ))]}" && log "RabbitMQ cluster node $n: up on ${RABBIT_CLUSTER_PORTS[$(( n - 1 ))]}"; done

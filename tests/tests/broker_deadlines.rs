@@ -137,6 +137,7 @@ async fn rabbitmq_calls_return_within_their_deadline_while_the_broker_is_frozen(
         confirm_timeout: DEADLINE,
         management_url: None,
         publisher_channels: 1,
+        tls: Default::default(),
     };
     let b = RabbitBackend::connect(&cfg).await.expect("rabbitmq connection");
     let queue = format!("deadlines-{}", std::process::id());

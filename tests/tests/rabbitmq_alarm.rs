@@ -62,6 +62,7 @@ async fn a_memory_alarm_fails_sends_fast_and_lets_the_consumer_drain() {
         confirm_timeout: DEADLINE,
         management_url: None,
         publisher_channels: 1,
+        tls: Default::default(),
     };
     let b = RabbitBackend::connect(&cfg).await.unwrap_or_else(|e| {
         panic!("no RabbitMQ at 127.0.0.1:5672 ({e}): start it with `deploy/local/services.sh up`")

@@ -81,6 +81,7 @@ queue = "{QUEUE}"
             confirm_timeout: std::time::Duration::from_secs(10),
             management_url: None,
             publisher_channels: 1,
+            tls: Default::default(),
         },
     ))
     .await

@@ -27,8 +27,13 @@
 
 mod consumer;
 mod publish;
+mod tls;
+#[cfg(test)]
+mod tls_tests;
 pub mod topology;
 mod wire;
+
+pub use self::tls::RabbitTls;
 
 use std::{sync::Arc, time::Duration};
 
@@ -63,7 +68,8 @@ struct Management {
 }
 
 impl Management {
-    fn new(url: &str, amqp_url: &str) -> Result<Self, QueueError> {
+    /// `ca_file` (`queue.tls.ca_file`) is trusted by an `https://` API too.
+    fn new(url: &str, amqp_url: &str, ca_file: Option<&std::path::Path>) -> Result<Self, QueueError> {
         let parsed = reqwest::Url::parse(url)
             .map_err(|e| QueueError::Invalid(format!("queue.management_url {url:?}: {e}")))?;
         let user = if parsed.username().is_empty() { "guest" } else { parsed.username() }.to_owned();
@@ -79,10 +85,20 @@ impl Management {
             .map(|u| u.vhost)
             .map_err(|e| QueueError::Invalid(format!("queue.url: {e}")))?;
         let vhost = vhost.replace('%', "%25").replace('/', "%2F");
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .build()
-            .map_err(|e| QueueError::unavailable("rabbitmq management client", e))?;
+        let mut http = reqwest::Client::builder().timeout(Duration::from_secs(5));
+        if let Some(path) = ca_file {
+            let pem = std::fs::read(path).map_err(|e| {
+                QueueError::unavailable_msg(format!(
+                    "rabbitmq: queue.tls.ca_file: cannot read {}: {e}",
+                    path.display()
+                ))
+            })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                QueueError::unavailable("rabbitmq: queue.tls.ca_file for the management API", e)
+            })?;
+            http = certs.into_iter().fold(http, reqwest::ClientBuilder::add_root_certificate);
+        }
+        let http = http.build().map_err(|e| QueueError::unavailable("rabbitmq management client", e))?;
         Ok(Self { http, base, user, password, vhost })
     }
 
@@ -162,6 +178,9 @@ pub struct RabbitConfig {
     /// small batches took twice the gateway's CPU; docs/benchmarks.md).
     #[serde(default = "default_publisher_channels")]
     pub publisher_channels: usize,
+    /// `amqps://` only: a private CA, a client certificate (see [`RabbitTls`]).
+    #[serde(default)]
+    pub tls: RabbitTls,
 }
 
 fn default_publisher_channels() -> usize {
@@ -224,6 +243,7 @@ struct Link {
     /// The node of the last connection: tried first next time.
     current: std::sync::atomic::AtomicUsize,
     name: String,
+    tls: RabbitTls,
     conn: tokio::sync::Mutex<Option<Arc<Connection>>>,
     /// Confirm channels for publishing no batch holds: each batch leases
     /// one for itself (see [`publish`]), opened when none is idle.
@@ -243,10 +263,13 @@ impl Link {
         // The node of the last connection first, then the others in order.
         let start = self.current.load(std::sync::atomic::Ordering::Relaxed);
         let mut failed = None;
+        let tls = self.tls.read()?;
+        let runtime = lapin::runtime::default_runtime()
+            .map_err(|e| queue_error("connect: the tokio runtime", "", &e))?;
         for i in (0..self.urls.len()).map(|k| (start + k) % self.urls.len()) {
             let props = ConnectionProperties::default().with_connection_name(self.name.clone().into());
-            let attempt =
-                tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(&self.urls[i], props)).await;
+            let connect = Connection::connect_with_config(&self.urls[i], props, tls.clone(), runtime.clone());
+            let attempt = tokio::time::timeout(CONNECT_TIMEOUT, connect).await;
             match attempt {
                 Ok(Ok(connected)) => {
                     if i != start {
@@ -257,7 +280,10 @@ impl Link {
                     *conn = Some(c.clone());
                     return Ok(c);
                 }
-                Ok(Err(e)) => failed = Some(queue_error("connect", "", &e)),
+                Ok(Err(e)) => {
+                    let reason = self.tls.explain(format!("rabbitmq: connect: {e}"));
+                    failed = Some(QueueError::Unavailable { reason, source: Some(Arc::new(e)) });
+                }
                 Err(_) => failed = Some(QueueError::Timeout { after: CONNECT_TIMEOUT }),
             }
         }
@@ -421,10 +447,13 @@ impl RabbitBackend {
 
     /// [`RabbitBackend::connect`] with the time read from `clock`.
     pub async fn connect_with_clock(cfg: &RabbitConfig, clock: Clock) -> Result<Self, QueueError> {
+        let urls: Vec<String> = std::iter::once(&cfg.url).chain(&cfg.urls).cloned().collect();
+        cfg.tls.check(&urls)?;
         let link = |role: &str, publishers: usize| Link {
-            urls: std::iter::once(&cfg.url).chain(&cfg.urls).cloned().collect(),
+            urls: urls.clone(),
             current: std::sync::atomic::AtomicUsize::new(0),
             name: format!("{} ({role})", cfg.connection_name),
+            tls: cfg.tls.clone(),
             conn: tokio::sync::Mutex::default(),
             idle: std::sync::Mutex::default(),
             leases: Arc::new(tokio::sync::Semaphore::new(publishers.max(1))),
@@ -432,7 +461,11 @@ impl RabbitBackend {
         };
         let publishing = link("publishing", cfg.publisher_channels);
         let consuming = link("consuming", 1);
-        let management = cfg.management_url.as_deref().map(|m| Management::new(m, &cfg.url)).transpose()?;
+        let management = cfg
+            .management_url
+            .as_deref()
+            .map(|m| Management::new(m, &cfg.url, cfg.tls.ca_file.as_deref()))
+            .transpose()?;
         publishing.connection().await?;
         consuming.connection().await?;
         let confirm_timeout = cfg.confirm_timeout;
@@ -797,6 +830,7 @@ mod tests {
             confirm_timeout: Duration::from_secs(10),
             management_url: Some(management_url()),
             publisher_channels: 4,
+            tls: Default::default(),
         };
         match RabbitBackend::connect(&cfg).await {
             Ok(b) => b,
