@@ -122,6 +122,7 @@ impl Workspace {
             .arg("serve")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("SPILLWAY_SERVER__LISTEN", "127.0.0.1:0")
+            .env("SPILLWAY_SERVER__ADMIN_LISTEN", "127.0.0.1:0")
             .env_remove("RUST_LOG")
             .stdout(Stdio::piped())
             .stderr(stderr)
@@ -130,13 +131,14 @@ impl Workspace {
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line).expect("read the listening line");
-        let addr = line
-            .split("http://")
-            .nth(1)
-            .and_then(|s| s.split_whitespace().next())
-            .and_then(|s| s.parse::<SocketAddr>().ok())
-            .unwrap_or_else(|| panic!("spillway serve did not say where it listens: {line:?}"));
-        Gateway { child, addr }
+        let address = |after: &str| {
+            line.split(after)
+                .nth(1)
+                .and_then(|s| s.split_whitespace().next())
+                .and_then(|s| s.parse::<SocketAddr>().ok())
+                .unwrap_or_else(|| panic!("spillway serve did not say where it listens: {line:?}"))
+        };
+        Gateway { child, addr: address("listening on http://"), admin: address("admin on http://") }
     }
 
     /// Starts `spillway consume`; killed when dropped, so a failing test
@@ -205,11 +207,18 @@ impl Drop for Process {
 pub struct Gateway {
     pub child: Child,
     pub addr: SocketAddr,
+    /// `server.admin_listen`: `/metrics`, `/livez`, `/readyz`.
+    pub admin: SocketAddr,
 }
 
 impl Gateway {
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    /// A URL on the admin listener.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
     }
 
     /// `kill -9`: no chance to flush or drain.

@@ -152,6 +152,16 @@ fn cases() -> Vec<Case> {
             code: "ambiguous_framing",
         },
         Case {
+            name: "an Upgrade on an ingest route",
+            request: req(
+                "POST /ingest HTTP/1.1\nHost: x\nUpgrade: websocket\nConnection: Upgrade\nContent-Length: 2\n",
+                b"{}",
+            ),
+            half_close: false,
+            status: 400,
+            code: "upgrade_refused",
+        },
+        Case {
             name: "a non-JSON body on a JSON-only route",
             request: req(
                 "POST /json/acme HTTP/1.1\nHost: x\nContent-Type: application/json\nContent-Length: 9\n",
@@ -281,4 +291,30 @@ async fn each_bad_input_gets_its_status_a_json_error_and_enqueues_nothing() {
     let ok = reqwest::Client::new().post(gw.url("/ingest")).body("{}").send().await.expect("post");
     assert_eq!(ok.status(), 202);
     assert_eq!(ws.stats("ingest").await.visible, 1);
+}
+
+/// A first request that hyper takes but a simpler tracker would give up
+/// on (two `Content-Length: 0` headers; an `Upgrade` it answers without
+/// switching)
+/// does not switch the CL+TE refusal off for the request after it on the
+/// same connection: that one is still refused, and nothing is stored.
+#[tokio::test]
+async fn the_framing_refusal_holds_for_every_request_of_a_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ws = Workspace::new(CONFIG);
+    let gw = ws.serve();
+    for first in [
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n",
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+    ] {
+        let mut s = tokio::net::TcpStream::connect(gw.addr).await.expect("connect");
+        let smuggled = "POST /ingest HTTP/1.1\r\nHost: x\r\nContent-Length: 7\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n";
+        s.write_all(format!("{first}{smuggled}").as_bytes()).await.expect("write");
+        let mut all = String::new();
+        let read = tokio::time::timeout(std::time::Duration::from_secs(10), s.read_to_string(&mut all)).await;
+        assert!(read.is_ok(), "the connection stayed open: {all}");
+        assert!(all.starts_with("HTTP/1.1 200"), "{first:?}: {all}");
+        assert!(all.contains("HTTP/1.1 400") && all.contains("ambiguous_framing"), "{first:?}: {all}");
+    }
+    assert_eq!(ws.stats("ingest").await.pending(), 0, "the smuggled body was stored");
 }

@@ -187,7 +187,8 @@ async fn queue_stats_prints_a_table_or_json() {
     let t = String::from_utf8_lossy(&table.stdout);
     assert!(t.contains("VISIBLE") && t.lines().any(|l| l.starts_with("ingest") && l.contains(" 3 ")), "{t}");
 
-    let metrics = http.get(gw.url("/metrics")).send().await.expect("metrics").text().await.expect("text");
+    let metrics =
+        http.get(gw.admin_url("/metrics")).send().await.expect("metrics").text().await.expect("text");
     assert!(
         metrics.contains(r#"spillway_http_requests_total{route="/ingest",status="202"} 3"#),
         "the gateway's metrics should count the three 202s: {metrics}"

@@ -25,7 +25,7 @@ async fn every_acknowledged_request_survives_kill_9() {
 
     // Restart on the same data: it must come up on the crashed database.
     let gw2 = ws.serve();
-    let res = reqwest::get(gw2.url("/readyz")).await.expect("readyz");
+    let res = reqwest::get(gw2.admin_url("/readyz")).await.expect("readyz");
     assert_eq!(res.status(), 200);
 
     let stored = queued_ids(&ws.queue().await, "ingest").await;

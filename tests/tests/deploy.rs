@@ -93,7 +93,8 @@ async fn every_metric_the_dashboard_queries_is_exported() {
     // The consumer counts its ack just after the sink call returns: poll.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let text = http.get(gw.url("/metrics")).send().await.expect("metrics").text().await.expect("text");
+        let text =
+            http.get(gw.admin_url("/metrics")).send().await.expect("metrics").text().await.expect("text");
         let missing: BTreeSet<_> = wanted.difference(&exported(&text)).cloned().collect();
         if missing.is_empty() {
             break;

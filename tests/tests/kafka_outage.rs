@@ -60,14 +60,14 @@ async fn a_broker_kill_under_load_gives_fast_503s_and_loses_nothing() {
     network.down();
     broker.kill9();
     eventually(Duration::from_secs(5), "readiness false while the broker is down", || async {
-        http.get(gw.url("/readyz")).send().await.is_ok_and(|r| r.status() == 503)
+        http.get(gw.admin_url("/readyz")).send().await.is_ok_and(|r| r.status() == 503)
     })
     .await;
     broker.restart().await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     network.up().await;
     eventually(Duration::from_secs(60), "readiness back after the broker restart", || async {
-        http.get(gw.url("/readyz")).send().await.is_ok_and(|r| r.status() == 200)
+        http.get(gw.admin_url("/readyz")).send().await.is_ok_and(|r| r.status() == 200)
     })
     .await;
     tokio::time::sleep(Duration::from_secs(3)).await;

@@ -56,7 +56,7 @@ async fn the_node_holding_the_connection_and_the_leader_dies_and_nothing_is_lost
     // with the first node still dead.
     tokio::time::sleep(Duration::from_secs(2)).await;
     eventually(Duration::from_secs(60), "readiness on another node", || async {
-        http.get(gw.url("/readyz")).send().await.is_ok_and(|r| r.status() == 200)
+        http.get(gw.admin_url("/readyz")).send().await.is_ok_and(|r| r.status() == 200)
     })
     .await;
     tokio::time::sleep(Duration::from_secs(5)).await;

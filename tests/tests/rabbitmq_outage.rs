@@ -49,14 +49,14 @@ async fn a_broker_kill9_under_load_gives_fast_503s_and_loses_nothing() {
     let restart = ServicesOnDrop(&["rabbitmq"]);
     kill9_pid(rabbit_single_pid());
     eventually(Duration::from_secs(5), "readiness false while the broker is down", || async {
-        http.get(gw.url("/readyz")).send().await.is_ok_and(|r| r.status() == 503)
+        http.get(gw.admin_url("/readyz")).send().await.is_ok_and(|r| r.status() == 503)
     })
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     services(&["rabbitmq"]);
     drop(restart);
     eventually(Duration::from_secs(60), "readiness back after the broker restart", || async {
-        http.get(gw.url("/readyz")).send().await.is_ok_and(|r| r.status() == 200)
+        http.get(gw.admin_url("/readyz")).send().await.is_ok_and(|r| r.status() == 200)
     })
     .await;
     tokio::time::sleep(Duration::from_secs(3)).await;

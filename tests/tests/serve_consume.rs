@@ -28,7 +28,8 @@ async fn accepts_and_drains(backend: &str) {
     })
     .await;
     // The consumer's metrics are the gateway's too, on its `/metrics`.
-    let metrics = http.get(gw.url("/metrics")).send().await.expect("metrics").text().await.expect("text");
+    let metrics =
+        http.get(gw.admin_url("/metrics")).send().await.expect("metrics").text().await.expect("text");
     assert!(
         metrics.contains(r#"spillway_consumer_circuit_open{queue="ingest"} 0"#),
         "the consumer's gauges on the gateway's /metrics: {metrics}"

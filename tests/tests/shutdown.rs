@@ -22,7 +22,7 @@ async fn sigterm_drains_and_loses_nothing() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     gw.sigterm();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let ready = reqwest::get(gw.url("/readyz")).await.expect("readyz during the grace period");
+    let ready = reqwest::get(gw.admin_url("/readyz")).await.expect("readyz during the grace period");
     assert_eq!(ready.status(), 503, "readiness must go false before the server stops accepting");
 
     let exit =

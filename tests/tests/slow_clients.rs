@@ -1,6 +1,8 @@
 //! Clients that never finish their request head: the header-read timeout
 //! drops them, SIGTERM still exits, an oversized head gets 431, and the
-//! connection cap holds a new connection until a slot is free.
+//! connection cap holds a new connection until a slot is free. And a
+//! keep-alive connection between requests: kept for `idle_timeout`, not
+//! the header-read timeout.
 //!
 //! Each wait here has an outer bound far above the 1 s timeout under test;
 //! without the timeout the connection would stay open forever and the
@@ -94,4 +96,50 @@ async fn sigterm_exits_while_a_half_sent_head_is_open() {
         .expect("wait task")
         .expect("exit status");
     assert!(exit.success(), "{exit:?}");
+}
+
+/// Reads one response to a request without a body of interest: its head,
+/// then `Content-Length` bytes. Returns the status line.
+async fn response(s: &mut TcpStream) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(BOUND, s.read(&mut buf)).await.expect("an answer").expect("read");
+        assert!(n > 0, "closed before the answer: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got).to_string();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned())
+                })
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap_or(0);
+            if got.len() >= end + 4 + length {
+                return text.lines().next().unwrap_or_default().to_owned();
+            }
+        }
+    }
+}
+
+/// Between two requests a keep-alive connection idles past the
+/// header-read timeout (1 s), which hyper's own timer closed it at (a
+/// proxy's pooled connection then met a 502), and is still served; the
+/// gateway closes it once it has idled `idle_timeout` (3 s).
+#[tokio::test]
+async fn a_keep_alive_connection_idles_past_the_head_timeout_until_the_idle_timeout() {
+    let ws = Workspace::new(&CONFIG.replace("max_header_bytes", "idle_timeout = \"3s\"\nmax_header_bytes"));
+    let gw = ws.serve();
+    let mut s = TcpStream::connect(gw.addr).await.expect("connect");
+    let get = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+    s.write_all(get).await.expect("first request");
+    assert!(response(&mut s).await.contains(" 200 "));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    s.write_all(get).await.expect("second request, 2 s later");
+    assert!(response(&mut s).await.contains(" 200 "), "the connection was closed while idle");
+    let answered = Instant::now();
+    let closed = closed_by_server(s).await;
+    let idled = closed - answered;
+    assert!(idled >= Duration::from_millis(2500), "closed after {idled:?} idle, before idle_timeout");
 }

@@ -150,13 +150,13 @@ async fn the_server_killed_under_load_and_restarted_loses_nothing_and_the_consum
     tokio::time::sleep(Duration::from_secs(3)).await;
     server.kill9();
     eventually(Duration::from_secs(5), "readiness false while the server is down", || async {
-        http.get(gw.url("/readyz")).send().await.is_ok_and(|r| r.status() == 503)
+        http.get(gw.admin_url("/readyz")).send().await.is_ok_and(|r| r.status() == 503)
     })
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     server.restart().await;
     eventually(Duration::from_secs(60), "readiness back after the restart", || async {
-        http.get(gw.url("/readyz")).send().await.is_ok_and(|r| r.status() == 200)
+        http.get(gw.admin_url("/readyz")).send().await.is_ok_and(|r| r.status() == 200)
     })
     .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -291,13 +291,13 @@ async fn an_outage_under_load_gives_fast_503s_and_loses_nothing() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     proxy.down();
     eventually(Duration::from_secs(10), "readiness false while SQS is down", || async {
-        http.get(gw.url("/readyz")).send().await.is_ok_and(|r| r.status() == 503)
+        http.get(gw.admin_url("/readyz")).send().await.is_ok_and(|r| r.status() == 503)
     })
     .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     proxy.up().await;
     eventually(Duration::from_secs(60), "readiness back after SQS is back", || async {
-        http.get(gw.url("/readyz")).send().await.is_ok_and(|r| r.status() == 200)
+        http.get(gw.admin_url("/readyz")).send().await.is_ok_and(|r| r.status() == 200)
     })
     .await;
     tokio::time::sleep(Duration::from_secs(3)).await;

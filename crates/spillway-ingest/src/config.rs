@@ -364,7 +364,7 @@ pub struct CompiledIngest {
 }
 
 /// Paths the server answers itself.
-pub const RESERVED_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
+pub const RESERVED_PATHS: [&str; 4] = ["/healthz", "/livez", "/readyz", "/metrics"];
 
 impl IngestConfig {
     /// Checks every value; the first bad one is the error.

@@ -39,6 +39,10 @@ pub enum ApiError {
         "the request has both Content-Length and Transfer-Encoding; proxies could read its body two ways"
     )]
     AmbiguousFraming,
+    /// An `Upgrade` header on an ingest route: the gateway switches to no
+    /// other protocol, and a proxy in front might have.
+    #[error("the request asks to switch protocols (Upgrade); this route takes plain HTTP/1.1 requests only")]
+    UpgradeRefused,
     #[error("the request body did not arrive within {secs} s")]
     RequestTimeout { secs: u64 },
     #[error("{0}")]
@@ -70,9 +74,10 @@ impl ApiError {
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::BadRequest { .. } | Self::SchemaViolation { .. } | Self::AmbiguousFraming => {
-                StatusCode::BAD_REQUEST
-            }
+            Self::BadRequest { .. }
+            | Self::SchemaViolation { .. }
+            | Self::AmbiguousFraming
+            | Self::UpgradeRefused => StatusCode::BAD_REQUEST,
             Self::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::Forbidden(_) | Self::InvalidApiKey => StatusCode::FORBIDDEN,
             Self::MissingApiKey { .. } => StatusCode::UNAUTHORIZED,
@@ -92,6 +97,7 @@ impl ApiError {
             Self::BadRequest { code, .. } => code,
             Self::SchemaViolation { .. } => "schema_violation",
             Self::AmbiguousFraming => "ambiguous_framing",
+            Self::UpgradeRefused => "upgrade_refused",
             Self::RequestTimeout { .. } => "request_timeout",
             Self::Forbidden(_) => "forbidden",
             Self::MissingApiKey { .. } => "missing_api_key",
@@ -171,7 +177,10 @@ impl IntoResponse for ApiError {
             }
             // The body was not (fully) read, or its end is ambiguous: the
             // connection cannot be reused.
-            Self::PayloadTooLarge { .. } | Self::RequestTimeout { .. } | Self::AmbiguousFraming => {
+            Self::PayloadTooLarge { .. }
+            | Self::RequestTimeout { .. }
+            | Self::AmbiguousFraming
+            | Self::UpgradeRefused => {
                 headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             _ => {}

@@ -88,10 +88,14 @@ async fn accept(state: &RouteState, req: Request, client: Option<IpAddr>) -> Res
     Ok(id)
 }
 
-/// Step 0: a head whose body proxies could frame two ways.
+/// Step 0: a head whose body proxies could frame two ways, or that asks
+/// to switch protocols.
 fn check_framing(parts: &Parts) -> Result<(), ApiError> {
     if parts.extensions.get::<AmbiguousFraming>().is_some_and(AmbiguousFraming::is_set) {
         return Err(ApiError::AmbiguousFraming);
+    }
+    if parts.headers.contains_key(axum::http::header::UPGRADE) {
+        return Err(ApiError::UpgradeRefused);
     }
     Ok(())
 }

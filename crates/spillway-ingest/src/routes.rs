@@ -26,7 +26,7 @@ use crate::{
     handler::{ingest, RouteState},
     metrics,
     publisher::Publisher,
-    server::Readiness,
+    readiness::Readiness,
 };
 
 /// Why the router could not be built.
@@ -112,13 +112,15 @@ fn with_cors(mr: MethodRouter, policy: Option<&Arc<CorsPolicy>>, methods: &[Meth
     mr.layer::<_, Infallible>(policy.layer(methods)).layer::<_, Infallible>(cors::TidyLayer)
 }
 
-async fn readiness_answer(readiness: Readiness) -> axum::response::Response {
-    match readiness.check().await {
-        Ok(()) => axum::Json(serde_json::json!({ "status": "ready" })).into_response(),
-        Err(reason) => (
+/// `/readyz`: the kept answer ([`Readiness`]); the cause is only logged.
+pub async fn readiness_answer(readiness: Readiness) -> axum::response::Response {
+    if readiness.is_ready() {
+        axum::Json(serde_json::json!({ "status": "ready" })).into_response()
+    } else {
+        (
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(serde_json::json!({ "status": "not_ready", "reason": reason })),
+            axum::Json(serde_json::json!({ "status": "not_ready" })),
         )
-            .into_response(),
+            .into_response()
     }
 }

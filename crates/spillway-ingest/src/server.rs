@@ -9,16 +9,10 @@
 //! Connections are served by hyper's HTTP/1 builder with a timer, not by
 //! `axum::serve`, whose hyper has none: without a timer a client that sends
 //! half a request head holds its connection forever, and shutdown would wait
-//! for it forever too. [`ServerLimits`] bounds the head's time and size and
-//! the number of connections.
+//! for it forever too. [`ServerLimits`] bounds the head's time and size, a
+//! keep-alive connection's idle time, and the number of connections.
 
-use std::{
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use axum::{extract::ConnectInfo, Router};
 use hyper_util::{
@@ -27,15 +21,12 @@ use hyper_util::{
     service::TowerToHyperService,
 };
 use serde::{Deserialize, Serialize};
-use spillway_queue::Backend;
 use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-use crate::framing::{AmbiguousFraming, Framing};
+use crate::framing::{AmbiguousFraming, Deadlines, Framing};
 
-/// How long `/readyz` waits for the backend before answering 503.
-const READY_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 /// hyper's smallest read buffer; a smaller header limit cannot be set.
 const MIN_HEADER_BYTES: usize = 8192;
 /// After a failed `accept` (out of file descriptors, say), wait this long.
@@ -45,11 +36,17 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerLimits {
-    /// A request head (request line and headers) not complete by then: the
-    /// connection is closed. Also bounds how long an idle keep-alive
-    /// connection may take to start its next request.
+    /// A request head (request line and headers) not complete this long
+    /// after its first byte: the connection is closed.
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Duration,
+    /// A keep-alive connection with no request for this long is closed.
+    /// Above the keep-alive of the proxies in front (AWS ALB and
+    /// ingress-nginx keep theirs 60 s): a connection the gateway closes
+    /// first can take a request the proxy has just sent on it, which it
+    /// answers 502 and does not retry for a POST.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
     /// A larger request head is answered `431 Request Header Fields Too
     /// Large`. At least 8 KiB (hyper's smallest buffer).
     pub max_header_bytes: usize,
@@ -65,6 +62,7 @@ impl Default for ServerLimits {
     fn default() -> Self {
         Self {
             header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(75),
             max_header_bytes: 16 * 1024,
             max_connections: 10_000,
             drain_timeout: Duration::from_secs(30),
@@ -82,6 +80,9 @@ impl ServerLimits {
         if self.header_read_timeout.is_zero() {
             return Err(bad("header_read_timeout", "must be more than 0"));
         }
+        if self.idle_timeout.is_zero() {
+            return Err(bad("idle_timeout", "must be more than 0"));
+        }
         if self.max_header_bytes < MIN_HEADER_BYTES {
             return Err(bad("max_header_bytes", "must be at least 8192"));
         }
@@ -89,35 +90,6 @@ impl ServerLimits {
             return Err(bad("max_connections", "must be at least 1"));
         }
         Ok(())
-    }
-}
-
-/// What `/readyz` reports: not draining, and the backend answers.
-#[derive(Clone)]
-pub struct Readiness {
-    draining: Arc<AtomicBool>,
-    backend: Arc<dyn Backend>,
-}
-
-impl Readiness {
-    pub fn new(backend: Arc<dyn Backend>) -> Self {
-        Self { draining: Arc::new(AtomicBool::new(false)), backend }
-    }
-
-    /// From now on `/readyz` answers 503.
-    pub fn start_draining(&self) {
-        self.draining.store(true, Ordering::SeqCst);
-    }
-
-    pub(crate) async fn check(&self) -> Result<(), String> {
-        if self.draining.load(Ordering::SeqCst) {
-            return Err("draining".into());
-        }
-        match tokio::time::timeout(READY_CHECK_TIMEOUT, self.backend.ready()).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err("queue backend did not answer".into()),
-        }
     }
 }
 
@@ -135,8 +107,12 @@ pub async fn serve(
     // session).
     let router: Router = router.with_state(());
     let mut http = hyper::server::conn::http1::Builder::new();
+    // The connection's own deadlines are `Framing`'s (idle, then head);
+    // hyper's timer, which starts as soon as it waits for a head, is only
+    // the backstop for a connection whose framing is not followed.
+    let deadlines = Deadlines { idle: limits.idle_timeout, head: limits.header_read_timeout };
     http.timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
+        .header_read_timeout(limits.idle_timeout + limits.header_read_timeout)
         .max_buf_size(limits.max_header_bytes.max(MIN_HEADER_BYTES));
     let slots = Arc::new(Semaphore::new(limits.max_connections.clamp(1, Semaphore::MAX_PERMITS)));
     let graceful = GracefulShutdown::new();
@@ -161,7 +137,7 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let flag = AmbiguousFraming::default();
-        let io = TokioIo::new(Framing::new(stream, flag.clone()));
+        let io = TokioIo::new(Framing::new(stream, flag.clone(), deadlines));
         let service = router.clone().map_request(move |mut req: hyper::Request<hyper::body::Incoming>| {
             req.extensions_mut().insert(ConnectInfo(addr));
             req.extensions_mut().insert(flag.clone());
@@ -184,6 +160,8 @@ pub async fn serve(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::Ordering;
+
     use axum::routing::post;
     use tokio::{
         io::{AsyncReadExt, AsyncWriteExt},

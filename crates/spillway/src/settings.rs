@@ -54,6 +54,16 @@ pub(crate) struct MetricsConfig {
 pub(crate) struct ServerConfig {
     /// Where to listen. Use `0.0.0.0:8080` in a container.
     pub(crate) listen: SocketAddr,
+    /// The admin listener: `/metrics`, `/livez`, `/readyz` (and
+    /// `/healthz`), apart from the traffic port and its connection cap, so
+    /// a connection flood does not look like a dead pod and metrics are not
+    /// public. Use `0.0.0.0:9090` in a container.
+    pub(crate) admin_listen: SocketAddr,
+    /// How often readiness asks the backend; probes read the last answer
+    /// and never reach the broker (each check is one broker call: on SQS a
+    /// `ListQueues`, on Kafka a metadata request).
+    #[serde(with = "humantime_serde")]
+    pub(crate) readiness_every: Duration,
     /// On SIGTERM, `/readyz` answers 503 this long before the server stops
     /// accepting, so load balancers take the pod out first.
     #[serde(with = "humantime_serde")]
@@ -74,6 +84,8 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            readiness_every: Duration::from_secs(2),
             shutdown_grace: Duration::ZERO,
             limits: ServerLimits::default(),
             consume: false,
@@ -176,6 +188,12 @@ impl Settings {
     pub(crate) fn compile(&self) -> anyhow::Result<CompiledIngest> {
         let ingest = self.ingest.compile()?;
         self.server.limits.check("server.limits")?;
+        if self.server.readiness_every.is_zero() {
+            bail!("invalid configuration at `server.readiness_every`: must be more than 0");
+        }
+        if self.server.admin_listen == self.server.listen && self.server.listen.port() != 0 {
+            bail!("invalid configuration at `server.admin_listen`: must differ from `server.listen`");
+        }
         // An empty name is named where it was written.
         let empty = |name: &str| name.trim().is_empty();
         if empty(&self.consumer.queue) {

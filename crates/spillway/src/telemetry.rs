@@ -1,6 +1,6 @@
 //! Metrics: a Prometheus recorder for the `metrics` calls in the libraries,
-//! rendered on `GET /metrics` (by `serve` on its own port, by `consume` on
-//! `consumer.metrics_listen`).
+//! rendered on `GET /metrics` (by `serve` on `server.admin_listen`, by
+//! `consume` on `metrics.consumer_listen`).
 
 use std::{sync::Arc, time::Duration};
 
@@ -24,6 +24,10 @@ pub(crate) const QUEUE_OLDEST_AGE: &str = "spillway_queue_oldest_message_age_sec
 pub(crate) const QUEUE_RETENTION: &str = "spillway_queue_retention_seconds";
 /// A scrape waits this long for the backend's counts.
 const STATS_TIMEOUT: Duration = Duration::from_secs(2);
+/// The counts are read again at most this often, however often `/metrics`
+/// is scraped: on SQS each read is a `GetQueueAttributes` per queue, billed
+/// (docs/operations.md).
+pub(crate) const STATS_EVERY: Duration = Duration::from_secs(5);
 /// The age is read again at most this often: on Kafka it fetches a record
 /// per partition behind, which a scrape every few seconds need not repeat.
 const AGE_EVERY: Duration = Duration::from_secs(30);
@@ -58,9 +62,8 @@ pub(crate) fn install() -> anyhow::Result<PrometheusHandle> {
     Ok(handle)
 }
 
-/// What `/metrics` serves: the queue gauges, refreshed now, then everything.
-/// The embedded queue's counts are O(1) and off the writer, so a scrape
-/// costs the gateway nothing it would notice.
+/// What `/metrics` serves: the queue gauges, refreshed when older than
+/// [`STATS_EVERY`], then everything. Concurrent scrapes share one refresh.
 #[derive(Clone)]
 pub(crate) struct Metrics {
     handle: PrometheusHandle,
@@ -68,6 +71,8 @@ pub(crate) struct Metrics {
     queues: Arc<[String]>,
     /// When each queue's age was last read.
     aged: Arc<std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>>,
+    /// When the counts were last read; held while they are read.
+    counted: Arc<tokio::sync::Mutex<Option<tokio::time::Instant>>>,
 }
 
 impl Metrics {
@@ -79,10 +84,21 @@ impl Metrics {
         for q in queues.iter() {
             metrics::counter!(QUEUE_STATS_ERRORS, "queue" => q.clone()).absolute(0);
         }
-        Self { handle, backend, queues, aged: Arc::default() }
+        Self { handle, backend, queues, aged: Arc::default(), counted: Arc::default() }
     }
 
     pub(crate) async fn render(&self) -> String {
+        {
+            let mut counted = self.counted.lock().await;
+            if counted.is_none_or(|at| at.elapsed() >= STATS_EVERY) {
+                self.refresh_counts().await;
+                *counted = Some(tokio::time::Instant::now());
+            }
+        }
+        self.handle.render()
+    }
+
+    async fn refresh_counts(&self) {
         for q in self.queues.iter() {
             match tokio::time::timeout(STATS_TIMEOUT, self.backend.stats(q)).await {
                 Ok(Ok(s)) => {
@@ -106,7 +122,6 @@ impl Metrics {
             }
             self.refresh_age(q).await;
         }
-        self.handle.render()
     }
 
     /// Sets the age gauges of `q`, unless they were read less than

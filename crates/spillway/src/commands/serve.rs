@@ -11,18 +11,20 @@ use crate::{settings::Settings, signal, telemetry};
 
 pub(crate) async fn serve(s: Settings, ingest: CompiledIngest) -> anyhow::Result<()> {
     let backend = open_backend(&s).await?;
-    let readiness = Readiness::new(backend.clone());
+    let readiness = Readiness::start(backend.clone(), s.server.readiness_every).await;
     let metrics = telemetry::Metrics::new(
         telemetry::install()?,
         backend.clone(),
         s.queue_specs().into_iter().map(|q| q.name).collect(),
     );
-    let router = build_router(&ingest, backend.clone(), readiness.clone())
-        .await?
-        .route("/metrics", axum::routing::get(move || async move { metrics.render().await }));
+    let router = build_router(&ingest, backend.clone(), readiness.clone()).await?;
     let listener =
         TcpListener::bind(s.server.listen).await.with_context(|| format!("binding {}", s.server.listen))?;
     let addr = listener.local_addr().context("reading the bound address")?;
+    let admin_listener = TcpListener::bind(s.server.admin_listen)
+        .await
+        .with_context(|| format!("binding server.admin_listen {}", s.server.admin_listen))?;
+    let admin_addr = admin_listener.local_addr().context("reading the admin address")?;
     let where_ = match &s.queue {
         spillway_queue::BackendConfig::Embedded { path, durability } => {
             if *durability == Durability::ProcessCrash {
@@ -36,8 +38,11 @@ pub(crate) async fn serve(s: Settings, ingest: CompiledIngest) -> anyhow::Result
     };
     let routes: Vec<String> =
         s.ingest.routes.iter().map(|r| format!("{} {}", r.methods.join("|"), r.path)).collect();
-    println!("spillway listening on http://{addr} ({where_}); routes: {}", routes.join(", "));
-    tracing::info!(%addr, backend = backend.kind(), "listening");
+    println!(
+        "spillway listening on http://{addr} ({where_}); routes: {}; admin on http://{admin_addr}",
+        routes.join(", ")
+    );
+    tracing::info!(%addr, %admin_addr, backend = backend.kind(), "listening");
 
     // The in-process consumer stops after the HTTP server has drained, so
     // nothing it could still deliver is left behind by a shutdown.
@@ -58,9 +63,18 @@ pub(crate) async fn serve(s: Settings, ingest: CompiledIngest) -> anyhow::Result
         tokio::time::sleep(grace).await;
         trigger.cancel();
     });
+    // The admin port stays up while traffic drains (readiness 503 is
+    // what load balancers must see) and stops with it.
+    let admin = tokio::spawn(spillway_ingest::serve(
+        admin_listener,
+        admin_router(readiness.clone(), metrics),
+        admin_limits(&s.server.limits),
+        shutdown.clone(),
+    ));
     spillway_ingest::serve(listener, router, s.server.limits.clone(), shutdown)
         .await
         .context("serving HTTP")?;
+    admin.await.context("the admin listener")?.context("serving the admin listener")?;
     tracing::info!("drained; every accepted request has its answer");
     if let Some(runtime) = consuming {
         stop_consuming.cancel();
@@ -68,3 +82,24 @@ pub(crate) async fn serve(s: Settings, ingest: CompiledIngest) -> anyhow::Result
     }
     Ok(())
 }
+
+/// `/metrics`, `/livez` (the process answers), `/readyz` (the kept
+/// readiness) and `/healthz` (as `/livez`, for older probes).
+fn admin_router(readiness: Readiness, metrics: telemetry::Metrics) -> axum::Router {
+    use axum::routing::get;
+    let alive = || async { axum::Json(serde_json::json!({ "status": "ok" })) };
+    axum::Router::new()
+        .route("/metrics", get(move || async move { metrics.render().await }))
+        .route("/livez", get(alive))
+        .route("/healthz", get(alive))
+        .route("/readyz", get(move || spillway_ingest::routes::readiness_answer(readiness.clone())))
+}
+
+/// The admin listener's limits: the traffic port's timeouts, and a small
+/// connection cap of its own (probes and a scraper, not clients).
+fn admin_limits(traffic: &spillway_ingest::ServerLimits) -> spillway_ingest::ServerLimits {
+    spillway_ingest::ServerLimits { max_connections: ADMIN_CONNECTIONS, ..traffic.clone() }
+}
+
+/// Connections the admin listener serves at once.
+const ADMIN_CONNECTIONS: usize = 64;
