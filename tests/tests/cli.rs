@@ -256,3 +256,78 @@ async fn with_no_config_at_all_serve_takes_posts_and_puts_on_ingest_into_spillwa
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// Every kind of secret a configuration holds, each with a value that
+/// appears nowhere else: `config check` prints none of them.
+#[test]
+fn config_check_masks_every_kind_of_secret() {
+    let configs = [
+        // An HTTP sink: an API key header, a token in the URL's query.
+        r#"
+[queue]
+backend = "embedded"
+path = "{data}"
+[consumer.sink]
+type = "http"
+url = "https://hooks.example.com/in?tenant=7&token=leak-query-token"
+headers = { "x-api-key" = "leak-header-key", authorization = "Bearer leak-bearer", "x-trace" = "visible-trace" }
+"#,
+        // A PostgreSQL sink as a libpq key=value string.
+        r#"
+[queue]
+backend = "embedded"
+path = "{data}"
+[consumer.sink]
+type = "postgres"
+url = "host=127.0.0.1 user=app password='leak pg kv' dbname=visible_db"
+"#,
+        // A PostgreSQL sink URL with the password as a query parameter.
+        r#"
+[queue]
+backend = "embedded"
+path = "{data}"
+[consumer.sink]
+type = "postgres"
+url = "postgres://app@db/visible_db?sslmode=require&password=leak-pg-query"
+"#,
+        // RabbitMQ URLs with passwords; API keys.
+        r#"
+[queue]
+backend = "rabbitmq"
+url = "amqps://app:leak-amqp@rabbit:5671/%2f"
+management_url = "https://admin:leak-management@rabbit:15671"
+[ingest.api_keys]
+keys = ["leak-ingest-api-key-0123"]
+[[ingest.routes]]
+path = "/in"
+queue = "in"
+"#,
+    ];
+    for config in configs {
+        let ws = Workspace::new(config);
+        let out = ws.cli(&["config", "check"]);
+        let t = text(&out);
+        assert!(out.status.success(), "{t}");
+        assert!(!t.contains("leak"), "a secret leaked:\n{t}");
+        assert!(t.contains("visible") || t.contains("rabbit"), "the rest is shown:\n{t}");
+    }
+}
+
+/// A management URL that does not parse is named in the error without
+/// its password.
+#[test]
+fn a_malformed_management_url_is_named_without_its_password() {
+    let ws = Workspace::new(
+        r#"
+[queue]
+backend = "rabbitmq"
+url = "amqp://guest:guest@127.0.0.1:5672/%2f"
+management_url = "http://admin:leak-management@rabbit:not-a-port"
+"#,
+    );
+    let out = ws.cli(&["queue", "stats"]);
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(t.contains("management_url") && t.contains("rabbit:not-a-port"), "{t}");
+    assert!(!t.contains("leak-management"), "the password leaked: {t}");
+}

@@ -56,6 +56,18 @@ use crate::{
 /// How long opening a connection may take before the call is `Timeout`.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// A URL for an error message: whatever is between `://` and the last `@`
+/// of its authority (user and password) replaced, even when the URL does
+/// not parse (a malformed URL is exactly the one an error prints).
+fn without_userinfo(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..end].rfind('@') {
+        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
+        None => url.to_owned(),
+    }
+}
+
 /// The management plugin's HTTP API, for the counts AMQP does not give.
 struct Management {
     http: reqwest::Client,
@@ -70,8 +82,9 @@ struct Management {
 impl Management {
     /// `ca_file` (`queue.tls.ca_file`) is trusted by an `https://` API too.
     fn new(url: &str, amqp_url: &str, ca_file: Option<&std::path::Path>) -> Result<Self, QueueError> {
-        let parsed = reqwest::Url::parse(url)
-            .map_err(|e| QueueError::Invalid(format!("queue.management_url {url:?}: {e}")))?;
+        let parsed = reqwest::Url::parse(url).map_err(|e| {
+            QueueError::Invalid(format!("queue.management_url {:?}: {e}", without_userinfo(url)))
+        })?;
         let user = if parsed.username().is_empty() { "guest" } else { parsed.username() }.to_owned();
         let password = parsed.password().unwrap_or("guest").to_owned();
         let base = format!(
