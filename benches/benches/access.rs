@@ -44,7 +44,12 @@ fn access(c: &mut Criterion) {
     // Never exhausted in a run: the check is measured, not the refusal.
     let many = RateConfig { rate: 1_000_000_000, burst: u32::MAX / 2, per: Duration::from_secs(1) };
     let throttle = Throttle::compile(
-        &ThrottleConfig { route: Some(many.clone()), per_ip: Some(many.clone()), per_key: Some(many) },
+        &ThrottleConfig {
+            route: Some(many.clone()),
+            per_ip: Some(many.clone()),
+            per_key: Some(many),
+            ..ThrottleConfig::default()
+        },
         "bench",
     )
     .expect("throttle")

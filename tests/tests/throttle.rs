@@ -148,3 +148,23 @@ fn bad_limits_stop_start_up_naming_their_key() {
         assert!(!out.status.success() && stderr.contains(key), "{config}: {stderr}");
     }
 }
+
+/// A client with a /64 of IPv6 addresses is one client, whichever address
+/// and port the proxy names (`[v6]:port`, as some proxies write it): its
+/// burst of 2 is spent after two requests from two addresses, and a third
+/// address of the same /64 is throttled. Another /64 is another client.
+#[tokio::test]
+async fn an_ipv6_client_is_its_64_whatever_address_and_port_it_uses() {
+    let ws = Workspace::new(CONFIG);
+    let gw = ws.serve();
+    let http = reqwest::Client::new();
+    let url = gw.url("/client");
+    assert_eq!(post(&http, &url, "[2001:db8:7:7::1]:50001").await.status(), 202);
+    assert_eq!(post(&http, &url, "[2001:db8:7:7:ffff::2]:50002").await.status(), 202);
+    assert_throttled(post(&http, &url, "2001:db8:7:7:abcd::3").await, "client").await;
+    assert_eq!(post(&http, &url, "[2001:db8:7:8::1]:50003").await.status(), 202, "another /64");
+    // An IPv4 client with a port is that client, not the proxy.
+    assert_eq!(post(&http, &url, "198.51.100.40:1234").await.status(), 202);
+    assert_eq!(post(&http, &url, "198.51.100.40:5678").await.status(), 202);
+    assert_throttled(post(&http, &url, "198.51.100.40").await, "client").await;
+}

@@ -67,6 +67,9 @@ pub struct IngestConfig {
     /// client, for per-client limits and the envelope's `source_ip`. Empty:
     /// the client is the peer. See [`crate::client_ip`].
     pub trusted_proxies: Vec<String>,
+    /// Where trusted proxies name the client: `x-forwarded-for` (default)
+    /// or `forwarded` (RFC 7239).
+    pub forwarded_header: crate::client_ip::ForwardedHeader,
     /// API keys; with any configured, every route requires one unless it
     /// sets `require_api_key = false`. See [`crate::api_key`].
     pub api_keys: ApiKeysConfig,
@@ -81,6 +84,7 @@ impl Default for IngestConfig {
             publisher: PublisherConfig::default(),
             throttle: ThrottleConfig::default(),
             trusted_proxies: Vec::new(),
+            forwarded_header: crate::client_ip::ForwardedHeader::default(),
             api_keys: ApiKeysConfig::default(),
         }
     }
@@ -249,11 +253,18 @@ pub struct LimitsConfig {
     /// A body that has not fully arrived by then gets 408.
     #[serde(with = "humantime_serde")]
     pub body_timeout: Duration,
+    /// Request bodies held in memory at once, across all routes
+    /// ([`crate::admission`]); over it, 503 before the body is read.
+    pub max_body_bytes_in_flight: usize,
 }
 
 impl Default for LimitsConfig {
     fn default() -> Self {
-        Self { max_body_bytes: 192 * 1024, body_timeout: Duration::from_secs(10) }
+        Self {
+            max_body_bytes: 192 * 1024,
+            body_timeout: Duration::from_secs(10),
+            max_body_bytes_in_flight: 64 * 1024 * 1024,
+        }
     }
 }
 
@@ -358,6 +369,11 @@ impl CompiledRoute {
 #[derive(Debug, Clone)]
 pub struct CompiledIngest {
     pub routes: Vec<CompiledRoute>,
+    /// `limits.max_body_bytes_in_flight`: the admission budget.
+    pub max_body_bytes_in_flight: usize,
+    /// `trusted_proxies`, compiled: also exempt from the per-client
+    /// connection cap.
+    pub trusted_proxies: Arc<TrustedProxies>,
     /// The top-level CORS policy, which also covers answers to unknown paths.
     pub global_cors: Option<Arc<CorsPolicy>>,
     pub publisher: PublisherConfig,
@@ -415,7 +431,21 @@ impl IngestConfig {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let global_cors = compile_cors(&self.cors, "ingest.cors")?.map(Arc::new);
-        Ok(CompiledIngest { routes, global_cors, publisher: self.publisher.clone() })
+        // A budget under one largest body would refuse every such request.
+        let largest = routes.iter().map(|r| r.max_body_bytes).max().unwrap_or(0);
+        if self.limits.max_body_bytes_in_flight < largest {
+            return Err(invalid(
+                "ingest.limits.max_body_bytes_in_flight",
+                format!("must be at least the largest max_body_bytes ({largest})"),
+            ));
+        }
+        Ok(CompiledIngest {
+            routes,
+            max_body_bytes_in_flight: self.limits.max_body_bytes_in_flight,
+            trusted_proxies,
+            global_cors,
+            publisher: self.publisher.clone(),
+        })
     }
 
     fn trusted_proxies(&self) -> Result<TrustedProxies, ConfigError> {
@@ -433,7 +463,7 @@ impl IngestConfig {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(TrustedProxies::new(nets))
+        Ok(TrustedProxies::new(nets).reading(self.forwarded_header))
     }
 
     fn compile_route(

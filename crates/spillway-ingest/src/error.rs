@@ -57,6 +57,10 @@ pub enum ApiError {
     Throttled { scope: &'static str, retry_after_secs: u64 },
     #[error("the queue could not store the message: {0}")]
     Unavailable(String),
+    /// The gateway holds as many request bodies as its memory budget
+    /// allows ([`crate::admission`]); nothing was read or stored.
+    #[error("the gateway is at its limit of request bodies in memory; nothing was stored, retry after {RETRY_AFTER_SECS} s")]
+    OverCapacity,
     #[error("the queue refused the message: {0}")]
     Unprocessable(String),
     #[error("internal error: {0}")]
@@ -82,7 +86,7 @@ impl ApiError {
             Self::Forbidden(_) | Self::InvalidApiKey => StatusCode::FORBIDDEN,
             Self::MissingApiKey { .. } => StatusCode::UNAUTHORIZED,
             Self::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::OverCapacity => StatusCode::SERVICE_UNAVAILABLE,
             Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -104,6 +108,7 @@ impl ApiError {
             Self::InvalidApiKey => "invalid_api_key",
             Self::Throttled { .. } => "throttled",
             Self::Unavailable(_) => "queue_unavailable",
+            Self::OverCapacity => "over_capacity",
             Self::Unprocessable(_) => "message_rejected",
             Self::Internal(_) => "internal",
         }
@@ -166,6 +171,11 @@ impl IntoResponse for ApiError {
         match &self {
             Self::Unavailable(_) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+            }
+            // Refused before its body was read: the connection cannot be reused.
+            Self::OverCapacity => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             Self::Throttled { retry_after_secs, .. } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));

@@ -14,7 +14,9 @@
 //!    key's and the route's rate limits: a 429 with `Retry-After`;
 //!    [`check_head`]: `Content-Length` over the limit is a 413 without
 //!    reading the body; a content type the route does not accept is a 415;
-//! 2. [`read_body`]: the body, read under the size limit (413) and the body
+//! 2. [`admit`]: the body's bytes from the gateway's budget of bodies in
+//!    memory ([`crate::admission`]): a 503 with `Retry-After` when spent;
+//!    [`read_body`]: the body, read under the size limit (413) and the body
 //!    timeout (408); a body that ends early (a lying `Content-Length`) is a 400;
 //! 3. [`check_json`]: a body that says it is JSON must parse: 400; on a
 //!    route with a schema, every body must be JSON and match it: 400
@@ -57,6 +59,8 @@ use crate::{
 pub struct RouteState {
     pub route: CompiledRoute,
     pub publisher: Arc<Publisher>,
+    /// The gateway's budget of body bytes in flight, shared by every route.
+    pub admission: Arc<crate::admission::Admission>,
 }
 
 /// Handles one request to a route.
@@ -79,6 +83,8 @@ async fn accept(state: &RouteState, req: Request, client: Option<IpAddr>) -> Res
     check_framing(&parts)?;
     check_access(&parts, route, client)?;
     let content_type = check_head(&parts, route)?;
+    // Held until the answer: the body and its envelope are in memory till then.
+    let _admitted = admit(state, &parts)?;
     let body = read_body(body, route).await?;
     let is_json = check_json(&body, content_type.as_deref(), route)?;
     let facts = request_facts(&mut parts, &body, is_json, route, client).await?;
@@ -286,6 +292,14 @@ fn essence(content_type: &str) -> String {
 
 fn is_json_type(essence: &str) -> bool {
     essence == "application/json" || essence.ends_with("+json")
+}
+
+/// Step 2a: the body's bytes from the gateway's budget
+/// ([`crate::admission`]): its declared length, or the route's limit when
+/// it has none (chunked). Refused at once (503) when the budget is spent.
+fn admit(state: &RouteState, parts: &Parts) -> Result<crate::admission::Admitted, ApiError> {
+    let declared = content_length(parts)?.unwrap_or(state.route.max_body_bytes as u64);
+    state.admission.admit(declared)
 }
 
 async fn read_body(body: Body, route: &CompiledRoute) -> Result<Bytes, ApiError> {

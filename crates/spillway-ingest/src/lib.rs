@@ -32,6 +32,7 @@
 #![warn(unreachable_pub)]
 
 pub mod access_log;
+pub mod admission;
 pub mod api_key;
 pub mod client_ip;
 pub mod config;
@@ -52,4 +53,4 @@ pub use error::ApiError;
 pub use publisher::Publisher;
 pub use readiness::Readiness;
 pub use routes::build_router;
-pub use server::{serve, ServerLimits};
+pub use server::{serve, serve_exempting, ServerLimits};

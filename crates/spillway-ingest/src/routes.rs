@@ -47,6 +47,7 @@ pub async fn build_router(
     readiness: Readiness,
 ) -> Result<Router, BuildError> {
     let routes = cfg.routes.clone();
+    let admission = Arc::new(crate::admission::Admission::new(cfg.max_body_bytes_in_flight));
     let mut publishers: HashMap<String, Arc<Publisher>> = HashMap::new();
     let mut router = Router::new();
     for route in routes {
@@ -67,9 +68,9 @@ pub async fn build_router(
         let methods = route.methods.clone();
         let cors = route.cors.clone();
         if let Some(throttle) = &route.throttle {
-            crate::throttle::spawn_sweeper(throttle);
+            crate::throttle::spawn_sweeper(throttle, &route.name);
         }
-        let state = Arc::new(RouteState { route, publisher });
+        let state = Arc::new(RouteState { route, publisher, admission: admission.clone() });
         let mut mr: MethodRouter = MethodRouter::new();
         for m in &methods {
             let filter = MethodFilter::try_from(m.clone()).map_err(|_| ConfigError {

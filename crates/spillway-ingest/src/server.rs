@@ -12,7 +12,7 @@
 //! for it forever too. [`ServerLimits`] bounds the head's time and size, a
 //! keep-alive connection's idle time, and the number of connections.
 
-use std::{sync::Arc, time::Duration};
+use std::{net::IpAddr, sync::Arc, time::Duration};
 
 use axum::{extract::ConnectInfo, Router};
 use hyper_util::{
@@ -25,7 +25,10 @@ use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-use crate::framing::{AmbiguousFraming, Deadlines, Framing};
+use crate::{
+    client_ip::TrustedProxies,
+    framing::{AmbiguousFraming, Deadlines, Framing},
+};
 
 /// hyper's smallest read buffer; a smaller header limit cannot be set.
 const MIN_HEADER_BYTES: usize = 8192;
@@ -52,6 +55,10 @@ pub struct ServerLimits {
     pub max_header_bytes: usize,
     /// Connections served at once; more wait in the listen backlog.
     pub max_connections: usize,
+    /// Connections one client (an address; an IPv6 /64) may hold at once;
+    /// beyond it a new one gets a 503 with `Retry-After` and is closed.
+    /// Trusted proxies (`ingest.trusted_proxies`) are exempt. 0: no cap.
+    pub max_connections_per_client: usize,
     /// How long shutdown waits for open connections to finish their
     /// requests before it closes them.
     #[serde(with = "humantime_serde")]
@@ -65,6 +72,7 @@ impl Default for ServerLimits {
             idle_timeout: Duration::from_secs(75),
             max_header_bytes: 16 * 1024,
             max_connections: 10_000,
+            max_connections_per_client: 1_000,
             drain_timeout: Duration::from_secs(30),
         }
     }
@@ -100,6 +108,55 @@ pub async fn serve(
     limits: ServerLimits,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    serve_exempting(listener, router, limits, Arc::new(TrustedProxies::default()), shutdown).await
+}
+
+/// Connections refused because their client held its share already.
+pub const REFUSED_PER_CLIENT: &str = "spillway_connections_refused_total";
+
+/// What a client over its connection share gets before the close.
+const PER_CLIENT_REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Type: application/json\r\nContent-Length: 91\r\nConnection: close\r\n\r\n{\"error\":{\"code\":\"too_many_connections\",\"message\":\"too many connections from this client\"}}";
+
+/// Open connections by client, for `max_connections_per_client`. Holds
+/// only clients with a connection open: at most `max_connections` entries.
+#[derive(Default)]
+struct PerClient(std::sync::Mutex<std::collections::HashMap<IpAddr, usize>>);
+
+/// One connection counted against its client; uncounted when dropped.
+struct Counted(Arc<PerClient>, IpAddr);
+
+impl PerClient {
+    fn enter(self: &Arc<Self>, client: IpAddr, cap: usize) -> Option<Counted> {
+        let mut open = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = open.entry(client).or_insert(0);
+        if *n >= cap {
+            return None;
+        }
+        *n += 1;
+        Some(Counted(self.clone(), client))
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        let mut open = self.0 .0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = open.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.1);
+            }
+        }
+    }
+}
+
+/// [`serve`], with `trusted` proxies exempt from the per-client cap.
+pub async fn serve_exempting(
+    listener: TcpListener,
+    router: Router,
+    limits: ServerLimits,
+    trusted: Arc<TrustedProxies>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     // Turns every handler into a finished route once, as `axum::serve`
     // does: a router used as a service without this builds each handler's
     // route, with every layer on it, again on every request (1,800
@@ -115,6 +172,7 @@ pub async fn serve(
         .header_read_timeout(limits.idle_timeout + limits.header_read_timeout)
         .max_buf_size(limits.max_header_bytes.max(MIN_HEADER_BYTES));
     let slots = Arc::new(Semaphore::new(limits.max_connections.clamp(1, Semaphore::MAX_PERMITS)));
+    let per_client = Arc::new(PerClient::default());
     let graceful = GracefulShutdown::new();
     loop {
         let slot = tokio::select! {
@@ -135,6 +193,21 @@ pub async fn serve(
             },
             () = shutdown.cancelled() => break,
         };
+        let counted = if limits.max_connections_per_client == 0 || trusted.trusts(addr.ip()) {
+            None
+        } else {
+            match per_client.enter(crate::client_ip::group(addr.ip(), 64), limits.max_connections_per_client)
+            {
+                Some(counted) => Some(counted),
+                None => {
+                    metrics::counter!(REFUSED_PER_CLIENT, "reason" => "per_client").increment(1);
+                    // Best effort: a client whose socket buffer is full gets the close alone.
+                    let _ = stream.try_write(PER_CLIENT_REFUSAL);
+                    drop(stream);
+                    continue;
+                }
+            }
+        };
         let _ = stream.set_nodelay(true);
         let flag = AmbiguousFraming::default();
         let io = TokioIo::new(Framing::new(stream, flag.clone(), deadlines));
@@ -148,6 +221,7 @@ pub async fn serve(
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, %addr, "connection ended with an error");
             }
+            drop(counted);
             drop(slot);
         });
     }

@@ -7,9 +7,14 @@
 //! once, then one more every `per / rate`. A client is checked against its
 //! own bucket first, so one client over its limit does not use up the
 //! route's. The per-client buckets live in memory, per gateway process
-//! (with N replicas, a client may send N times its limit); buckets of
-//! clients that went quiet are dropped every [`SWEEP_EVERY`], so memory
-//! follows the number of recent clients, not of all clients ever seen.
+//! (with N replicas, a client may send N times its limit), at most
+//! `max_clients` of them ([`store`]: the least recently seen client is
+//! dropped for a new one); buckets of clients that went quiet are dropped
+//! every [`SWEEP_EVERY`] too. An IPv6 client is its `/ipv6_prefix` (a
+//! /64 by default: what one subscriber or one host gets), so a client
+//! cannot pick a fresh address per request to get a fresh bucket.
+
+pub mod store;
 
 use std::{
     net::IpAddr,
@@ -24,6 +29,8 @@ use governor::{
     state::{keyed::DefaultKeyedStateStore, InMemoryState, NotKeyed},
     Quota, RateLimiter,
 };
+
+use self::store::BoundedStore;
 use serde::{Deserialize, Serialize};
 
 use crate::{config::ConfigError, error::ApiError};
@@ -49,7 +56,7 @@ fn one_second() -> Duration {
 }
 
 /// `[ingest.throttle]`, or a route's own `throttle`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ThrottleConfig {
     /// All requests to the route, together.
@@ -59,12 +66,36 @@ pub struct ThrottleConfig {
     /// Each API key on its own, on routes that require one
     /// ([`crate::api_key`]).
     pub per_key: Option<RateConfig>,
+    /// Clients tracked at once for `per_ip`; beyond it the least recently
+    /// seen is dropped (and starts again with a full burst).
+    pub max_clients: usize,
+    /// An IPv6 client is its network of this many bits: one bucket per
+    /// /64 by default.
+    pub ipv6_prefix: u8,
+}
+
+impl Default for ThrottleConfig {
+    fn default() -> Self {
+        Self { route: None, per_ip: None, per_key: None, max_clients: 100_000, ipv6_prefix: 64 }
+    }
 }
 
 impl ThrottleConfig {
     /// Checks every limit; errors name their key under `key`. For
     /// `ingest.throttle`, which is checked even when every route sets its own.
     pub fn check(&self, key: &str) -> Result<(), ConfigError> {
+        if self.max_clients == 0 {
+            return Err(ConfigError {
+                key: format!("{key}.max_clients"),
+                message: "must be at least 1".into(),
+            });
+        }
+        if self.ipv6_prefix == 0 || self.ipv6_prefix > 128 {
+            return Err(ConfigError {
+                key: format!("{key}.ipv6_prefix"),
+                message: "must be 1 to 128".into(),
+            });
+        }
         self.quotas(key).map(drop)
     }
 
@@ -101,11 +132,14 @@ impl RateConfig {
 type Direct<C> = RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<<C as Clock>::Instant>>;
 type Keyed<K, C> = RateLimiter<K, DefaultKeyedStateStore<K>, C, NoOpMiddleware<<C as Clock>::Instant>>;
 
+type Bounded<K, C> = RateLimiter<K, BoundedStore<K>, C, NoOpMiddleware<<C as Clock>::Instant>>;
+
 /// A route's limits, compiled.
 pub struct Throttle<C: Clock = DefaultClock> {
     route: Option<Direct<C>>,
-    per_ip: Option<Keyed<IpAddr, C>>,
+    per_ip: Option<Bounded<IpAddr, C>>,
     per_key: Option<Keyed<usize, C>>,
+    ipv6_prefix: u8,
     clock: C,
 }
 
@@ -129,14 +163,16 @@ impl Throttle {
 impl<C: Clock + Clone> Throttle<C> {
     /// As [`Throttle::compile`], on `clock` (tests use a fake one).
     pub fn with_clock(cfg: &ThrottleConfig, key: &str, clock: C) -> Result<Option<Self>, ConfigError> {
+        cfg.check(key)?;
         let [route, per_ip, per_key] = cfg.quotas(key)?;
         if route.is_none() && per_ip.is_none() && per_key.is_none() {
             return Ok(None);
         }
         Ok(Some(Self {
             route: route.map(|q| RateLimiter::direct_with_clock(q, clock.clone())),
-            per_ip: per_ip.map(|q| RateLimiter::dashmap_with_clock(q, clock.clone())),
+            per_ip: per_ip.map(|q| RateLimiter::new(q, BoundedStore::new(cfg.max_clients), clock.clone())),
             per_key: per_key.map(|q| RateLimiter::dashmap_with_clock(q, clock.clone())),
+            ipv6_prefix: cfg.ipv6_prefix,
             clock,
         }))
     }
@@ -152,7 +188,8 @@ impl<C: Clock + Clone> Throttle<C> {
     /// guessing keys is limited too.
     pub fn check_client(&self, client: Option<IpAddr>) -> Result<(), ApiError> {
         if let (Some(limiter), Some(ip)) = (&self.per_ip, client) {
-            limiter.check_key(&ip).map_err(|not_until| self.throttled("client", not_until))?;
+            let client = crate::client_ip::group(ip, self.ipv6_prefix);
+            limiter.check_key(&client).map_err(|not_until| self.throttled("client", not_until))?;
         }
         Ok(())
     }
@@ -189,13 +226,18 @@ impl<C: Clock + Clone> Throttle<C> {
 
     /// Client buckets held now.
     pub fn clients(&self) -> usize {
-        self.per_ip.as_ref().map_or(0, Keyed::len)
+        self.per_ip.as_ref().map_or(0, Bounded::len)
     }
 }
 
-/// Sweeps `throttle` every [`SWEEP_EVERY`] until it is dropped.
-pub fn spawn_sweeper(throttle: &Arc<Throttle>) {
+/// Client buckets held, by route: bounded by `max_clients`.
+pub const CLIENTS: &str = "spillway_throttle_clients";
+
+/// Sweeps `throttle` every [`SWEEP_EVERY`] until it is dropped, and sets
+/// the route's [`CLIENTS`] gauge.
+pub fn spawn_sweeper(throttle: &Arc<Throttle>, route: &str) {
     let weak: Weak<Throttle> = Arc::downgrade(throttle);
+    let gauge = metrics::gauge!(CLIENTS, "route" => route.to_owned());
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(SWEEP_EVERY);
         tick.tick().await;
@@ -203,6 +245,7 @@ pub fn spawn_sweeper(throttle: &Arc<Throttle>) {
             tick.tick().await;
             let Some(t) = weak.upgrade() else { break };
             t.sweep();
+            gauge.set(t.clients() as f64);
         }
     });
 }
@@ -254,7 +297,7 @@ mod tests {
         let (t, _clock) = throttle(ThrottleConfig {
             route: rate(100, 3, Duration::from_secs(1)),
             per_ip: rate(1, 2, Duration::from_secs(60)),
-            per_key: None,
+            ..Default::default()
         });
         t.check(A, None).expect("1");
         t.check(A, None).expect("2");
@@ -289,6 +332,44 @@ mod tests {
         t.check(None, None).expect("no address: only the route's limit, and there is none");
     }
 
+    /// Every address of one IPv6 /64 is one client; another /64 is
+    /// another. IPv4 addresses stay apart.
+    #[test]
+    fn an_ipv6_client_is_its_network() {
+        let (t, _clock) =
+            throttle(ThrottleConfig { per_ip: rate(1, 2, Duration::from_secs(60)), ..Default::default() });
+        let v6 = |s: &str| Some(s.parse::<IpAddr>().expect("v6"));
+        t.check(v6("2001:db8:1:2::1"), None).expect("1");
+        t.check(v6("2001:db8:1:2:ffff::9"), None).expect("2, same /64");
+        assert_eq!(
+            retry_after(t.check(v6("2001:db8:1:2:abcd::77"), None)).0,
+            "client",
+            "a fresh address, same /64"
+        );
+        t.check(v6("2001:db8:1:3::1"), None).expect("another /64");
+        assert_eq!(t.clients(), 2);
+    }
+
+    /// However many addresses come, no more than `max_clients` buckets
+    /// are held; the least recently seen go first.
+    #[test]
+    fn tracked_clients_are_capped_least_recently_seen_first() {
+        let (t, _clock) = throttle(ThrottleConfig {
+            per_ip: rate(1, 1, Duration::from_secs(3600)),
+            max_clients: 64,
+            ..Default::default()
+        });
+        let ip = |n: u32| Some(IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + n)));
+        for n in 0..10_000 {
+            t.check(ip(n), None).expect("a new client has a full bucket");
+        }
+        assert!(t.clients() <= 64, "{} buckets held", t.clients());
+        // The most recent client is still tracked (and limited)…
+        assert_eq!(retry_after(t.check(ip(9_999), None)).0, "client");
+        // …the first one was dropped and starts again.
+        t.check(ip(0), None).expect("evicted, so a fresh bucket");
+    }
+
     #[test]
     fn no_limit_is_no_throttle_and_bad_values_name_their_key() {
         assert!(Throttle::compile(&ThrottleConfig::default(), "k").expect("compiles").is_none());
@@ -316,6 +397,8 @@ mod tests {
                 ThrottleConfig { per_ip: rate(1, 2, Duration::from_secs(u64::MAX)), ..Default::default() },
                 "k.per_ip.per",
             ),
+            (ThrottleConfig { max_clients: 0, ..Default::default() }, "k.max_clients"),
+            (ThrottleConfig { ipv6_prefix: 129, ..Default::default() }, "k.ipv6_prefix"),
         ] {
             assert_eq!(Throttle::compile(&cfg, "k").expect_err("refused").key, key);
         }

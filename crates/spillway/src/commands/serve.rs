@@ -71,9 +71,15 @@ pub(crate) async fn serve(s: Settings, ingest: CompiledIngest) -> anyhow::Result
         admin_limits(&s.server.limits),
         shutdown.clone(),
     ));
-    spillway_ingest::serve(listener, router, s.server.limits.clone(), shutdown)
-        .await
-        .context("serving HTTP")?;
+    spillway_ingest::serve_exempting(
+        listener,
+        router,
+        s.server.limits.clone(),
+        ingest.trusted_proxies.clone(),
+        shutdown,
+    )
+    .await
+    .context("serving HTTP")?;
     admin.await.context("the admin listener")?.context("serving the admin listener")?;
     tracing::info!("drained; every accepted request has its answer");
     if let Some(runtime) = consuming {
