@@ -44,7 +44,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 pub(crate) struct Health {
     down: AtomicBool,
     probing: AtomicBool,
-    probe: BaseConsumer,
+    probe: Arc<BaseConsumer>,
     runtime: Option<tokio::runtime::Handle>,
     /// librdkafka's reason for the last failed connection, if any since
     /// the brokers were last reached.
@@ -54,7 +54,7 @@ pub(crate) struct Health {
 impl Health {
     /// `probe` is a client used for nothing but metadata round trips, so a
     /// probe never waits behind the producer's queue.
-    pub(crate) fn new(probe: BaseConsumer) -> Arc<Self> {
+    pub(crate) fn new(probe: Arc<BaseConsumer>) -> Arc<Self> {
         Arc::new(Self {
             down: AtomicBool::new(false),
             probing: AtomicBool::new(false),

@@ -326,12 +326,14 @@ impl Member {
         let names = topics::consumed(queue);
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
         consumer.subscribe(&refs).map_err(|e| queue_error("subscribe", queue, &e))?;
+        let consumer = Arc::new(consumer);
+        shared.with_token(consumer.clone())?;
         let policy = shared.spec(queue).dead_letter;
         let inner = Arc::new(Inner {
             queue: queue.to_owned(),
             shared,
             policy,
-            consumer: Arc::new(consumer),
+            consumer,
             state,
             notify: Notify::new(),
             committed: Arc::new(tokio::sync::Mutex::new(0)),

@@ -32,6 +32,7 @@ mod consumer;
 mod health;
 mod ledger;
 mod member;
+pub mod oauth;
 mod producer;
 pub mod topics;
 mod wire;
@@ -122,6 +123,10 @@ pub struct KafkaConfig {
     /// Values of keys naming a password or secret are masked by `config check`.
     #[serde(default)]
     pub options: BTreeMap<String, String>,
+    /// SASL/OAUTHBEARER: a JWT in this file, read again before each token
+    /// expires ([`oauth`]); `options."sasl.mechanisms"` must be `OAUTHBEARER`.
+    #[serde(default)]
+    pub oauthbearer_token_file: Option<std::path::PathBuf>,
 }
 
 fn default_group_prefix() -> String {
@@ -168,6 +173,7 @@ impl KafkaConfig {
             fetch_wait: default_fetch_wait(),
             session_timeout: default_session_timeout(),
             options: BTreeMap::new(),
+            oauthbearer_token_file: None,
         }
     }
 
@@ -283,7 +289,9 @@ pub(crate) struct Shared {
     producer: std::sync::RwLock<Arc<FutureProducer<ProducerCtx>>>,
     /// Whether the brokers answer; sends fail fast while they do not.
     health: Arc<Health>,
-    admin: AdminClient<DefaultClientContext>,
+    admin: Arc<AdminClient<DefaultClientContext>>,
+    /// OAUTHBEARER tokens for every client, when configured.
+    tokens: Option<Arc<oauth::Tokens>>,
     pub(crate) specs: Specs,
     pub(crate) clock: Clock,
     /// Group readers for committed offsets (stats, purge), one per group.
@@ -306,6 +314,11 @@ impl Shared {
         self.config.send_timeout
     }
 
+    /// Gives a long-lived client the OAUTHBEARER token, now and later.
+    pub(crate) fn with_token(&self, client: Arc<dyn oauth::Native>) -> Result<(), QueueError> {
+        self.tokens.as_ref().map_or(Ok(()), |t| t.register(client))
+    }
+
     /// The producer. An idempotent producer that hit a fatal error (an
     /// out-of-order sequence, a fenced epoch) refuses every send from then
     /// on; it is replaced here, once, by a new one, so the process recovers
@@ -325,7 +338,11 @@ impl Shared {
         };
         match new_producer(&self.config, &self.health) {
             Ok(p) => {
-                *slot = Arc::new(p);
+                let p = Arc::new(p);
+                if let Err(e) = self.with_token(p.clone()) {
+                    tracing::error!(error = %e, "kafka: the new producer has no OAUTHBEARER token");
+                }
+                *slot = p;
                 tracing::error!(%code, reason, "kafka: the producer hit a fatal error; a new one replaced it");
             }
             Err(e) => {
@@ -424,6 +441,7 @@ impl Shared {
             .create()
             .map_err(|e| queue_error("group reader", group, &e))?;
         let r = Arc::new(r);
+        self.with_token(r.clone())?;
         readers.insert(group.to_owned(), r.clone());
         Ok(r)
     }
@@ -433,13 +451,18 @@ impl Shared {
     /// which it never commits to; the broker answers a fetch without
     /// waiting for more data.
     fn one_off_reader(&self, queue: &str, group: String, what: &str) -> Result<BaseConsumer, QueueError> {
-        self.config
+        let reader: BaseConsumer = self
+            .config
             .client()
             .set("group.id", group)
             .set("enable.auto.commit", "false")
             .set("fetch.wait.max.ms", "10")
             .create()
-            .map_err(|e| queue_error(what, queue, &e))
+            .map_err(|e| queue_error(what, queue, &e))?;
+        if let Some(tokens) = &self.tokens {
+            tokens.set_now(&reader)?;
+        }
+        Ok(reader)
     }
 
     /// The committed offset (or `None`) and metadata of each partition.
@@ -655,17 +678,48 @@ impl KafkaBackend {
     /// Clients for the configured brokers. Connects lazily: a broker that is
     /// down makes calls fail, not this.
     pub async fn connect(cfg: &KafkaConfig) -> Result<Self, QueueError> {
+        let tokens = cfg
+            .oauthbearer_token_file
+            .clone()
+            .map(|path| Arc::new(oauth::FileToken(path)) as Arc<dyn oauth::TokenSource>);
+        Self::connect_with_tokens(cfg, tokens).await
+    }
+
+    /// [`KafkaBackend::connect`] with OAUTHBEARER tokens from `tokens` (an
+    /// MSK IAM signer, say) instead of `oauthbearer_token_file`.
+    pub async fn connect_with_tokens(
+        cfg: &KafkaConfig,
+        tokens: Option<Arc<dyn oauth::TokenSource>>,
+    ) -> Result<Self, QueueError> {
         cfg.check_files()?;
-        let probe: BaseConsumer = cfg.client().create().map_err(|e| queue_error("probe client", "", &e))?;
+        let oauthbearer =
+            cfg.options.get("sasl.mechanisms").is_some_and(|m| m.eq_ignore_ascii_case("OAUTHBEARER"));
+        if tokens.is_some() != oauthbearer {
+            return Err(QueueError::Invalid(
+                "kafka: a token source (queue.oauthbearer_token_file) and options.\"sasl.mechanisms\" = \"OAUTHBEARER\" go together".into(),
+            ));
+        }
+        let tokens = tokens.map(oauth::Tokens::new);
+        let register =
+            |client: Arc<dyn oauth::Native>| tokens.as_ref().map_or(Ok(()), |t| t.register(client));
+        let probe =
+            Arc::new(cfg.client().create::<BaseConsumer>().map_err(|e| queue_error("probe client", "", &e))?);
+        register(probe.clone())?;
         let health = Health::new(probe);
-        let producer = new_producer(cfg, &health)?;
-        let admin: AdminClient<DefaultClientContext> =
-            cfg.client().create().map_err(|e| queue_error("admin client", "", &e))?;
+        let producer = Arc::new(new_producer(cfg, &health)?);
+        register(producer.clone())?;
+        let admin: Arc<AdminClient<DefaultClientContext>> =
+            Arc::new(cfg.client().create().map_err(|e| queue_error("admin client", "", &e))?);
+        register(admin.clone())?;
+        if let Some(t) = &tokens {
+            t.spawn();
+        }
         let shared = Arc::new(Shared {
             config: cfg.clone(),
-            producer: std::sync::RwLock::new(Arc::new(producer)),
+            producer: std::sync::RwLock::new(producer),
             health,
             admin,
+            tokens,
             specs: Specs::default(),
             clock: Clock::system(),
             readers: Mutex::new(HashMap::new()),

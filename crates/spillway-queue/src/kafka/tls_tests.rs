@@ -142,3 +142,58 @@ async fn a_missing_ca_file_is_refused_at_connect_naming_it() {
     let e = KafkaBackend::connect(&cfg).await.err().expect("refused").to_string();
     assert!(e.contains("ssl.ca.location") && e.contains("/nonexistent/spillway-ca.crt"), "{e}");
 }
+
+/// An unsigned JWT (`alg: none`), which the test broker's OAUTHBEARER
+/// listener takes (Kafka's unsecured validator; production brokers verify
+/// a signature).
+fn unsigned_jwt(sub: &str, exp: i64) -> String {
+    use base64::Engine as _;
+    let b64 = |v: serde_json::Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    format!(
+        "{}.{}.",
+        b64(serde_json::json!({"alg": "none"})),
+        b64(serde_json::json!({"sub": sub, "iat": now, "exp": exp}))
+    )
+}
+
+fn oauthbearer(token_file: &std::path::Path) -> KafkaConfig {
+    let ca = tls_file("ca.crt");
+    let mut cfg = config(
+        sasl_brokers(),
+        &[("security.protocol", "SASL_SSL"), ("ssl.ca.location", &ca), ("sasl.mechanisms", "OAUTHBEARER")],
+    );
+    cfg.oauthbearer_token_file = Some(token_file.to_owned());
+    cfg
+}
+
+/// Every client the backend makes (the admin client and the offset
+/// readers too, which nothing polls) logs in with the file's token.
+#[tokio::test]
+async fn sasl_ssl_oauthbearer_with_a_token_file_round_trips() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("token.jwt");
+    let exp = time::OffsetDateTime::now_utc().unix_timestamp() + 3600;
+    std::fs::write(&file, unsigned_jwt("spillway", exp)).expect("write the token");
+    round_trip(&oauthbearer(&file)).await;
+}
+
+#[tokio::test]
+async fn an_expired_token_or_a_token_without_oauthbearer_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("token.jwt");
+    let past = time::OffsetDateTime::now_utc().unix_timestamp() - 60;
+    std::fs::write(&file, unsigned_jwt("spillway", past)).expect("write the token");
+    let e = KafkaBackend::connect(&oauthbearer(&file)).await.err().expect("an expired token").to_string();
+    assert!(e.contains("OAUTHBEARER") && e.contains("unexpired"), "{e}");
+
+    let mut plain = config(brokers_plain(), &[]);
+    plain.oauthbearer_token_file = Some(file);
+    let e =
+        KafkaBackend::connect(&plain).await.err().expect("a token file without the mechanism").to_string();
+    assert!(e.contains("oauthbearer_token_file") && e.contains("sasl.mechanisms"), "{e}");
+}
+
+fn brokers_plain() -> String {
+    super::tests::brokers()
+}
