@@ -138,7 +138,12 @@ impl Workspace {
                 .and_then(|s| s.parse::<SocketAddr>().ok())
                 .unwrap_or_else(|| panic!("spillway serve did not say where it listens: {line:?}"))
         };
-        Gateway { child, addr: address("listening on http://"), admin: address("admin on http://") }
+        let traffic = if line.contains("listening on https://") {
+            "listening on https://"
+        } else {
+            "listening on http://"
+        };
+        Gateway { child, addr: address(traffic), admin: address("admin on http://") }
     }
 
     /// Starts `spillway consume`; killed when dropped, so a failing test

@@ -47,6 +47,7 @@ pub mod routes;
 pub mod schema;
 pub mod server;
 pub mod throttle;
+pub mod tls;
 
 pub use config::{CompiledIngest, ConfigError, IngestConfig};
 pub use error::ApiError;

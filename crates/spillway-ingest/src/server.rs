@@ -21,7 +21,12 @@ use hyper_util::{
     service::TowerToHyperService,
 };
 use serde::{Deserialize, Serialize};
-use tokio::{net::TcpListener, sync::Semaphore};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::TcpListener,
+    sync::Semaphore,
+};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
@@ -108,7 +113,7 @@ pub async fn serve(
     limits: ServerLimits,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    serve_exempting(listener, router, limits, Arc::new(TrustedProxies::default()), shutdown).await
+    serve_exempting(listener, router, limits, Arc::new(TrustedProxies::default()), None, shutdown).await
 }
 
 /// Connections refused because their client held its share already.
@@ -149,12 +154,14 @@ impl Drop for Counted {
     }
 }
 
-/// [`serve`], with `trusted` proxies exempt from the per-client cap.
+/// [`serve`], with `trusted` proxies exempt from the per-client cap, and
+/// TLS on every connection when `tls` is given ([`crate::tls`]).
 pub async fn serve_exempting(
     listener: TcpListener,
     router: Router,
     limits: ServerLimits,
     trusted: Arc<TrustedProxies>,
+    tls: Option<TlsAcceptor>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     // Turns every handler into a finished route once, as `axum::serve`
@@ -209,17 +216,21 @@ pub async fn serve_exempting(
             }
         };
         let _ = stream.set_nodelay(true);
-        let flag = AmbiguousFraming::default();
-        let io = TokioIo::new(Framing::new(stream, flag.clone(), deadlines));
-        let service = router.clone().map_request(move |mut req: hyper::Request<hyper::body::Incoming>| {
-            req.extensions_mut().insert(ConnectInfo(addr));
-            req.extensions_mut().insert(flag.clone());
-            req
-        });
-        let conn = graceful.watch(http.serve_connection(io, TowerToHyperService::new(service)));
+        let conn =
+            Conn { http: http.clone(), watcher: graceful.watcher(), router: router.clone(), addr, deadlines };
+        let tls = tls.clone();
+        let handshake = limits.header_read_timeout;
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, %addr, "connection ended with an error");
+            match tls {
+                None => conn.serve(stream).await,
+                // The handshake has the head's deadline: a client that
+                // stalls in it holds a slot no longer than one that stalls
+                // in its head.
+                Some(acceptor) => match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => conn.serve(stream).await,
+                    Ok(Err(e)) => tracing::debug!(error = %e, %addr, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%addr, "TLS handshake not complete within header_read_timeout"),
+                },
             }
             drop(counted);
             drop(slot);
@@ -230,6 +241,31 @@ pub async fn serve_exempting(
         tracing::warn!(timeout = ?limits.drain_timeout, "connections still open after the drain timeout; closing them");
     }
     Ok(())
+}
+
+/// What serving one connection needs, whatever carries its bytes.
+struct Conn {
+    http: hyper::server::conn::http1::Builder,
+    watcher: hyper_util::server::graceful::Watcher,
+    router: Router,
+    addr: std::net::SocketAddr,
+    deadlines: Deadlines,
+}
+
+impl Conn {
+    async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(self, stream: S) {
+        let Self { http, watcher, router, addr, deadlines } = self;
+        let flag = AmbiguousFraming::default();
+        let io = TokioIo::new(Framing::new(stream, flag.clone(), deadlines));
+        let service = router.map_request(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(ConnectInfo(addr));
+            req.extensions_mut().insert(flag.clone());
+            req
+        });
+        if let Err(e) = watcher.watch(http.serve_connection(io, TowerToHyperService::new(service))).await {
+            tracing::debug!(error = %e, %addr, "connection ended with an error");
+        }
+    }
 }
 
 #[cfg(test)]

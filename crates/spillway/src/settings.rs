@@ -64,6 +64,9 @@ pub(crate) struct ServerConfig {
     /// `ListQueues`, on Kafka a metadata request).
     #[serde(with = "humantime_serde")]
     pub(crate) readiness_every: Duration,
+    /// TLS on `listen`, for deployments without a TLS-terminating proxy:
+    /// `cert_file`, `key_file` (PEM), reloaded when they change.
+    pub(crate) tls: Option<spillway_ingest::tls::ServerTls>,
     /// On SIGTERM, `/readyz` answers 503 this long before the server stops
     /// accepting, so load balancers take the pod out first.
     #[serde(with = "humantime_serde")]
@@ -86,6 +89,7 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
             readiness_every: Duration::from_secs(2),
+            tls: None,
             shutdown_grace: Duration::ZERO,
             limits: ServerLimits::default(),
             consume: false,
@@ -188,6 +192,10 @@ impl Settings {
     pub(crate) fn compile(&self) -> anyhow::Result<CompiledIngest> {
         let ingest = self.ingest.compile()?;
         self.server.limits.check("server.limits")?;
+        if let Some(tls) = &self.server.tls {
+            // Reads the files: a missing or mismatched one stops `config check` too.
+            spillway_ingest::tls::acceptor(tls).map_err(|m| anyhow::anyhow!("invalid configuration: {m}"))?;
+        }
         if self.server.readiness_every.is_zero() {
             bail!("invalid configuration at `server.readiness_every`: must be more than 0");
         }

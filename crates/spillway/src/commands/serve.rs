@@ -21,6 +21,16 @@ pub(crate) async fn serve(s: Settings, ingest: CompiledIngest) -> anyhow::Result
     let listener =
         TcpListener::bind(s.server.listen).await.with_context(|| format!("binding {}", s.server.listen))?;
     let addr = listener.local_addr().context("reading the bound address")?;
+    let tls = match &s.server.tls {
+        Some(cfg) => {
+            let (acceptor, reloading) = spillway_ingest::tls::acceptor(cfg).map_err(anyhow::Error::msg)?;
+            spillway_ingest::tls::spawn_reloader(&reloading);
+            // Held for the server's life: the reloader stops when it is dropped.
+            Some((acceptor, reloading))
+        }
+        None => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let admin_listener = TcpListener::bind(s.server.admin_listen)
         .await
         .with_context(|| format!("binding server.admin_listen {}", s.server.admin_listen))?;
@@ -39,7 +49,7 @@ pub(crate) async fn serve(s: Settings, ingest: CompiledIngest) -> anyhow::Result
     let routes: Vec<String> =
         s.ingest.routes.iter().map(|r| format!("{} {}", r.methods.join("|"), r.path)).collect();
     println!(
-        "spillway listening on http://{addr} ({where_}); routes: {}; admin on http://{admin_addr}",
+        "spillway listening on {scheme}://{addr} ({where_}); routes: {}; admin on http://{admin_addr}",
         routes.join(", ")
     );
     tracing::info!(%addr, %admin_addr, backend = backend.kind(), "listening");
@@ -76,10 +86,12 @@ pub(crate) async fn serve(s: Settings, ingest: CompiledIngest) -> anyhow::Result
         router,
         s.server.limits.clone(),
         ingest.trusted_proxies.clone(),
+        tls.as_ref().map(|(acceptor, _)| acceptor.clone()),
         shutdown,
     )
     .await
     .context("serving HTTP")?;
+    drop(tls);
     admin.await.context("the admin listener")?.context("serving the admin listener")?;
     tracing::info!("drained; every accepted request has its answer");
     if let Some(runtime) = consuming {
