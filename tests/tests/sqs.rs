@@ -194,6 +194,15 @@ async fn a_queue_deleted_under_the_gateway_is_a_503_with_retry_after_until_ensur
     assert!(header(&res, "retry-after").is_some(), "{:?}", res.headers());
     let body: serde_json::Value = res.json().await.expect("a JSON error body");
     assert_eq!(body["error"]["code"], "queue_unavailable", "{body}");
+    // Counted as the operator's, by kind.
+    let metrics =
+        http.get(gw.admin_url("/metrics")).send().await.expect("metrics").text().await.expect("text");
+    assert!(
+        metrics.lines().any(|l| l.starts_with("spillway_publish_errors_total{")
+            && l.contains("queue=\"gone\"")
+            && (l.contains("kind=\"not_found\"") || l.contains("kind=\"unavailable\""))),
+        "{metrics}"
+    );
     let sqs = moto.backend().await;
     assert!(sqs.stats("gone").await.is_err(), "nothing made the queue again behind the operator's back");
 

@@ -54,15 +54,22 @@ pub struct Publisher {
     tx: mpsc::Sender<Pending>,
     max_message_bytes: usize,
     send_timeout: Duration,
+    queue: String,
 }
+
+/// Messages the queue did not store, by queue and by [`QueueError::kind`]:
+/// `unavailable`, `timeout` and `not_found` are the operator's or the
+/// broker's (the client got a 503), the others the message's.
+pub const PUBLISH_ERRORS: &str = "spillway_publish_errors_total";
 
 impl Publisher {
     /// Starts the batching task for `producer`.
     pub fn spawn(queue: impl Into<String>, producer: Arc<dyn Producer>, cfg: &PublisherConfig) -> Self {
         let (tx, rx) = mpsc::channel(cfg.backlog.max(1));
         let max_message_bytes = producer.max_message_bytes();
-        tokio::spawn(run(queue.into(), producer, rx, cfg.clone()));
-        Self { tx, max_message_bytes, send_timeout: cfg.send_timeout }
+        let queue = queue.into();
+        tokio::spawn(run(queue.clone(), producer, rx, cfg.clone()));
+        Self { tx, max_message_bytes, send_timeout: cfg.send_timeout, queue }
     }
 
     /// Stores one message; `Ok` once it is durable. See the module doc.
@@ -72,6 +79,14 @@ impl Publisher {
     /// waiting for a slot or in a batch the backend has not confirmed. One
     /// timer per batch instead of one per request (see `docs/benchmarks.md`).
     pub async fn publish(&self, msg: OutgoingMessage) -> Result<(), QueueError> {
+        let outcome = self.store(msg).await;
+        if let Err(e) = &outcome {
+            metrics::counter!(PUBLISH_ERRORS, "queue" => self.queue.clone(), "kind" => e.kind()).increment(1);
+        }
+        outcome
+    }
+
+    async fn store(&self, msg: OutgoingMessage) -> Result<(), QueueError> {
         msg.check_size(self.max_message_bytes)?;
         let (reply, outcome) = oneshot::channel();
         let deadline = Instant::now() + self.send_timeout;

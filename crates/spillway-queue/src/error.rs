@@ -62,4 +62,17 @@ impl QueueError {
     pub fn is_retryable(&self) -> bool {
         matches!(self, Self::Unavailable { .. } | Self::Timeout { .. })
     }
+
+    /// The variant as a metric label: who must act is in the module doc's
+    /// table, and in docs/operations.md.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Unavailable { .. } => "unavailable",
+            Self::Timeout { .. } => "timeout",
+            Self::TooLarge { .. } => "too_large",
+            Self::Rejected(_) => "rejected",
+            Self::Invalid(_) => "invalid",
+            Self::NotFound(_) => "not_found",
+        }
+    }
 }
