@@ -11,5 +11,6 @@ deploy/local/services.sh cluster rabbitmq-fresh
 # An empty Kafka test broker for each run, unless one is given.
 [ -n "${SPILLWAY_TEST_KAFKA:-}" ] || deploy/local/services.sh fresh-kafka
 export PATH="${SPILLWAY_TOOLS:-/var/tmp/spillway-tools}/bin:$PATH"
+deploy/local/prune-target.sh
 cargo build --locked -p spillway -p spillway-load
 cargo test --locked --workspace
