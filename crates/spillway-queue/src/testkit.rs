@@ -72,6 +72,25 @@ pub fn tls_file(name: &str) -> String {
     tls_dir().join(name).display().to_string()
 }
 
+/// Ensures a queue `name` on `b`, sends one message, receives it (within
+/// twice [`WAIT`]) and acks it: the smallest use of every connection a
+/// backend makes, for the connectivity tests (TLS, logins).
+pub async fn connectivity_round_trip(b: &dyn Backend, name: &str) {
+    b.ensure(&QueueSpec::new(name)).await.expect("ensure");
+    b.producer(name)
+        .await
+        .expect("producer")
+        .send(OutgoingMessage::new("m1", "round trip"))
+        .await
+        .expect("send");
+    let c = b.consumer(name).await.expect("consumer");
+    let got = receive_n(&c, 1, WAIT * 2).await;
+    assert_eq!(got.len(), 1, "the message came back");
+    assert_eq!(&got[0].message.body[..], b"round trip");
+    c.ack(&got[0]).await.expect("ack");
+    c.close().await.expect("close");
+}
+
 /// Where a backend reads the time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TimeSource {

@@ -6,10 +6,7 @@
 use std::time::Duration;
 
 use super::{KafkaBackend, KafkaConfig};
-use crate::{
-    testkit::{tls_file, WAIT},
-    Admin as _, Backend as _, OutgoingMessage, QueueSpec,
-};
+use crate::{testkit::tls_file, Backend as _};
 
 /// The SSL listener (`SPILLWAY_TEST_KAFKA_SSL`); its SASL_SSL listener is
 /// the port above.
@@ -53,26 +50,7 @@ async fn round_trip(cfg: &KafkaConfig) {
             cfg.brokers
         );
     }
-    let name = format!("kafka-tls-{:08x}", rand::random::<u32>());
-    b.ensure(&QueueSpec::new(&name)).await.expect("ensure over TLS");
-    b.producer(&name)
-        .await
-        .expect("producer")
-        .send(OutgoingMessage::new("m1", "over tls"))
-        .await
-        .expect("send");
-    let c = b.consumer(&name).await.expect("consumer");
-    let deadline = tokio::time::Instant::now() + WAIT * 2;
-    let got = loop {
-        let got = c.receive(1, Duration::from_secs(1)).await.expect("receive over TLS");
-        if !got.is_empty() || tokio::time::Instant::now() > deadline {
-            break got;
-        }
-    };
-    assert_eq!(got.len(), 1, "the message came back over {}", cfg.brokers);
-    assert_eq!(&got[0].message.body[..], b"over tls");
-    c.ack(&got[0]).await.expect("ack over TLS");
-    c.close().await.expect("close");
+    crate::testkit::connectivity_round_trip(&b, &format!("kafka-tls-{:08x}", rand::random::<u32>())).await;
 }
 
 /// Waits for `ready` to fail, and returns its error's text.

@@ -4,10 +4,7 @@
 use std::{path::PathBuf, time::Duration};
 
 use super::{RabbitBackend, RabbitConfig, RabbitTls};
-use crate::{
-    testkit::{tls_dir, WAIT},
-    Admin as _, Backend as _, OutgoingMessage, QueueSpec,
-};
+use crate::testkit::tls_dir;
 
 /// `SPILLWAY_TEST_AMQPS`, or the single node's TLS listener.
 fn url() -> String {
@@ -33,20 +30,7 @@ fn ca_only(file: &str) -> RabbitTls {
 
 /// Ensures a queue, sends one message, receives and acks it.
 async fn round_trip(b: &RabbitBackend) {
-    let name = format!("amqps-{:08x}", rand::random::<u32>());
-    b.ensure(&QueueSpec::new(&name)).await.expect("ensure over amqps");
-    b.producer(&name)
-        .await
-        .expect("producer")
-        .send(OutgoingMessage::new("m1", "over tls"))
-        .await
-        .expect("send");
-    let c = b.consumer(&name).await.expect("consumer");
-    let got = c.receive(1, WAIT).await.expect("receive over amqps");
-    assert_eq!(got.len(), 1, "the message came back");
-    assert_eq!(&got[0].message.body[..], b"over tls");
-    c.ack(&got[0]).await.expect("ack");
-    c.close().await.expect("close");
+    crate::testkit::connectivity_round_trip(b, &format!("amqps-{:08x}", rand::random::<u32>())).await;
     b.delete_ensured().await.expect("the test's queues deleted");
 }
 
