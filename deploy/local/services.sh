@@ -190,6 +190,10 @@ install_rabbit() {
 # node restarts, so set after every start and heal.
 tune_rabbit() {
   rabbitmqctl -q eval 'application:set_env(rabbit, dead_letter_worker_publisher_confirm_timeout, 5000).' >/dev/null 2>&1 || true
+  # A user that may log in but may do nothing on `/`: the tests of an
+  # operator's permission error (ACCESS_REFUSED must be a 503, not a 4xx).
+  rabbitmqctl -q add_user spillway-denied denied-secret >/dev/null 2>&1 || true
+  rabbitmqctl -q set_permissions -p / spillway-denied '^$' '^$' '^$' >/dev/null 2>&1 || true
 }
 
 # RabbitMQ takes its file-descriptor budget from the limit it starts with

@@ -270,6 +270,14 @@ pub(crate) fn queue_error(what: &str, queue: &str, e: &KafkaError) -> QueueError
     }
 }
 
+/// The broker asked is not the partition's leader (any more, or yet).
+fn leader_moved(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::NotLeaderForPartition | RDKafkaErrorCode::LeaderNotAvailable)
+    )
+}
+
 /// The idempotent `acks=all` producer every send goes through.
 fn new_producer(cfg: &KafkaConfig, health: &Arc<Health>) -> Result<FutureProducer<ProducerCtx>, QueueError> {
     cfg.client()
@@ -414,17 +422,33 @@ impl Shared {
     }
 
     /// Low and high watermarks of one partition.
+    ///
+    /// A query that reached a broker which no longer (or not yet) leads
+    /// the partition is asked again after a short pause, a few times:
+    /// librdkafka refreshes its metadata meanwhile. Seen right after topic
+    /// creation (CI), and during every leader move.
     pub(crate) async fn watermarks(
         self: &Arc<Self>,
         queue: &str,
         topic: &str,
         partition: i32,
     ) -> Result<(i64, i64), QueueError> {
-        let me = self.clone();
-        let t = topic.to_owned();
-        Self::blocking(move || me.producer().client().fetch_watermarks(&t, partition, me.timeout()))
-            .await?
-            .map_err(|e| queue_error("watermarks", queue, &e))
+        const TRIES: u32 = 5;
+        let mut tried = 0;
+        loop {
+            tried += 1;
+            let me = self.clone();
+            let t = topic.to_owned();
+            let got =
+                Self::blocking(move || me.producer().client().fetch_watermarks(&t, partition, me.timeout()))
+                    .await?;
+            match got {
+                Err(e) if tried < TRIES && leader_moved(&e) => {
+                    tokio::time::sleep(Duration::from_millis(100 * u64::from(tried))).await;
+                }
+                other => return other.map_err(|e| queue_error("watermarks", queue, &e)),
+            }
+        }
     }
 
     fn reader(&self, group: &str) -> Result<Arc<BaseConsumer>, QueueError> {

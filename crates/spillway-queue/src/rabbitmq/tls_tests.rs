@@ -1,6 +1,7 @@
-//! `amqps://` against the test broker's TLS listener, which
-//! `deploy/local/services.sh` opens with the test CA's certificate and
-//! which checks a client certificate when one is sent.
+//! Connecting as operators set it up: `amqps://` against the test
+//! broker's TLS listener (`deploy/local/services.sh` opens it with the test
+//! CA's certificate and checks a client certificate when one is sent), and
+//! a user without permissions.
 use std::{path::PathBuf, time::Duration};
 
 use super::{RabbitBackend, RabbitConfig, RabbitTls};
@@ -133,4 +134,44 @@ async fn tls_files_for_a_plain_url_and_missing_files_are_refused() {
         .expect("refused")
         .to_string();
     assert!(e.contains("key_file"), "{e}");
+}
+
+/// A user the broker lets in but gives no permission on the vhost (the
+/// operator's slip, made by `deploy/local/services.sh`): declaring and
+/// publishing are refused with ACCESS_REFUSED, which must be `Unavailable`
+/// (a 503 the client retries), never a 4xx that tells it to drop its data.
+#[tokio::test]
+async fn access_refused_is_the_operators_not_the_messages() {
+    let admin = RabbitBackend::connect(&RabbitConfig {
+        url: plain_url(),
+        ..config("spillway-acl-admin", RabbitTls::default())
+    })
+    .await
+    .expect("guest connects");
+    let name = format!("acl-{:08x}", rand::random::<u32>());
+    crate::Admin::ensure(&admin, &crate::QueueSpec::new(&name)).await.expect("guest declares");
+
+    let denied_url = plain_url().replacen("guest:guest", "spillway-denied:denied-secret", 1);
+    let denied = RabbitBackend::connect(&RabbitConfig {
+        url: denied_url,
+        ..config("spillway-acl-denied", RabbitTls::default())
+    })
+    .await
+    .unwrap_or_else(|e| {
+        panic!("the user spillway-denied cannot log in ({e}): `deploy/local/services.sh up` makes it")
+    });
+    let declared = crate::Admin::ensure(&denied, &crate::QueueSpec::new(format!("{name}-x"))).await;
+    let e = declared.expect_err("a user without permissions declared a queue");
+    assert!(e.is_retryable() && e.to_string().contains("ACCESS_REFUSED"), "{e:?}");
+    let sent = async {
+        crate::Backend::producer(&denied, &name).await?.send(crate::OutgoingMessage::new("m", "x")).await
+    }
+    .await;
+    let e = sent.expect_err("a user without permissions published");
+    assert!(e.is_retryable(), "ACCESS_REFUSED on publish must be a 503: {e:?}");
+    admin.delete_ensured().await.expect("cleanup");
+}
+
+fn plain_url() -> String {
+    std::env::var("SPILLWAY_TEST_AMQP").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
 }
