@@ -178,6 +178,7 @@ pub async fn serve_exempting(
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.idle_timeout + limits.header_read_timeout)
         .max_buf_size(limits.max_header_bytes.max(MIN_HEADER_BYTES));
+    let http = Arc::new(http);
     let slots = Arc::new(Semaphore::new(limits.max_connections.clamp(1, Semaphore::MAX_PERMITS)));
     let per_client = Arc::new(PerClient::default());
     let graceful = GracefulShutdown::new();
@@ -245,7 +246,7 @@ pub async fn serve_exempting(
 
 /// What serving one connection needs, whatever carries its bytes.
 struct Conn {
-    http: hyper::server::conn::http1::Builder,
+    http: Arc<hyper::server::conn::http1::Builder>,
     watcher: hyper_util::server::graceful::Watcher,
     router: Router,
     addr: std::net::SocketAddr,

@@ -87,6 +87,16 @@ impl Health {
         *self.cause.lock().unwrap_or_else(PoisonError::into_inner) = None;
     }
 
+    /// The error of a call that failed, naming the kept cause when there
+    /// is one (the call timed out because no broker took the connection);
+    /// else as [`super::queue_error`] sorts it.
+    pub(crate) fn error(&self, what: &str, queue: &str, e: &KafkaError) -> crate::QueueError {
+        match self.cause() {
+            Some(cause) => crate::QueueError::unavailable(format!("kafka: {what}: {cause}"), e.clone()),
+            None => super::queue_error(what, queue, e),
+        }
+    }
+
     /// The error of a call that reached no broker, with the cause when one
     /// is known.
     pub(crate) fn explain(&self, what: &str) -> String {

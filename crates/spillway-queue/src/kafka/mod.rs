@@ -984,12 +984,12 @@ impl Admin for KafkaBackend {
             .operation_timeout(Some(cfg.send_timeout))
             .request_timeout(Some(cfg.send_timeout * 2));
         // Timed out because no broker took the connection: say why.
-        let results = self.shared.admin.create_topics(&new, &opts).await.map_err(|e| {
-            match self.shared.health.cause() {
-                Some(_) => QueueError::unavailable(self.shared.health.explain("create topics"), e),
-                None => queue_error("create topics", &spec.name, &e),
-            }
-        })?;
+        let results = self
+            .shared
+            .admin
+            .create_topics(&new, &opts)
+            .await
+            .map_err(|e| self.shared.health.error("create topics", &spec.name, &e))?;
         let mut created = Vec::new();
         let mut adopted = Vec::new();
         for r in results {
@@ -1137,9 +1137,6 @@ impl Backend for KafkaBackend {
             Ok(()) => health.reached(),
             Err(_) => health.suspect(),
         }
-        reached.map_err(|e| match health.cause() {
-            Some(_) => QueueError::unavailable(health.explain("metadata"), e),
-            None => queue_error("metadata", "", &e),
-        })
+        reached.map_err(|e| health.error("metadata", "", &e))
     }
 }

@@ -163,8 +163,7 @@ impl Tokens {
 
     /// Gives a client the current token now, and every later one.
     pub(crate) fn register(&self, client: Arc<dyn Native>) -> Result<(), QueueError> {
-        set_token(&*client, &self.current()?)
-            .map_err(|e| QueueError::unavailable_msg(format!("kafka: {e}")))?;
+        self.set_now(&*client)?;
         self.clients.lock().unwrap_or_else(PoisonError::into_inner).push(Arc::downgrade(&client));
         Ok(())
     }

@@ -80,8 +80,8 @@ struct Management {
 }
 
 impl Management {
-    /// `ca_file` (`queue.tls.ca_file`) is trusted by an `https://` API too.
-    fn new(url: &str, amqp_url: &str, ca_file: Option<&std::path::Path>) -> Result<Self, QueueError> {
+    /// `tls`'s CA (`queue.tls.ca_file`) is trusted by an `https://` API too.
+    fn new(url: &str, amqp_url: &str, tls: &RabbitTls) -> Result<Self, QueueError> {
         let parsed = reqwest::Url::parse(url).map_err(|e| {
             QueueError::Invalid(format!("queue.management_url {:?}: {e}", without_userinfo(url)))
         })?;
@@ -99,13 +99,7 @@ impl Management {
             .map_err(|e| QueueError::Invalid(format!("queue.url: {e}")))?;
         let vhost = vhost.replace('%', "%25").replace('/', "%2F");
         let mut http = reqwest::Client::builder().timeout(Duration::from_secs(5));
-        if let Some(path) = ca_file {
-            let pem = std::fs::read(path).map_err(|e| {
-                QueueError::unavailable_msg(format!(
-                    "rabbitmq: queue.tls.ca_file: cannot read {}: {e}",
-                    path.display()
-                ))
-            })?;
+        if let Some(pem) = tls.ca_pem()? {
             let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
                 QueueError::unavailable("rabbitmq: queue.tls.ca_file for the management API", e)
             })?;
@@ -474,11 +468,8 @@ impl RabbitBackend {
         };
         let publishing = link("publishing", cfg.publisher_channels);
         let consuming = link("consuming", 1);
-        let management = cfg
-            .management_url
-            .as_deref()
-            .map(|m| Management::new(m, &cfg.url, cfg.tls.ca_file.as_deref()))
-            .transpose()?;
+        let management =
+            cfg.management_url.as_deref().map(|m| Management::new(m, &cfg.url, &cfg.tls)).transpose()?;
         publishing.connection().await?;
         consuming.connection().await?;
         let confirm_timeout = cfg.confirm_timeout;

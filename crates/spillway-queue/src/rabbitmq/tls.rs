@@ -17,6 +17,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::QueueError;
 
+/// One file of `[queue.tls]`, its key named when it cannot be read.
+fn read_file(key: &str, path: &PathBuf) -> Result<Vec<u8>, QueueError> {
+    std::fs::read(path).map_err(|e| {
+        QueueError::unavailable_msg(format!("rabbitmq: queue.tls.{key}: cannot read {}: {e}", path.display()))
+    })
+}
+
 /// `[queue.tls]` of the RabbitMQ backend; only for `amqps://` URLs.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -59,30 +66,29 @@ impl RabbitTls {
 
     /// The files, read now, as lapin takes them.
     pub(crate) fn read(&self) -> Result<OwnedTLSConfig, QueueError> {
-        let read = |key: &str, path: &PathBuf| {
-            std::fs::read(path).map_err(|e| {
-                QueueError::unavailable_msg(format!(
-                    "rabbitmq: queue.tls.{key}: cannot read {}: {e}",
-                    path.display()
-                ))
-            })
-        };
-        let cert_chain = match &self.ca_file {
-            Some(path) => Some(String::from_utf8(read("ca_file", path)?).map_err(|_| {
+        let cert_chain = match (self.ca_pem()?, &self.ca_file) {
+            (Some(pem), Some(path)) => Some(String::from_utf8(pem).map_err(|_| {
                 QueueError::unavailable_msg(format!(
                     "rabbitmq: queue.tls.ca_file: {} is not PEM text",
                     path.display()
                 ))
             })?),
-            None => None,
+            _ => None,
         };
         let identity = match (&self.cert_file, &self.key_file) {
-            (Some(cert), Some(key)) => {
-                Some(OwnedIdentity::PKCS8 { pem: read("cert_file", cert)?, key: read("key_file", key)? })
-            }
+            (Some(cert), Some(key)) => Some(OwnedIdentity::PKCS8 {
+                pem: read_file("cert_file", cert)?,
+                key: read_file("key_file", key)?,
+            }),
             _ => None,
         };
         Ok(OwnedTLSConfig { identity, cert_chain })
+    }
+
+    /// `ca_file`'s bytes, read now; `None` without one. The AMQP
+    /// connections and the management API's client both trust it.
+    pub(crate) fn ca_pem(&self) -> Result<Option<Vec<u8>>, QueueError> {
+        self.ca_file.as_ref().map(|path| read_file("ca_file", path)).transpose()
     }
 
     /// A connection error, with the settings that decide it when it is a

@@ -86,10 +86,8 @@ impl PostgresSink {
             .build()
             .map_err(|e| SinkSetupError::Unavailable(format!("postgres pool: {e}")))?;
         if create_table {
-            let client = pool
-                .get()
-                .await
-                .map_err(|e| SinkSetupError::Unavailable(format!("postgres: {}", tls.explain(&chain(&e)))))?;
+            let client =
+                pool.get().await.map_err(|e| SinkSetupError::Unavailable(connect_error(&tls, &e)))?;
             client
                 .batch_execute(&format!(
                     "CREATE TABLE IF NOT EXISTS {table} (
@@ -188,7 +186,7 @@ impl Sink for PostgresSink {
         let client = match self.pool.get().await {
             Ok(c) => c,
             Err(e) => {
-                let down = SinkError::Down(format!("postgres: {}", self.tls.explain(&chain(&e))));
+                let down = SinkError::Down(connect_error(&self.tls, &e));
                 return ds.iter().map(|_| Err(down.clone())).collect();
             }
         };
@@ -197,11 +195,7 @@ impl Sink for PostgresSink {
     }
 
     async fn deliver(&self, d: &Delivery) -> Result<(), SinkError> {
-        let client = self
-            .pool
-            .get()
-            .await
-            .map_err(|e| SinkError::Down(format!("postgres: {}", self.tls.explain(&chain(&e)))))?;
+        let client = self.pool.get().await.map_err(|e| SinkError::Down(connect_error(&self.tls, &e)))?;
         let body = std::str::from_utf8(&d.message.body).map_err(|_| not_text())?;
         let enqueued_at = std::time::SystemTime::from(d.message.enqueued_at);
         let result = async {
@@ -214,6 +208,12 @@ impl Sink for PostgresSink {
             Err(e) => Err(classify(&e)),
         }
     }
+}
+
+/// A pooled connection that could not be had: its causes, and the TLS
+/// settings that decided it when it is a TLS failure.
+fn connect_error(tls: &Tls, e: &dyn std::error::Error) -> String {
+    format!("postgres: {}", tls.explain(&chain(e)))
 }
 
 /// An error and its causes, joined: tokio-postgres says "error performing
