@@ -471,6 +471,9 @@ KAFKA_DIR="$STATE/kafka"
 # The test broker's SSL listener; its SASL_SSL listener is the port above.
 KAFKA_SSL_PORT="${SPILLWAY_TEST_KAFKA_SSL_PORT:-9094}"
 KAFKA_SASL_PASS=spillway-secret # the test broker's SASL user `spillway`
+# A SCRAM user the authorizer lets read but not write (kafka_acls below).
+KAFKA_LIMITED_USER=spillway-limited
+KAFKA_LIMITED_PASS=limited-secret
 KAFKA_CLUSTER_PORTS=(29092 29094 29096) # each node's controller listens one above
 
 kafka_props() { # NODE_ID PORT VOTERS DIR REPLICAS [CONTROLLER_PORT [ADVERTISED_PORT]]
@@ -505,7 +508,12 @@ EOF
   # tests): SSL, and SASL_SSL with PLAIN, SCRAM and OAUTHBEARER. The SCRAM
   # users are made when the storage is formatted; OAUTHBEARER takes Kafka's
   # unsecured (unsigned) tokens, which only a test broker would.
+  # The authorizer is on: every principal but `spillway-limited` is a
+  # super user (ANONYMOUS is the PLAINTEXT, SSL and controller listeners').
   cat <<EOF
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+allow.everyone.if.no.acl.found=false
+super.users=User:ANONYMOUS;User:spillway
 ssl.keystore.type=PKCS12
 ssl.keystore.location=$TLS_DIR/server.p12
 ssl.keystore.password=$TLS_PASS
@@ -535,7 +543,8 @@ format_kafka_node() { # LIB DIR CLUSTER_ID
   [ -f "$2/data/meta.properties" ] && return 0
   local scram=()
   [ -z "${KAFKA_TLS_PORT:-}" ] || scram=(--add-scram "SCRAM-SHA-256=[name=spillway,password=$KAFKA_SASL_PASS]"
-    --add-scram "SCRAM-SHA-512=[name=spillway,password=$KAFKA_SASL_PASS]")
+    --add-scram "SCRAM-SHA-512=[name=spillway,password=$KAFKA_SASL_PASS]"
+    --add-scram "SCRAM-SHA-512=[name=$KAFKA_LIMITED_USER,password=$KAFKA_LIMITED_PASS]")
   kafka_java "$1" "$2" 256m kafka.tools.StorageTool format -t "$3" -c "$2/server.properties" "${scram[@]}" \
     >"$2/format.log" 2>&1 || die "formatting Kafka's storage in $2 failed; see $2/format.log"
 }
@@ -561,6 +570,26 @@ up_kafka() {
   up_tls
   KAFKA_TLS_PORT="$KAFKA_SSL_PORT" start_kafka_node 1 "$KAFKA_PORT" "1@127.0.0.1:$(( KAFKA_PORT + 1 ))" "$KAFKA_DIR" 1 "$(kafka_cluster_id "$KAFKA_DIR")" 768m
   wait_port "$KAFKA_PORT" 90 || die "Kafka did not come up on 127.0.0.1:$KAFKA_PORT; see $KAFKA_DIR/server.log, or set SPILLWAY_TEST_KAFKA"
+  kafka_acls
+}
+
+# What `spillway-limited` may do (the authorization tests): describe, read
+# and fetch the configs of topics named `acl-…`, join any group; never
+# write. Nothing at all on other topics.
+kafka_acls() {
+  "$VENV/bin/python" - "127.0.0.1:$KAFKA_PORT" "User:$KAFKA_LIMITED_USER" >"$KAFKA_DIR/acls.log" 2>&1 <<'PY' || die "creating the test broker's ACLs failed; see $KAFKA_DIR/acls.log"
+import sys
+from confluent_kafka.admin import (AdminClient, AclBinding, AclOperation as Op, AclPermissionType,
+                                   ResourcePatternType as Pattern, ResourceType as Res)
+admin = AdminClient({"bootstrap.servers": sys.argv[1]})
+user = sys.argv[2]
+def allow(res, name, pattern, op):
+    return AclBinding(res, name, pattern, user, "*", op, AclPermissionType.ALLOW)
+bindings = [allow(Res.TOPIC, "acl-", Pattern.PREFIXED, op) for op in (Op.DESCRIBE, Op.READ, Op.DESCRIBE_CONFIGS)]
+bindings.append(allow(Res.GROUP, "*", Pattern.LITERAL, Op.READ))
+for f in admin.create_acls(bindings, request_timeout=30).values():
+    f.result()
+PY
 }
 
 # The single-node test broker, emptied: every test run starts on a broker

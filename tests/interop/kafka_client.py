@@ -2,12 +2,16 @@
 
     kafka_client.py BROKERS read TOPIC                -> the first record as JSON on stdout (key, value, headers)
     kafka_client.py BROKERS send TOPIC KEY VALUE K=V… -> produces one record with acks=all and these headers
+    kafka_client.py BROKERS allow-write TOPIC USER    -> grants User:USER Write on TOPIC (the caller a super user)
+    kafka_client.py BROKERS revoke-write TOPIC USER   -> removes that grant
 """
 import json
 import sys
 import uuid
 
 from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import (AclBinding, AclBindingFilter, AclOperation, AclPermissionType, AdminClient,
+                                   ResourcePatternType, ResourceType)
 
 
 def main():
@@ -40,6 +44,16 @@ def main():
                   on_delivery=lambda err, _msg: errors.append(err) if err else None)
         if p.flush(20) != 0 or errors:
             sys.exit("not delivered: %s" % errors)
+    elif action in ("allow-write", "revoke-write"):
+        admin = AdminClient({"bootstrap.servers": brokers})
+        args = (ResourceType.TOPIC, topic, ResourcePatternType.LITERAL, "User:" + sys.argv[4], "*",
+                AclOperation.WRITE, AclPermissionType.ALLOW)
+        if action == "allow-write":
+            futures = admin.create_acls([AclBinding(*args)], request_timeout=20)
+        else:
+            futures = admin.delete_acls([AclBindingFilter(*args)], request_timeout=20)
+        for f in futures.values():
+            f.result()
     else:
         sys.exit("unknown action " + action)
 

@@ -553,6 +553,20 @@ pub fn venv() -> PathBuf {
     venv
 }
 
+/// Runs `tests/interop/kafka_client.py` (confluent-kafka, no Spillway
+/// code) against `brokers` and returns what it printed.
+pub fn kafka_client(brokers: &str, args: &[&str]) -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/interop/kafka_client.py");
+    let out = Command::new(venv().join("bin/python"))
+        .arg(script)
+        .arg(brokers)
+        .args(args)
+        .output()
+        .expect("run python");
+    assert!(out.status.success(), "confluent-kafka {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
 /// A moto SQS server of the test's own, on a free port, killed when
 /// dropped. Its own, so the test may stop it, and fixed queue names (the
 /// original setup's `my-queue`) never meet another test's.

@@ -3,9 +3,9 @@
 //! `docs/backends.md` documents, and Spillway consumes what it produced.
 //! Against the tansu broker `deploy/local/services.sh` starts.
 
-use std::{process::Command, time::Duration};
+use std::time::Duration;
 
-use spillway_e2e::venv;
+use spillway_e2e::kafka_client;
 use spillway_queue::{
     kafka::{KafkaBackend, KafkaConfig},
     Admin, Backend, OutgoingMessage, QueueSpec,
@@ -16,15 +16,7 @@ fn brokers() -> String {
 }
 
 fn python(args: &[&str]) -> String {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/interop/kafka_client.py");
-    let out = Command::new(venv().join("bin/python"))
-        .arg(script)
-        .arg(brokers())
-        .args(args)
-        .output()
-        .expect("run python");
-    assert!(out.status.success(), "confluent-kafka {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    kafka_client(&brokers(), args)
 }
 
 async fn backend() -> (KafkaBackend, String) {

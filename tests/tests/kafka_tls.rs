@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use spillway_e2e::{eventually, Workspace};
+use spillway_e2e::{eventually, kafka_client, Workspace};
 use spillway_queue::testkit::tls_file;
 
 /// The test broker's SASL_SSL listener: the SSL one's port plus one.
@@ -106,4 +106,68 @@ async fn a_refused_login_stops_serve_naming_the_cause_not_the_password() {
         said.lines().find(|l| l.starts_with("error:")).unwrap_or_else(|| panic!("no error line: {said}"));
     assert!(error.contains("SASL authentication error") && error.contains("SCRAM-SHA-512"), "{error}");
     assert!(!said.contains("not-the-password"), "{said}");
+}
+
+/// The test broker's PLAINTEXT listener, where every client is a super
+/// user (the ACLs are granted there).
+fn plain_brokers() -> String {
+    std::env::var("SPILLWAY_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".to_owned())
+}
+
+/// Takes back the Write grant of the test below, even when it fails: other
+/// tests count on `spillway-limited` writing nothing.
+struct Grant(String);
+
+impl Drop for Grant {
+    fn drop(&mut self) {
+        kafka_client(&plain_brokers(), &["revoke-write", &self.0, "spillway-limited"]);
+    }
+}
+
+/// A principal the broker's authorizer does not let write (a missing ACL,
+/// the operator's to fix): every request is a 503 with `Retry-After` and a
+/// JSON body, and nothing is stored; once Write is granted, the running
+/// gateway accepts again without a restart, and only what it accepted is
+/// delivered.
+#[tokio::test]
+async fn a_missing_write_acl_is_a_503_until_granted_then_accepted_without_a_restart() {
+    // `spillway-limited` may describe and read topics named `acl-…`.
+    let queue = unique("acl-e2e");
+    let root = workspace(&queue);
+    let ensure = root.cli(&["queue", "ensure"]);
+    assert!(ensure.status.success(), "{}", String::from_utf8_lossy(&ensure.stderr));
+    let limited = workspace(&queue)
+        .with_env("SPILLWAY_QUEUE__OPTIONS__SASL.USERNAME", "spillway-limited")
+        .with_env("SPILLWAY_QUEUE__OPTIONS__SASL.PASSWORD", "limited-secret");
+    let gw = limited.serve();
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("client");
+    for _ in 0..3 {
+        let r = http.post(gw.url("/ingest")).body(r#"{"state":"refused"}"#).send().await.expect("post");
+        assert_eq!(r.status(), 503, "a missing ACL told the client to drop its data");
+        assert!(r.headers().contains_key("retry-after"), "{:?}", r.headers());
+        let body: serde_json::Value = r.json().await.expect("a JSON error body");
+        let text = body.to_string();
+        assert_eq!(body["error"]["code"], "queue_unavailable", "{text}");
+        assert!(!text.contains("limited-secret") && !text.contains("spillway-limited"), "{text}");
+    }
+
+    kafka_client(&plain_brokers(), &["allow-write", &queue, "spillway-limited"]);
+    let _grant = Grant(queue.clone());
+    let started = std::time::Instant::now();
+    eventually(Duration::from_secs(30), "a request accepted once Write is granted", || async {
+        let r = http.post(gw.url("/ingest")).body(r#"{"state":"granted"}"#).send().await;
+        r.is_ok_and(|r| r.status() == 202)
+    })
+    .await;
+    eprintln!("accepted {:?} after the grant", started.elapsed());
+
+    let delivered = root.dir.path().join("delivered.jsonl");
+    let _consumer = root.consume_to(&delivered);
+    eventually(Duration::from_secs(30), "the accepted message delivered", || async {
+        std::fs::read_to_string(&delivered).is_ok_and(|t| t.contains("granted"))
+    })
+    .await;
+    let got = std::fs::read_to_string(&delivered).expect("delivered");
+    // One partition, in order: a refused request stored would come first.
+    assert_eq!(got.lines().count(), 1, "only the accepted request is stored: {got}");
 }

@@ -29,6 +29,7 @@
 
 mod committed;
 mod consumer;
+mod fatal;
 mod health;
 mod ledger;
 mod member;
@@ -266,6 +267,9 @@ pub(crate) fn queue_error(what: &str, queue: &str, e: &KafkaError) -> QueueError
             | RDKafkaErrorCode::OperationTimedOut
             | RDKafkaErrorCode::RequestTimedOut,
         ) => QueueError::unavailable(format!("kafka: {what}: timed out"), e.clone()),
+        Some(code) if fatal::is_authorization(code) => QueueError::unavailable_msg(format!(
+            "kafka: {what}: {code:?}: the principal is not allowed to; the operator must grant it an ACL"
+        )),
         _ => QueueError::unavailable(format!("kafka: {what}"), e.clone()),
     }
 }
@@ -295,6 +299,8 @@ pub(crate) struct Shared {
     pub(crate) config: KafkaConfig,
     /// Replaced after a fatal error (see [`Shared::producer`]).
     producer: std::sync::RwLock<Arc<FutureProducer<ProducerCtx>>>,
+    /// When it was last replaced (see [`fatal`]).
+    replaced: Mutex<fatal::Pacing>,
     /// Whether the brokers answer; sends fail fast while they do not.
     health: Arc<Health>,
     admin: Arc<AdminClient<DefaultClientContext>>,
@@ -334,10 +340,21 @@ impl Shared {
     ///
     /// librdkafka reports a fatal error through the error callback under
     /// its cause's code (it cannot be told from a transient one there), so
-    /// the producer is asked directly: an atomic read per call.
+    /// the producer is asked directly: an atomic read per call. A failed
+    /// producer is replaced at most once per [`fatal::REPLACE_EVERY`] (a
+    /// principal that may not write fails every new one); until then the
+    /// failed one is returned, and sends on it fail at once.
     pub(crate) fn producer(&self) -> Arc<FutureProducer<ProducerCtx>> {
         let current = self.producer.read().unwrap_or_else(PoisonError::into_inner).clone();
         if current.client().fatal_error().is_none() {
+            return current;
+        }
+        if !self
+            .replaced
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .may_replace(std::time::Instant::now())
+        {
             return current;
         }
         let mut slot = self.producer.write().unwrap_or_else(PoisonError::into_inner);
@@ -589,10 +606,16 @@ impl Shared {
         if let Some(k) = key {
             rec = rec.key(k);
         }
-        match self.producer().send(rec, rdkafka::util::Timeout::After(Duration::ZERO)).await {
+        let producer = self.producer();
+        match producer.send(rec, rdkafka::util::Timeout::After(Duration::ZERO)).await {
             Ok(_) => Ok(()),
             Err((e, _)) => {
                 self.health.observe(&e);
+                // A producer that failed for good purges what it held
+                // ("Purged in queue"): the cause is its fatal error.
+                if let Some((code, reason)) = producer.client().fatal_error() {
+                    return Err(fatal::produce_error(topic, code, &reason));
+                }
                 Err(queue_error("produce", queue, &e))
             }
         }
@@ -741,6 +764,7 @@ impl KafkaBackend {
         let shared = Arc::new(Shared {
             config: cfg.clone(),
             producer: std::sync::RwLock::new(producer),
+            replaced: Mutex::new(fatal::Pacing::default()),
             health,
             admin,
             tokens,
@@ -996,6 +1020,22 @@ impl Admin for KafkaBackend {
             match r {
                 Ok(topic) => created.push(topic),
                 Err((topic, RDKafkaErrorCode::TopicAlreadyExists)) => adopted.push(topic),
+                // A least-privilege principal may not create topics, and
+                // the broker says so before it looks whether they exist:
+                // the topics an operator made are adopted all the same.
+                Err((topic, code)) if fatal::is_authorization(code) => {
+                    match self.shared.partitions(&spec.name, &topic).await {
+                        Ok(_) => adopted.push(topic),
+                        Err(QueueError::NotFound(_)) => {
+                            return Err(QueueError::unavailable_msg(format!(
+                                "kafka: topic {topic} does not exist and this principal may not create it \
+                                 ({code}): run `spillway queue ensure` as a principal that may, or grant \
+                                 this one Create"
+                            )));
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
                 Err((topic, code)) => {
                     return Err(QueueError::unavailable_msg(format!("kafka: create topic {topic}: {code}")));
                 }

@@ -1,9 +1,10 @@
 //! Kafka over TLS and SASL, against the test broker's SSL listener and its
-//! SASL_SSL listener (PLAIN and SCRAM users `spillway`), which
+//! SASL_SSL listener (PLAIN and SCRAM users `spillway`, and the SCRAM user
+//! `spillway-limited` its authorizer lets read but not write), which
 //! `deploy/local/services.sh` starts with a throwaway CA. A round trip
 //! uses every client the backend makes: the admin client (`ensure`), the
 //! producer, the group member and the offset readers.
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use super::{KafkaBackend, KafkaConfig};
 use crate::{testkit::tls_file, Backend as _};
@@ -174,4 +175,71 @@ async fn an_expired_token_or_a_token_without_oauthbearer_is_refused() {
 
 fn brokers_plain() -> String {
     super::tests::brokers()
+}
+
+/// `spillway-limited` may describe and read topics named `acl-…` and
+/// write none (the test broker's ACLs, `deploy/local/services.sh`).
+fn limited() -> KafkaConfig {
+    let ca = tls_file("ca.crt");
+    config(
+        sasl_brokers(),
+        &[
+            ("security.protocol", "SASL_SSL"),
+            ("ssl.ca.location", &ca),
+            ("sasl.mechanisms", "SCRAM-SHA-512"),
+            ("sasl.username", "spillway-limited"),
+            ("sasl.password", "limited-secret"),
+        ],
+    )
+}
+
+/// A principal the broker's authorizer lets describe but not create or
+/// write (ACLs missing, the operator's to fix) adopts the topics an
+/// operator made, and gets a retryable error that names the
+/// authorization and what to grant, for every send, and the failed
+/// producer is not replaced per send (each new one would fail the same
+/// way, one login and producer id request per HTTP request).
+#[tokio::test]
+async fn a_principal_that_may_not_write_gets_a_retryable_error_naming_the_grant() {
+    use crate::{Admin as _, OutgoingMessage, QueueSpec};
+    let queue = format!("acl-{:08x}", rand::random::<u32>());
+    let root = KafkaBackend::connect(&sasl("SCRAM-SHA-512", "spillway-secret")).await.expect("clients");
+    root.ensure(&QueueSpec::new(&queue)).await.expect("ensure as a super user");
+    let b = KafkaBackend::connect(&limited()).await.expect("clients");
+    b.ready().await.expect("a principal that may describe is ready");
+    // May not create: the topics an operator made are adopted (`serve`
+    // ensures its queues at start), missing ones named.
+    b.ensure(&QueueSpec::new(&queue)).await.expect("ensure adopts the topics it may not create");
+    let missing = format!("acl-missing-{:08x}", rand::random::<u32>());
+    let e = b.ensure(&QueueSpec::new(&missing)).await.expect_err("nothing to adopt").to_string();
+    assert!(e.contains("does not exist and this principal may not create it"), "{e}");
+    let p = b.producer(&queue).await.expect("a principal that may describe the topic gets a producer");
+    let mut producers = Vec::new();
+    for i in 0..4 {
+        let e = p.send(OutgoingMessage::new(format!("m{i}"), "denied")).await.expect_err("refused");
+        assert!(e.is_retryable(), "the operator's to fix, not the message's: {e}");
+        let text = e.to_string();
+        assert!(text.to_lowercase().contains("authorization") && text.contains("grant"), "send {i}: {text}");
+        producers.push(b.shared.producer());
+    }
+    // The first failure may be replaced once; never again in the period.
+    assert!(Arc::ptr_eq(&producers[1], &producers[3]), "the failed producer was replaced per send");
+    let r = root.consumer(&queue).await.expect("consumer");
+    let got = r.receive(10, Duration::from_millis(500)).await.expect("receive");
+    assert!(got.is_empty(), "a refused send stored a message: {got:?}");
+}
+
+/// A principal that may not even describe the topics of a queue is told
+/// so at `ensure` and `producer`, not that the queue does not exist.
+#[tokio::test]
+async fn a_principal_that_may_not_describe_is_told_so_not_that_the_queue_is_missing() {
+    use crate::{Admin as _, QueueSpec};
+    let queue = format!("hidden-{:08x}", rand::random::<u32>());
+    let root = KafkaBackend::connect(&sasl("SCRAM-SHA-512", "spillway-secret")).await.expect("clients");
+    root.ensure(&QueueSpec::new(&queue)).await.expect("ensure as a super user");
+    let b = KafkaBackend::connect(&limited()).await.expect("clients");
+    let e = b.ensure(&QueueSpec::new(&queue)).await.expect_err("ensure refused");
+    assert!(e.is_retryable() && e.to_string().contains("TopicAuthorizationFailed"), "{e}");
+    let e = b.producer(&queue).await.err().expect("producer refused");
+    assert!(e.is_retryable() && e.to_string().contains("TopicAuthorizationFailed"), "{e}");
 }
