@@ -331,3 +331,33 @@ management_url = "http://admin:leak-management@rabbit:not-a-port"
     assert!(t.contains("management_url") && t.contains("rabbit:not-a-port"), "{t}");
     assert!(!t.contains("leak-management"), "the password leaked: {t}");
 }
+
+/// The sink's URL is the consumer's secret: a gateway pod that does not
+/// consume starts, and `config check --for serve` passes, without it.
+/// Every command that runs a consumer refuses to start without it, naming
+/// the key, and so does `config check` for anything but `--for serve`.
+#[test]
+fn a_sink_url_is_needed_only_where_a_consumer_runs() {
+    let ws = Workspace::new(
+        "[queue]\nbackend = \"embedded\"\npath = \"{data}\"\n[consumer.sink]\ntype = \"postgres\"\ntable = \"events\"\n",
+    );
+    let serve = ws.cli(&["config", "check", "--for", "serve"]);
+    assert!(serve.status.success(), "{}", text(&serve));
+    for (args, env) in [
+        (&["config", "check"][..], None),
+        (&["config", "check", "--for", "consume"][..], None),
+        (&["config", "check", "--for", "serve"][..], Some(("SPILLWAY_SERVER__CONSUME", "true"))),
+        (&["consume"][..], None),
+        (&["serve"][..], Some(("SPILLWAY_SERVER__CONSUME", "true"))),
+    ] {
+        let out = ws.cli_env(args, env.as_slice());
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{args:?} {env:?}: {t}");
+        assert!(t.contains("consumer.sink.url") && t.contains("not set"), "{args:?} {env:?}: {t}");
+    }
+    // A URL given is checked by every command, `--for serve` too.
+    let bad =
+        ws.cli_env(&["config", "check", "--for", "serve"], &[("SPILLWAY_CONSUMER__SINK__URL", "not a url")]);
+    assert_eq!(bad.status.code(), Some(1), "{}", text(&bad));
+    assert!(text(&bad).contains("consumer.sink.url"), "{}", text(&bad));
+}

@@ -132,6 +132,8 @@ pub enum SinkConfig {
     Stdout,
     /// POST each message to a URL.
     Http {
+        /// Required where a consumer runs; see [`SinkConfig::url`].
+        #[serde(default)]
         url: String,
         #[serde(default)]
         on_4xx: On4xx,
@@ -141,7 +143,9 @@ pub enum SinkConfig {
     },
     /// INSERT each message into a table, `ON CONFLICT (id) DO NOTHING`.
     Postgres {
-        /// `postgres://user:password@host/db`
+        /// `postgres://user:password@host/db`. Required where a consumer
+        /// runs; see [`SinkConfig::url`].
+        #[serde(default)]
         url: String,
         /// `events` or `schema.events`.
         #[serde(default = "default_table")]
@@ -153,6 +157,21 @@ pub enum SinkConfig {
         #[serde(default = "default_lock_timeout", with = "humantime_serde")]
         lock_timeout: Duration,
     },
+}
+
+impl SinkConfig {
+    /// The sink's URL, if it has one and it is set. It may be left unset
+    /// where no consumer runs: the URL is often the consumer's secret
+    /// alone, which the gateway's pods do not get. A consumer refuses to
+    /// start without it ([`crate::check_sink`]).
+    pub fn url(&self) -> Option<&str> {
+        match self {
+            Self::Stdout => None,
+            Self::Http { url, .. } | Self::Postgres { url, .. } => {
+                Some(url.as_str()).filter(|u| !u.is_empty())
+            }
+        }
+    }
 }
 
 fn default_table() -> String {

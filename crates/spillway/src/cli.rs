@@ -95,8 +95,21 @@ pub(crate) enum QueueCommand {
     Purge(PurgeArgs),
 }
 
+/// The command a configuration is checked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Role {
+    Serve,
+    Consume,
+}
+
 #[derive(Debug, Subcommand)]
 pub(crate) enum ConfigCommand {
     /// Validate, and print the effective configuration with secrets masked.
-    Check,
+    Check {
+        /// Check as this command would start: `serve` needs no sink URL
+        /// unless `server.consume` is on. Without it, everything is
+        /// checked, the sink's URL included.
+        #[arg(long = "for", value_enum)]
+        role: Option<Role>,
+    },
 }

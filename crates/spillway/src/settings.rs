@@ -232,7 +232,13 @@ impl Settings {
             }
         }
         self.consumer.check()?;
-        spillway_consumer::check_sink(&self.consumer.sink)?;
+        // A sink URL given is checked for every command; one left unset is
+        // refused only where a consumer runs (`consume`, `serve` with
+        // `server.consume`, `config check` unless `--for serve`): the
+        // gateway's pods need not get the database's secret.
+        if self.consumer.sink.url().is_some() {
+            spillway_consumer::check_sink(&self.consumer.sink)?;
+        }
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| anyhow::anyhow!("invalid configuration at `log.level`: {e}"))?;
         Ok(ingest)

@@ -58,6 +58,12 @@ pub enum SinkSetupError {
 /// `config check` and start-up run, so a bad URL or table name is refused
 /// before a consumer starts. The error names the key.
 pub fn check(cfg: &SinkConfig) -> Result<(), SinkSetupError> {
+    if cfg.url().is_none() && !matches!(cfg, SinkConfig::Stdout) {
+        return Err(SinkSetupError::Config {
+            key: "url",
+            message: "not set: a consumer needs it (in the file, or SPILLWAY_CONSUMER__SINK__URL)".into(),
+        });
+    }
     match cfg {
         SinkConfig::Stdout => Ok(()),
         SinkConfig::Http { url, on_4xx, headers } => HttpSink::new(url, *on_4xx, headers).map(|_| ()),
@@ -67,8 +73,9 @@ pub fn check(cfg: &SinkConfig) -> Result<(), SinkSetupError> {
     }
 }
 
-/// Builds the configured sink.
+/// Builds the configured sink, after [`check`].
 pub async fn build_sink(cfg: &SinkConfig) -> Result<Arc<dyn Sink>, SinkSetupError> {
+    check(cfg)?;
     Ok(match cfg {
         SinkConfig::Stdout => Arc::new(StdoutSink::new()),
         SinkConfig::Http { url, on_4xx, headers } => Arc::new(HttpSink::new(url, *on_4xx, headers)?),

@@ -1,12 +1,19 @@
 //! `spillway config check`.
 
-use crate::{cli::ConfigCommand, settings::Settings};
+use crate::{
+    cli::{ConfigCommand, Role},
+    settings::Settings,
+};
 
 pub(crate) fn config(s: &Settings, cmd: ConfigCommand) -> anyhow::Result<()> {
     match cmd {
-        ConfigCommand::Check => {
-            // Loading ran every check (`Settings::compile`, the sink's
-            // settings included); print what is in effect.
+        ConfigCommand::Check { role } => {
+            // Loading ran every check but one: a sink URL left unset,
+            // which only a consumer needs.
+            let consumes = role != Some(Role::Serve) || s.server.consume;
+            if consumes {
+                spillway_consumer::check_sink(&s.consumer.sink)?;
+            }
             let mut effective = s.masked();
             drop_nulls(&mut effective);
             let text = toml::to_string_pretty(&effective)?;
