@@ -73,6 +73,10 @@ pub(crate) struct Metrics {
     aged: Arc<std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>>,
     /// When the counts were last read; held while they are read.
     counted: Arc<tokio::sync::Mutex<Option<tokio::time::Instant>>>,
+    /// The process's own gauges (`process_resident_memory_bytes`, CPU,
+    /// open files), read at each scrape: what the dashboard's memory
+    /// panel and an OOM investigation need, in Prometheus' standard names.
+    process: Arc<metrics_process::Collector>,
 }
 
 impl Metrics {
@@ -84,7 +88,16 @@ impl Metrics {
         for q in queues.iter() {
             metrics::counter!(QUEUE_STATS_ERRORS, "queue" => q.clone()).absolute(0);
         }
-        Self { handle, backend, queues, aged: Arc::default(), counted: Arc::default() }
+        let process = metrics_process::Collector::default();
+        process.describe();
+        Self {
+            handle,
+            backend,
+            queues,
+            aged: Arc::default(),
+            counted: Arc::default(),
+            process: Arc::new(process),
+        }
     }
 
     pub(crate) async fn render(&self) -> String {
@@ -95,6 +108,7 @@ impl Metrics {
                 *counted = Some(tokio::time::Instant::now());
             }
         }
+        self.process.collect();
         self.handle.render()
     }
 
