@@ -553,18 +553,24 @@ pub fn venv() -> PathBuf {
     venv
 }
 
-/// Runs `tests/interop/kafka_client.py` (confluent-kafka, no Spillway
-/// code) against `brokers` and returns what it printed.
-pub fn kafka_client(brokers: &str, args: &[&str]) -> String {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/interop/kafka_client.py");
+/// Runs one of the interop scripts in `tests/interop` (a plain client of
+/// the broker: confluent-kafka, boto3; no Spillway code) with the venv's
+/// Python against `endpoint`, and returns what it printed.
+pub fn interop(script: &str, endpoint: &str, args: &[&str]) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("interop").join(script);
     let out = Command::new(venv().join("bin/python"))
-        .arg(script)
-        .arg(brokers)
+        .arg(&path)
+        .arg(endpoint)
         .args(args)
         .output()
         .expect("run python");
-    assert!(out.status.success(), "confluent-kafka {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{script} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// `tests/interop/kafka_client.py` (confluent-kafka) against `brokers`.
+pub fn kafka_client(brokers: &str, args: &[&str]) -> String {
+    interop("kafka_client.py", brokers, args)
 }
 
 /// A moto SQS server of the test's own, on a free port, killed when

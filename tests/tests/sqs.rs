@@ -16,24 +16,16 @@
 //!   operator's fault, so the client keeps its data), not a 500, and 202
 //!   again once `queue ensure` made it again.
 
-use std::{process::Command, time::Duration};
+use std::time::Duration;
 
 use spillway_e2e::{
-    assert_every_accepted_delivered, assert_every_accepted_delivered_within, count, eventually,
-    outage_config, pg, pg_url, venv, ElasticMqNode, Moto, Proxy, SteadyLoad, Workspace,
+    assert_every_accepted_delivered, assert_every_accepted_delivered_within, count, eventually, interop,
+    outage_config, pg, pg_url, ElasticMqNode, Moto, Proxy, SteadyLoad, Workspace,
 };
 use spillway_queue::{Admin, Backend};
 
 fn boto3(endpoint: &str, args: &[&str]) -> String {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/interop/boto3_client.py");
-    let out = Command::new(venv().join("bin/python"))
-        .arg(script)
-        .arg(endpoint)
-        .args(args)
-        .output()
-        .expect("run python");
-    assert!(out.status.success(), "boto3 {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    interop("boto3_client.py", endpoint, args)
 }
 
 fn workspace(config: &str, moto_url: &str) -> Workspace {
