@@ -131,6 +131,7 @@ async fn rabbitmq_calls_return_within_their_deadline_while_the_broker_is_frozen(
     use spillway_queue::rabbitmq::{RabbitBackend, RabbitConfig};
     let network = Proxy::start(5672).await;
     let cfg = RabbitConfig {
+        spool: None,
         url: format!("amqp://guest:guest@127.0.0.1:{}/%2f", network.port),
         urls: Vec::new(),
         connection_name: "spillway-deadlines".into(),

@@ -56,6 +56,7 @@ impl Drop for Alarm {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_memory_alarm_fails_sends_fast_and_lets_the_consumer_drain() {
     let cfg = RabbitConfig {
+        spool: None,
         url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
         urls: Vec::new(),
         connection_name: "spillway-alarm".into(),

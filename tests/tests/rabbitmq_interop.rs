@@ -75,6 +75,7 @@ queue = "{QUEUE}"
     pika(&["publish", QUEUE, "from-pika-1"]);
     let backend = spillway_queue::connect(&spillway_queue::BackendConfig::Rabbitmq(
         spillway_queue::rabbitmq::RabbitConfig {
+            spool: None,
             url: amqp_url(),
             urls: Vec::new(),
             connection_name: "interop-test".into(),

@@ -52,13 +52,14 @@ use crate::{
     config::{CompiledRoute, Format, KeySource},
     error::ApiError,
     framing::AmbiguousFraming,
-    publisher::Publisher,
+    store::Stored,
 };
 
 /// What a route's handler needs.
 pub struct RouteState {
     pub route: CompiledRoute,
-    pub publisher: Arc<Publisher>,
+    /// The route's queue: its publisher, and its spool where one is set.
+    pub store: Arc<crate::store::Store>,
     /// The gateway's budget of body bytes in flight, shared by every route.
     pub admission: Arc<crate::admission::Admission>,
 }
@@ -67,7 +68,7 @@ pub struct RouteState {
 pub async fn ingest(state: Arc<RouteState>, req: Request) -> Response {
     let client = client_ip(req.extensions(), req.headers(), &state.route);
     let mut res = match accept(&state, req, client).await {
-        Ok(id) => success(&state.route, &id),
+        Ok((id, stored)) => success(&state.route, &id, stored),
         Err(e) => e.into_response(),
     };
     if let Some(ip) = client.filter(|_| access_log::enabled()) {
@@ -76,7 +77,11 @@ pub async fn ingest(state: Arc<RouteState>, req: Request) -> Response {
     res
 }
 
-async fn accept(state: &RouteState, req: Request, client: Option<IpAddr>) -> Result<String, ApiError> {
+async fn accept(
+    state: &RouteState,
+    req: Request,
+    client: Option<IpAddr>,
+) -> Result<(String, Stored), ApiError> {
     let route = &state.route;
     let received_at = OffsetDateTime::now_utc();
     let (mut parts, body) = req.into_parts();
@@ -90,8 +95,8 @@ async fn accept(state: &RouteState, req: Request, client: Option<IpAddr>) -> Res
     let facts = request_facts(&mut parts, &body, is_json, route, client).await?;
     let id = ulid::Ulid::new().to_string();
     let msg = build_message(route, &id, received_at, &parts, content_type, facts, body, is_json);
-    state.publisher.publish(msg).await?;
-    Ok(id)
+    let stored = state.store.store(msg).await?;
+    Ok((id, stored))
 }
 
 /// Step 0: a head whose body proxies could frame two ways, or that asks
@@ -251,18 +256,25 @@ fn build_message(
 /// The success answer. Whatever the configured body says, the message id
 /// is also in `x-spillway-id`, so a client (and the load harness's
 /// delivery check) can always name what was accepted.
-fn success(route: &CompiledRoute, id: &str) -> Response {
+fn success(route: &CompiledRoute, id: &str, stored: Stored) -> Response {
     let body = route.success_body.join(id);
     let mut res = (route.success_status, body).into_response();
     res.headers_mut().insert(header::CONTENT_TYPE, route.success_content_type.clone());
     if let Ok(v) = HeaderValue::from_str(id) {
         res.headers_mut().insert(ID_HEADER, v);
     }
+    if stored == Stored::Spool {
+        res.headers_mut().insert(SPOOLED_HEADER, HeaderValue::from_static("true"));
+    }
     res
 }
 
 /// The response header that names the accepted message.
 pub const ID_HEADER: header::HeaderName = header::HeaderName::from_static("x-spillway-id");
+
+/// Set on an answer whose message is in the local spool, not yet in the
+/// queue (`queue.spool`): stored as durably, forwarded later.
+pub const SPOOLED_HEADER: header::HeaderName = header::HeaderName::from_static("x-spillway-spooled");
 
 fn content_length(parts: &Parts) -> Result<Option<u64>, ApiError> {
     let Some(v) = parts.headers.get(header::CONTENT_LENGTH) else { return Ok(None) };
@@ -407,13 +419,15 @@ mod tests {
         route.success.content_type = "text/plain".into();
         cfg.routes = vec![route];
         let compiled = cfg.compile().expect("compiles");
-        let res = super::success(&compiled.routes[0], "01ABC");
+        let res = super::success(&compiled.routes[0], "01ABC", super::Stored::Queue);
         assert_eq!(res.headers()["content-type"], "text/plain");
         assert_eq!(res.headers()[super::ID_HEADER], "01ABC");
         let body = to_bytes(res.into_body(), 1024).await.expect("body");
         assert_eq!(&body[..], b"01ABC:01ABC, done");
         let plain = IngestConfig::default().compile().expect("compiles");
-        let body = to_bytes(super::success(&plain.routes[0], "X").into_body(), 1024).await.expect("body");
+        let body = to_bytes(super::success(&plain.routes[0], "X", super::Stored::Queue).into_body(), 1024)
+            .await
+            .expect("body");
         assert_eq!(&body[..], br#"{"id":"X","status":"accepted"}"#);
     }
 

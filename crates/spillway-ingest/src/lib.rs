@@ -46,6 +46,7 @@ pub mod readiness;
 pub mod routes;
 pub mod schema;
 pub mod server;
+pub mod store;
 pub mod throttle;
 pub mod tls;
 
@@ -53,5 +54,5 @@ pub use config::{CompiledIngest, ConfigError, IngestConfig};
 pub use error::ApiError;
 pub use publisher::Publisher;
 pub use readiness::Readiness;
-pub use routes::build_router;
+pub use routes::{build_router, build_router_spooled};
 pub use server::{serve, serve_exempting, ServerLimits};

@@ -86,8 +86,13 @@ impl Publisher {
         outcome
     }
 
+    /// `TooLarge` if the queue would refuse `msg` for its size.
+    pub fn check_size(&self, msg: &OutgoingMessage) -> Result<(), QueueError> {
+        msg.check_size(self.max_message_bytes)
+    }
+
     async fn store(&self, msg: OutgoingMessage) -> Result<(), QueueError> {
-        msg.check_size(self.max_message_bytes)?;
+        self.check_size(&msg)?;
         let (reply, outcome) = oneshot::channel();
         let deadline = Instant::now() + self.send_timeout;
         self.tx.try_send(Pending { msg, reply, deadline }).map_err(|e| match e {

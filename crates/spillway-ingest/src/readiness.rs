@@ -7,6 +7,11 @@
 //! make probes time out and look like a dead pod. Draining turns readiness
 //! false at once, without waiting for the next check.
 //!
+//! With a spool in front of the broker, a pod stays ready while the broker
+//! is down as long as its spool has room ([`Readiness::ready_while_down`]):
+//! taking it out of the Service would refuse exactly the traffic the spool
+//! is there to keep.
+//!
 //! The answer says ready or not and nothing more: why is in the log, once
 //! per change (a broker's error text can name hosts, accounts or roles).
 //! The task holds the state weakly and ends when the last handle is gone.
@@ -30,9 +35,13 @@ pub struct Readiness {
     inner: Arc<Inner>,
 }
 
+/// Whether the pod can still take messages while the backend is down.
+type Fallback = Arc<dyn Fn() -> bool + Send + Sync>;
+
 struct Inner {
     backend: Arc<dyn Backend>,
     draining: AtomicBool,
+    fallback: Mutex<Option<Fallback>>,
     /// `None` while the backend answers; else why not.
     not_ready: Mutex<Option<String>>,
 }
@@ -41,8 +50,12 @@ impl Readiness {
     /// Checks the backend once now, so a gateway whose backend answers is
     /// ready from its first probe, then every `every` in the background.
     pub async fn start(backend: Arc<dyn Backend>, every: Duration) -> Self {
-        let inner =
-            Arc::new(Inner { backend, draining: AtomicBool::new(false), not_ready: Mutex::new(None) });
+        let inner = Arc::new(Inner {
+            backend,
+            draining: AtomicBool::new(false),
+            fallback: Mutex::new(None),
+            not_ready: Mutex::new(None),
+        });
         inner.check().await;
         let weak: Weak<Inner> = Arc::downgrade(&inner);
         tokio::spawn(async move {
@@ -60,10 +73,23 @@ impl Readiness {
         self.inner.draining.store(true, Ordering::SeqCst);
     }
 
-    /// The kept answer: ready unless draining or the last check failed.
+    /// While the backend is down, ready as long as `can_take` says so (a
+    /// spool with room).
+    pub fn ready_while_down(&self, can_take: impl Fn() -> bool + Send + Sync + 'static) {
+        *self.inner.fallback.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(can_take));
+    }
+
+    /// The kept answer: ready unless draining, or the last check failed
+    /// with nothing to take messages meanwhile.
     pub fn is_ready(&self) -> bool {
-        !self.inner.draining.load(Ordering::SeqCst)
-            && self.inner.not_ready.lock().unwrap_or_else(PoisonError::into_inner).is_none()
+        if self.inner.draining.load(Ordering::SeqCst) {
+            return false;
+        }
+        if self.inner.not_ready.lock().unwrap_or_else(PoisonError::into_inner).is_none() {
+            return true;
+        }
+        let fallback = self.inner.fallback.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        fallback.is_some_and(|can_take| can_take())
     }
 }
 
@@ -186,5 +212,27 @@ mod tests {
         assert_eq!(backend.calls.load(Ordering::SeqCst), 3, "one check per interval");
         r.start_draining();
         assert!(!r.is_ready(), "draining is seen at once");
+    }
+
+    /// With a spool: ready while the backend is down as long as the spool
+    /// has room; not once it is full; never while draining.
+    #[tokio::test(start_paused = true)]
+    async fn a_spool_with_room_keeps_the_pod_ready_while_the_backend_is_down() {
+        let backend = Arc::new(Switched {
+            inner: memory_backend().expect("memory backend"),
+            up: AtomicBool::new(false),
+            calls: AtomicUsize::new(0),
+        });
+        let r = Readiness::start(backend.clone(), Duration::from_secs(2)).await;
+        assert!(!r.is_ready(), "no spool: a backend that is down is not ready");
+        let room = Arc::new(AtomicBool::new(true));
+        let has_room = room.clone();
+        r.ready_while_down(move || has_room.load(Ordering::SeqCst));
+        assert!(r.is_ready(), "the spool takes what the backend does not");
+        room.store(false, Ordering::SeqCst);
+        assert!(!r.is_ready(), "a full spool takes nothing");
+        room.store(true, Ordering::SeqCst);
+        r.start_draining();
+        assert!(!r.is_ready(), "draining wins");
     }
 }

@@ -17,7 +17,7 @@ use axum::{
     routing::{any, get, MethodFilter, MethodRouter},
     Router,
 };
-use spillway_queue::{Backend, QueueError};
+use spillway_queue::{spool::Spool, Backend, QueueError};
 
 use crate::{
     config::{CompiledIngest, ConfigError},
@@ -27,6 +27,7 @@ use crate::{
     metrics,
     publisher::Publisher,
     readiness::Readiness,
+    store::Store,
 };
 
 /// Why the router could not be built.
@@ -46,21 +47,38 @@ pub async fn build_router(
     backend: Arc<dyn Backend>,
     readiness: Readiness,
 ) -> Result<Router, BuildError> {
+    build_router_spooled(cfg, backend, readiness, None).await
+}
+
+/// [`build_router`] with a spool in front of the backend (`queue.spool`):
+/// each queue gets its gate and forwarder, and readiness stays true while
+/// the backend is down as long as every spool has room.
+pub async fn build_router_spooled(
+    cfg: &CompiledIngest,
+    backend: Arc<dyn Backend>,
+    readiness: Readiness,
+    spool: Option<Arc<Spool>>,
+) -> Result<Router, BuildError> {
     let routes = cfg.routes.clone();
     let admission = Arc::new(crate::admission::Admission::new(cfg.max_body_bytes_in_flight));
-    let mut publishers: HashMap<String, Arc<Publisher>> = HashMap::new();
+    let mut stores: HashMap<String, Arc<Store>> = HashMap::new();
     let mut router = Router::new();
     for route in routes {
-        let publisher = match publishers.get(&route.queue) {
-            Some(p) => p.clone(),
+        let store = match stores.get(&route.queue) {
+            Some(s) => s.clone(),
             None => {
-                let producer = backend
-                    .producer(&route.queue)
-                    .await
-                    .map_err(|source| BuildError::Queue { queue: route.queue.clone(), source })?;
+                let queue_error = |source| BuildError::Queue { queue: route.queue.clone(), source };
+                let producer = backend.producer(&route.queue).await.map_err(queue_error)?;
+                let gate = match &spool {
+                    Some(spool) => {
+                        Some(spool.gate(&route.queue, producer.clone()).await.map_err(queue_error)?)
+                    }
+                    None => None,
+                };
                 let p = Arc::new(Publisher::spawn(route.queue.clone(), producer, &cfg.publisher));
-                publishers.insert(route.queue.clone(), p.clone());
-                p
+                let s = Arc::new(Store::new(p, gate));
+                stores.insert(route.queue.clone(), s.clone());
+                s
             }
         };
         let path = route.path.clone();
@@ -70,7 +88,7 @@ pub async fn build_router(
         if let Some(throttle) = &route.throttle {
             crate::throttle::spawn_sweeper(throttle, &route.name);
         }
-        let state = Arc::new(RouteState { route, publisher, admission: admission.clone() });
+        let state = Arc::new(RouteState { route, store, admission: admission.clone() });
         let mut mr: MethodRouter = MethodRouter::new();
         for m in &methods {
             let filter = MethodFilter::try_from(m.clone()).map_err(|_| ConfigError {
@@ -85,6 +103,10 @@ pub async fn build_router(
         let mr =
             with_cors(mr, cors.as_ref(), &methods).layer::<_, Infallible>(metrics::RecordLayer::new(counted));
         router = router.route(&path, mr);
+    }
+    if spool.is_some() {
+        let all: Vec<Arc<Store>> = stores.into_values().collect();
+        readiness.ready_while_down(move || all.iter().all(|s| s.can_take_while_down()));
     }
     // An unknown path is answered under the top-level CORS policy, so a
     // browser on an allowed origin can read its 404.

@@ -48,6 +48,20 @@ impl Default for BackendConfig {
 }
 
 impl BackendConfig {
+    /// The spool in front of the broker, where `queue.spool` is set.
+    #[cfg(feature = "spool")]
+    pub fn spool(&self) -> Option<&crate::spool::SpoolConfig> {
+        match self {
+            Self::Embedded { .. } | Self::Memory {} => None,
+            #[cfg(feature = "rabbitmq")]
+            Self::Rabbitmq(c) => c.spool.as_ref(),
+            #[cfg(feature = "sqs")]
+            Self::Sqs(c) => c.spool.as_ref(),
+            #[cfg(feature = "kafka")]
+            Self::Kafka(c) => c.spool.as_ref(),
+        }
+    }
+
     /// The backend's name as written in the config.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -27,6 +27,8 @@
 //!   carried in headers across republishes, crashes counted in the commit.
 //! - `sqs` (feature `sqs`): AWS SQS or any server with its API; standard
 //!   and FIFO queues, the count carried in an attribute across re-sends.
+//! - `spool` (with every broker): the embedded engine in front of a broker,
+//!   so a broker outage is spooled locally instead of answered 503.
 //! - `testkit` (feature `testkit`): the conformance suite, plain async functions
 //!   over a [`testkit::Harness`], that every backend's tests run.
 // One audited exception: `kafka::committed` reads commit metadata as bytes,
@@ -51,6 +53,8 @@ pub mod kafka;
 pub mod memory;
 #[cfg(feature = "rabbitmq")]
 pub mod rabbitmq;
+#[cfg(feature = "spool")]
+pub mod spool;
 #[cfg(feature = "sqs")]
 pub mod sqs;
 #[cfg(feature = "testkit")]

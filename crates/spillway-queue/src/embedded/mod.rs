@@ -163,6 +163,13 @@ impl EmbeddedBackend {
         .map_err(|e| QueueError::unavailable("embedded queue: read task failed", e))?
     }
 
+    /// The bytes of `queue`'s live messages, bodies and attributes as
+    /// stored (a scan: run once, where a spool is opened again).
+    pub async fn live_bytes(&self, queue: &str) -> Result<u64, QueueError> {
+        let queue = queue.to_owned();
+        self.read(move |c| ops::live_bytes(c, &queue)).await
+    }
+
     /// `journal_mode` and `synchronous` as the writer's connection reports
     /// them: what durability rests on, read back rather than assumed.
     pub async fn durability_pragmas(&self) -> Result<(String, i64), QueueError> {

@@ -576,6 +576,19 @@ pub(crate) fn oldest_enqueued(conn: &Connection, queue: &str) -> Result<Option<i
     .map_err(sql("oldest message"))
 }
 
+/// The bytes of the live messages of `queue` (bodies, and attributes as
+/// stored): how full a spool is when a process opens it again. A scan of
+/// the queue's rows, run once at start.
+pub(crate) fn live_bytes(conn: &Connection, queue: &str) -> Result<u64, QueueError> {
+    conn.prepare_cached(
+        "SELECT COALESCE(SUM(length(body) + length(attributes)), 0) FROM messages
+         WHERE queue = ?1 AND dead_at IS NULL",
+    )
+    .and_then(|mut st| st.query_row([queue], |r| r.get::<_, i64>(0)))
+    .map(|n| u64::try_from(n).unwrap_or(0))
+    .map_err(sql("live bytes"))
+}
+
 /// The counts by a full scan: what [`stats`] must always agree with.
 #[cfg(test)]
 pub(crate) fn stats_by_scan(conn: &Connection, queue: &str, now: i64) -> Result<QueueStats, QueueError> {

@@ -75,6 +75,10 @@ use crate::{
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaConfig {
+    /// A local durable spool in front of the broker (`queue.spool`; off
+    /// unless set): see [`crate::spool`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spool: Option<crate::spool::SpoolConfig>,
     /// `bootstrap.servers`: `host:port[,host:port…]`.
     pub brokers: String,
     /// Consumer groups are `<group_prefix>.<queue>`; the dead-letter
@@ -162,6 +166,7 @@ impl KafkaConfig {
     /// The defaults, for brokers at `brokers`.
     pub fn new(brokers: impl Into<String>) -> Self {
         Self {
+            spool: None,
             brokers: brokers.into(),
             group_prefix: default_group_prefix(),
             partitions: default_partitions(),
@@ -268,7 +273,7 @@ pub(crate) fn queue_error(what: &str, queue: &str, e: &KafkaError) -> QueueError
             | RDKafkaErrorCode::RequestTimedOut,
         ) => QueueError::unavailable(format!("kafka: {what}: timed out"), e.clone()),
         Some(code) if fatal::is_authorization(code) => QueueError::unavailable_msg(format!(
-            "kafka: {what}: {code:?}: the principal is not allowed to; the operator must grant it an ACL"
+            "kafka: {what}: {code:?}: this principal lacks an ACL the operator must grant (docs/tls.md)"
         )),
         _ => QueueError::unavailable(format!("kafka: {what}"), e.clone()),
     }

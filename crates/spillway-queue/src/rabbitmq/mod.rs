@@ -150,6 +150,10 @@ impl Management {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RabbitConfig {
+    /// A local durable spool in front of the broker (`queue.spool`; off
+    /// unless set): see [`crate::spool`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spool: Option<crate::spool::SpoolConfig>,
     /// `amqp://user:password@host:5672/vhost` or `amqps://…` (the password is
     /// masked by `config check`).
     pub url: String,
@@ -828,6 +832,7 @@ mod tests {
 
     async fn connect() -> RabbitBackend {
         let cfg = RabbitConfig {
+            spool: None,
             url: url(),
             urls: Vec::new(),
             connection_name: "spillway-tests".into(),

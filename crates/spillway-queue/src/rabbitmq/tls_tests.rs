@@ -15,6 +15,7 @@ fn url() -> String {
 
 fn config(name: &str, tls: RabbitTls) -> RabbitConfig {
     RabbitConfig {
+        spool: None,
         url: url(),
         urls: Vec::new(),
         connection_name: name.to_owned(),

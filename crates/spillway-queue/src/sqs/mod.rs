@@ -81,6 +81,10 @@ const PEEK_HIDE_SECS: i32 = 30;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SqsConfig {
+    /// A local durable spool in front of the broker (`queue.spool`; off
+    /// unless set): see [`crate::spool`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spool: Option<crate::spool::SpoolConfig>,
     /// The AWS region; else the standard chain (`AWS_REGION`, the profile),
     /// else `us-east-1` when `endpoint_url` is set.
     #[serde(default)]
@@ -127,6 +131,7 @@ impl SqsConfig {
     /// credentials. For tests and local servers.
     pub fn local(endpoint_url: &str) -> Self {
         Self {
+            spool: None,
             region: Some("us-east-1".into()),
             endpoint_url: Some(endpoint_url.into()),
             access_key_id: Some("test".into()),

@@ -1,7 +1,7 @@
 //! `spillway serve`: the gateway.
 
 use anyhow::Context;
-use spillway_ingest::{build_router, CompiledIngest, Readiness};
+use spillway_ingest::{build_router_spooled, CompiledIngest, Readiness};
 use spillway_queue::embedded::Durability;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -17,7 +17,17 @@ pub(crate) async fn serve(s: Settings, ingest: CompiledIngest) -> anyhow::Result
         backend.clone(),
         s.queue_specs().into_iter().map(|q| q.name).collect(),
     );
-    let router = build_router(&ingest, backend.clone(), readiness.clone()).await?;
+    let spool = match s.queue.spool() {
+        Some(cfg) => {
+            let spool = spillway_queue::spool::Spool::open(cfg)
+                .await
+                .with_context(|| format!("opening the spool in {}", cfg.path.display()))?;
+            tracing::info!(path = %cfg.path.display(), max_bytes = cfg.max_bytes, on = ?cfg.on, "spool open");
+            Some(spool)
+        }
+        None => None,
+    };
+    let router = build_router_spooled(&ingest, backend.clone(), readiness.clone(), spool.clone()).await?;
     let listener =
         TcpListener::bind(s.server.listen).await.with_context(|| format!("binding {}", s.server.listen))?;
     let addr = listener.local_addr().context("reading the bound address")?;
@@ -94,6 +104,10 @@ pub(crate) async fn serve(s: Settings, ingest: CompiledIngest) -> anyhow::Result
     drop(tls);
     admin.await.context("the admin listener")?.context("serving the admin listener")?;
     tracing::info!("drained; every accepted request has its answer");
+    // What the forwarders hold goes back into the spool for the next run.
+    if let Some(spool) = &spool {
+        spool.shutdown().await;
+    }
     if let Some(runtime) = consuming {
         stop_consuming.cancel();
         super::consume::finish(runtime.await)?;

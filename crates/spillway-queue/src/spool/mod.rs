@@ -1,0 +1,175 @@
+//! The spool: the embedded engine in front of a broker, so a broker outage
+//! costs clients nothing but a header.
+//!
+//! When the broker cannot take a message (down, its circuit open, a
+//! timeout), the gateway stores the message in a local spool instead, with
+//! the embedded backend's durability (fsync'd before the 2xx), and answers
+//! as it would have. A forwarder per queue drains the spool into the broker
+//! as soon as it takes messages again: **confirmed send first, then delete
+//! from the spool**, so a crash in between gives a duplicate, never a loss.
+//!
+//! - [`SpoolConfig`]: `queue.spool` (off unless set): where, how big, and
+//!   when to spool (`on = "unavailable"` or `"always"`).
+//! - [`gate`]: per queue, whether a message goes to the spool, and the
+//!   fill it may not pass.
+//! - [`forward`]: the forwarder.
+//!
+//! # Order
+//!
+//! While a queue has anything in its spool, every new message of that
+//! queue goes through the spool too, until the forwarder has emptied it.
+//! The spool is the embedded engine, which hands out only the oldest live
+//! message of each ordering key: a message with a key is forwarded only
+//! after every earlier message with that key was confirmed by the broker.
+//! So a client that sends one message after another's answer sees them in
+//! that order on the broker, whether either was spooled. (Each backend then
+//! keeps the order it keeps: docs/backends.md.)
+
+pub mod forward;
+pub mod gate;
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+pub use self::gate::Gate;
+use crate::{
+    embedded::{Durability, EmbeddedBackend},
+    Admin as _, Backend as _, Clock, DeadLetterPolicy, Producer, QueueError, QueueSpec,
+};
+
+/// `queue.spool`: a local durable spool in front of a broker backend.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolConfig {
+    /// Folder of the spool's database (`queue.db`), on storage of the
+    /// process's own (one per pod). Created if missing.
+    #[serde(default = "default_path")]
+    pub path: PathBuf,
+    /// The most bytes of messages (bodies and attributes) the spool holds
+    /// per queue; past it, requests get 503 with `Retry-After`.
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: u64,
+    /// When a message goes to the spool.
+    #[serde(default)]
+    pub on: SpoolWhen,
+}
+
+impl Default for SpoolConfig {
+    fn default() -> Self {
+        Self { path: default_path(), max_bytes: default_max_bytes(), on: SpoolWhen::default() }
+    }
+}
+
+fn default_path() -> PathBuf {
+    PathBuf::from("./spillway-spool")
+}
+
+fn default_max_bytes() -> u64 {
+    1 << 30
+}
+
+/// When the gateway spools.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SpoolWhen {
+    /// Only when the broker does not take a message (and until the spool
+    /// is empty again): the 2xx means the broker's confirm, or the local
+    /// fsync during an outage.
+    #[default]
+    Unavailable,
+    /// Every message: the 2xx means the local fsync; the forwarder
+    /// confirms each to the broker.
+    Always,
+}
+
+/// The attribute that carries a message's dedup key through the spool (the
+/// spool itself dedups nothing: see [`gate::Gate::spool`]).
+pub(crate) const DEDUP_ATTRIBUTE: &str = "spillway-spool-dedup-key";
+
+/// How long a forwarded message stays hidden in the spool: longer than any
+/// broker send (the publisher's send timeout is seconds). After a crash,
+/// what the forwarder held is forwarded again this long after.
+pub(crate) const SPOOL_VISIBILITY: Duration = Duration::from_secs(30);
+
+/// An open spool: one embedded database, a queue in it per broker queue.
+pub struct Spool {
+    local: EmbeddedBackend,
+    cfg: SpoolConfig,
+    stop: CancellationToken,
+    forwarders: tokio::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl Spool {
+    /// Opens (or creates) the spool's database, fsync per commit.
+    pub async fn open(cfg: &SpoolConfig) -> Result<Arc<Self>, QueueError> {
+        Self::open_with_clock(cfg, Clock::system()).await
+    }
+
+    /// [`Spool::open`] with the time read from `clock` (tests).
+    pub async fn open_with_clock(cfg: &SpoolConfig, clock: Clock) -> Result<Arc<Self>, QueueError> {
+        if cfg.max_bytes == 0 {
+            return Err(QueueError::Invalid("queue.spool.max_bytes must be more than 0".into()));
+        }
+        let local = EmbeddedBackend::open_with(&cfg.path, Durability::PowerLoss, clock).await?;
+        Ok(Arc::new(Self {
+            local,
+            cfg: cfg.clone(),
+            stop: CancellationToken::new(),
+            forwarders: tokio::sync::Mutex::default(),
+        }))
+    }
+
+    /// The gate of `queue`, with its forwarder into `broker` started.
+    /// Picks up what an earlier process left in the spool: until that is
+    /// forwarded, new messages of the queue are spooled behind it.
+    pub async fn gate(&self, queue: &str, broker: Arc<dyn Producer>) -> Result<Arc<Gate>, QueueError> {
+        // A message is never dead-lettered for its receives here: the
+        // forwarder releases what the broker did not take, uncounted.
+        let spec = QueueSpec {
+            dead_letter: DeadLetterPolicy {
+                max_receive_count: u32::MAX,
+                visibility_timeout: SPOOL_VISIBILITY,
+            },
+            // The broker's own limit was checked before a message gets here.
+            max_message_bytes: 1 << 40,
+            ..QueueSpec::new(queue)
+        };
+        self.local.ensure(&spec).await?;
+        let stats = self.local.stats(queue).await?;
+        let pending = stats.visible + stats.delayed + stats.in_flight;
+        let bytes = if pending == 0 { 0 } else { self.local.live_bytes(queue).await? };
+        let producer = self.local.producer(queue).await?;
+        let gate = Arc::new(Gate::new(queue, self.cfg.on, self.cfg.max_bytes, producer, pending, bytes));
+        let consumer = self.local.consumer(queue).await?;
+        let task =
+            tokio::spawn(forward::run(gate.clone(), self.local.clone(), consumer, broker, self.stop.clone()));
+        self.forwarders.lock().await.push(task);
+        Ok(gate)
+    }
+
+    /// Stops every forwarder and waits for it: what one held goes back to
+    /// the spool at once (not after the visibility timeout), for the next
+    /// process to forward.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropped, the forwarders still stop; what they held comes back after
+    /// [`SPOOL_VISIBILITY`] instead.
+    pub async fn shutdown(&self) {
+        self.stop.cancel();
+        let tasks = std::mem::take(&mut *self.forwarders.lock().await);
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+
+    /// The spool's own backend, for stats and tests.
+    pub fn local(&self) -> &EmbeddedBackend {
+        &self.local
+    }
+}
+
+#[cfg(test)]
+mod tests;
