@@ -31,8 +31,9 @@ deploy/check_test.py breaks a good render once per check):
 - probes: each probe's port is a port of its container, on the listener
   that serves the probe's path.
 - shutdown: terminationGracePeriodSeconds > preStop sleep +
-  server.shutdown_grace + server.limits.drain_timeout (+ the consumer's
-  sink_timeout where a consumer runs).
+  server.shutdown_grace + server.limits.drain_timeout (+ the spool's
+  drain_timeout where a spool is set, + the consumer's sink_timeout where
+  a consumer runs).
 - autoscaled: no `replicas` on a workload an HPA or a KEDA ScaledObject
   scales (a GitOps sync would reset the autoscaler).
 - pods: non-root, read-only root filesystem, no privilege escalation, all
@@ -84,7 +85,7 @@ PATHS = {
 # (overlay, backend it names, components added to it). The broker
 # overlays get every component; the embedded one all but KEDA (it has no
 # consumer Deployment to scale).
-ALL_COMPONENTS = ["prometheus-operator", "keda", "network-policy", "ingress"]
+ALL_COMPONENTS = ["prometheus-operator", "keda", "network-policy", "ingress", "spool"]
 KUSTOMIZE_RENDERS = [
     ("embedded", "embedded", []),
     ("rabbitmq", "rabbitmq", []),
@@ -92,6 +93,7 @@ KUSTOMIZE_RENDERS = [
     ("sqs", "sqs", []),
     ("seed-sqs", "sqs", []),
     ("embedded", "embedded", ["prometheus-operator", "network-policy", "ingress"]),
+    ("rabbitmq", "rabbitmq", ["spool"]),
     ("kafka", "kafka", ALL_COMPONENTS),
 ]
 
@@ -501,6 +503,10 @@ def check_shutdown(docs, ctx):
             server = effective.get("server", {})
             needed += duration_secs(server.get("shutdown_grace", "0s"))
             needed += duration_secs(server.get("limits", {}).get("drain_timeout", "30s"))
+            # With a spool, `serve` then forwards it for up to this long.
+            spool = effective.get("queue", {}).get("spool")
+            if spool is not None:
+                needed += duration_secs(spool.get("drain_timeout", "10s"))
         if not serves or effective.get("server", {}).get("consume", False):
             needed += duration_secs(effective.get("consumer", {}).get("sink_timeout", "30s"))
         if needed >= grace:

@@ -66,6 +66,9 @@ CASES = [
      lambda d: find(d, "Deployment", "consumer")["spec"].update(replicas=1), "sets replicas although ScaledObject"),
     ("a grace period shorter than the drain", "embedded",
      lambda d: pod(d, "StatefulSet").update(terminationGracePeriodSeconds=30), "shutdown needs up to"),
+    ("a spool drain the grace period does not cover", "kafka",
+     lambda d: container(d, "Deployment", "ingest")["env"].append(
+         {"name": "SPILLWAY_QUEUE__SPOOL__DRAIN_TIMEOUT", "value": "60s"}), "shutdown needs up to"),
     ("a root filesystem left writable", "kafka",
      lambda d: container(d, "Deployment", "consumer")["securityContext"].update(readOnlyRootFilesystem=False),
      "lacks readOnlyRootFilesystem"),

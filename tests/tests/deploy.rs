@@ -44,7 +44,7 @@ fn check_py(args: &[&str]) -> (bool, String) {
 fn every_overlay_and_chart_render_validates_and_passes_every_check() {
     let (ok, text) = check_py(&[]);
     assert!(ok, "the manifests fail their check:\n{text}");
-    assert!(text.contains("11 renders"), "{text}");
+    assert!(text.contains("12 renders"), "{text}");
 }
 
 #[test]

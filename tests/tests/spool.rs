@@ -70,3 +70,49 @@ async fn a_broker_outage_under_load_is_spooled_not_refused_and_loses_nothing() {
         .await;
     let _ = db.batch_execute(&format!("DROP TABLE IF EXISTS {table}")).await;
 }
+
+/// A gateway stopped while the broker is down keeps what it spooled;
+/// `queue stats` shows it, and `spillway spool drain` forwards it to the
+/// broker once the broker is back, without a gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn spool_drain_forwards_what_a_stopped_gateway_left() {
+    let url = amqp_url();
+    let port: u16 =
+        url.rsplit_once(':').and_then(|(_, rest)| rest.split('/').next()?.parse().ok()).expect("port");
+    let proxy = Proxy::start(port).await;
+    let proxied = url.replace(&format!(":{port}/"), &format!(":{}/", proxy.port));
+    let queue = format!("spillway-e2e-spool-drain-{}", std::process::id());
+    let spool_dir = tempfile::tempdir().expect("spool dir");
+    let ws = Workspace::new(&format!(
+        "[queue]\nbackend = \"rabbitmq\"\nurl = \"{proxied}\"\n[queue.spool]\npath = \"{}\"\ndrain_timeout = \"1s\"\n\
+         [ingest.publisher]\nsend_timeout = \"2s\"\n[[ingest.routes]]\npath = \"/ingest\"\nqueue = \"{queue}\"\n",
+        spool_dir.path().display()
+    ));
+    let purge = ws.cli(&["queue", "purge", "--yes", "--queue", &queue]);
+    assert!(purge.status.success(), "{}", String::from_utf8_lossy(&purge.stderr));
+    let mut gw = ws.serve();
+    proxy.down();
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("client");
+    for i in 0..5 {
+        let r = http.post(gw.url("/ingest")).body(format!("{{\"n\":{i}}}")).send().await.expect("post");
+        assert_eq!(r.status(), 202, "{}", r.text().await.unwrap_or_default());
+    }
+    let status = gw.stop(Duration::from_secs(20)).await;
+    assert!(status.success(), "serve exited {status:?}");
+
+    proxy.up().await;
+    let counts = |ws: &Workspace| {
+        let out = ws.cli(&["queue", "stats", "--json", "--queue", &queue]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        (v[&queue]["spooled"].as_u64(), v[&queue]["visible"].as_u64())
+    };
+    let (spooled, _) = counts(&ws);
+    assert_eq!(spooled, Some(5), "queue stats shows what the stopped gateway left in its spool");
+    let drain = ws.cli(&["spool", "drain", "--timeout", "60s"]);
+    assert!(drain.status.success(), "{}", String::from_utf8_lossy(&drain.stderr));
+    eventually(Duration::from_secs(15), "the broker counts what was drained", || async {
+        counts(&ws) == (Some(0), Some(5))
+    })
+    .await;
+}

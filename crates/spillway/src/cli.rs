@@ -33,6 +33,20 @@ pub(crate) enum Command {
     /// The configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// The local spool in front of the broker (`queue.spool`).
+    #[command(subcommand)]
+    Spool(SpoolCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum SpoolCommand {
+    /// Forward everything in this machine's spool to the broker, and wait
+    /// until it is empty (before a pod with a spool is removed for good).
+    Drain {
+        /// Give up after this long, exit code 1 (e.g. `30s`, `5m`).
+        #[arg(long, default_value = "5m", value_parser = humantime_serde::re::humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -54,11 +54,21 @@ pub struct SpoolConfig {
     /// When a message goes to the spool.
     #[serde(default)]
     pub on: SpoolWhen,
+    /// At shutdown, after the last request is answered, how long `serve`
+    /// keeps forwarding to empty the spool before it exits (what is left
+    /// stays in the spool for the next run).
+    #[serde(default = "default_drain_timeout", with = "humantime_serde")]
+    pub drain_timeout: Duration,
 }
 
 impl Default for SpoolConfig {
     fn default() -> Self {
-        Self { path: default_path(), max_bytes: default_max_bytes(), on: SpoolWhen::default() }
+        Self {
+            path: default_path(),
+            max_bytes: default_max_bytes(),
+            on: SpoolWhen::default(),
+            drain_timeout: default_drain_timeout(),
+        }
     }
 }
 
@@ -68,6 +78,10 @@ fn default_path() -> PathBuf {
 
 fn default_max_bytes() -> u64 {
     1 << 30
+}
+
+fn default_drain_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 
 /// When the gateway spools.
@@ -99,6 +113,7 @@ pub struct Spool {
     cfg: SpoolConfig,
     stop: CancellationToken,
     forwarders: tokio::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    gates: std::sync::Mutex<Vec<Arc<Gate>>>,
 }
 
 impl Spool {
@@ -118,6 +133,7 @@ impl Spool {
             cfg: cfg.clone(),
             stop: CancellationToken::new(),
             forwarders: tokio::sync::Mutex::default(),
+            gates: std::sync::Mutex::default(),
         }))
     }
 
@@ -146,7 +162,31 @@ impl Spool {
         let task =
             tokio::spawn(forward::run(gate.clone(), self.local.clone(), consumer, broker, self.stop.clone()));
         self.forwarders.lock().await.push(task);
+        self.gates.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(gate.clone());
         Ok(gate)
+    }
+
+    /// Waits until every queue's spool is empty, at most `within`, while
+    /// the forwarders work. Returns what is left, by queue (empty: drained).
+    ///
+    /// # Cancel safety
+    ///
+    /// Only waits: dropped, nothing changes.
+    pub async fn drain(&self, within: Duration) -> Vec<(String, u64)> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let left = self.left();
+            if left.is_empty() || tokio::time::Instant::now() >= deadline {
+                return left;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Messages left in each queue's spool, where any are.
+    pub fn left(&self) -> Vec<(String, u64)> {
+        let gates = self.gates.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        gates.iter().map(|g| (g.queue().to_owned(), g.fill().0)).filter(|(_, n)| *n > 0).collect()
     }
 
     /// Stops every forwarder and waits for it: what one held goes back to

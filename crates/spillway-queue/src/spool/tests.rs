@@ -83,7 +83,7 @@ struct Setup {
 
 async fn setup(max_bytes: u64) -> Setup {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = SpoolConfig { path: dir.path().join("spool"), max_bytes, on: SpoolWhen::Unavailable };
+    let cfg = SpoolConfig { path: dir.path().join("spool"), max_bytes, ..SpoolConfig::default() };
     let broker = memory_backend().expect("memory broker");
     broker.ensure(&QueueSpec::new("q")).await.expect("ensure");
     let switch = Switch::new(broker.producer("q").await.expect("producer"));
@@ -226,5 +226,22 @@ async fn a_restart_forwards_what_the_spool_kept() {
     let c = s.broker.consumer("q").await.expect("consumer");
     let got = c.receive(10, Duration::from_millis(100)).await.expect("receive");
     assert!(got.iter().all(|d| !d.message.attributes.contains_key(super::DEDUP_ATTRIBUTE)), "{got:?}");
+    spool.shutdown().await;
+}
+
+/// `on = "always"`: every message goes through the spool, broker up or
+/// not, and is forwarded.
+#[tokio::test]
+async fn always_spools_every_message_and_forwards_it() {
+    let mut s = setup(1 << 20).await;
+    s.cfg.on = SpoolWhen::Always;
+    s.switch.set_down(false);
+    let spool = Spool::open(&s.cfg).await.expect("spool");
+    let gate = spool.gate("q", s.switch.clone()).await.expect("gate");
+    assert!(gate.spooling(), "always: the spool is the way in");
+    gate.spool(OutgoingMessage::new("a1", "x"), None).await.expect("spooled");
+    until("forwarded", || gate.fill().0 == 0).await;
+    assert!(gate.spooling(), "still the way in with the spool empty");
+    assert_eq!(s.switch.confirmed(), ["a1"]);
     spool.shutdown().await;
 }

@@ -5,6 +5,7 @@ mod consume;
 mod dlq;
 mod queue;
 mod serve;
+mod spool;
 
 use std::sync::Arc;
 
@@ -26,6 +27,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dlq(cmd) => dlq::dlq(settings, cmd).await,
         Command::Queue(cmd) => queue::queue(settings, cmd).await,
         Command::Config(cmd) => config::config(&settings, cmd),
+        Command::Spool(cmd) => spool::spool(settings, cmd).await,
     }
 }
 

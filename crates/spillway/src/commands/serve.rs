@@ -104,8 +104,14 @@ pub(crate) async fn serve(s: Settings, ingest: CompiledIngest) -> anyhow::Result
     drop(tls);
     admin.await.context("the admin listener")?.context("serving the admin listener")?;
     tracing::info!("drained; every accepted request has its answer");
-    // What the forwarders hold goes back into the spool for the next run.
-    if let Some(spool) = &spool {
+    // Forward what the spool holds while the broker takes it, for at most
+    // `drain_timeout`; what is left (and what the forwarders hold) stays
+    // in the spool for the next run.
+    if let (Some(spool), Some(cfg)) = (&spool, s.queue.spool()) {
+        let left = spool.drain(cfg.drain_timeout).await;
+        if !left.is_empty() {
+            tracing::warn!(?left, "spool: not empty at exit; the next run forwards it");
+        }
         spool.shutdown().await;
     }
     if let Some(runtime) = consuming {

@@ -144,6 +144,17 @@ imagePullSecrets:
   env:
     - name: SPILLWAY_CONFIG
       value: /etc/spillway/spillway.toml
+    {{- if include "spillway.spool" . }}
+    # The spool: only the gateway has it (docs/operations.md).
+    - name: SPILLWAY_QUEUE__SPOOL__PATH
+      value: /var/lib/spillway-spool
+    - name: SPILLWAY_QUEUE__SPOOL__ON
+      value: {{ .Values.spool.when | quote }}
+    - name: SPILLWAY_QUEUE__SPOOL__MAX_BYTES
+      value: {{ .Values.spool.maxBytes | int64 | quote }}
+    - name: SPILLWAY_QUEUE__SPOOL__DRAIN_TIMEOUT
+      value: {{ .Values.spool.drainTimeout | quote }}
+    {{- end }}
   envFrom:
     - configMapRef:
         name: {{ include "spillway.fullname" . }}-backend
@@ -188,11 +199,35 @@ imagePullSecrets:
     - name: queue
       mountPath: /var/lib/spillway
     {{- end }}
+    {{- if include "spillway.spool" . }}
+    - name: spool
+      mountPath: /var/lib/spillway-spool
+    {{- end }}
     - name: config
       mountPath: /etc/spillway
       readOnly: true
     - name: tmp
       mountPath: /tmp
+{{- end -}}
+
+{{/* Whether the gateway has a spool: set, and a broker behind it. */}}
+{{- define "spillway.spool" -}}
+{{- if and .Values.spool.enabled (not (include "spillway.embedded" .)) }}true{{ end -}}
+{{- end -}}
+
+{{/* The gateway's spool volume: a generic ephemeral volume, the pod's own. */}}
+{{- define "spillway.spoolVolume" -}}
+- name: spool
+  ephemeral:
+    volumeClaimTemplate:
+      spec:
+        accessModes: ["ReadWriteOnce"]
+        {{- with .Values.spool.storageClassName }}
+        storageClassName: {{ . }}
+        {{- end }}
+        resources:
+          requests:
+            storage: {{ .Values.spool.size }}
 {{- end -}}
 
 {{- define "spillway.volumes" -}}
