@@ -116,3 +116,49 @@ async fn spool_drain_forwards_what_a_stopped_gateway_left() {
     })
     .await;
 }
+
+/// With a spool, a gateway (re)started while the broker is down starts,
+/// is ready, and takes requests into its spool; once the broker answers it
+/// connects, ensures its queue and forwards. (The spool drill found a
+/// gateway killed during an outage unable to start again.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_gateway_started_while_the_broker_is_down_spools_then_forwards() {
+    let url = amqp_url();
+    let port: u16 =
+        url.rsplit_once(':').and_then(|(_, rest)| rest.split('/').next()?.parse().ok()).expect("port");
+    let proxy = Proxy::start(port).await;
+    let proxied = url.replace(&format!(":{port}/"), &format!(":{}/", proxy.port));
+    let queue = format!("spillway-e2e-spool-start-{}", std::process::id());
+    let spool_dir = tempfile::tempdir().expect("spool dir");
+    let ws = Workspace::new(&format!(
+        "[queue]\nbackend = \"rabbitmq\"\nurl = \"{proxied}\"\n[queue.spool]\npath = \"{}\"\n\
+         [ingest.publisher]\nsend_timeout = \"2s\"\n[[ingest.routes]]\npath = \"/ingest\"\nqueue = \"{queue}\"\n",
+        spool_dir.path().display()
+    ));
+    proxy.down();
+    let gw = ws.serve();
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("client");
+    let ready = http.get(gw.admin_url("/readyz")).send().await.expect("readyz");
+    assert_eq!(ready.status(), 200, "ready: the spool takes what the broker cannot");
+    for i in 0..3 {
+        let r = http.post(gw.url("/ingest")).body(format!("{{\"n\":{i}}}")).send().await.expect("post");
+        assert_eq!(r.status(), 202);
+        assert_eq!(r.headers().get("x-spillway-spooled").map(|v| v.as_bytes()), Some(&b"true"[..]));
+    }
+    proxy.up().await;
+    let visible = || {
+        let out = ws.cli(&["queue", "stats", "--json", "--queue", &queue]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        (v[&queue]["visible"].as_u64(), v[&queue]["spooled"].as_u64())
+    };
+    eventually(Duration::from_secs(30), "the spooled messages on the broker", || async {
+        visible() == (Some(3), Some(0))
+    })
+    .await;
+    let r = http.post(gw.url("/ingest")).body("{\"after\":1}").send().await.expect("post");
+    assert_eq!(r.status(), 202);
+    assert!(
+        r.headers().get("x-spillway-spooled").is_none(),
+        "straight to the broker once the spool is empty"
+    );
+}

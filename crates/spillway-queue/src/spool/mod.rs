@@ -13,6 +13,8 @@
 //! - [`gate`]: per queue, whether a message goes to the spool, and the
 //!   fill it may not pass.
 //! - [`forward`]: the forwarder.
+//! - [`lazy`]: the broker backend a gateway with a spool runs on, which
+//!   connects when it can, so the gateway starts while the broker is down.
 //!
 //! # Order
 //!
@@ -27,6 +29,7 @@
 
 pub mod forward;
 pub mod gate;
+pub mod lazy;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 

@@ -10,7 +10,17 @@ use super::open_backend;
 use crate::{settings::Settings, signal, telemetry};
 
 pub(crate) async fn serve(s: Settings, ingest: CompiledIngest) -> anyhow::Result<()> {
-    let backend = open_backend(&s).await?;
+    // With a spool, the gateway starts whether the broker answers or not:
+    // it connects when it can and spools meanwhile (spool::lazy).
+    let backend: std::sync::Arc<dyn spillway_queue::Backend> = if s.queue.spool().is_some() {
+        let lazy = spillway_queue::spool::lazy::LazyBackend::new(s.queue.clone(), s.queue_specs());
+        if let Err(e) = lazy.try_connect().await {
+            tracing::warn!(error = %e, "starting with the queue backend down: requests go to the spool until it answers");
+        }
+        std::sync::Arc::new(lazy)
+    } else {
+        open_backend(&s).await?
+    };
     let readiness = Readiness::start(backend.clone(), s.server.readiness_every).await;
     let metrics = telemetry::Metrics::new(
         telemetry::install()?,
