@@ -5,7 +5,7 @@
 # faults, restarts what it killed, and verifies every accepted request in
 # PostgreSQL. Exits non-zero if anything accepted was lost.
 #
-#   benches/drill.sh embedded|rabbitmq|rabbitmq-cluster|kafka|sqs [out-dir]
+#   benches/drill.sh embedded|rabbitmq|rabbitmq-spool|rabbitmq-cluster|kafka|sqs [out-dir]
 #
 # kafka and rabbitmq-cluster run on the three-node clusters of
 # deploy/local/services.sh, which this brings up first.

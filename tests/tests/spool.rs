@@ -15,16 +15,23 @@ use spillway_e2e::{
 
 const SEND_TIMEOUT: Duration = Duration::from_secs(2);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_broker_outage_under_load_is_spooled_not_refused_and_loses_nothing() {
-    let db = pg().await;
-    let table = format!("spool_outage_{}", std::process::id());
-    db.batch_execute(&format!("DROP TABLE IF EXISTS {table}")).await.expect("drop table");
+/// A proxy in front of the machine's RabbitMQ, and the AMQP URL through
+/// it: the test takes the broker away by taking the proxy down.
+async fn proxied_rabbitmq() -> (std::sync::Arc<Proxy>, String) {
     let url = amqp_url();
     let port: u16 =
         url.rsplit_once(':').and_then(|(_, rest)| rest.split('/').next()?.parse().ok()).expect("port");
     let proxy = Proxy::start(port).await;
     let proxied = url.replace(&format!(":{port}/"), &format!(":{}/", proxy.port));
+    (proxy, proxied)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_broker_outage_under_load_is_spooled_not_refused_and_loses_nothing() {
+    let db = pg().await;
+    let table = format!("spool_outage_{}", std::process::id());
+    db.batch_execute(&format!("DROP TABLE IF EXISTS {table}")).await.expect("drop table");
+    let (proxy, proxied) = proxied_rabbitmq().await;
     let queue = format!("spillway-e2e-spool-{}", std::process::id());
     let spool_dir = tempfile::tempdir().expect("spool dir");
     let backend = format!(
@@ -76,11 +83,7 @@ async fn a_broker_outage_under_load_is_spooled_not_refused_and_loses_nothing() {
 /// broker once the broker is back, without a gateway.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn spool_drain_forwards_what_a_stopped_gateway_left() {
-    let url = amqp_url();
-    let port: u16 =
-        url.rsplit_once(':').and_then(|(_, rest)| rest.split('/').next()?.parse().ok()).expect("port");
-    let proxy = Proxy::start(port).await;
-    let proxied = url.replace(&format!(":{port}/"), &format!(":{}/", proxy.port));
+    let (proxy, proxied) = proxied_rabbitmq().await;
     let queue = format!("spillway-e2e-spool-drain-{}", std::process::id());
     let spool_dir = tempfile::tempdir().expect("spool dir");
     let ws = Workspace::new(&format!(
@@ -123,11 +126,7 @@ async fn spool_drain_forwards_what_a_stopped_gateway_left() {
 /// gateway killed during an outage unable to start again.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_gateway_started_while_the_broker_is_down_spools_then_forwards() {
-    let url = amqp_url();
-    let port: u16 =
-        url.rsplit_once(':').and_then(|(_, rest)| rest.split('/').next()?.parse().ok()).expect("port");
-    let proxy = Proxy::start(port).await;
-    let proxied = url.replace(&format!(":{port}/"), &format!(":{}/", proxy.port));
+    let (proxy, proxied) = proxied_rabbitmq().await;
     let queue = format!("spillway-e2e-spool-start-{}", std::process::id());
     let spool_dir = tempfile::tempdir().expect("spool dir");
     let ws = Workspace::new(&format!(
