@@ -26,6 +26,25 @@ async fn proxied_rabbitmq() -> (std::sync::Arc<Proxy>, String) {
     (proxy, proxied)
 }
 
+/// A gateway on `queue` through `proxied`, with a spool in `spool_dir`
+/// that a stopping gateway forwards for at most a second.
+fn spool_workspace(proxied: &str, queue: &str, spool_dir: &std::path::Path) -> Workspace {
+    Workspace::new(&format!(
+        "[queue]\nbackend = \"rabbitmq\"\nurl = \"{proxied}\"\n[queue.spool]\npath = \"{}\"\ndrain_timeout = \"1s\"\n\
+         [ingest.publisher]\nsend_timeout = \"2s\"\n[[ingest.routes]]\npath = \"/ingest\"\nqueue = \"{queue}\"\n",
+        spool_dir.display()
+    ))
+}
+
+/// `queue stats --json` of `queue`: its messages in this machine's spool,
+/// and visible on the broker.
+fn spooled_and_visible(ws: &Workspace, queue: &str) -> (Option<u64>, Option<u64>) {
+    let out = ws.cli(&["queue", "stats", "--json", "--queue", queue]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    (v[queue]["spooled"].as_u64(), v[queue]["visible"].as_u64())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_broker_outage_under_load_is_spooled_not_refused_and_loses_nothing() {
     let db = pg().await;
@@ -86,11 +105,7 @@ async fn spool_drain_forwards_what_a_stopped_gateway_left() {
     let (proxy, proxied) = proxied_rabbitmq().await;
     let queue = format!("spillway-e2e-spool-drain-{}", std::process::id());
     let spool_dir = tempfile::tempdir().expect("spool dir");
-    let ws = Workspace::new(&format!(
-        "[queue]\nbackend = \"rabbitmq\"\nurl = \"{proxied}\"\n[queue.spool]\npath = \"{}\"\ndrain_timeout = \"1s\"\n\
-         [ingest.publisher]\nsend_timeout = \"2s\"\n[[ingest.routes]]\npath = \"/ingest\"\nqueue = \"{queue}\"\n",
-        spool_dir.path().display()
-    ));
+    let ws = spool_workspace(&proxied, &queue, spool_dir.path());
     let purge = ws.cli(&["queue", "purge", "--yes", "--queue", &queue]);
     assert!(purge.status.success(), "{}", String::from_utf8_lossy(&purge.stderr));
     let mut gw = ws.serve();
@@ -104,18 +119,12 @@ async fn spool_drain_forwards_what_a_stopped_gateway_left() {
     assert!(status.success(), "serve exited {status:?}");
 
     proxy.up().await;
-    let counts = |ws: &Workspace| {
-        let out = ws.cli(&["queue", "stats", "--json", "--queue", &queue]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
-        (v[&queue]["spooled"].as_u64(), v[&queue]["visible"].as_u64())
-    };
-    let (spooled, _) = counts(&ws);
+    let (spooled, _) = spooled_and_visible(&ws, &queue);
     assert_eq!(spooled, Some(5), "queue stats shows what the stopped gateway left in its spool");
     let drain = ws.cli(&["spool", "drain", "--timeout", "60s"]);
     assert!(drain.status.success(), "{}", String::from_utf8_lossy(&drain.stderr));
     eventually(Duration::from_secs(15), "the broker counts what was drained", || async {
-        counts(&ws) == (Some(0), Some(5))
+        spooled_and_visible(&ws, &queue) == (Some(0), Some(5))
     })
     .await;
 }
@@ -129,11 +138,7 @@ async fn a_gateway_started_while_the_broker_is_down_spools_then_forwards() {
     let (proxy, proxied) = proxied_rabbitmq().await;
     let queue = format!("spillway-e2e-spool-start-{}", std::process::id());
     let spool_dir = tempfile::tempdir().expect("spool dir");
-    let ws = Workspace::new(&format!(
-        "[queue]\nbackend = \"rabbitmq\"\nurl = \"{proxied}\"\n[queue.spool]\npath = \"{}\"\n\
-         [ingest.publisher]\nsend_timeout = \"2s\"\n[[ingest.routes]]\npath = \"/ingest\"\nqueue = \"{queue}\"\n",
-        spool_dir.path().display()
-    ));
+    let ws = spool_workspace(&proxied, &queue, spool_dir.path());
     proxy.down();
     let gw = ws.serve();
     let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("client");
@@ -145,13 +150,8 @@ async fn a_gateway_started_while_the_broker_is_down_spools_then_forwards() {
         assert_eq!(r.headers().get("x-spillway-spooled").map(|v| v.as_bytes()), Some(&b"true"[..]));
     }
     proxy.up().await;
-    let visible = || {
-        let out = ws.cli(&["queue", "stats", "--json", "--queue", &queue]);
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        (v[&queue]["visible"].as_u64(), v[&queue]["spooled"].as_u64())
-    };
     eventually(Duration::from_secs(30), "the spooled messages on the broker", || async {
-        visible() == (Some(3), Some(0))
+        spooled_and_visible(&ws, &queue) == (Some(0), Some(3))
     })
     .await;
     let r = http.post(gw.url("/ingest")).body("{\"after\":1}").send().await.expect("post");

@@ -10,7 +10,10 @@
 
 use std::sync::Arc;
 
-use spillway_queue::{spool::Gate, OutgoingMessage, QueueError};
+use spillway_queue::{
+    spool::{self, Gate},
+    OutgoingMessage, QueueError,
+};
 
 use crate::Publisher;
 
@@ -50,9 +53,7 @@ impl Store {
         }
         match self.publisher.publish(msg.clone()).await {
             Ok(()) => Ok(Stored::Queue),
-            Err(e) if e.is_retryable() || matches!(e, QueueError::NotFound(_)) => {
-                gate.spool(msg, Some(&e)).await.map(|()| Stored::Spool)
-            }
+            Err(e) if spool::spoolable(&e) => gate.spool(msg, Some(&e)).await.map(|()| Stored::Spool),
             Err(e) => Err(e),
         }
     }

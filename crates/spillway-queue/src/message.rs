@@ -39,7 +39,7 @@ impl OutgoingMessage {
 
     /// The size the queue limit is checked against: body plus attributes.
     pub fn size(&self) -> usize {
-        self.body.len() + self.attributes.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+        size(&self.body, &self.attributes)
     }
 
     /// `TooLarge` if the message exceeds `limit`: the one check every
@@ -53,6 +53,11 @@ impl OutgoingMessage {
     }
 }
 
+/// Body plus attributes, keys and values: what a size limit counts.
+fn size(body: &[u8], attributes: &BTreeMap<String, String>) -> usize {
+    body.len() + attributes.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+}
+
 /// The message as a consumer sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReceivedMessage {
@@ -61,6 +66,13 @@ pub struct ReceivedMessage {
     pub attributes: BTreeMap<String, String>,
     pub ordering_key: Option<String>,
     pub enqueued_at: OffsetDateTime,
+}
+
+impl ReceivedMessage {
+    /// Body plus attributes, as [`OutgoingMessage::size`] counts them.
+    pub fn size(&self) -> usize {
+        size(&self.body, &self.attributes)
+    }
 }
 
 /// A backend's handle on one receive of one message. Opaque to callers; a

@@ -38,6 +38,9 @@ use crate::{
 /// the bound on latency for a consumer running in another process.
 pub const CROSS_PROCESS_POLL: Duration = Duration::from_millis(100);
 
+/// The database's file name in its folder.
+pub const FILE: &str = "queue.db";
+
 /// A handle on one embedded database. Cheap to clone.
 #[derive(Clone)]
 pub struct EmbeddedBackend {
@@ -93,7 +96,7 @@ impl EmbeddedBackend {
             std::fs::create_dir_all(&dir).map_err(|e| {
                 QueueError::unavailable(format!("embedded queue: cannot create {}", dir.display()), e)
             })?;
-            let path = dir.join("queue.db");
+            let path = dir.join(FILE);
             let conn = Connection::open(&path).map_err(|e| {
                 QueueError::unavailable(format!("embedded queue: cannot open {}", path.display()), e)
             })?;

@@ -120,7 +120,7 @@ async fn round(gate: &Gate, spool: &dyn Consumer, broker: &dyn Producer, deliver
     for (d, outcome) in deliveries.iter().zip(outcomes) {
         match outcome {
             Ok(()) => confirmed.push(d.clone()),
-            Err(e) if e.is_retryable() || matches!(e, QueueError::NotFound(_)) => {
+            Err(e) if super::spoolable(&e) => {
                 if !refused {
                     tracing::debug!(queue, error = %e, "spool: the broker refused a forward; trying again");
                 }
@@ -137,7 +137,7 @@ async fn round(gate: &Gate, spool: &dyn Consumer, broker: &dyn Producer, deliver
                 match spool.dead_letter(d, &reason).await {
                     Ok(()) => {
                         dead += 1;
-                        dead_bytes += size(d);
+                        dead_bytes += d.message.size() as u64;
                     }
                     Err(e) => {
                         tracing::warn!(queue, error = %e, "spool: could not dead-letter; it comes back")
@@ -150,7 +150,7 @@ async fn round(gate: &Gate, spool: &dyn Consumer, broker: &dyn Producer, deliver
     if !confirmed.is_empty() {
         match spool.ack_batch(&confirmed).await {
             Ok(()) => {
-                let bytes = confirmed.iter().map(size).sum();
+                let bytes = confirmed.iter().map(|d| d.message.size() as u64).sum();
                 metrics::counter!(FORWARDED, "queue" => queue.clone()).increment(confirmed.len() as u64);
                 gate.settled(confirmed.len() as u64, bytes);
             }
@@ -180,10 +180,4 @@ fn outgoing(d: &Delivery) -> OutgoingMessage {
         dedup_key,
         delay: Duration::ZERO,
     }
-}
-
-/// A message's size as the gate counted it when it was spooled.
-fn size(d: &Delivery) -> u64 {
-    let m = &d.message;
-    (m.body.len() + m.attributes.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()) as u64
 }

@@ -7,8 +7,6 @@
 
 use std::sync::{Arc, Mutex, PoisonError};
 
-use tokio::sync::Notify;
-
 use super::{SpoolWhen, DEDUP_ATTRIBUTE};
 use crate::{OutgoingMessage, Producer, QueueError};
 
@@ -27,8 +25,6 @@ pub struct Gate {
     max_bytes: u64,
     local: Arc<dyn Producer>,
     state: Mutex<State>,
-    /// Wakes the forwarder when something was spooled.
-    pub(crate) spooled: Notify,
 }
 
 #[derive(Debug, Default)]
@@ -65,7 +61,6 @@ impl Gate {
             max_bytes,
             local,
             state: Mutex::new(State { spooling: pending > 0, pending, bytes }),
-            spooled: Notify::new(),
         };
         gate.publish_gauges(pending, bytes);
         gate
@@ -130,10 +125,7 @@ impl Gate {
         let write = tokio::spawn(async move {
             let outcome = gate.local.send(msg).await;
             match &outcome {
-                Ok(()) => {
-                    metrics::counter!(SPOOLED, "queue" => gate.queue.clone()).increment(1);
-                    gate.spooled.notify_one();
-                }
+                Ok(()) => metrics::counter!(SPOOLED, "queue" => gate.queue.clone()).increment(1),
                 Err(_) => gate.settled(1, size),
             }
             outcome

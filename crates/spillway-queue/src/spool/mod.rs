@@ -101,6 +101,13 @@ pub enum SpoolWhen {
     Always,
 }
 
+/// Whether the broker's refusal is one the spool waits out: the broker
+/// down or slow (retryable), or the queue missing (the operator's to
+/// ensure). Not a refusal of the message itself, which no wait cures.
+pub fn spoolable(e: &QueueError) -> bool {
+    e.is_retryable() || matches!(e, QueueError::NotFound(_))
+}
+
 /// The attribute that carries a message's dedup key through the spool (the
 /// spool itself dedups nothing: see [`gate::Gate::spool`]).
 pub(crate) const DEDUP_ATTRIBUTE: &str = "spillway-spool-dedup-key";
@@ -206,6 +213,12 @@ impl Spool {
         for t in tasks {
             let _ = t.await;
         }
+    }
+
+    /// Whether a spool was ever opened at `cfg.path` (a read that must not
+    /// create one asks this first).
+    pub fn exists(cfg: &SpoolConfig) -> bool {
+        cfg.path.join(crate::embedded::FILE).is_file()
     }
 
     /// The spool's own backend, for stats and tests.

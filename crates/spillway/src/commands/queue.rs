@@ -27,15 +27,19 @@ pub(crate) async fn queue(s: Settings, cmd: QueueCommand) -> anyhow::Result<()> 
                 if queue.is_empty() { s.queue_specs().into_iter().map(|q| q.name).collect() } else { queue };
             // The spool of this machine's gateway, where one is set: what
             // is waiting there for the broker.
+            // Read only: a machine without one shows 0, and none is made.
             let spool = match s.queue.spool() {
-                Some(cfg) => Some(spillway_queue::spool::Spool::open(cfg).await?),
-                None => None,
+                Some(cfg) if spillway_queue::spool::Spool::exists(cfg) => {
+                    Some(spillway_queue::spool::Spool::open(cfg).await?)
+                }
+                _ => None,
             };
             let mut rows = Vec::new();
             for name in names {
-                let spooled = match &spool {
-                    Some(sp) => Some(spooled(sp.local(), &name).await?),
-                    None => None,
+                let spooled = match (&spool, s.queue.spool()) {
+                    (Some(sp), _) => Some(spooled(sp.local(), &name).await?),
+                    (None, Some(_)) => Some(0),
+                    (None, None) => None,
                 };
                 rows.push((name.clone(), backend.stats(&name).await?, spooled));
             }
@@ -53,7 +57,7 @@ pub(crate) async fn queue(s: Settings, cmd: QueueCommand) -> anyhow::Result<()> 
                 println!("{}", serde_json::Value::Object(map));
             } else {
                 let spool_header =
-                    if spool.is_some() { format!(" {:>10}", "SPOOLED") } else { String::new() };
+                    if s.queue.spool().is_some() { format!(" {:>10}", "SPOOLED") } else { String::new() };
                 let mut out = format!(
                     "{:<24} {:>10} {:>10} {:>10} {:>10}{spool_header}\n",
                     "QUEUE", "VISIBLE", "DELAYED", "IN FLIGHT", "DEAD"
