@@ -2,10 +2,11 @@
 //! or, where `queue.spool` is set, into the local spool in front of it
 //! (`spillway_queue::spool`).
 //!
-//! With a spool, a message goes to the spool while the queue's spool is
-//! not empty (so it queues behind what is spooled), and when the broker
-//! does not take it: unavailable, a timeout (the broker may have stored
-//! it too: a duplicate, never a loss), or the queue missing. A message the
+//! With a spool, a message goes to the spool while the broker is taken to
+//! be down or its ordering key has spooled messages (so it queues behind
+//! them: `spool::gate`), and when the broker does not take it: unavailable,
+//! a timeout (the broker may have stored it too: a duplicate, never a
+//! loss), or the queue missing. A message the
 //! broker refuses for its content is refused to the client as before.
 
 use std::sync::Arc;
@@ -47,7 +48,7 @@ impl Store {
         let Some(gate) = &self.gate else {
             return self.publisher.publish(msg).await.map(|()| Stored::Queue);
         };
-        if gate.spooling() {
+        if gate.spools(&msg) {
             self.publisher.check_size(&msg)?;
             return gate.spool(msg, None).await.map(|()| Stored::Spool);
         }

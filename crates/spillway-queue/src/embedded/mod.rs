@@ -173,6 +173,13 @@ impl EmbeddedBackend {
         self.read(move |c| ops::live_bytes(c, &queue)).await
     }
 
+    /// How many live messages of `queue` each ordering key has (a scan:
+    /// run once, where a spool is opened again).
+    pub async fn live_keys(&self, queue: &str) -> Result<Vec<(String, u64)>, QueueError> {
+        let queue = queue.to_owned();
+        self.read(move |c| ops::live_keys(c, &queue)).await
+    }
+
     /// `journal_mode` and `synchronous` as the writer's connection reports
     /// them: what durability rests on, read back rather than assumed.
     pub async fn durability_pragmas(&self) -> Result<(String, i64), QueueError> {

@@ -589,6 +589,20 @@ pub(crate) fn live_bytes(conn: &Connection, queue: &str) -> Result<u64, QueueErr
     .map_err(sql("live bytes"))
 }
 
+/// The live messages of `queue` per ordering key (keyed ones only).
+pub(crate) fn live_keys(conn: &Connection, queue: &str) -> Result<Vec<(String, u64)>, QueueError> {
+    let mut st = conn
+        .prepare_cached(
+            "SELECT ordering_key, count(*) FROM messages
+             WHERE queue = ?1 AND dead_at IS NULL AND ordering_key IS NOT NULL GROUP BY ordering_key",
+        )
+        .map_err(sql("live keys"))?;
+    let rows = st
+        .query_map([queue], |r| Ok((r.get::<_, String>(0)?, u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0))))
+        .map_err(sql("live keys"))?;
+    rows.collect::<Result<Vec<_>, _>>().map_err(sql("live keys"))
+}
+
 /// The counts by a full scan: what [`stats`] must always agree with.
 #[cfg(test)]
 pub(crate) fn stats_by_scan(conn: &Connection, queue: &str, now: i64) -> Result<QueueStats, QueueError> {

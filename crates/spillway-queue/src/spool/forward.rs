@@ -11,8 +11,11 @@
 //! dead-letter queue with the reason, logged and counted: it was accepted
 //! with a 2xx and is kept, not dropped.
 //!
-//! The spool hands out only the oldest message of each ordering key, so a
-//! keyed message is sent only after the one before it was confirmed.
+//! [`WORKERS`] rounds run at once, so the broker's confirm latency is
+//! paid once per several batches, not per batch. The spool hands out only
+//! the oldest message of each ordering key, and not the next one while it
+//! is held, so a keyed message is sent only after the one before it was
+//! confirmed, whichever worker holds it.
 
 use std::{sync::Arc, time::Duration};
 
@@ -38,13 +41,18 @@ const AGE_EVERY: Duration = Duration::from_secs(1);
 
 /// Messages per round: one broker batch.
 const BATCH: usize = 100;
+/// Rounds at once. One round at a time forwarded about 2,700 msg/s into
+/// RabbitMQ (docs/benchmarks.md, the spool drill), barely above a 2,000/s
+/// load; the round's time is mostly waiting for the broker's confirm.
+pub(crate) const WORKERS: usize = 4;
 /// How long a round waits for the spool when it is empty.
 const WAIT: Duration = Duration::from_millis(500);
 /// The first wait after a refused round, and the most.
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 pub(crate) const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-/// Forwards until `stop`, then gives back what it holds.
+/// Forwards until `stop` with [`WORKERS`] workers, then gives back what
+/// they hold.
 pub(crate) async fn run(
     gate: Arc<Gate>,
     local: EmbeddedBackend,
@@ -52,16 +60,27 @@ pub(crate) async fn run(
     broker: Arc<dyn Producer>,
     stop: CancellationToken,
 ) {
-    let mut backoff = MIN_BACKOFF;
-    let mut aged: Option<tokio::time::Instant> = None;
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..WORKERS {
+        workers.spawn(work(gate.clone(), spool.clone(), broker.clone(), stop.clone()));
+    }
     while !stop.is_cancelled() {
-        if aged.is_none_or(|at| at.elapsed() >= AGE_EVERY) {
-            aged = Some(tokio::time::Instant::now());
-            if let Ok(age) = local.age(gate.queue()).await {
-                let secs = age.oldest.unwrap_or_default().as_secs_f64();
-                metrics::gauge!(OLDEST, "queue" => gate.queue().to_owned()).set(secs);
-            }
+        if let Ok(age) = local.age(gate.queue()).await {
+            let secs = age.oldest.unwrap_or_default().as_secs_f64();
+            metrics::gauge!(OLDEST, "queue" => gate.queue().to_owned()).set(secs);
         }
+        pause(&stop, AGE_EVERY).await;
+    }
+    while workers.join_next().await.is_some() {}
+    if let Err(e) = spool.close().await {
+        tracing::warn!(queue = gate.queue(), error = %e, "spool: could not give back what the forwarder held");
+    }
+}
+
+/// One worker: a round after another, waiting after a refused one.
+async fn work(gate: Arc<Gate>, spool: Arc<dyn Consumer>, broker: Arc<dyn Producer>, stop: CancellationToken) {
+    let mut backoff = MIN_BACKOFF;
+    while !stop.is_cancelled() {
         let received = tokio::select! {
             biased;
             () = stop.cancelled() => break,
@@ -83,9 +102,6 @@ pub(crate) async fn run(
         } else {
             backoff = MIN_BACKOFF;
         }
-    }
-    if let Err(e) = spool.close().await {
-        tracing::warn!(queue = gate.queue(), error = %e, "spool: could not give back what the forwarder held");
     }
 }
 
@@ -115,8 +131,7 @@ async fn round(gate: &Gate, spool: &dyn Consumer, broker: &dyn Producer, deliver
     };
     let mut confirmed = Vec::new();
     let mut refused = false;
-    let mut dead = 0u64;
-    let mut dead_bytes = 0u64;
+    let mut dead = Vec::new();
     for (d, outcome) in deliveries.iter().zip(outcomes) {
         match outcome {
             Ok(()) => confirmed.push(d.clone()),
@@ -135,10 +150,7 @@ async fn round(gate: &Gate, spool: &dyn Consumer, broker: &dyn Producer, deliver
                 tracing::error!(queue, id = %d.message.id, %reason, "spool: message kept in the spool's dead-letter queue");
                 metrics::counter!(DEAD, "queue" => queue.clone()).increment(1);
                 match spool.dead_letter(d, &reason).await {
-                    Ok(()) => {
-                        dead += 1;
-                        dead_bytes += d.message.size() as u64;
-                    }
+                    Ok(()) => dead.push(d.clone()),
                     Err(e) => {
                         tracing::warn!(queue, error = %e, "spool: could not dead-letter; it comes back")
                     }
@@ -148,11 +160,11 @@ async fn round(gate: &Gate, spool: &dyn Consumer, broker: &dyn Producer, deliver
     }
     // Confirmed by the broker: only now out of the spool.
     if !confirmed.is_empty() {
+        gate.broker_took();
         match spool.ack_batch(&confirmed).await {
             Ok(()) => {
-                let bytes = confirmed.iter().map(|d| d.message.size() as u64).sum();
                 metrics::counter!(FORWARDED, "queue" => queue.clone()).increment(confirmed.len() as u64);
-                gate.settled(confirmed.len() as u64, bytes);
+                gate.settled(&confirmed);
             }
             // They come back and are sent again: duplicates, not losses.
             Err(e) => {
@@ -160,8 +172,8 @@ async fn round(gate: &Gate, spool: &dyn Consumer, broker: &dyn Producer, deliver
             }
         }
     }
-    if dead > 0 {
-        gate.settled(dead, dead_bytes);
+    if !dead.is_empty() {
+        gate.settled(&dead);
     }
     refused
 }

@@ -1,14 +1,25 @@
 //! Per queue: whether a message goes to the spool, and how full it may get.
 //!
+//! A message goes to the spool (`on = "unavailable"`) while the broker is
+//! taken to be down, or while its ordering key has messages in the spool,
+//! so a key's messages reach the broker in send order. The broker is taken
+//! to be down from the first message it did not take until the forwarder
+//! gets a confirm from it (or the spool is empty): from then on, messages
+//! whose key has nothing spooled go straight to the broker again while the
+//! forwarder drains the rest, rather than queueing behind a long spool.
+//!
 //! `pending` counts what is in the spool or on its way in (a write counts
-//! from before it starts), so the gate leaves spooling only once every
-//! spooled message was forwarded and nothing is being written: a message
-//! sent after that goes straight to the broker, behind everything spooled.
+//! from before it starts), per key too, so a key leaves the spool's way
+//! only once every spooled message with it was forwarded and none is being
+//! written.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, PoisonError},
+};
 
 use super::{SpoolWhen, DEDUP_ATTRIBUTE};
-use crate::{OutgoingMessage, Producer, QueueError};
+use crate::{Delivery, OutgoingMessage, Producer, QueueError};
 
 /// Messages written to the spool, by queue.
 pub const SPOOLED: &str = "spillway_spool_written_total";
@@ -29,13 +40,16 @@ pub struct Gate {
 
 #[derive(Debug, Default)]
 struct State {
-    /// New messages go to the spool (`on = "unavailable"`): set by the first
-    /// one the broker did not take, cleared when the spool is empty.
-    spooling: bool,
+    /// The broker is taken to be down: every new message goes to the spool
+    /// (`on = "unavailable"`). Set by a message the broker did not take;
+    /// cleared by a forward the broker confirmed, or the spool empty.
+    down: bool,
     /// In the spool, or being written to it.
     pending: u64,
     /// Their bytes (bodies and attributes).
     bytes: u64,
+    /// Of them, how many per ordering key (keys with none are removed).
+    keys: HashMap<String, u64>,
 }
 
 impl Gate {
@@ -46,13 +60,14 @@ impl Gate {
         local: Arc<dyn Producer>,
         pending: u64,
         bytes: u64,
+        keys: HashMap<String, u64>,
     ) -> Self {
         if pending > 0 {
             tracing::warn!(
                 queue,
                 pending,
                 bytes,
-                "spool: messages left by an earlier run; spooling until they are forwarded"
+                "spool: messages left by an earlier run; spooling until the broker takes them"
             );
         }
         let gate = Self {
@@ -60,7 +75,7 @@ impl Gate {
             when,
             max_bytes,
             local,
-            state: Mutex::new(State { spooling: pending > 0, pending, bytes }),
+            state: Mutex::new(State { down: pending > 0, pending, bytes, keys }),
         };
         gate.publish_gauges(pending, bytes);
         gate
@@ -70,13 +85,25 @@ impl Gate {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Whether a new message goes to the spool without trying the broker.
-    pub fn spooling(&self) -> bool {
-        self.when == SpoolWhen::Always || self.state().spooling
+    /// Whether `msg` goes to the spool without trying the broker: always
+    /// with `on = "always"`; else while the broker is taken to be down, or
+    /// while `msg`'s ordering key has messages in the spool.
+    pub fn spools(&self, msg: &OutgoingMessage) -> bool {
+        if self.when == SpoolWhen::Always {
+            return true;
+        }
+        let s = self.state();
+        s.down || msg.ordering_key.as_ref().is_some_and(|k| s.keys.contains_key(k))
     }
 
-    /// Stores `msg` in the spool: `Ok` once it is fsync'd. `cause` is why
-    /// (the broker's error), for the log line that says spooling started.
+    /// Whether the broker is taken to be down (every new message spooled).
+    pub fn broker_down(&self) -> bool {
+        self.when == SpoolWhen::Always || self.state().down
+    }
+
+    /// Stores `msg` in the spool: `Ok` once it is fsync'd. `cause` is the
+    /// broker's refusal when the broker did not take it (the broker is then
+    /// taken to be down), `None` when [`Gate::spools`] sent it here.
     ///
     /// The message's dedup key travels in an attribute: the spool itself
     /// drops nothing (a dropped duplicate would be counted as pending and
@@ -103,6 +130,7 @@ impl Gate {
             msg.attributes.insert(DEDUP_ATTRIBUTE.to_owned(), key);
         }
         let size = msg.size() as u64;
+        let key = msg.ordering_key.clone();
         {
             let mut s = self.state();
             if s.bytes.saturating_add(size) > self.max_bytes {
@@ -114,10 +142,14 @@ impl Gate {
             }
             s.bytes += size;
             s.pending += 1;
-            if !s.spooling && self.when == SpoolWhen::Unavailable {
-                s.spooling = true;
-                let cause = cause.map(ToString::to_string).unwrap_or_default();
-                tracing::warn!(queue = %self.queue, cause, "spool: the broker does not take messages; spooling");
+            if let Some(k) = &key {
+                *s.keys.entry(k.clone()).or_default() += 1;
+            }
+            if let Some(cause) = cause {
+                if !s.down && self.when == SpoolWhen::Unavailable {
+                    s.down = true;
+                    tracing::warn!(queue = %self.queue, %cause, "spool: the broker does not take messages; spooling");
+                }
             }
             self.publish_gauges(s.pending, s.bytes);
         }
@@ -126,25 +158,58 @@ impl Gate {
             let outcome = gate.local.send(msg).await;
             match &outcome {
                 Ok(()) => metrics::counter!(SPOOLED, "queue" => gate.queue.clone()).increment(1),
-                Err(_) => gate.settled(1, size),
+                Err(_) => gate.settle(1, size, key.as_deref().into_iter()),
             }
             outcome
         });
         write.await.unwrap_or_else(|e| Err(QueueError::unavailable("spool: the write task failed", e)))
     }
 
-    /// `n` messages of `bytes` left the spool (forwarded, or dead-lettered
-    /// there). At none pending, spooling stops.
-    pub(crate) fn settled(&self, n: u64, bytes: u64) {
+    /// `left` left the spool (forwarded, or dead-lettered there). At none
+    /// pending, spooling stops.
+    pub(crate) fn settled(&self, left: &[Delivery]) {
+        let bytes = left.iter().map(|d| d.message.size() as u64).sum();
+        let keys = left.iter().filter_map(|d| d.message.ordering_key.as_deref());
+        self.settle(left.len() as u64, bytes, keys);
+    }
+
+    fn settle<'k>(&self, n: u64, bytes: u64, keys: impl Iterator<Item = &'k str>) {
         let mut s = self.state();
         s.pending = s.pending.saturating_sub(n);
+        for k in keys {
+            if let Some(count) = s.keys.get_mut(k) {
+                *count = count.saturating_sub(1);
+                if *count == 0 {
+                    s.keys.remove(k);
+                }
+            }
+        }
         // Bytes counted at start are an estimate: exact again at empty.
-        s.bytes = if s.pending == 0 { 0 } else { s.bytes.saturating_sub(bytes) };
-        if s.pending == 0 && s.spooling {
-            s.spooling = false;
-            tracing::info!(queue = %self.queue, "spool: empty; messages go to the broker again");
+        if s.pending == 0 {
+            s.bytes = 0;
+            s.keys.clear();
+            if s.down {
+                s.down = false;
+                tracing::info!(queue = %self.queue, "spool: empty; messages go to the broker again");
+            }
+        } else {
+            s.bytes = s.bytes.saturating_sub(bytes);
         }
         self.publish_gauges(s.pending, s.bytes);
+    }
+
+    /// The broker confirmed a forward: it is up. Messages whose key has
+    /// nothing spooled go to it again.
+    pub(crate) fn broker_took(&self) {
+        let mut s = self.state();
+        if s.down {
+            s.down = false;
+            tracing::info!(
+                queue = %self.queue,
+                spooled = s.pending,
+                "spool: the broker takes messages again; new messages go to it, but a key with spooled messages stays behind them"
+            );
+        }
     }
 
     /// Messages in the spool, or on their way in, and their bytes.

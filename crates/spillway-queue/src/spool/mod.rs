@@ -18,20 +18,24 @@
 //!
 //! # Order
 //!
-//! While a queue has anything in its spool, every new message of that
-//! queue goes through the spool too, until the forwarder has emptied it.
 //! The spool is the embedded engine, which hands out only the oldest live
 //! message of each ordering key: a message with a key is forwarded only
-//! after every earlier message with that key was confirmed by the broker.
-//! So a client that sends one message after another's answer sees them in
-//! that order on the broker, whether either was spooled. (Each backend then
-//! keeps the order it keeps: docs/backends.md.)
+//! after every earlier message with that key was confirmed by the broker
+//! (the forwarders run several batches at once; a key's next message is
+//! not handed out while its previous one is on its way). While a key has
+//! messages in the spool, every new message with that key goes through the
+//! spool too ([`gate`]). So a client that sends a keyed message after
+//! another's answer sees the two in that order on the broker, whether
+//! either was spooled. Messages without a key have no order: once the
+//! broker confirms forwards again, new ones go straight to it while the
+//! spool drains. (Each backend then keeps the order it keeps:
+//! docs/backends.md.)
 
 pub mod forward;
 pub mod gate;
 pub mod lazy;
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
 
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -165,9 +169,14 @@ impl Spool {
         self.local.ensure(&spec).await?;
         let stats = self.local.stats(queue).await?;
         let pending = stats.visible + stats.delayed + stats.in_flight;
-        let bytes = if pending == 0 { 0 } else { self.local.live_bytes(queue).await? };
+        let (bytes, keys) = if pending == 0 {
+            (0, HashMap::new())
+        } else {
+            (self.local.live_bytes(queue).await?, self.local.live_keys(queue).await?.into_iter().collect())
+        };
         let producer = self.local.producer(queue).await?;
-        let gate = Arc::new(Gate::new(queue, self.cfg.on, self.cfg.max_bytes, producer, pending, bytes));
+        let gate =
+            Arc::new(Gate::new(queue, self.cfg.on, self.cfg.max_bytes, producer, pending, bytes, keys));
         let consumer = self.local.consumer(queue).await?;
         let task =
             tokio::spawn(forward::run(gate.clone(), self.local.clone(), consumer, broker, self.stop.clone()));

@@ -22,6 +22,8 @@ use crate::{
 struct Switch {
     inner: Arc<dyn Producer>,
     down: AtomicBool,
+    /// Messages with this ordering key are refused (retryable), one by one.
+    refuse_key: Mutex<Option<String>>,
     /// Ids in the order the broker confirmed them.
     confirmed: Mutex<Vec<String>>,
     /// At each confirm: how many messages the spool still held.
@@ -34,6 +36,7 @@ impl Switch {
         Arc::new(Self {
             inner,
             down: AtomicBool::new(true),
+            refuse_key: Mutex::default(),
             confirmed: Mutex::default(),
             held_at_confirm: Mutex::default(),
             spool: Mutex::default(),
@@ -57,6 +60,24 @@ impl Producer for Switch {
     ) -> Result<Vec<Result<(), QueueError>>, QueueError> {
         if self.down.load(Ordering::SeqCst) {
             return Err(QueueError::unavailable_msg("broker down (test switch)"));
+        }
+        let refused = self.refuse_key.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        if refused.is_some() {
+            let mut outcomes = Vec::new();
+            for m in msgs {
+                if m.ordering_key == refused {
+                    outcomes
+                        .push(Err(QueueError::unavailable_msg("this key's partition is down (test switch)")));
+                } else {
+                    let id = m.id.clone();
+                    let sent = self.inner.send(m).await;
+                    if sent.is_ok() {
+                        self.confirmed.lock().unwrap_or_else(PoisonError::into_inner).push(id);
+                    }
+                    outcomes.push(sent);
+                }
+            }
+            return Ok(outcomes);
         }
         let ids: Vec<String> = msgs.iter().map(|m| m.id.clone()).collect();
         let outcomes = self.inner.send_batch(msgs).await?;
@@ -127,7 +148,7 @@ async fn a_message_is_deleted_from_the_spool_only_after_the_broker_confirmed_it(
     until("every forwarded message deleted from the spool", || gate.fill().0 == 0).await;
     let got = s.broker.stats("q").await.expect("stats").visible;
     assert_eq!(got, 5, "every spooled message is on the broker");
-    assert!(!gate.spooling(), "spooling stops once the spool is empty");
+    assert!(!gate.broker_down(), "spooling stops once the spool is empty");
     spool.shutdown().await;
 }
 
@@ -145,7 +166,7 @@ async fn per_key_order_holds_across_a_spool_episode() {
     let send = |m: OutgoingMessage| {
         let (gate, switch) = (gate.clone(), s.switch.clone());
         async move {
-            if gate.spooling() {
+            if gate.spools(&m) {
                 return gate.spool(m, None).await;
             }
             match switch.send(m.clone()).await {
@@ -160,7 +181,7 @@ async fn per_key_order_holds_across_a_spool_episode() {
     for id in ["k2", "k3", "k4"] {
         send(keyed(id, "a")).await.expect("spooled");
     }
-    assert!(gate.spooling());
+    assert!(gate.broker_down());
     // Back, but the spool is not empty yet: k5 must queue behind it.
     s.switch.set_down(false);
     send(keyed("k5", "a")).await.expect("stored");
@@ -168,6 +189,58 @@ async fn per_key_order_holds_across_a_spool_episode() {
     send(keyed("k6", "a")).await.expect("direct again");
     let order = s.switch.confirmed();
     assert_eq!(order, ["k1", "k2", "k3", "k4", "k5", "k6"], "the broker got the key out of order");
+    spool.shutdown().await;
+}
+
+/// Once the broker confirms forwards again, a message whose key has
+/// nothing spooled goes straight to it while the spool drains; a key with
+/// spooled messages stays behind them until they are forwarded.
+#[tokio::test]
+async fn after_the_broker_is_back_only_keys_with_spooled_messages_stay_behind_the_spool() {
+    let s = setup(1 << 20).await;
+    let spool = Spool::open(&s.cfg).await.expect("spool");
+    let gate = spool.gate("q", s.switch.clone()).await.expect("gate");
+    let send = |m: OutgoingMessage| {
+        let (gate, switch) = (gate.clone(), s.switch.clone());
+        async move {
+            if gate.spools(&m) {
+                return gate.spool(m, None).await.map(|()| "spool");
+            }
+            match switch.send(m.clone()).await {
+                Err(e) if e.is_retryable() => gate.spool(m, Some(&e)).await.map(|()| "spool"),
+                other => other.map(|()| "broker"),
+            }
+        }
+    };
+    for m in [keyed("a1", "a"), OutgoingMessage::new("u1", "x"), keyed("a2", "a")] {
+        assert_eq!(send(m).await.expect("stored"), "spool");
+    }
+    assert!(gate.broker_down());
+    // The broker is back, but key `a` (its partition, say) is not yet.
+    *s.switch.refuse_key.lock().unwrap_or_else(PoisonError::into_inner) = Some("a".into());
+    s.switch.set_down(false);
+    until("the forwarder saw the broker confirm", || !gate.broker_down()).await;
+    assert_eq!(gate.fill().0, 2, "a1 and a2 are still spooled");
+    assert_eq!(send(OutgoingMessage::new("u2", "x")).await.expect("u2"), "broker", "no key: straight in");
+    assert_eq!(
+        send(keyed("b1", "b")).await.expect("b1"),
+        "broker",
+        "a key with nothing spooled: straight in"
+    );
+    assert!(
+        gate.spools(&keyed("a3", "a")),
+        "key `a` has spooled messages: a3 goes behind them, not to the broker"
+    );
+    assert_eq!(send(keyed("a3", "a")).await.expect("a3"), "spool");
+    *s.switch.refuse_key.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    until("the spool drained", || gate.fill().0 == 0).await;
+    let order = s.switch.confirmed();
+    let of_a: Vec<&String> = order.iter().filter(|id| id.starts_with('a')).collect();
+    assert_eq!(of_a, ["a1", "a2", "a3"], "key `a` out of order: {order:?}");
+    assert!(
+        !gate.spools(&keyed("a4", "a")),
+        "key `a` goes straight in once its spooled messages are forwarded"
+    );
     spool.shutdown().await;
 }
 
@@ -207,15 +280,24 @@ async fn a_restart_forwards_what_the_spool_kept() {
         for id in ["r1", "r2", "r3"] {
             gate.spool(keyed(id, "k"), None).await.expect("spooled");
         }
+        gate.spool(OutgoingMessage::new("u0", "x"), None).await.expect("spooled");
         spool.shutdown().await;
     }
     let spool = Spool::open(&s.cfg).await.expect("spool again");
     let gate = spool.gate("q", s.switch.clone()).await.expect("gate");
-    assert_eq!(gate.fill().0, 3, "the spool's content is found again");
-    assert!(gate.spooling(), "new messages queue behind what an earlier run left");
+    assert_eq!(gate.fill().0, 4, "the spool's content is found again");
+    assert!(gate.broker_down(), "new messages queue behind what an earlier run left");
+    assert!(gate.spools(&OutgoingMessage::new("new", "x")));
+    // The broker takes u0 but not key `k` yet: the key's spooled messages,
+    // found again, still hold its new ones behind them.
+    *s.switch.refuse_key.lock().unwrap_or_else(PoisonError::into_inner) = Some("k".into());
     s.switch.set_down(false);
+    until("the forwarder saw the broker confirm", || !gate.broker_down()).await;
+    assert!(gate.spools(&keyed("r4", "k")), "key `k` has spooled messages from the earlier run");
+    assert!(!gate.spools(&keyed("z1", "z")));
+    *s.switch.refuse_key.lock().unwrap_or_else(PoisonError::into_inner) = None;
     until("forwarded after the restart", || gate.fill().0 == 0).await;
-    assert_eq!(s.switch.confirmed(), ["r1", "r2", "r3"]);
+    assert_eq!(s.switch.confirmed(), ["u0", "r1", "r2", "r3"]);
     // A dedup key travels through the spool and back to the broker.
     s.switch.set_down(true);
     let mut m = OutgoingMessage::new("d1", "x");
@@ -238,10 +320,10 @@ async fn always_spools_every_message_and_forwards_it() {
     s.switch.set_down(false);
     let spool = Spool::open(&s.cfg).await.expect("spool");
     let gate = spool.gate("q", s.switch.clone()).await.expect("gate");
-    assert!(gate.spooling(), "always: the spool is the way in");
+    assert!(gate.spools(&OutgoingMessage::new("x", "x")), "always: the spool is the way in");
     gate.spool(OutgoingMessage::new("a1", "x"), None).await.expect("spooled");
     until("forwarded", || gate.fill().0 == 0).await;
-    assert!(gate.spooling(), "still the way in with the spool empty");
+    assert!(gate.spools(&OutgoingMessage::new("x", "x")), "still the way in with the spool empty");
     assert_eq!(s.switch.confirmed(), ["a1"]);
     spool.shutdown().await;
 }
