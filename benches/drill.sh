@@ -5,13 +5,13 @@
 # faults, restarts what it killed, and verifies every accepted request in
 # PostgreSQL. Exits non-zero if anything accepted was lost.
 #
-#   benches/drill.sh embedded|rabbitmq|rabbitmq-spool|rabbitmq-cluster|kafka|sqs [out-dir]
+#   benches/drill.sh embedded|rabbitmq|rabbitmq-spool|rabbitmq-cluster|kafka|kafka-spool|sqs|sqs-spool [out-dir]
 #
-# kafka and rabbitmq-cluster run on the three-node clusters of
+# kafka, kafka-spool and rabbitmq-cluster run on the three-node clusters of
 # deploy/local/services.sh, which this brings up first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-NAME="${1:?embedded, rabbitmq, rabbitmq-cluster, kafka or sqs}"
+NAME="${1:?embedded, rabbitmq, rabbitmq-spool, rabbitmq-cluster, kafka, kafka-spool, sqs or sqs-spool}"
 OUT="${2:-benches/results/latest/drill-$NAME}"
 cargo build --release -q -p spillway -p spillway-load
 BIN="${CARGO_TARGET_DIR:-target}/release"
@@ -22,7 +22,7 @@ export DRILL_DATA="$WORK/data"
 mkdir -p "$DRILL_DATA"
 deploy/local/services.sh up
 case "$NAME" in
-  kafka) deploy/local/services.sh cluster kafka ;;
+  kafka|kafka-spool) deploy/local/services.sh cluster kafka ;;
   rabbitmq-cluster) deploy/local/services.sh cluster rabbitmq ;;
 esac
 export DRILL_PG="${SPILLWAY_TEST_PG:-postgres://postgres@127.0.0.1:5432/test}"

@@ -661,6 +661,19 @@ PY
   echo "$n"
 }
 
+# `kill -9` of every node of the Kafka cluster at once (the spool drill's
+# outage: no broker left to take anything). `cluster kafka` starts them
+# again on their data.
+kill_kafka_cluster() {
+  local n f
+  for n in 1 2 3; do
+    f="$STATE/kafka-cluster/node-$n/pid"
+    started_by_us "$f" && kill -9 "$(cat "$f")" 2>/dev/null || true
+  done
+  for n in 1 2 3; do wait_closed "${KAFKA_CLUSTER_PORTS[$(( n - 1 ))]}" 30 || true; done
+  log "killed every Kafka cluster node"
+}
+
 down_kafka() {
   local f
   for f in "$KAFKA_DIR/pid" "$STATE"/kafka-cluster/node-*/pid; do
@@ -769,9 +782,14 @@ case "${1:-up}" in
   kafka-node) shift; run_kafka_node "$@" ;;
   elasticmq-node) shift; run_elasticmq_node "$@" ;;
   kill-leader) shift; kill_leader "$@" ;;
+  kill-cluster)
+    case "${2:-}" in
+      kafka) kill_kafka_cluster ;;
+      *) echo "usage: $0 kill-cluster kafka" >&2; exit 2 ;;
+    esac ;;
   status) status ;;
   down)
     down_kafka; stop_pidfile "$ELASTICMQ_DIR/pid" "$ELASTICMQ_PORT"; stop_pidfile "$STATE/moto.pid" "$SQS_PORT"
     down_rabbit_cluster; down_rabbit; down_pg ;;
-  *) echo "usage: $0 up|cluster kafka|cluster rabbitmq|rabbitmq|fresh-kafka|status|down" >&2; exit 2 ;;
+  *) echo "usage: $0 up|cluster kafka|cluster rabbitmq|rabbitmq|fresh-kafka|kill-leader|kill-cluster kafka|status|down" >&2; exit 2 ;;
 esac

@@ -27,11 +27,12 @@ async fn proxied_rabbitmq() -> (std::sync::Arc<Proxy>, String) {
 }
 
 /// A gateway on `queue` through `proxied`, with a spool in `spool_dir`
-/// that a stopping gateway forwards for at most a second.
-fn spool_workspace(proxied: &str, queue: &str, spool_dir: &std::path::Path) -> Workspace {
+/// of `max_bytes` that a stopping gateway forwards for at most a second.
+fn spool_workspace(proxied: &str, queue: &str, spool_dir: &std::path::Path, max_bytes: u64) -> Workspace {
     Workspace::new(&format!(
         "[queue]\nbackend = \"rabbitmq\"\nurl = \"{proxied}\"\n[queue.spool]\npath = \"{}\"\ndrain_timeout = \"1s\"\n\
-         [ingest.publisher]\nsend_timeout = \"2s\"\n[[ingest.routes]]\npath = \"/ingest\"\nqueue = \"{queue}\"\n",
+         max_bytes = {max_bytes}\n[ingest.publisher]\nsend_timeout = \"2s\"\n\
+         [[ingest.routes]]\npath = \"/ingest\"\nqueue = \"{queue}\"\n",
         spool_dir.display()
     ))
 }
@@ -105,7 +106,7 @@ async fn spool_drain_forwards_what_a_stopped_gateway_left() {
     let (proxy, proxied) = proxied_rabbitmq().await;
     let queue = format!("spillway-e2e-spool-drain-{}", std::process::id());
     let spool_dir = tempfile::tempdir().expect("spool dir");
-    let ws = spool_workspace(&proxied, &queue, spool_dir.path());
+    let ws = spool_workspace(&proxied, &queue, spool_dir.path(), 1 << 20);
     let purge = ws.cli(&["queue", "purge", "--yes", "--queue", &queue]);
     assert!(purge.status.success(), "{}", String::from_utf8_lossy(&purge.stderr));
     let mut gw = ws.serve();
@@ -138,7 +139,7 @@ async fn a_gateway_started_while_the_broker_is_down_spools_then_forwards() {
     let (proxy, proxied) = proxied_rabbitmq().await;
     let queue = format!("spillway-e2e-spool-start-{}", std::process::id());
     let spool_dir = tempfile::tempdir().expect("spool dir");
-    let ws = spool_workspace(&proxied, &queue, spool_dir.path());
+    let ws = spool_workspace(&proxied, &queue, spool_dir.path(), 1 << 20);
     proxy.down();
     let gw = ws.serve();
     let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("client");
@@ -160,4 +161,63 @@ async fn a_gateway_started_while_the_broker_is_down_spools_then_forwards() {
         r.headers().get("x-spillway-spooled").is_none(),
         "straight to the broker once the spool is empty"
     );
+}
+
+/// A full spool: past `max_bytes`, 503 with `Retry-After` and the JSON
+/// error body (never a 2xx for what it did not store), readiness false;
+/// everything it accepted reaches the broker once it is back, and the
+/// gateway takes requests again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_spool_answers_503_with_retry_after_and_keeps_all_it_accepted() {
+    let (proxy, proxied) = proxied_rabbitmq().await;
+    let queue = format!("spillway-e2e-spool-full-{}", std::process::id());
+    let spool_dir = tempfile::tempdir().expect("spool dir");
+    // A few envelopes of a 100-byte body each.
+    let ws = spool_workspace(&proxied, &queue, spool_dir.path(), 4096);
+    let purge = ws.cli(&["queue", "purge", "--yes", "--queue", &queue]);
+    assert!(purge.status.success(), "{}", String::from_utf8_lossy(&purge.stderr));
+    let gw = ws.serve();
+    proxy.down();
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("client");
+    let body = format!("{{\"pad\":\"{}\"}}", "x".repeat(90));
+    let mut accepted = 0u64;
+    let mut refused = 0u64;
+    for _ in 0..40 {
+        let r = http.post(gw.url("/ingest")).body(body.clone()).send().await.expect("post");
+        match r.status().as_u16() {
+            202 => {
+                assert_eq!(refused, 0, "a 202 after the spool was full");
+                accepted += 1;
+            }
+            503 => {
+                refused += 1;
+                assert!(r.headers().contains_key("retry-after"), "a full spool's 503 has no Retry-After");
+                let v: serde_json::Value = r.json().await.expect("a JSON error body");
+                assert_eq!(v["error"]["code"], "queue_unavailable", "{v}");
+            }
+            other => panic!("a full spool answered {other}"),
+        }
+    }
+    assert!(accepted >= 3 && refused > 0, "accepted {accepted}, refused {refused}: the spool never filled");
+    // Readiness asks the broker every few seconds; once it knows it down,
+    // the full spool makes the pod not ready.
+    eventually(Duration::from_secs(20), "a pod whose spool is full and broker down not ready", || async {
+        http.get(gw.admin_url("/readyz")).send().await.is_ok_and(|r| r.status() == 503)
+    })
+    .await;
+    let metrics =
+        http.get(gw.admin_url("/metrics")).send().await.expect("metrics").text().await.expect("text");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("spillway_spool_full_total{") && l.ends_with(&format!(" {refused}"))),
+        "every refusal counted in spillway_spool_full_total"
+    );
+    proxy.up().await;
+    eventually(Duration::from_secs(30), "everything the spool accepted on the broker", || async {
+        spooled_and_visible(&ws, &queue) == (Some(0), Some(accepted))
+    })
+    .await;
+    let r = http.post(gw.url("/ingest")).body(body).send().await.expect("post");
+    assert_eq!(r.status(), 202, "takes requests again once the spool drained");
 }

@@ -26,6 +26,7 @@ mod scenario;
 mod schedule;
 mod supervisor;
 mod verify;
+mod watch;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
@@ -334,11 +335,21 @@ async fn drill(s: scenario::Scenario, quiet: bool) -> anyhow::Result<Results> {
     let lock = s.verify.as_ref().and_then(|v| v.postgres.clone().zip(v.table.clone()));
     let faults = s.faults.clone();
     let mut fault_task = None;
+    let mut watch_task = None;
+    let (stop_watch, watch_stopped) = tokio::sync::watch::channel(false);
     let results = drive(
         &plan,
-        Some(&mut |start| fault_task = Some(sup.schedule_faults(faults.clone(), lock.clone(), start))),
+        Some(&mut |start| {
+            fault_task = Some(sup.schedule_faults(faults.clone(), lock.clone(), start));
+            watch_task = s.watch.clone().map(|w| tokio::spawn(watch::run(w, start, watch_stopped.clone())));
+        }),
     )
     .await;
+    let _ = stop_watch.send(true);
+    let watched = match watch_task {
+        Some(t) => t.await.unwrap_or_default(),
+        None => watch::Watched::new(),
+    };
     let events = match fault_task {
         Some(t) => t.await.unwrap_or_default(),
         None => Vec::new(),
@@ -346,6 +357,7 @@ async fn drill(s: scenario::Scenario, quiet: bool) -> anyhow::Result<Results> {
     let usage = sup.stop().await;
     let mut results = results?;
     results.faults = events;
+    results.watched = watched;
     let accepted = results.accepted.max(1) as f64;
     results.processes = usage
         .into_iter()
@@ -458,6 +470,7 @@ async fn drive(plan: &Plan, on_start: Option<&mut dyn FnMut(Instant)>) -> anyhow
         faults: Vec::new(),
         processes: std::collections::BTreeMap::new(),
         timeline: rec.timeline(),
+        watched: watch::Watched::new(),
     })
 }
 

@@ -20,7 +20,8 @@ fn chart(
 ) -> anyhow::Result<()> {
     let root = SVGBackend::new(path, (900, 360)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let x_max = (results.timeline.len() as f64).max(1.0);
+    let x_last = series.iter().flat_map(|(_, _, pts)| pts.iter().map(|p| p.0)).fold(0.0_f64, f64::max);
+    let x_max = (results.timeline.len() as f64).max(x_last).max(1.0);
     let y_max =
         series.iter().flat_map(|(_, _, pts)| pts.iter().map(|p| p.1)).fold(0.0_f64, f64::max).max(1.0) * 1.1;
     let mut c = ChartBuilder::on(&root)
@@ -52,7 +53,8 @@ fn chart(
     Ok(())
 }
 
-/// Writes `throughput.svg`, `latency.svg` and `statuses.svg` into `dir`.
+/// Writes `throughput.svg`, `latency.svg` and `statuses.svg` into `dir`,
+/// and `watch-<metric>.svg` for each metric a drill watched.
 pub(crate) fn write(dir: &Path, r: &Results) -> anyhow::Result<()> {
     let t = |s: &crate::record::Second| s.t as f64 + 0.5;
     chart(
@@ -89,5 +91,11 @@ pub(crate) fn write(dir: &Path, r: &Results) -> anyhow::Result<()> {
             (k.as_str(), palette[i % palette.len()], pts)
         })
         .collect();
-    chart(&dir.join("statuses.svg"), "answers per second, by status", "answers/s", series, r)
+    chart(&dir.join("statuses.svg"), "answers per second, by status", "answers/s", series, r)?;
+    for (name, samples) in &r.watched {
+        let title = format!("{name} (sum over labels), to the end of verification");
+        let series = vec![(name.as_str(), BLUE, samples.clone())];
+        chart(&dir.join(format!("watch-{name}.svg")), &title, name, series, r)?;
+    }
+    Ok(())
 }

@@ -37,6 +37,9 @@ pub(crate) struct Results {
     /// What each supervised process used (drills).
     pub(crate) processes: BTreeMap<String, ProcessUsage>,
     pub(crate) timeline: Vec<Second>,
+    /// A drill's `[watch]`ed metrics over time, to the end of verification.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub(crate) watched: crate::watch::Watched,
 }
 
 /// CPU and memory of one process of a drill, over all its lives.
@@ -92,6 +95,23 @@ impl Results {
                     u.peak_rss_kib / 1024,
                     u.starts,
                     u.unexpected_exits
+                );
+            }
+            let _ = writeln!(md);
+        }
+        if !self.watched.is_empty() {
+            let _ = writeln!(md, "| watched metric | peak | at | last | 0 again from |");
+            let _ = writeln!(md, "|---|---|---|---|---|");
+            for (name, samples) in &self.watched {
+                let Some(s) = crate::watch::summarize(samples) else {
+                    let _ = writeln!(md, "| `{name}` | no sample | | | |");
+                    continue;
+                };
+                let zero = s.zero_from.map_or_else(|| "–".to_owned(), |t| format!("{t:.0} s"));
+                let _ = writeln!(
+                    md,
+                    "| `{name}` | {:.0} | {:.0} s | {:.0} | {zero} |",
+                    s.peak, s.peak_at, s.last
                 );
             }
             let _ = writeln!(md);

@@ -62,6 +62,8 @@ pub(crate) struct Scenario {
     pub(crate) env: BTreeMap<String, String>,
     #[serde(default)]
     pub(crate) faults: Vec<FaultSpec>,
+    /// Metrics read from a process every second (`crate::watch`).
+    pub(crate) watch: Option<crate::watch::WatchSpec>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

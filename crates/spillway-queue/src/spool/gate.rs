@@ -50,6 +50,9 @@ struct State {
     bytes: u64,
     /// Of them, how many per ordering key (keys with none are removed).
     keys: HashMap<String, u64>,
+    /// A message was refused for want of room, and nothing left the spool
+    /// since: full, though `bytes` may be a little below `max_bytes`.
+    full: bool,
 }
 
 impl Gate {
@@ -75,7 +78,7 @@ impl Gate {
             when,
             max_bytes,
             local,
-            state: Mutex::new(State { down: pending > 0, pending, bytes, keys }),
+            state: Mutex::new(State { down: pending > 0, pending, bytes, keys, full: false }),
         };
         gate.publish_gauges(pending, bytes);
         gate
@@ -134,6 +137,7 @@ impl Gate {
         {
             let mut s = self.state();
             if s.bytes.saturating_add(size) > self.max_bytes {
+                s.full = true;
                 metrics::counter!(SPOOL_FULL, "queue" => self.queue.clone()).increment(1);
                 return Err(QueueError::unavailable_msg(format!(
                     "spool of `{}` is full ({} of queue.spool.max_bytes {} bytes)",
@@ -176,6 +180,9 @@ impl Gate {
     fn settle<'k>(&self, n: u64, bytes: u64, keys: impl Iterator<Item = &'k str>) {
         let mut s = self.state();
         s.pending = s.pending.saturating_sub(n);
+        if n > 0 {
+            s.full = false;
+        }
         for k in keys {
             if let Some(count) = s.keys.get_mut(k) {
                 *count = count.saturating_sub(1);
@@ -219,9 +226,11 @@ impl Gate {
     }
 
     /// Whether the spool has room for more (what readiness asks while the
-    /// broker is down): below `max_bytes`.
+    /// broker is down): below `max_bytes`, and no message refused for want
+    /// of room since the last one left.
     pub fn has_room(&self) -> bool {
-        self.state().bytes < self.max_bytes
+        let s = self.state();
+        !s.full && s.bytes < self.max_bytes
     }
 
     pub fn queue(&self) -> &str {

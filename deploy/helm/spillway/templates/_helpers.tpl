@@ -215,6 +215,16 @@ imagePullSecrets:
 {{- if and .Values.spool.enabled (not (include "spillway.embedded" .)) }}true{{ end -}}
 {{- end -}}
 
+{{/* Whether the spool is on a PersistentVolumeClaim per pod (the gateway a StatefulSet). */}}
+{{- define "spillway.spoolPersistent" -}}
+{{- if and (include "spillway.spool" .) .Values.spool.persistent }}true{{ end -}}
+{{- end -}}
+
+{{/* Whether the gateway is a StatefulSet: the embedded queue, or a persistent spool. */}}
+{{- define "spillway.ingestStateful" -}}
+{{- if or (include "spillway.embedded" .) (include "spillway.spoolPersistent" .) }}true{{ end -}}
+{{- end -}}
+
 {{/* The gateway's spool volume: a generic ephemeral volume, the pod's own. */}}
 {{- define "spillway.spoolVolume" -}}
 - name: spool
