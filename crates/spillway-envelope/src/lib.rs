@@ -109,8 +109,20 @@ pub struct EnvelopeV1 {
     /// The client address as the gateway saw it.
     pub source_ip: Option<String>,
     pub content_type: Option<String>,
+    /// The webhook signature that verified the request, on a route with
+    /// `verify`; absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified: Option<Verification>,
     pub body_encoding: BodyEncoding,
     pub body: Box<RawValue>,
+}
+
+/// Which webhook signature scheme verified a request, and with which
+/// secret (its key id: the first 8 bytes of the secret's SHA-256 in hex).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verification {
+    pub scheme: String,
+    pub key_id: String,
 }
 
 /// The request facts an envelope is built from, apart from the body.
@@ -126,6 +138,7 @@ pub struct RequestMeta {
     pub headers: BTreeMap<String, String>,
     pub source_ip: Option<String>,
     pub content_type: Option<String>,
+    pub verified: Option<Verification>,
 }
 
 impl EnvelopeV1 {
@@ -148,6 +161,7 @@ impl EnvelopeV1 {
             headers: meta.headers,
             source_ip: meta.source_ip,
             content_type: meta.content_type,
+            verified: meta.verified,
             body_encoding,
             body,
         }
@@ -241,6 +255,9 @@ fn write_v1(
     field(out, "headers", &meta.headers)?;
     field(out, "source_ip", &meta.source_ip)?;
     field(out, "content_type", &meta.content_type)?;
+    if let Some(v) = &meta.verified {
+        field(out, "verified", v)?;
+    }
     match std::str::from_utf8(body) {
         Ok(text) if body_is_json => {
             field(out, "body_encoding", &BodyEncoding::Json)?;
@@ -331,6 +348,7 @@ mod tests {
             headers: BTreeMap::new(),
             source_ip: Some("127.0.0.1".into()),
             content_type: Some("application/json".into()),
+            verified: None,
         }
     }
 

@@ -181,6 +181,9 @@ pub struct RouteConfig {
     /// `ingest.api_keys` has any.
     #[serde(default)]
     pub require_api_key: Option<bool>,
+    /// A webhook signature every request must carry (`crate::verify`).
+    #[serde(default)]
+    pub verify: Option<crate::verify::VerifyConfig>,
 }
 
 fn default_methods() -> Vec<String> {
@@ -207,6 +210,7 @@ impl RouteConfig {
             schema_file: None,
             throttle: None,
             require_api_key: None,
+            verify: None,
         }
     }
 }
@@ -356,6 +360,8 @@ pub struct CompiledRoute {
     pub trusted_proxies: Arc<TrustedProxies>,
     /// The keys a request must carry one of, when the route requires one.
     pub api_keys: Option<Arc<ApiKeys>>,
+    /// The webhook signature a request must carry, when set.
+    pub verifier: Option<Arc<crate::verify::Verifier>>,
 }
 
 impl CompiledRoute {
@@ -543,6 +549,11 @@ impl IngestConfig {
             Some(t) => Throttle::compile(t, &format!("{key}.throttle"))?,
             None => Throttle::compile(&self.throttle, "ingest.throttle")?,
         };
+        let verifier = r
+            .verify
+            .as_ref()
+            .map(|v| crate::verify::Verifier::new(v, &format!("{key}.verify")))
+            .transpose()?;
         Ok(CompiledRoute {
             name: r.name.clone().unwrap_or_else(|| r.path.clone()),
             path: r.path.clone(),
@@ -563,6 +574,7 @@ impl IngestConfig {
             throttle: throttle.map(Arc::new),
             trusted_proxies: trusted_proxies.clone(),
             api_keys,
+            verifier: verifier.map(Arc::new),
         })
     }
 }

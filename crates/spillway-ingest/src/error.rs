@@ -51,6 +51,9 @@ pub enum ApiError {
     MissingApiKey { header: String },
     #[error("the API key is not valid")]
     InvalidApiKey,
+    /// A route with `verify`: the webhook signature did not verify.
+    #[error("webhook signature: {0}")]
+    BadSignature(crate::verify::Failure),
     /// Over a rate limit (`scope`: `client`, `API key` or `route`); nothing
     /// was read or stored.
     #[error("too many requests for this {scope}; retry after {retry_after_secs} s")]
@@ -84,7 +87,7 @@ impl ApiError {
             | Self::UpgradeRefused => StatusCode::BAD_REQUEST,
             Self::RequestTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::Forbidden(_) | Self::InvalidApiKey => StatusCode::FORBIDDEN,
-            Self::MissingApiKey { .. } => StatusCode::UNAUTHORIZED,
+            Self::MissingApiKey { .. } | Self::BadSignature(_) => StatusCode::UNAUTHORIZED,
             Self::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) | Self::OverCapacity => StatusCode::SERVICE_UNAVAILABLE,
             Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -106,6 +109,12 @@ impl ApiError {
             Self::Forbidden(_) => "forbidden",
             Self::MissingApiKey { .. } => "missing_api_key",
             Self::InvalidApiKey => "invalid_api_key",
+            Self::BadSignature(f) => match f {
+                crate::verify::Failure::Missing => "signature_missing",
+                crate::verify::Failure::Malformed => "signature_malformed",
+                crate::verify::Failure::Mismatch => "signature_mismatch",
+                crate::verify::Failure::TooOld => "signature_too_old",
+            },
             Self::Throttled { .. } => "throttled",
             Self::Unavailable(_) => "queue_unavailable",
             Self::OverCapacity => "over_capacity",

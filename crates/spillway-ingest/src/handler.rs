@@ -18,6 +18,9 @@
 //!    memory ([`crate::admission`]): a 503 with `Retry-After` when spent;
 //!    [`read_body`]: the body, read under the size limit (413) and the body
 //!    timeout (408); a body that ends early (a lying `Content-Length`) is a 400;
+//!    [`check_signature`]: on a route with `verify`, the webhook signature
+//!    over the exact bytes read ([`crate::verify`]): 401 when it is
+//!    missing, malformed, wrong or too old;
 //! 3. [`check_json`]: a body that says it is JSON must parse: 400; on a
 //!    route with a schema, every body must be JSON and match it: 400
 //!    `schema_violation` naming each place (a non-JSON content type is a
@@ -43,7 +46,7 @@ use axum::{
 use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::value::RawValue;
-use spillway_envelope::{encode_v1, RequestMeta, FORMAT_ATTRIBUTE};
+use spillway_envelope::{encode_v1, RequestMeta, Verification, FORMAT_ATTRIBUTE};
 use spillway_queue::OutgoingMessage;
 use time::OffsetDateTime;
 
@@ -91,10 +94,11 @@ async fn accept(
     // Held until the answer: the body and its envelope are in memory till then.
     let _admitted = admit(state, &parts)?;
     let body = read_body(body, route).await?;
+    let verified = check_signature(&parts, &body, route, received_at)?;
     let is_json = check_json(&body, content_type.as_deref(), route)?;
     let facts = request_facts(&mut parts, &body, is_json, route, client).await?;
     let id = ulid::Ulid::new().to_string();
-    let msg = build_message(route, &id, received_at, &parts, content_type, facts, body, is_json);
+    let msg = build_message(route, &id, received_at, &parts, content_type, facts, body, is_json, verified);
     let stored = state.store.store(msg).await?;
     Ok((id, stored))
 }
@@ -157,6 +161,28 @@ fn check_head(parts: &Parts, route: &CompiledRoute) -> Result<Option<String>, Ap
     Ok(content_type)
 }
 
+/// Step 2b: the webhook signature, where the route has `verify`.
+fn check_signature(
+    parts: &Parts,
+    body: &[u8],
+    route: &CompiledRoute,
+    received_at: OffsetDateTime,
+) -> Result<Option<crate::verify::Verified>, ApiError> {
+    let Some(verifier) = &route.verifier else { return Ok(None) };
+    match verifier.verify(&parts.headers, body, received_at.unix_timestamp()) {
+        Ok(v) => {
+            metrics::counter!(crate::verify::VERIFIED, "route" => route.name.clone(), "scheme" => v.scheme)
+                .increment(1);
+            Ok(Some(v))
+        }
+        Err(f) => {
+            metrics::counter!(crate::verify::FAILURES, "route" => route.name.clone(), "reason" => f.reason())
+                .increment(1);
+            Err(ApiError::BadSignature(f))
+        }
+    }
+}
+
 /// Step 3: a body that says it is JSON must parse, and a route's schema
 /// must hold. Returns whether the body is JSON.
 fn check_json(body: &[u8], content_type: Option<&str>, route: &CompiledRoute) -> Result<bool, ApiError> {
@@ -212,9 +238,11 @@ fn build_message(
     facts: Facts,
     body: Bytes,
     is_json: bool,
+    verified: Option<crate::verify::Verified>,
 ) -> OutgoingMessage {
     let mut attributes = BTreeMap::new();
     attributes.insert("spillway-route".to_owned(), route.name.clone());
+    let verified = verified.map(|v| Verification { scheme: v.scheme.to_owned(), key_id: v.key_id });
     let payload = match route.format {
         Format::Envelope => {
             attributes.insert(FORMAT_ATTRIBUTE.to_owned(), "envelope".to_owned());
@@ -229,6 +257,7 @@ fn build_message(
                 headers: facts.headers,
                 source_ip: facts.source_ip,
                 content_type,
+                verified,
             };
             encode_v1(&meta, &body, is_json)
         }
@@ -242,6 +271,10 @@ fn build_message(
             }
             for (k, v) in facts.path_params {
                 attributes.insert(format!("param-{k}"), v);
+            }
+            if let Some(v) = verified {
+                attributes.insert(VERIFIED_SCHEME_ATTRIBUTE.to_owned(), v.scheme);
+                attributes.insert(VERIFIED_KEY_ATTRIBUTE.to_owned(), v.key_id);
             }
             body
         }
@@ -268,6 +301,11 @@ fn success(route: &CompiledRoute, id: &str, stored: Stored) -> Response {
     }
     res
 }
+
+/// On a `raw` route with `verify`: the scheme that verified the message,
+/// and the matching secret's key id (an envelope has them in `verified`).
+pub const VERIFIED_SCHEME_ATTRIBUTE: &str = "spillway-verified-scheme";
+pub const VERIFIED_KEY_ATTRIBUTE: &str = "spillway-verified-key-id";
 
 /// The response header that names the accepted message.
 pub const ID_HEADER: header::HeaderName = header::HeaderName::from_static("x-spillway-id");

@@ -49,6 +49,7 @@ pub mod server;
 pub mod store;
 pub mod throttle;
 pub mod tls;
+pub mod verify;
 
 pub use config::{CompiledIngest, ConfigError, IngestConfig};
 pub use error::ApiError;

@@ -15,9 +15,10 @@
 //! so a locked table answers in bounded time and the connection stays usable.
 //!
 //! TLS follows the URL's `sslmode`, `sslrootcert`, `sslcert` and `sslkey`, as
-//! libpq does ([`tls`]).
+//! libpq does (`spillway_pg`).
 
-mod tls;
+#[cfg(test)]
+mod tls_tests;
 
 use std::time::Duration;
 
@@ -26,7 +27,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use spillway_queue::Delivery;
 use tokio_postgres::error::SqlState;
 
-use self::tls::Tls;
+use spillway_pg::Tls;
 
 use super::{Sink, SinkSetupError};
 use crate::SinkError;

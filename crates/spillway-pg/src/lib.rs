@@ -1,5 +1,6 @@
-//! TLS for the PostgreSQL sink, read from the connection string as libpq
-//! reads it, so a URL that works with `psql` works here:
+//! PostgreSQL connections as libpq makes them: TLS read from the
+//! connection string as libpq reads it, so a URL that works with `psql`
+//! works here. Shared by the PostgreSQL sink and the idempotency store.
 //!
 //! | `sslmode`      | TLS                     | the server's certificate                    |
 //! |----------------|-------------------------|---------------------------------------------|
@@ -39,7 +40,7 @@ const KEYS: [&str; 4] = ["sslmode", "sslrootcert", "sslcert", "sslkey"];
 
 /// libpq's `sslmode`, all five that a client may need.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum SslMode {
+pub enum SslMode {
     Disable,
     Prefer,
     Require,
@@ -77,8 +78,8 @@ impl SslMode {
 
 /// The TLS parameters of one connection string.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Tls {
-    pub(crate) mode: SslMode,
+pub struct Tls {
+    pub mode: SslMode,
     root_cert: Option<String>,
     cert: Option<String>,
     key: Option<String>,
@@ -87,7 +88,7 @@ pub(crate) struct Tls {
 impl Tls {
     /// Takes the TLS parameters out of a connection string (URL or
     /// `key=value` form); returns the rest, for tokio-postgres, and them.
-    pub(crate) fn split(url: &str) -> Result<(String, Self), String> {
+    pub fn split(url: &str) -> Result<(String, Self), String> {
         let mut found: BTreeMap<&'static str, String> = BTreeMap::new();
         let rest = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             match url.split_once('?') {
@@ -146,7 +147,7 @@ impl Tls {
 
     /// What tokio-postgres negotiates: it knows no verification modes,
     /// which the connector below carries out.
-    pub(crate) fn pg_mode(&self) -> PgSslMode {
+    pub fn pg_mode(&self) -> PgSslMode {
         match self.mode {
             SslMode::Disable => PgSslMode::Disable,
             SslMode::Prefer => PgSslMode::Prefer,
@@ -165,7 +166,7 @@ impl Tls {
 
     /// The connector: reads the CA and client files now, so a missing or
     /// unreadable one stops start-up (and `config check`) naming its key.
-    pub(crate) fn connector(&self) -> Result<MakeRustlsConnect, String> {
+    pub fn connector(&self) -> Result<MakeRustlsConnect, String> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
@@ -226,7 +227,7 @@ impl Tls {
 
     /// A connection error, with the TLS settings that decide it when it is
     /// a TLS failure (the handshake, a certificate, a server without TLS).
-    pub(crate) fn explain(&self, error: &str) -> String {
+    pub fn explain(&self, error: &str) -> String {
         if !error.contains("TLS") && !error.contains("certificate") {
             return error.to_owned();
         }
@@ -363,114 +364,5 @@ mod tests {
     fn require_with_a_ca_checks_the_chain_as_libpq_does() {
         let (_, tls) = Tls::split("postgres://db/x?sslmode=require&sslrootcert=/ca.pem").expect("parsed");
         assert_eq!(tls.effective(), SslMode::VerifyCa);
-    }
-}
-
-/// Against the test servers `deploy/local/services.sh` starts: PostgreSQL
-/// with TLS (the test CA's certificate, for localhost and 127.0.0.1) and,
-/// on the next port, one without.
-#[cfg(test)]
-mod server_tests {
-    use std::time::Duration;
-
-    use spillway_queue::testkit::tls_file;
-
-    use super::super::PostgresSink;
-    use crate::sink::SinkSetupError;
-
-    fn port() -> u16 {
-        std::env::var("SPILLWAY_TEST_PG_PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(5432)
-    }
-
-    /// The URL of the test server at `host` (with `hostaddr` 127.0.0.1), port `port`.
-    fn url(host: &str, port: u16, params: &str) -> String {
-        format!("postgres://postgres@{host}:{port}/postgres?hostaddr=127.0.0.1&{params}")
-    }
-
-    async fn connect(url: &str) -> Result<PostgresSink, SinkSetupError> {
-        let table = format!("tls_probe_{}", std::process::id());
-        PostgresSink::connect(url, &table, true, Duration::from_secs(5)).await
-    }
-
-    /// Whether the sink's connection is encrypted, as the server sees it.
-    async fn encrypted(url: &str) -> bool {
-        let sink = connect(url).await.unwrap_or_else(|e| {
-            panic!("{url}: {e} (start the test servers with `deploy/local/services.sh up`)")
-        });
-        let client = sink.pool.get().await.expect("a pooled connection");
-        client
-            .query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[])
-            .await
-            .expect("pg_stat_ssl")
-            .get(0)
-    }
-
-    #[tokio::test]
-    async fn each_sslmode_gets_the_connection_libpq_would() {
-        let ca = tls_file("ca.crt");
-        let p = port();
-        assert!(!encrypted(&url("127.0.0.1", p, "sslmode=disable")).await, "disable");
-        assert!(encrypted(&url("127.0.0.1", p, "sslmode=prefer")).await, "prefer, offered");
-        assert!(encrypted(&url("127.0.0.1", p, "application_name=x")).await, "prefer is the default");
-        assert!(encrypted(&url("127.0.0.1", p, "sslmode=require")).await, "require");
-        assert!(encrypted(&url("127.0.0.1", p, &format!("sslmode=verify-ca&sslrootcert={ca}"))).await);
-        assert!(encrypted(&url("localhost", p, &format!("sslmode=verify-full&sslrootcert={ca}"))).await);
-        // Without TLS on offer, `prefer` goes on in the clear.
-        assert!(!encrypted(&url("127.0.0.1", p + 1, "sslmode=prefer")).await, "prefer, not offered");
-    }
-
-    #[tokio::test]
-    async fn a_certificate_from_another_ca_is_refused_naming_sslrootcert() {
-        let other = tls_file("other-ca.crt");
-        for mode in ["verify-ca", "verify-full", "require"] {
-            let e = connect(&url("localhost", port(), &format!("sslmode={mode}&sslrootcert={other}")))
-                .await
-                .err()
-                .unwrap_or_else(|| panic!("sslmode={mode} connected with a CA that signed nothing"))
-                .to_string();
-            assert!(
-                e.contains("UnknownIssuer") && e.contains("sslrootcert") && e.contains(&other),
-                "{mode}: {e}"
-            );
-        }
-    }
-
-    /// The certificate names localhost and 127.0.0.1: under another name,
-    /// `verify-full` refuses and `verify-ca` (the chain only) does not.
-    #[tokio::test]
-    async fn verify_full_checks_the_host_name_and_verify_ca_does_not() {
-        let ca = tls_file("ca.crt");
-        let e = connect(&url("db.example", port(), &format!("sslmode=verify-full&sslrootcert={ca}")))
-            .await
-            .err()
-            .expect("verify-full connected under a name the certificate lacks")
-            .to_string();
-        assert!(e.contains("not valid for name \"db.example\"") && e.contains("name the host"), "{e}");
-        assert!(encrypted(&url("db.example", port(), &format!("sslmode=verify-ca&sslrootcert={ca}"))).await);
-    }
-
-    #[tokio::test]
-    async fn require_refuses_a_server_without_tls() {
-        let e = connect(&url("127.0.0.1", port() + 1, "sslmode=require"))
-            .await
-            .err()
-            .expect("sslmode=require went on in the clear")
-            .to_string();
-        assert!(e.contains("server does not support TLS") && e.contains("sslmode=require"), "{e}");
-    }
-
-    #[test]
-    fn a_ca_file_that_is_not_there_stops_config_check() {
-        let e = PostgresSink::check(
-            "postgres://db/x?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem",
-            "events",
-            Duration::from_secs(5),
-        )
-        .expect_err("refused")
-        .to_string();
-        assert!(
-            e.contains("consumer.sink.url") && e.contains("sslrootcert") && e.contains("/nonexistent/ca.pem"),
-            "{e}"
-        );
     }
 }
