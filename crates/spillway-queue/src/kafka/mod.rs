@@ -71,6 +71,18 @@ use crate::{
     QueueSpec, QueueStats,
 };
 
+/// A group coordinator that is not ready yet: a retry soon succeeds.
+fn coordinator_not_ready(e: &KafkaError) -> bool {
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::NotCoordinator
+                | RDKafkaErrorCode::CoordinatorLoadInProgress
+                | RDKafkaErrorCode::CoordinatorNotAvailable
+        )
+    )
+}
+
 /// `[queue] backend = "kafka"`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -524,9 +536,21 @@ impl Shared {
         for (t, p) in &parts {
             tpl.add_partition(t, *p);
         }
-        let got = Self::blocking(move || reader.committed_offsets(tpl, timeout))
-            .await?
-            .map_err(|e| queue_error("committed offsets", queue, &e))?;
+        // A group coordinator still loading (a cluster just started, a
+        // coordinator moved) answers NotCoordinator for a few seconds: ask
+        // again within the timeout rather than fail a `queue stats` or
+        // `queue purge` run right after the cluster came up.
+        let deadline = tokio::time::Instant::now() + timeout;
+        let got = loop {
+            let (reader, tpl) = (reader.clone(), tpl.clone());
+            match Self::blocking(move || reader.committed_offsets(tpl, timeout)).await? {
+                Ok(got) => break got,
+                Err(e) if coordinator_not_ready(&e) && tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(e) => return Err(queue_error("committed offsets", queue, &e)),
+            }
+        };
         Ok(committed::read(&got)
             .into_iter()
             .map(|c| {
