@@ -13,7 +13,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 NAME="${1:?embedded, rabbitmq, rabbitmq-spool, rabbitmq-cluster, kafka, kafka-spool, sqs or sqs-spool}"
 OUT="${2:-benches/results/latest/drill-$NAME}"
-cargo build --release -q -p spillway -p spillway-load
+# DRILL_NO_BUILD=1: run the release binaries as they are (built from a
+# tree that is being edited meanwhile, they would be rebuilt from it).
+[ -n "${DRILL_NO_BUILD:-}" ] || cargo build --release -q -p spillway -p spillway-load
 BIN="${CARGO_TARGET_DIR:-target}/release"
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT

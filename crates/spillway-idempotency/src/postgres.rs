@@ -42,7 +42,7 @@ impl PostgresStore {
             rest.parse().map_err(|e| StoreError::Config(format!("postgres_url: {e}")))?;
         pg.ssl_mode(tls.pg_mode());
         // Bounded statements: a locked table answers in bounded time.
-        pg.options("-c lock_timeout=2000 -c statement_timeout=5000");
+        pg.options("-c lock_timeout=2000 -c statement_timeout=5000 -c client_min_messages=warning");
         let connector = tls.connector().map_err(StoreError::Config)?;
         let manager =
             Manager::from_config(pg, connector, ManagerConfig { recycling_method: RecyclingMethod::Fast });

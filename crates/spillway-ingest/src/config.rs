@@ -73,6 +73,9 @@ pub struct IngestConfig {
     /// API keys; with any configured, every route requires one unless it
     /// sets `require_api_key = false`. See [`crate::api_key`].
     pub api_keys: ApiKeysConfig,
+    /// Where routes with `idempotency` keep their keys
+    /// ([`crate::idempotency`]).
+    pub idempotency: spillway_idempotency::StoresConfig,
 }
 
 impl Default for IngestConfig {
@@ -86,6 +89,7 @@ impl Default for IngestConfig {
             trusted_proxies: Vec::new(),
             forwarded_header: crate::client_ip::ForwardedHeader::default(),
             api_keys: ApiKeysConfig::default(),
+            idempotency: spillway_idempotency::StoresConfig::default(),
         }
     }
 }
@@ -184,6 +188,9 @@ pub struct RouteConfig {
     /// A webhook signature every request must carry (`crate::verify`).
     #[serde(default)]
     pub verify: Option<crate::verify::VerifyConfig>,
+    /// Requests with the same key stored once (`crate::idempotency`).
+    #[serde(default)]
+    pub idempotency: Option<spillway_idempotency::IdempotencyConfig>,
 }
 
 fn default_methods() -> Vec<String> {
@@ -211,6 +218,7 @@ impl RouteConfig {
             throttle: None,
             require_api_key: None,
             verify: None,
+            idempotency: None,
         }
     }
 }
@@ -362,6 +370,8 @@ pub struct CompiledRoute {
     pub api_keys: Option<Arc<ApiKeys>>,
     /// The webhook signature a request must carry, when set.
     pub verifier: Option<Arc<crate::verify::Verifier>>,
+    /// `idempotency`, as configured: its store is opened with the router.
+    pub idempotency: Option<spillway_idempotency::IdempotencyConfig>,
 }
 
 impl CompiledRoute {
@@ -383,6 +393,8 @@ pub struct CompiledIngest {
     /// The top-level CORS policy, which also covers answers to unknown paths.
     pub global_cors: Option<Arc<CorsPolicy>>,
     pub publisher: PublisherConfig,
+    /// `ingest.idempotency`: where the routes' keys are kept.
+    pub idempotency: spillway_idempotency::StoresConfig,
 }
 
 /// Paths the server answers itself.
@@ -451,6 +463,7 @@ impl IngestConfig {
             trusted_proxies,
             global_cors,
             publisher: self.publisher.clone(),
+            idempotency: self.idempotency.clone(),
         })
     }
 
@@ -575,6 +588,7 @@ impl IngestConfig {
             trusted_proxies: trusted_proxies.clone(),
             api_keys,
             verifier: verifier.map(Arc::new),
+            idempotency: r.idempotency.clone(),
         })
     }
 }

@@ -51,6 +51,12 @@ pub enum ApiError {
     MissingApiKey { header: String },
     #[error("the API key is not valid")]
     InvalidApiKey,
+    /// A repeat of a request whose key is still being stored.
+    #[error("a request with this idempotency key is still being stored; retry after {retry_after_secs} s")]
+    IdempotencyInFlight { retry_after_secs: u64 },
+    /// The idempotency key came with another request before.
+    #[error("this idempotency key was used with a different request (method, path or body)")]
+    IdempotencyKeyReused,
     /// A route with `verify`: the webhook signature did not verify.
     #[error("webhook signature: {0}")]
     BadSignature(crate::verify::Failure),
@@ -90,7 +96,8 @@ impl ApiError {
             Self::MissingApiKey { .. } | Self::BadSignature(_) => StatusCode::UNAUTHORIZED,
             Self::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable(_) | Self::OverCapacity => StatusCode::SERVICE_UNAVAILABLE,
-            Self::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Unprocessable(_) | Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::IdempotencyInFlight { .. } => StatusCode::CONFLICT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -119,6 +126,8 @@ impl ApiError {
             Self::Unavailable(_) => "queue_unavailable",
             Self::OverCapacity => "over_capacity",
             Self::Unprocessable(_) => "message_rejected",
+            Self::IdempotencyInFlight { .. } => "idempotency_key_in_flight",
+            Self::IdempotencyKeyReused => "idempotency_key_reused",
             Self::Internal(_) => "internal",
         }
     }
@@ -186,7 +195,7 @@ impl IntoResponse for ApiError {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
                 headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
-            Self::Throttled { retry_after_secs, .. } => {
+            Self::Throttled { retry_after_secs, .. } | Self::IdempotencyInFlight { retry_after_secs } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
             }
             Self::MethodNotAllowed { allow } => {

@@ -27,6 +27,9 @@
 //!    415 in step 1);
 //! 4. [`request_facts`]: forwarded headers must be text, keys must be
 //!    present (400); path parameters must be UTF-8 (400);
+//!    on a route with `idempotency`, the request's key is claimed
+//!    ([`crate::idempotency`]): a repeat gets the first answer again (and
+//!    nothing is stored), a key in use is a 409, a reused one a 422;
 //! 5. [`build_message`]: the envelope or the raw body, with attributes;
 //! 6. publish: the answer is the route's 2xx only once the queue confirmed
 //!    it, else a 503.
@@ -55,6 +58,7 @@ use crate::{
     config::{CompiledRoute, Format, KeySource},
     error::ApiError,
     framing::AmbiguousFraming,
+    idempotency::Begun,
     store::Stored,
 };
 
@@ -65,13 +69,16 @@ pub struct RouteState {
     pub store: Arc<crate::store::Store>,
     /// The gateway's budget of body bytes in flight, shared by every route.
     pub admission: Arc<crate::admission::Admission>,
+    /// The route's `idempotency`, its store open, when set.
+    pub idempotency: Option<Arc<crate::idempotency::RouteIdempotency>>,
 }
 
 /// Handles one request to a route.
 pub async fn ingest(state: Arc<RouteState>, req: Request) -> Response {
     let client = client_ip(req.extensions(), req.headers(), &state.route);
     let mut res = match accept(&state, req, client).await {
-        Ok((id, stored)) => success(&state.route, &id, stored),
+        Ok(Accepted::Now(id, stored)) => success(&state.route, &id, stored),
+        Ok(Accepted::Before(r)) => replayed(&state.route, &r),
         Err(e) => e.into_response(),
     };
     if let Some(ip) = client.filter(|_| access_log::enabled()) {
@@ -80,11 +87,13 @@ pub async fn ingest(state: Arc<RouteState>, req: Request) -> Response {
     res
 }
 
-async fn accept(
-    state: &RouteState,
-    req: Request,
-    client: Option<IpAddr>,
-) -> Result<(String, Stored), ApiError> {
+/// A request's message stored now, or, under an idempotency key, before.
+enum Accepted {
+    Now(String, Stored),
+    Before(spillway_idempotency::Remembered),
+}
+
+async fn accept(state: &RouteState, req: Request, client: Option<IpAddr>) -> Result<Accepted, ApiError> {
     let route = &state.route;
     let received_at = OffsetDateTime::now_utc();
     let (mut parts, body) = req.into_parts();
@@ -97,10 +106,25 @@ async fn accept(
     let verified = check_signature(&parts, &body, route, received_at)?;
     let is_json = check_json(&body, content_type.as_deref(), route)?;
     let facts = request_facts(&mut parts, &body, is_json, route, client).await?;
+    let ticket = match &state.idempotency {
+        None => None,
+        Some(idem) => match idem.begin(&route.name, &parts, &body, received_at.into()).await? {
+            Begun::NoKey => None,
+            Begun::Claimed(t) => Some(t),
+            Begun::Replay(r) => return Ok(Accepted::Before(r)),
+        },
+    };
     let id = ulid::Ulid::new().to_string();
     let msg = build_message(route, &id, received_at, &parts, content_type, facts, body, is_json, verified);
-    let stored = state.store.store(msg).await?;
-    Ok((id, stored))
+    let stored = state.store.store(msg).await;
+    if let Some(t) = ticket {
+        let outcome = match &stored {
+            Ok(s) => Ok((id.as_str(), route.success_status.as_u16(), *s)),
+            Err(_) => Err(()),
+        };
+        t.finish(outcome, std::time::SystemTime::now()).await;
+    }
+    Ok(Accepted::Now(id, stored?))
 }
 
 /// Step 0: a head whose body proxies could frame two ways, or that asks
@@ -306,6 +330,17 @@ fn success(route: &CompiledRoute, id: &str, stored: Stored) -> Response {
 /// and the matching secret's key id (an envelope has them in `verified`).
 pub const VERIFIED_SCHEME_ATTRIBUTE: &str = "spillway-verified-scheme";
 pub const VERIFIED_KEY_ATTRIBUTE: &str = "spillway-verified-key-id";
+
+/// A repeat under an idempotency key: the first answer again, marked.
+fn replayed(route: &CompiledRoute, r: &spillway_idempotency::Remembered) -> Response {
+    let stored = if r.spooled { Stored::Spool } else { Stored::Queue };
+    let mut res = success(route, &r.message_id, stored);
+    if let Ok(status) = axum::http::StatusCode::from_u16(r.status) {
+        *res.status_mut() = status;
+    }
+    res.headers_mut().insert(crate::idempotency::REPLAYED_HEADER, HeaderValue::from_static("true"));
+    res
+}
 
 /// The response header that names the accepted message.
 pub const ID_HEADER: header::HeaderName = header::HeaderName::from_static("x-spillway-id");

@@ -40,6 +40,7 @@ pub mod cors;
 pub mod error;
 pub mod framing;
 pub mod handler;
+pub mod idempotency;
 pub mod metrics;
 pub mod publisher;
 pub mod readiness;

@@ -62,6 +62,7 @@ pub async fn build_router_spooled(
     let routes = cfg.routes.clone();
     let admission = Arc::new(crate::admission::Admission::new(cfg.max_body_bytes_in_flight));
     let mut stores: HashMap<String, Arc<Store>> = HashMap::new();
+    let mut idempotency_stores = crate::idempotency::Stores::default();
     let mut router = Router::new();
     for route in routes {
         let store = match stores.get(&route.queue) {
@@ -88,7 +89,15 @@ pub async fn build_router_spooled(
         if let Some(throttle) = &route.throttle {
             crate::throttle::spawn_sweeper(throttle, &route.name);
         }
-        let state = Arc::new(RouteState { route, store, admission: admission.clone() });
+        let idempotency = match &route.idempotency {
+            Some(c) => Some(Arc::new(
+                idempotency_stores
+                    .route(c, &cfg.idempotency, &format!("route {}: idempotency", route.path))
+                    .await?,
+            )),
+            None => None,
+        };
+        let state = Arc::new(RouteState { route, store, admission: admission.clone(), idempotency });
         let mut mr: MethodRouter = MethodRouter::new();
         for m in &methods {
             let filter = MethodFilter::try_from(m.clone()).map_err(|_| ConfigError {
