@@ -6,7 +6,9 @@
 //! be down or its ordering key has spooled messages (so it queues behind
 //! them: `spool::gate`), and when the broker does not take it: unavailable,
 //! a timeout (the broker may have stored it too: a duplicate, never a
-//! loss), or the queue missing. A message the
+//! loss), or the queue missing. A direct publish that was slow while the
+//! spool drains sends the next ones to the spool for a while
+//! (`spool::gate::SLOW`). A message the
 //! broker refuses for its content is refused to the client as before.
 
 use std::sync::Arc;
@@ -52,8 +54,12 @@ impl Store {
             self.publisher.check_size(&msg)?;
             return gate.spool(msg, None).await.map(|()| Stored::Spool);
         }
+        let started = std::time::Instant::now();
         match self.publisher.publish(msg.clone()).await {
-            Ok(()) => Ok(Stored::Queue),
+            Ok(()) => {
+                gate.published_in(started.elapsed());
+                Ok(Stored::Queue)
+            }
             Err(e) if spool::spoolable(&e) => gate.spool(msg, Some(&e)).await.map(|()| Stored::Spool),
             Err(e) => Err(e),
         }

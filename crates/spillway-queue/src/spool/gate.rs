@@ -8,6 +8,12 @@
 //! whose key has nothing spooled go straight to the broker again while the
 //! forwarder drains the rest, rather than queueing behind a long spool.
 //!
+//! A broker that takes messages but slowly (at its limit, draining the
+//! spool beside the new traffic) is treated as down for [`SLOW_HOLD`]:
+//! a direct publish that took longer than [`SLOW`] while the spool is not
+//! empty sends new messages to the spool again, so clients keep fast
+//! answers and the broker's capacity goes to the forwarder.
+//!
 //! `pending` counts what is in the spool or on its way in (a write counts
 //! from before it starts), per key too, so a key leaves the spool's way
 //! only once every spooled message with it was forwarded and none is being
@@ -16,10 +22,18 @@
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant},
 };
 
 use super::{SpoolWhen, DEDUP_ATTRIBUTE};
 use crate::{Delivery, OutgoingMessage, Producer, QueueError};
+
+/// A direct publish slower than this, while the spool is not empty, takes
+/// the broker for saturated.
+pub const SLOW: Duration = Duration::from_millis(250);
+/// How long a saturated broker is treated as down: new messages spooled,
+/// whatever the forwarder's confirms say.
+pub const SLOW_HOLD: Duration = Duration::from_secs(5);
 
 /// Messages written to the spool, by queue.
 pub const SPOOLED: &str = "spillway_spool_written_total";
@@ -53,6 +67,8 @@ struct State {
     /// A message was refused for want of room, and nothing left the spool
     /// since: full, though `bytes` may be a little below `max_bytes`.
     full: bool,
+    /// Until then `down` stays set: the broker was found saturated.
+    hold_until: Option<Instant>,
 }
 
 impl Gate {
@@ -78,7 +94,14 @@ impl Gate {
             when,
             max_bytes,
             local,
-            state: Mutex::new(State { down: pending > 0, pending, bytes, keys, full: false }),
+            state: Mutex::new(State {
+                down: pending > 0,
+                pending,
+                bytes,
+                keys,
+                full: false,
+                hold_until: None,
+            }),
         };
         gate.publish_gauges(pending, bytes);
         gate
@@ -206,15 +229,51 @@ impl Gate {
     }
 
     /// The broker confirmed a forward: it is up. Messages whose key has
-    /// nothing spooled go to it again.
+    /// nothing spooled go to it again (unless it was found saturated less
+    /// than [`SLOW_HOLD`] ago).
     pub(crate) fn broker_took(&self) {
+        self.broker_took_at(Instant::now());
+    }
+
+    /// [`Gate::broker_took`] at `now` (tests).
+    pub(crate) fn broker_took_at(&self, now: Instant) {
         let mut s = self.state();
+        if s.hold_until.is_some_and(|until| now < until) {
+            return;
+        }
         if s.down {
             s.down = false;
             tracing::info!(
                 queue = %self.queue,
                 spooled = s.pending,
                 "spool: the broker takes messages again; new messages go to it, but a key with spooled messages stays behind them"
+            );
+        }
+    }
+
+    /// A direct publish took `took`: longer than [`SLOW`] with messages in
+    /// the spool, the broker is treated as down for [`SLOW_HOLD`].
+    pub fn published_in(&self, took: Duration) {
+        self.published_in_at(took, Instant::now());
+    }
+
+    /// [`Gate::published_in`] at `now` (tests).
+    pub fn published_in_at(&self, took: Duration, now: Instant) {
+        if took <= SLOW || self.when == SpoolWhen::Always {
+            return;
+        }
+        let mut s = self.state();
+        if s.pending == 0 {
+            return;
+        }
+        s.hold_until = Some(now + SLOW_HOLD);
+        if !s.down {
+            s.down = true;
+            tracing::info!(
+                queue = %self.queue,
+                took_ms = took.as_millis() as u64,
+                spooled = s.pending,
+                "spool: the broker is slow while the spool drains; spooling new messages for a while"
             );
         }
     }

@@ -327,3 +327,38 @@ async fn always_spools_every_message_and_forwards_it() {
     assert_eq!(s.switch.confirmed(), ["a1"]);
     spool.shutdown().await;
 }
+
+/// A broker that takes messages but slowly while the spool drains is
+/// treated as down for a while: new messages spooled, whatever the
+/// forwarder's confirms say, until the hold ends.
+#[tokio::test]
+async fn a_slow_broker_while_the_spool_drains_sends_new_messages_to_the_spool_for_a_while() {
+    let s = setup(1 << 20).await;
+    let spool = Spool::open(&s.cfg).await.expect("spool");
+    // The broker refuses key `a`, so the spool keeps something to drain.
+    *s.switch.refuse_key.lock().unwrap_or_else(PoisonError::into_inner) = Some("a".into());
+    let gate = spool.gate("q", s.switch.clone()).await.expect("gate");
+    gate.spool(keyed("a1", "a"), Some(&QueueError::unavailable_msg("down"))).await.expect("spooled");
+    gate.spool(OutgoingMessage::new("u1", "x"), None).await.expect("spooled");
+    s.switch.set_down(false);
+    until("the forwarder saw the broker confirm", || !gate.broker_down()).await;
+    let unkeyed = OutgoingMessage::new("u2", "x");
+    assert!(!gate.spools(&unkeyed), "the broker is back: straight in");
+    let t0 = std::time::Instant::now();
+    gate.published_in_at(super::gate::SLOW / 2, t0);
+    assert!(!gate.spools(&unkeyed), "a fast publish changes nothing");
+    gate.published_in_at(super::gate::SLOW * 4, t0);
+    assert!(gate.spools(&unkeyed), "a slow publish while the spool drains: spool again");
+    gate.broker_took_at(t0 + super::gate::SLOW_HOLD / 2);
+    assert!(gate.spools(&unkeyed), "a confirm within the hold does not end it");
+    gate.broker_took_at(t0 + super::gate::SLOW_HOLD + Duration::from_millis(1));
+    assert!(!gate.spools(&unkeyed), "after the hold, the next confirm sends messages straight in again");
+    *s.switch.refuse_key.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    until("the spool drained", || gate.fill().0 == 0).await;
+    gate.published_in_at(super::gate::SLOW * 4, t0 + super::gate::SLOW_HOLD * 2);
+    assert!(
+        !gate.spools(&unkeyed),
+        "slow with nothing spooled: the broker's own latency, not the spool's doing"
+    );
+    spool.shutdown().await;
+}
