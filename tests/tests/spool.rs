@@ -221,3 +221,30 @@ async fn a_full_spool_answers_503_with_retry_after_and_keeps_all_it_accepted() {
     let r = http.post(gw.url("/ingest")).body(body).send().await.expect("post");
     assert_eq!(r.status(), 202, "takes requests again once the spool drained");
 }
+
+/// With a spool, a gateway whose Kafka cluster is down starts within
+/// seconds and answers from the spool at once: no request, and not the
+/// start, waits out the admin client's timeout (about 20 s against a
+/// cluster that does not answer: the Kafka spool drill lost 20 s of
+/// requests after each gateway restart to it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_gateway_whose_kafka_cluster_is_down_starts_in_seconds_and_spools_at_once() {
+    let spool_dir = tempfile::tempdir().expect("spool dir");
+    // Nothing listens on port 1: every broker connection is refused.
+    let ws = Workspace::new(&format!(
+        "[queue]\nbackend = \"kafka\"\nbrokers = \"127.0.0.1:1\"\n[queue.spool]\npath = \"{}\"\n\
+         [[ingest.routes]]\npath = \"/ingest\"\nqueue = \"spillway-e2e-spool-kafka-down\"\n",
+        spool_dir.path().display()
+    ));
+    let started = std::time::Instant::now();
+    let gw = ws.serve();
+    assert!(started.elapsed() < Duration::from_secs(6), "started in {:?}", started.elapsed());
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("client");
+    for i in 0..3 {
+        let sent = std::time::Instant::now();
+        let r = http.post(gw.url("/ingest")).body(format!("{{\"n\":{i}}}")).send().await.expect("post");
+        assert_eq!(r.status(), 202);
+        assert_eq!(r.headers().get("x-spillway-spooled").map(|v| v.as_bytes()), Some(&b"true"[..]));
+        assert!(sent.elapsed() < Duration::from_secs(1), "answered in {:?}", sent.elapsed());
+    }
+}

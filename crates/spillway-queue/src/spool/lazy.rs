@@ -7,12 +7,15 @@
 //! the spool drill found: 135 restarts in a row, every request in between
 //! refused at the socket.
 //!
-//! Each call first gets the connected backend: connected already, or
-//! connected now (the backend opened and every configured queue ensured),
-//! at most one attempt per [`RETRY_EVERY`] and never two at once. Until it
-//! connects, every call fails at once with `Unavailable`, which the gateway
-//! answers from the spool. Producers made before the broker answered
-//! connect on their first send after it does.
+//! Each call first gets the connected backend. Until there is one, the
+//! call starts a connection attempt in the background (the backend opened
+//! and every configured queue ensured; at most one per [`RETRY_EVERY`],
+//! never two at once) and fails at once with `Unavailable`, which the
+//! gateway answers from the spool: no request waits for an attempt (a
+//! Kafka admin call to a cluster that is down takes its full timeout,
+//! about 20 s, which the Kafka spool drill found as 20 s of refused
+//! connections after each gateway restart). Producers made before the
+//! broker answered connect on their first send after it does.
 
 use std::{
     sync::{Arc, Mutex, PoisonError},
@@ -39,8 +42,10 @@ struct Shared {
     config: BackendConfig,
     specs: Vec<QueueSpec>,
     connected: OnceCell<Arc<dyn Backend>>,
-    /// Held while an attempt runs; when the last one started.
-    attempt: tokio::sync::Mutex<Option<tokio::time::Instant>>,
+    /// Whether an attempt runs, and when the last one started.
+    attempt: Mutex<(bool, Option<tokio::time::Instant>)>,
+    /// Told when an attempt ends.
+    ended: tokio::sync::Notify,
     /// Why the last attempt failed, for the errors meanwhile.
     last_error: Mutex<Option<String>>,
 }
@@ -53,48 +58,75 @@ impl LazyBackend {
                 config,
                 specs,
                 connected: OnceCell::new(),
-                attempt: tokio::sync::Mutex::new(None),
+                attempt: Mutex::new((false, None)),
+                ended: tokio::sync::Notify::new(),
                 last_error: Mutex::new(None),
             }),
         }
     }
 
-    /// Tries to connect now (within the pacing), so a broker that is up at
-    /// start is used from the first request.
-    pub async fn try_connect(&self) -> Result<(), QueueError> {
+    /// Starts connecting and waits for it, at most `within`, so a broker
+    /// that is up at start is used from the first request. The attempt
+    /// goes on in the background past `within`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Only waits: dropped, the attempt goes on.
+    pub async fn try_connect(&self, within: Duration) -> Result<(), QueueError> {
+        // Registered before the attempt starts, so its end is not missed.
+        let ended = self.shared.ended.notified();
+        tokio::pin!(ended);
+        ended.as_mut().enable();
+        if self.shared.get().await.is_ok() {
+            return Ok(());
+        }
+        let _ = tokio::time::timeout(within, ended).await;
         self.shared.get().await.map(|_| ())
     }
 }
 
 impl Shared {
-    async fn get(&self) -> Result<Arc<dyn Backend>, QueueError> {
+    /// The connected backend, or `Unavailable` at once (an attempt started
+    /// in the background when none runs and the last is old enough).
+    async fn get(self: &Arc<Self>) -> Result<Arc<dyn Backend>, QueueError> {
         if let Some(b) = self.connected.get() {
             return Ok(b.clone());
         }
-        // Another attempt in progress: fail now rather than queue behind it.
-        let Ok(mut last) = self.attempt.try_lock() else { return Err(self.not_yet()) };
-        if let Some(b) = self.connected.get() {
-            return Ok(b.clone());
-        }
-        if last.is_some_and(|at| at.elapsed() < RETRY_EVERY) {
-            return Err(self.not_yet());
-        }
-        *last = Some(tokio::time::Instant::now());
-        match self.open().await {
-            Ok(b) => {
-                let _ = self.connected.set(b.clone());
-                tracing::info!(backend = self.config.kind(), "connected to the queue backend");
-                Ok(b)
+        self.kick();
+        Err(self.not_yet())
+    }
+
+    fn kick(self: &Arc<Self>) {
+        {
+            let mut a = self.attempt.lock().unwrap_or_else(PoisonError::into_inner);
+            let (running, last) = &mut *a;
+            if *running || last.is_some_and(|at| at.elapsed() < RETRY_EVERY) {
+                return;
             }
-            Err(e) => {
-                let first =
-                    self.last_error.lock().unwrap_or_else(PoisonError::into_inner).replace(e.to_string());
-                if first.is_none() {
-                    tracing::warn!(error = %e, "the queue backend does not answer; trying again every second");
+            *running = true;
+            *last = Some(tokio::time::Instant::now());
+        }
+        let shared = self.clone();
+        tokio::spawn(async move {
+            match shared.open().await {
+                Ok(b) => {
+                    let _ = shared.connected.set(b);
+                    tracing::info!(backend = shared.config.kind(), "connected to the queue backend");
                 }
-                Err(e)
+                Err(e) => {
+                    let first = shared
+                        .last_error
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .replace(e.to_string());
+                    if first.is_none() {
+                        tracing::warn!(error = %e, "the queue backend does not answer; trying again every second");
+                    }
+                }
             }
-        }
+            shared.attempt.lock().unwrap_or_else(PoisonError::into_inner).0 = false;
+            shared.ended.notify_waiters();
+        });
     }
 
     async fn open(&self) -> Result<Arc<dyn Backend>, QueueError> {

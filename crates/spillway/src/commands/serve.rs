@@ -14,7 +14,7 @@ pub(crate) async fn serve(s: Settings, ingest: CompiledIngest) -> anyhow::Result
     // it connects when it can and spools meanwhile (spool::lazy).
     let backend: std::sync::Arc<dyn spillway_queue::Backend> = if s.queue.spool().is_some() {
         let lazy = spillway_queue::spool::lazy::LazyBackend::new(s.queue.clone(), s.queue_specs());
-        if let Err(e) = lazy.try_connect().await {
+        if let Err(e) = lazy.try_connect(std::time::Duration::from_secs(2)).await {
             tracing::warn!(error = %e, "starting with the queue backend down: requests go to the spool until it answers");
         }
         std::sync::Arc::new(lazy)
