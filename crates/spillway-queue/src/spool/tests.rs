@@ -125,6 +125,23 @@ async fn until(what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
+/// The route's logic (ingest's `Store`): the spool when the gate says so,
+/// else the broker, and the spool for what the broker does not take.
+/// Says where the message went.
+async fn store(
+    gate: Arc<super::Gate>,
+    switch: Arc<Switch>,
+    m: OutgoingMessage,
+) -> Result<&'static str, QueueError> {
+    if gate.spools(&m) {
+        return gate.spool(m, None).await.map(|()| "spool");
+    }
+    match switch.send(m.clone()).await {
+        Err(e) if e.is_retryable() => gate.spool(m, Some(&e)).await.map(|()| "spool"),
+        other => other.map(|()| "broker"),
+    }
+}
+
 /// A message leaves the spool only once the broker confirmed it: at every
 /// confirm the spool still held what was being forwarded.
 #[tokio::test]
@@ -161,20 +178,7 @@ async fn per_key_order_holds_across_a_spool_episode() {
     let s = setup(1 << 20).await;
     let spool = Spool::open(&s.cfg).await.expect("spool");
     let gate = spool.gate("q", s.switch.clone()).await.expect("gate");
-    // The route's logic (ingest's `Store`): spool while spooling, else the
-    // broker, and spool what it does not take.
-    let send = |m: OutgoingMessage| {
-        let (gate, switch) = (gate.clone(), s.switch.clone());
-        async move {
-            if gate.spools(&m) {
-                return gate.spool(m, None).await;
-            }
-            match switch.send(m.clone()).await {
-                Err(e) if e.is_retryable() => gate.spool(m, Some(&e)).await,
-                other => other,
-            }
-        }
-    };
+    let send = |m: OutgoingMessage| store(gate.clone(), s.switch.clone(), m);
     s.switch.set_down(false);
     send(keyed("k1", "a")).await.expect("direct");
     s.switch.set_down(true);
@@ -200,18 +204,7 @@ async fn after_the_broker_is_back_only_keys_with_spooled_messages_stay_behind_th
     let s = setup(1 << 20).await;
     let spool = Spool::open(&s.cfg).await.expect("spool");
     let gate = spool.gate("q", s.switch.clone()).await.expect("gate");
-    let send = |m: OutgoingMessage| {
-        let (gate, switch) = (gate.clone(), s.switch.clone());
-        async move {
-            if gate.spools(&m) {
-                return gate.spool(m, None).await.map(|()| "spool");
-            }
-            match switch.send(m.clone()).await {
-                Err(e) if e.is_retryable() => gate.spool(m, Some(&e)).await.map(|()| "spool"),
-                other => other.map(|()| "broker"),
-            }
-        }
-    };
+    let send = |m: OutgoingMessage| store(gate.clone(), s.switch.clone(), m);
     for m in [keyed("a1", "a"), OutgoingMessage::new("u1", "x"), keyed("a2", "a")] {
         assert_eq!(send(m).await.expect("stored"), "spool");
     }
