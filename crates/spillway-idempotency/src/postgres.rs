@@ -8,6 +8,14 @@
 //! key, so of concurrent claims from any number of replicas exactly one
 //! wins. Times are the gateway's (`now_ms` from the caller), not the
 //! server's, so one clock decides both the claim and its expiry.
+//!
+//! The store's sessions run with `synchronous_commit = off`: a key is
+//! visible to every replica at once, and written to disk within the
+//! server's `wal_writer_delay` (200 ms by default) rather than before each
+//! answer. A PostgreSQL crash can forget the keys of that last moment: a
+//! repeat of one of those requests is then stored again (a duplicate, never
+//! a loss). Waiting for the flush instead cost two disk flushes per request
+//! (docs/benchmarks.md).
 
 use std::time::Duration;
 
@@ -18,7 +26,7 @@ use spillway_pg::Tls;
 use crate::{ms, Claim, Remembered, Row, Store, StoreError};
 
 /// Connections per gateway.
-const POOL_SIZE: usize = 8;
+const POOL_SIZE: usize = 16;
 
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
@@ -42,7 +50,9 @@ impl PostgresStore {
             rest.parse().map_err(|e| StoreError::Config(format!("postgres_url: {e}")))?;
         pg.ssl_mode(tls.pg_mode());
         // Bounded statements: a locked table answers in bounded time.
-        pg.options("-c lock_timeout=2000 -c statement_timeout=5000 -c client_min_messages=warning");
+        pg.options(
+            "-c lock_timeout=2000 -c statement_timeout=5000 -c client_min_messages=warning -c synchronous_commit=off",
+        );
         let connector = tls.connector().map_err(StoreError::Config)?;
         let manager =
             Manager::from_config(pg, connector, ManagerConfig { recycling_method: RecyclingMethod::Fast });
@@ -127,12 +137,15 @@ impl Store for PostgresStore {
         let c = self.client().await?;
         let until = now_ms.saturating_add(ms(lease));
         let fp: &[u8] = fingerprint;
-        let took =
-            c.query_opt(&self.claim, &[&scope, &key, &fp, &until, &now_ms]).await.map_err(unavailable)?;
+        // Prepared once per pooled connection: a text query would be
+        // prepared again on every call, one more round trip each.
+        let claim = c.prepare_cached(&self.claim).await.map_err(unavailable)?;
+        let took = c.query_opt(&claim, &[&scope, &key, &fp, &until, &now_ms]).await.map_err(unavailable)?;
         if took.is_some() {
             return Ok(Claim::New);
         }
-        let Some(r) = c.query_opt(&self.read, &[&scope, &key]).await.map_err(unavailable)? else {
+        let read = c.prepare_cached(&self.read).await.map_err(unavailable)?;
+        let Some(r) = c.query_opt(&read, &[&scope, &key]).await.map_err(unavailable)? else {
             // Released or swept between the two statements: ask again.
             return Ok(Claim::InFlight { retry_after: Duration::from_secs(1) });
         };
@@ -155,22 +168,22 @@ impl Store for PostgresStore {
     ) -> Result<(), StoreError> {
         let c = self.client().await?;
         let status = i32::from(answer.status);
-        c.execute(
-            &self.complete,
-            &[&scope, &key, &status, &answer.message_id, &answer.spooled, &expires_at_ms],
-        )
-        .await
-        .map(|_| ())
-        .map_err(unavailable)
+        let complete = c.prepare_cached(&self.complete).await.map_err(unavailable)?;
+        c.execute(&complete, &[&scope, &key, &status, &answer.message_id, &answer.spooled, &expires_at_ms])
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
     }
 
     async fn release(&self, scope: &str, key: &str) -> Result<(), StoreError> {
         let c = self.client().await?;
-        c.execute(&self.release, &[&scope, &key]).await.map(|_| ()).map_err(unavailable)
+        let release = c.prepare_cached(&self.release).await.map_err(unavailable)?;
+        c.execute(&release, &[&scope, &key]).await.map(|_| ()).map_err(unavailable)
     }
 
     async fn sweep(&self, now_ms: i64) -> Result<u64, StoreError> {
         let c = self.client().await?;
-        c.execute(&self.sweep, &[&now_ms]).await.map_err(unavailable)
+        let sweep = c.prepare_cached(&self.sweep).await.map_err(unavailable)?;
+        c.execute(&sweep, &[&now_ms]).await.map_err(unavailable)
     }
 }
