@@ -5,7 +5,7 @@
 # faults, restarts what it killed, and verifies every accepted request in
 # PostgreSQL. Exits non-zero if anything accepted was lost.
 #
-#   benches/drill.sh embedded|rabbitmq|rabbitmq-spool|rabbitmq-cluster|kafka|kafka-spool|sqs|sqs-spool [out-dir]
+#   benches/drill.sh embedded|rabbitmq|rabbitmq-spool|rabbitmq-spool-full|rabbitmq-cluster|kafka|kafka-spool|sqs|sqs-spool [out-dir]
 #
 # kafka, kafka-spool and rabbitmq-cluster run on the three-node clusters of
 # deploy/local/services.sh, which this brings up first.
