@@ -7,6 +7,8 @@
 //! binary or service is a loud failure that says how to fix it, never a skip.
 #![forbid(unsafe_code)]
 
+pub mod seed;
+
 use std::{
     io::{BufRead, BufReader},
     net::SocketAddr,
@@ -23,8 +25,45 @@ use tokio::{
     net::TcpStream,
 };
 
+/// How long one test binary may run, in seconds, before it counts as hung
+/// (`SPILLWAY_TEST_BINARY_TIMEOUT` changes it). The longest binary takes
+/// about 4 minutes on 2 cores; a hang used to take the whole CI budget (90
+/// minutes) with it and print nothing.
+const BINARY_TIMEOUT_SECS: u64 = 15 * 60;
+
+/// Starts, once per test binary, a thread that ends the process when it
+/// runs past [`BINARY_TIMEOUT_SECS`]: it names the hang, prints every
+/// thread's stack (gdb, when the machine has it), and exits 124. A hang
+/// anywhere (a call without a deadline, a `Drop` that blocks, the runtime's
+/// shutdown waiting on a blocking task) then fails loudly. Every helper
+/// that a test starts with calls it.
+pub fn watchdog() {
+    static STARTED: std::sync::Once = std::sync::Once::new();
+    STARTED.call_once(|| {
+        let limit = std::env::var("SPILLWAY_TEST_BINARY_TIMEOUT")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(BINARY_TIMEOUT_SECS);
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(limit));
+            let exe = std::env::current_exe().unwrap_or_default();
+            eprintln!(
+                "\nHUNG: {} ran for {limit} s (SPILLWAY_TEST_BINARY_TIMEOUT); the tests above without a result are the hung ones. Every thread's stack:",
+                exe.display()
+            );
+            let pid = std::process::id().to_string();
+            let _ = Command::new("gdb")
+                .args(["-p", &pid, "-batch", "-ex", "thread apply all bt 30"])
+                .stdin(Stdio::null())
+                .status();
+            std::process::exit(124);
+        });
+    });
+}
+
 /// The `spillway` binary built beside this test executable.
 pub fn binary() -> PathBuf {
+    watchdog();
     built("spillway")
 }
 
@@ -362,6 +401,7 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
+    watchdog();
     let deadline = tokio::time::Instant::now() + timeout;
     while tokio::time::Instant::now() < deadline {
         if check().await {
@@ -854,6 +894,7 @@ pub fn kafka_node_pid(id: i32) -> u32 {
 
 /// A port nothing listens on right now.
 pub fn free_port() -> u16 {
+    watchdog();
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
 }
 

@@ -1,9 +1,10 @@
 //! The `sqs` backend end to end, each test on a moto server of its own
 //! (from the venv `deploy/local/services.sh up` makes):
 //!
-//! - the original setup, from `docs/examples/seed.toml` as shipped: CORS on
-//!   the PUT answer, the message in `my-queue`, and a message the database
-//!   refuses in `my-queue-dlq` after exactly 5 receives;
+//! - the original setup, from `docs/examples/seed.toml` as shipped
+//!   (`spillway_e2e::seed`): CORS on the preflight, the PUT and an error
+//!   answer, the message in `my-queue`, and a message the database refuses
+//!   in `my-queue-dlq` after exactly 5 receives;
 //! - interop with boto3: it reads what Spillway sent, with the body and
 //!   attributes `docs/backends.md` documents, and Spillway reads what it sent;
 //! - an outage under steady load into PostgreSQL: fast 503s with
@@ -19,8 +20,8 @@
 use std::time::Duration;
 
 use spillway_e2e::{
-    assert_every_accepted_delivered, assert_every_accepted_delivered_within, count, eventually, interop,
-    outage_config, pg, pg_url, ElasticMqNode, Moto, Proxy, SteadyLoad, Workspace,
+    assert_every_accepted_delivered, assert_every_accepted_delivered_within, eventually, interop,
+    outage_config, pg, ElasticMqNode, Moto, Proxy, SteadyLoad, Workspace,
 };
 use spillway_queue::{Admin, Backend};
 
@@ -44,83 +45,9 @@ fn header<'a>(res: &'a reqwest::Response, name: &str) -> Option<&'a str> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_original_setup_runs_from_the_seed_config() {
-    let moto = Moto::start().await;
-    let db = pg().await;
-    let table = format!("seed_{}", std::process::id());
-    db.batch_execute(&format!(
-        "DROP TABLE IF EXISTS {table};
-         CREATE TABLE {table} (
-             id text PRIMARY KEY, queue text NOT NULL, payload jsonb NOT NULL,
-             enqueued_at timestamptz NOT NULL, inserted_at timestamptz NOT NULL DEFAULT now(),
-             CONSTRAINT no_poison CHECK (NOT (payload->'body' ? 'poison')))"
-    ))
-    .await
-    .expect("create table");
     let seed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/examples/seed.toml"))
         .expect("docs/examples/seed.toml");
-    let ws = workspace(&seed, &moto.url())
-        .with_env("SPILLWAY_CONSUMER__SINK__URL", &pg_url())
-        .with_env("SPILLWAY_CONSUMER__SINK__TABLE", &table)
-        .with_env("SPILLWAY_CONSUMER__SINK__CREATE_TABLE", "false")
-        .with_env("SPILLWAY_CONSUMER__WAIT", "1s")
-        .with_env("SPILLWAY_CONSUMER__RETRY", "{ base = \"100ms\", max = \"300ms\", jitter = 0.1 }");
-    let ensured = ws.cli(&["queue", "ensure"]);
-    assert!(ensured.status.success(), "{}", String::from_utf8_lossy(&ensured.stderr));
-    let gw = ws.serve();
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("client");
-    let origin = "https://app.test.com";
-
-    // The preflight, the PUT and an error answer all reflect the origin.
-    let pre = http
-        .request(reqwest::Method::OPTIONS, gw.url("/my/path"))
-        .header("origin", origin)
-        .header("access-control-request-method", "PUT")
-        .send()
-        .await
-        .expect("preflight");
-    assert!(pre.status().is_success(), "{}", pre.status());
-    assert_eq!(header(&pre, "access-control-allow-origin"), Some(origin));
-    let put = |body: &'static str| {
-        http.put(gw.url("/my/path"))
-            .header("origin", origin)
-            .header("content-type", "application/json")
-            .body(body)
-    };
-    let res = put(r#"{"poison":true}"#).send().await.expect("put");
-    assert_eq!(res.status(), 202);
-    assert_eq!(header(&res, "access-control-allow-origin"), Some(origin));
-    assert_eq!(header(&res, "access-control-allow-credentials"), Some("true"));
-    let poison = res.json::<serde_json::Value>().await.expect("json")["id"].as_str().expect("id").to_owned();
-    let bad = put("{not json").send().await.expect("put");
-    assert_eq!(bad.status(), 400);
-    assert_eq!(header(&bad, "access-control-allow-origin"), Some(origin), "an error answer without CORS");
-
-    // The message is in `my-queue`, and nothing else is.
-    let sqs = moto.backend().await;
-    assert_eq!(sqs.stats("my-queue").await.expect("stats").visible, 1);
-
-    // The database refuses it: 5 receives, then `my-queue-dlq`.
-    let good = put(r#"{"fine":true}"#).send().await.expect("put");
-    assert_eq!(good.status(), 202);
-    let _consumer = ws.consume();
-    eventually(Duration::from_secs(60), "the refused message in the DLQ", || async {
-        sqs.stats("my-queue").await.is_ok_and(|s| s.dead == 1 && s.pending() == 0)
-    })
-    .await;
-    assert_eq!(count(&db, &table).await, 1, "the good message is in the table");
-    let peek = ws.cli(&["dlq", "peek"]);
-    let peeked = String::from_utf8_lossy(&peek.stdout);
-    assert!(peek.status.success() && peeked.contains(&poison), "dlq peek: {peeked}");
-    let dead: serde_json::Value =
-        serde_json::from_str(&boto3(&moto.url(), &["read", "my-queue-dlq"])).expect("json");
-    let meta: serde_json::Value =
-        serde_json::from_str(dead["attributes"]["spillway"].as_str().expect("spillway attribute"))
-            .expect("meta");
-    assert_eq!(meta["id"], poison.as_str());
-    assert_eq!(meta["rc"], 5, "dead-lettered after exactly 5 receives: {meta}");
-    assert_eq!(meta["src"], "my-queue");
-    assert!(meta["err"].as_str().is_some_and(|e| e.contains("no_poison")), "{meta}");
-    let _ = db.batch_execute(&format!("DROP TABLE IF EXISTS {table}")).await;
+    spillway_e2e::seed::the_seed_checks(&seed, 202).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -80,6 +80,7 @@ impl Specs {
     }
 
     /// The names of every queue ensured.
+    #[cfg(feature = "rabbitmq")]
     pub(crate) fn names(&self) -> Vec<String> {
         self.map().keys().cloned().collect()
     }

@@ -36,6 +36,25 @@ pub(crate) enum Command {
     /// The local spool in front of the broker (`queue.spool`).
     #[command(subcommand)]
     Spool(SpoolCommand),
+    /// Turn an API Gateway setup into a spillway.toml (printed): a
+    /// serverless.yml with the serverless-apigateway-service-proxy plugin,
+    /// or an API Gateway OpenAPI/Swagger export with its extensions. What
+    /// could not be carried over, and what will behave differently, goes
+    /// to standard error.
+    Import(ImportArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ImportArgs {
+    /// serverless.yml, or the export (JSON or YAML).
+    pub(crate) file: PathBuf,
+    /// The output of `aws apigateway get-usage-plans` (an export carries no
+    /// usage plans): their throttles become per-API-key rate limits.
+    #[arg(long)]
+    pub(crate) usage_plans: Option<PathBuf>,
+    /// Exit with status 3 when anything could not be carried over.
+    #[arg(long)]
+    pub(crate) strict: bool,
 }
 
 #[derive(Debug, Subcommand)]

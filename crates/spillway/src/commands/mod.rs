@@ -3,6 +3,7 @@
 mod config;
 mod consume;
 mod dlq;
+mod import;
 mod queue;
 mod serve;
 mod spool;
@@ -19,6 +20,10 @@ use crate::{
 };
 
 pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
+    // Reads another product's files: no settings of its own to load.
+    if let Command::Import(args) = &cli.command {
+        return import::import(args);
+    }
     let (settings, ingest) = Settings::load(cli.config.as_deref())?;
     init_logging(&settings);
     match cli.command {
@@ -28,6 +33,7 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Queue(cmd) => queue::queue(settings, cmd).await,
         Command::Config(cmd) => config::config(&settings, cmd),
         Command::Spool(cmd) => spool::spool(settings, cmd).await,
+        Command::Import(_) => Ok(()),
     }
 }
 
