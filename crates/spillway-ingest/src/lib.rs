@@ -42,6 +42,7 @@ pub mod framing;
 pub mod handler;
 pub mod idempotency;
 pub mod metrics;
+pub mod openapi;
 pub mod publisher;
 pub mod readiness;
 pub mod routes;

@@ -38,6 +38,8 @@ pub struct Violation {
 /// A compiled schema.
 pub struct BodySchema {
     validator: jsonschema::Validator,
+    /// The schema as written: `spillway openapi` documents the route with it.
+    source: serde_json::Value,
 }
 
 impl fmt::Debug for BodySchema {
@@ -52,7 +54,12 @@ impl BodySchema {
         let validator = jsonschema::options().should_validate_formats(true).build(schema).map_err(|e| {
             ConfigError { key: key.to_owned(), message: format!("is not a usable JSON Schema: {e}") }
         })?;
-        Ok(Self { validator })
+        Ok(Self { validator, source: schema.clone() })
+    }
+
+    /// The schema as configured.
+    pub fn source(&self) -> &serde_json::Value {
+        &self.source
     }
 
     /// Reads and compiles the JSON file at `path`; errors name `key`.

@@ -42,6 +42,9 @@ pub(crate) enum Command {
     /// could not be carried over, and what will behave differently, goes
     /// to standard error.
     Import(ImportArgs),
+    /// Print the OpenAPI 3.1 document of the configured routes (the admin
+    /// listener serves it at `/openapi.json` too).
+    Openapi,
 }
 
 #[derive(Debug, Args)]

@@ -179,6 +179,12 @@ impl Verifier {
     pub fn scheme_name(&self) -> &'static str {
         self.scheme.name()
     }
+
+    /// The headers every request must carry (the signature, and what else
+    /// the scheme signs).
+    pub fn headers(&self) -> Vec<axum::http::HeaderName> {
+        self.scheme.headers()
+    }
 }
 
 #[cfg(test)]

@@ -106,6 +106,18 @@ impl Compiled {
         }
     }
 
+    /// The headers a request must carry for this scheme.
+    pub fn headers(&self) -> Vec<HeaderName> {
+        match self.scheme {
+            Scheme::Github => vec![GITHUB],
+            Scheme::Stripe => vec![STRIPE],
+            Scheme::Slack => vec![SLACK_SIGNATURE, SLACK_TIMESTAMP],
+            Scheme::Shopify => vec![SHOPIFY],
+            Scheme::StandardWebhooks => vec![SW_ID, SW_TIMESTAMP, SW_SIGNATURE],
+            Scheme::Hmac => self.header.iter().cloned().collect(),
+        }
+    }
+
     pub fn secret_format(&self) -> SecretFormat {
         match self.scheme {
             Scheme::StandardWebhooks => SecretFormat::WhsecBase64,

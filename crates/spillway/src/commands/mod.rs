@@ -34,6 +34,11 @@ pub(crate) async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Config(cmd) => config::config(&settings, cmd),
         Command::Spool(cmd) => spool::spool(settings, cmd).await,
         Command::Import(_) => Ok(()),
+        Command::Openapi => {
+            let doc = spillway_ingest::openapi::document(&ingest, env!("CARGO_PKG_VERSION"));
+            println!("{}", serde_json::to_string_pretty(&doc)?);
+            Ok(())
+        }
     }
 }
 

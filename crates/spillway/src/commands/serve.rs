@@ -97,7 +97,11 @@ pub(crate) async fn serve(s: Settings, ingest: CompiledIngest) -> anyhow::Result
     // what load balancers must see) and stops with it.
     let admin = tokio::spawn(spillway_ingest::serve(
         admin_listener,
-        admin_router(readiness.clone(), metrics),
+        admin_router(
+            readiness.clone(),
+            metrics,
+            spillway_ingest::openapi::document(&ingest, env!("CARGO_PKG_VERSION")),
+        ),
         admin_limits(&s.server.limits),
         shutdown.clone(),
     ));
@@ -132,11 +136,18 @@ pub(crate) async fn serve(s: Settings, ingest: CompiledIngest) -> anyhow::Result
 }
 
 /// `/metrics`, `/livez` (the process answers), `/readyz` (the kept
-/// readiness) and `/healthz` (as `/livez`, for older probes).
-fn admin_router(readiness: Readiness, metrics: telemetry::Metrics) -> axum::Router {
+/// readiness), `/healthz` (as `/livez`, for older probes) and
+/// `/openapi.json` (the routes, as `spillway openapi` prints them).
+fn admin_router(
+    readiness: Readiness,
+    metrics: telemetry::Metrics,
+    openapi: serde_json::Value,
+) -> axum::Router {
     use axum::routing::get;
     let alive = || async { axum::Json(serde_json::json!({ "status": "ok" })) };
+    let openapi = std::sync::Arc::new(openapi);
     axum::Router::new()
+        .route("/openapi.json", get(move || async move { axum::Json(openapi.as_ref().clone()) }))
         .route("/metrics", get(move || async move { metrics.render().await }))
         .route("/livez", get(alive))
         .route("/healthz", get(alive))
