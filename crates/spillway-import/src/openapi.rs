@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use crate::{
     cfn,
-    plan::{self, ApiKeysPlan, Backend, CorsPlan, Plan, QueuePlan, RoutePlan, SuccessPlan},
+    plan::{self, ApiKeysPlan, Backend, CorsPlan, KeyPlan, Plan, QueuePlan, RoutePlan, SuccessPlan},
     report::Report,
     serverless::{self, apply_request, apply_response, response_parameters},
     vtl,
@@ -212,6 +212,19 @@ fn integration_request(i: &Value, at: &str, route: &mut RoutePlan, report: &mut 
             "integration.request.querystring.Action" if value == "'SendMessage'" => {}
             "integration.request.querystring.MessageBody" if value == "method.request.body" => {
                 route.body_alone = true
+            }
+            "integration.request.querystring.MessageGroupId"
+            | "integration.request.querystring.MessageDeduplicationId"
+                if value.starts_with("method.request.header.") =>
+            {
+                let header = KeyPlan::Header(value.trim_start_matches("method.request.header.").to_owned());
+                if k.ends_with("MessageGroupId") {
+                    route.ordering_key = Some(header);
+                    report.note(&place, "MessageGroupId → `ordering_key` (on a FIFO queue, the group id)");
+                } else {
+                    route.dedup_key = Some(header);
+                    report.note(&place, "MessageDeduplicationId → `dedup_key`");
+                }
             }
             k if k.starts_with("integration.request.querystring.MessageAttribute.") => {
                 let mut one = serde_json::Map::new();

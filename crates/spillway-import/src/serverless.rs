@@ -423,7 +423,7 @@ pub fn apply_response(
             cors.origins.retain(|o| o != "*");
         }
     }
-    report.note(place, "the Origin-reflecting template → `allowed_origins` (+ `allow_credentials`): Spillway reflects an allowed origin on the preflight and on every answer, errors included");
+    report.note(place, "its Access-Control-Allow-Origin (a fixed value, or a template reflecting the Origin) → `allowed_origins` (+ `allow_credentials`): Spillway reflects an allowed origin on the preflight and on every answer, errors included");
 }
 
 fn kinesis(doc: &Value, entry: &Value, place: &str, plan: &mut Plan, report: &mut Report) {

@@ -119,6 +119,28 @@ fn the_seed_export_becomes_the_seed_configuration_with_a_key_and_a_usage_plan() 
 }
 
 #[test]
+fn a_swagger_2_yaml_export_with_the_action_uri_is_read() {
+    let out =
+        import("export.yaml", &fixture("orders-export-swagger2.yaml"), &Options::default()).expect("import");
+    let doc = compiles(&out);
+    assert_eq!(doc["queue"]["region"].as_str(), Some("eu-central-1"));
+    let route = &doc["ingest"]["routes"][0];
+    assert_eq!(route["path"].as_str(), Some("/orders/{tenant}"));
+    assert_eq!(route["queue"].as_str(), Some("orders.fifo"));
+    assert_eq!(route["ordering_key"]["header"].as_str(), Some("x-customer"));
+    assert_eq!(route["success"]["status"].as_integer(), Some(202));
+    let cors = &doc["ingest"]["cors"];
+    assert_eq!(cors["allowed_origins"][0].as_str(), Some("*"));
+    assert_eq!(cors["max_age"].as_str(), Some("600s"));
+    assert_eq!(cors["allowed_headers"][1].as_str(), Some("x-customer"));
+    assert_eq!(out.plan.routes.len(), 1);
+    let not = findings(&out, Kind::NotCarried);
+    assert!(has(&not, "/orders/{tenant}/cancel.post") && has(&not, "aws_proxy"), "{not:#?}");
+    assert!(has(&not, "securitySchemes.orders-authorizer") && has(&not, "OPEN"), "{not:#?}");
+    assert!(has(&findings(&out, Kind::Differs), "`/prod`"), "the stage");
+}
+
+#[test]
 fn the_plugin_readme_examples_are_each_carried_or_reported() {
     let out = import("serverless.yml", &fixture("plugin-readme.yml"), &Options::default()).expect("import");
     let doc = compiles(&out);
