@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use crate::{
     cfn,
-    plan::{self, ApiKeysPlan, Backend, CorsPlan, KeyPlan, Plan, QueuePlan, RoutePlan, SuccessPlan},
+    plan::{self, ApiKeysPlan, Backend, CorsPlan, KeyPlan, Plan, QueuePlan, RoutePlan},
     report::Report,
     serverless::{self, apply_request, apply_response, response_parameters},
     vtl,
@@ -64,23 +64,14 @@ pub fn read(doc: &Value, report: &mut Report) -> Result<Plan, String> {
                 }
             };
             let mut route = RoutePlan {
-                source: place.clone(),
-                path: plan::path(p),
-                methods,
-                queue: queue.clone(),
                 cors: preflight.clone().flatten(),
-                forward_headers: Vec::new(),
-                content_types: Vec::new(),
                 require_api_key: requires_key(
                     op.get("security").or(global_security),
                     &key_schemes,
                     &place,
                     report,
                 ),
-                success: Some(SuccessPlan { status: 200, body: None }),
-                ordering_key: None,
-                dedup_key: None,
-                body_alone: false,
+                ..RoutePlan::new(&place, plan::path(p), methods, queue.clone())
             };
             integration_request(integration, &format!("{place}.{EXT}"), &mut route, report);
             integration_responses(integration, &format!("{place}.{EXT}.responses"), &mut route, report);
@@ -271,20 +262,8 @@ fn preflight_cors(op: &Value, at: &str, report: &mut Report) -> Option<CorsPlan>
     let default = op
         .pointer(&format!("/{EXT}/responses/default"))
         .or_else(|| op.get(EXT)?.get("responses")?.as_object()?.values().next())?;
-    let mut scratch = RoutePlan {
-        source: at.to_owned(),
-        path: String::new(),
-        methods: Vec::new(),
-        queue: String::new(),
-        cors: None,
-        forward_headers: Vec::new(),
-        content_types: Vec::new(),
-        require_api_key: false,
-        success: None,
-        ordering_key: None,
-        dedup_key: None,
-        body_alone: false,
-    };
+    let mut scratch =
+        RoutePlan { success: None, ..RoutePlan::new(at, String::new(), Vec::new(), String::new()) };
     let template =
         default.pointer("/responseTemplates/application~1json").and_then(Value::as_str).unwrap_or("");
     let mut read = vtl::response(template);

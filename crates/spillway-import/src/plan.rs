@@ -74,6 +74,28 @@ pub struct RoutePlan {
     pub body_alone: bool,
 }
 
+impl RoutePlan {
+    /// A route with nothing but where it comes from, its path, methods and
+    /// queue; API Gateway's 200 as its success status, as the proxy
+    /// integrations answered.
+    pub fn new(source: &str, path: String, methods: Vec<String>, queue: String) -> Self {
+        Self {
+            source: source.to_owned(),
+            path,
+            methods,
+            queue,
+            cors: None,
+            forward_headers: Vec::new(),
+            content_types: Vec::new(),
+            require_api_key: false,
+            success: Some(SuccessPlan { status: 200, body: None }),
+            ordering_key: None,
+            dedup_key: None,
+            body_alone: false,
+        }
+    }
+}
+
 /// API keys: the header and the names of the keys (never their values).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ApiKeysPlan {

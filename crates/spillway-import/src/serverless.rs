@@ -104,21 +104,9 @@ fn sqs(doc: &Value, entry: &Value, place: &str, plan: &mut Plan, report: &mut Re
     else {
         return;
     };
-    let mut route = RoutePlan {
-        source: place.to_owned(),
-        path: plan::path(path),
-        methods,
-        queue: queue.clone(),
-        cors: None,
-        forward_headers: Vec::new(),
-        content_types: Vec::new(),
-        require_api_key: false,
-        // API Gateway answers the plugin's SQS integration with a 200.
-        success: Some(SuccessPlan { status: 200, body: None }),
-        ordering_key: None,
-        dedup_key: None,
-        body_alone: true,
-    };
+    // The plugin's SQS integration sends the body alone unless a template says otherwise.
+    let mut route =
+        RoutePlan { body_alone: true, ..RoutePlan::new(place, plan::path(path), methods, queue.clone()) };
     let obj = entry.as_object().cloned().unwrap_or_default();
     for (k, v) in &obj {
         let at = format!("{place}.{k}");
@@ -449,20 +437,8 @@ fn kinesis(doc: &Value, entry: &Value, place: &str, plan: &mut Plan, report: &mu
         report.not_carried(format!("{place}.streamName"), "no stream name that the file can say");
         return;
     };
-    let mut route = RoutePlan {
-        source: place.to_owned(),
-        path: plan::path(path),
-        methods,
-        queue: topic.clone(),
-        cors: None,
-        forward_headers: Vec::new(),
-        content_types: Vec::new(),
-        require_api_key: false,
-        success: Some(SuccessPlan { status: 200, body: None }),
-        ordering_key: None,
-        dedup_key: None,
-        body_alone: true,
-    };
+    let mut route =
+        RoutePlan { body_alone: true, ..RoutePlan::new(place, plan::path(path), methods, topic.clone()) };
     for (k, v) in entry.as_object().cloned().unwrap_or_default() {
         let at = format!("{place}.{k}");
         match k.as_str() {

@@ -80,9 +80,14 @@ fn parse_origin(s: &str, allow_wildcard: bool) -> Result<Origin<'_>, OriginSynta
             None => (rest, None),
         }
     };
+    // Digits only: `u16::from_str` also takes a sign, and `:+443` is not
+    // an origin's port (found by the origins fuzz target).
     let port = match port {
         None => None,
-        Some(p) => Some(p.parse::<u16>().map_err(|_| err("bad port"))?),
+        Some(p) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => {
+            Some(p.parse::<u16>().map_err(|_| err("bad port"))?)
+        }
+        Some(_) => return Err(err("bad port")),
     };
     if host.is_empty() {
         return Err(err("empty host"));
@@ -430,6 +435,9 @@ mod tests {
         assert!(m.matches(b"http://localhost:3000"));
         assert!(!m.matches(b"http://app.localhost"));
         assert!(!m.matches(b"http://localhost:3001"));
+        // A port is digits: no sign, not empty (the origins fuzz target).
+        assert!(!m.matches(b"http://localhost:+3000"));
+        assert!(!m.matches(b"http://localhost:"));
     }
 
     #[test]
@@ -441,6 +449,7 @@ mod tests {
             "https://*",
             "https://x.com/path",
             "https://x.com:99999",
+            "https://x.com:+443",
         ] {
             let err = OriginMatcher::compile(&["https://ok.com", bad]).expect_err(bad);
             assert_eq!(err.0, 1, "{bad}");

@@ -31,6 +31,7 @@ pub const ANSWERS: &[(u16, &[&str])] = &[
             "ambiguous_framing",
             "incomplete_body",
             "invalid_header",
+            "invalid_host",
             "invalid_idempotency_key",
             "invalid_json",
             "invalid_message",

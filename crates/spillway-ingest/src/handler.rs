@@ -127,8 +127,8 @@ async fn accept(state: &RouteState, req: Request, client: Option<IpAddr>) -> Res
     Ok(Accepted::Now(id, stored?))
 }
 
-/// Step 0: a head whose body proxies could frame two ways, or that asks
-/// to switch protocols.
+/// Step 0: a head whose body proxies could frame two ways, that asks to
+/// switch protocols, or whose `Host` is missing, repeated or invalid.
 fn check_framing(parts: &Parts) -> Result<(), ApiError> {
     if parts.extensions.get::<AmbiguousFraming>().is_some_and(AmbiguousFraming::is_set) {
         return Err(ApiError::AmbiguousFraming);
@@ -136,7 +136,55 @@ fn check_framing(parts: &Parts) -> Result<(), ApiError> {
     if parts.headers.contains_key(axum::http::header::UPGRADE) {
         return Err(ApiError::UpgradeRefused);
     }
-    Ok(())
+    check_host(parts)
+}
+
+/// RFC 9112 §3.2: a server MUST answer 400 to an HTTP/1.1 request without
+/// a `Host`, and to any request with more than one `Host` line or an
+/// invalid one. A proxy in front may route on one `Host` while something
+/// behind reads another; a gateway that stores such a request has taken
+/// what the sender never addressed to it.
+fn check_host(parts: &Parts) -> Result<(), ApiError> {
+    let mut hosts = parts.headers.get_all(axum::http::header::HOST).iter();
+    let refuse = |why: &str| Err(ApiError::bad_request("invalid_host", format!("{why} (RFC 9112 §3.2)")));
+    match (hosts.next(), hosts.next()) {
+        (None, _) if parts.version >= axum::http::Version::HTTP_11 => {
+            refuse("an HTTP/1.1 request needs a Host header")
+        }
+        (None, _) => Ok(()),
+        (Some(_), Some(_)) => refuse("more than one Host header"),
+        (Some(h), None) if !valid_host(h.as_bytes()) => refuse("the Host header is not a host and port"),
+        (Some(_), None) => Ok(()),
+    }
+}
+
+/// `uri-host [ ":" port ]` (RFC 3986): an IP literal in brackets, or a
+/// reg-name (unreserved, percent-encoded and sub-delims characters; an
+/// IPv4 address is one), then an optional port of digits. Empty is valid:
+/// a target without an authority sends an empty `Host`.
+fn valid_host(h: &[u8]) -> bool {
+    let (host, port) = if h.first() == Some(&b'[') {
+        let Some(end) = h.iter().position(|&c| c == b']') else { return false };
+        let literal = &h[1..end];
+        if literal.is_empty() || !literal.iter().all(|c| c.is_ascii_hexdigit() || b":.vV".contains(c)) {
+            return false;
+        }
+        match &h[end + 1..] {
+            [] => (&h[..0], None),
+            [b':', port @ ..] => (&h[..0], Some(port)),
+            _ => return false,
+        }
+    } else {
+        match h.iter().rposition(|&c| c == b':') {
+            Some(i) => (&h[..i], Some(&h[i + 1..])),
+            None => (h, None),
+        }
+    };
+    let reg_name = host.iter().enumerate().all(|(i, &c)| match c {
+        b'%' => host.get(i + 1..i + 3).is_some_and(|x| x.iter().all(u8::is_ascii_hexdigit)),
+        c => c.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(&c),
+    });
+    reg_name && port.is_none_or(|p| p.iter().all(u8::is_ascii_digit))
 }
 
 /// Step 1: who may send, how often.
@@ -502,6 +550,35 @@ mod tests {
             .await
             .expect("body");
         assert_eq!(&body[..], br#"{"id":"X","status":"accepted"}"#);
+    }
+
+    #[test]
+    fn hosts_are_a_host_and_an_optional_port() {
+        for ok in [
+            "example.com",
+            "example.com:8080",
+            "127.0.0.1:80",
+            "[::1]:8443",
+            "[2001:db8::1]",
+            "",
+            "a_b.%41",
+            "x:",
+        ] {
+            assert!(super::valid_host(ok.as_bytes()), "{ok:?} refused");
+        }
+        for bad in [
+            "exa mple.com",
+            "user@example.com",
+            "example.com:80a",
+            "[::1",
+            "[zz]",
+            "a/b",
+            "%4",
+            "a\"b",
+            "[::1]x",
+        ] {
+            assert!(!super::valid_host(bad.as_bytes()), "{bad:?} accepted");
+        }
     }
 
     #[test]

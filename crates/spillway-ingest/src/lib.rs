@@ -39,6 +39,9 @@ pub mod config;
 pub mod cors;
 pub mod error;
 pub mod framing;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod handler;
 pub mod idempotency;
 pub mod metrics;

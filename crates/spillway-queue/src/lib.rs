@@ -41,6 +41,9 @@ pub mod config;
 pub mod error;
 #[cfg(any(feature = "rabbitmq", feature = "sqs", feature = "kafka"))]
 mod fault;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod message;
 pub mod spec;
 #[cfg(any(feature = "rabbitmq", feature = "sqs", feature = "kafka"))]

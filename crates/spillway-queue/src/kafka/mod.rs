@@ -36,7 +36,7 @@ mod member;
 pub mod oauth;
 mod producer;
 pub mod topics;
-mod wire;
+pub(crate) mod wire;
 
 #[cfg(test)]
 mod tests;

@@ -199,6 +199,14 @@ pub(crate) fn headers_for(m: &OutgoingMessage, now_ms: i64) -> Result<OwnedHeade
                 "attribute {k:?}: the Kafka backend writes that header itself"
             )));
         }
+        // librdkafka keeps a header name as a C string: a NUL would cut it
+        // short, and `a\0b` would arrive as `a` (found by the kafka_wire
+        // fuzz target).
+        if k.contains('\0') {
+            return Err(QueueError::Invalid(format!(
+                "attribute {k:?}: a Kafka header name cannot hold a NUL"
+            )));
+        }
         h = h.insert(Header { key: k, value: Some(v.as_bytes()) });
     }
     h = h.insert(Header { key: ID, value: Some(m.id.as_bytes()) });
@@ -216,6 +224,13 @@ pub(crate) fn headers_for(m: &OutgoingMessage, now_ms: i64) -> Result<OwnedHeade
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_nul_in_an_attribute_name_is_refused_not_cut_short() {
+        let mut m = OutgoingMessage::new("a", "b");
+        m.attributes.insert("d\0x".into(), "v".into());
+        assert!(matches!(headers_for(&m, 0), Err(QueueError::Invalid(_))));
+    }
 
     #[test]
     fn reserved_attribute_names_are_refused() {

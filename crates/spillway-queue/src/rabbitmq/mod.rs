@@ -31,7 +31,7 @@ mod tls;
 #[cfg(test)]
 mod tls_tests;
 pub mod topology;
-mod wire;
+pub(crate) mod wire;
 
 pub use self::tls::RabbitTls;
 
