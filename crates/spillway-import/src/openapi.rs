@@ -76,7 +76,7 @@ pub fn read(doc: &Value, report: &mut Report) -> Result<Plan, String> {
             integration_request(integration, &format!("{place}.{EXT}"), &mut route, report);
             integration_responses(integration, &format!("{place}.{EXT}.responses"), &mut route, report);
             plan.queues.entry(queue).or_insert_with(|| QueuePlan { source: None, ..QueuePlan::default() });
-            add(&mut plan, route, report);
+            plan.add_route(route, report);
         }
     }
     if !any_integration {
@@ -109,24 +109,6 @@ pub fn read(doc: &Value, report: &mut Report) -> Result<Plan, String> {
         report.differs("basePath", format!("`{base}` (the stage) is not part of Spillway's paths: clients send to `https://<your host>/…` without it, or put it in each route's `path`"));
     }
     Ok(plan)
-}
-
-fn add(plan: &mut Plan, route: RoutePlan, report: &mut Report) {
-    if let Some(same) = plan.routes.iter_mut().find(|r| r.path == route.path) {
-        let mut other = route.clone();
-        other.methods = same.methods.clone();
-        other.source = same.source.clone();
-        if other == *same {
-            same.methods.extend(route.methods);
-        } else {
-            report.not_carried(
-                &route.source,
-                "another method of this path differs in queue or settings: Spillway has one route per path",
-            );
-        }
-        return;
-    }
-    plan.routes.push(route);
 }
 
 /// `arn:aws:apigateway:us-east-1:sqs:path/123456789012/my-queue`, or an

@@ -4,6 +4,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::report::Report;
+
 /// The backend the routes' queues live on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Backend {
@@ -131,6 +133,29 @@ impl Plan {
             routes: Vec::new(),
             api_keys: None,
             throttle: None,
+        }
+    }
+
+    /// Adds `route`, or its methods to the earlier route of the same path
+    /// when everything else is the same (API Gateway lists a method per
+    /// entry; Spillway a route per path). Another queue or other settings
+    /// on the same path cannot be carried: said in `report`.
+    pub fn add_route(&mut self, route: RoutePlan, report: &mut Report) {
+        let Some(same) = self.routes.iter_mut().find(|r| r.path == route.path) else {
+            self.routes.push(route);
+            return;
+        };
+        let mut other = route.clone();
+        other.methods = same.methods.clone();
+        other.source = same.source.clone();
+        if other == *same {
+            same.methods.extend(route.methods);
+            same.source = format!("{} and {}", same.source, route.source);
+        } else {
+            report.not_carried(
+                &route.source,
+                format!("`{}` is also an earlier route's path, with another queue or settings: Spillway has one route per path", route.path),
+            );
         }
     }
 }

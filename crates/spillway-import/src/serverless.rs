@@ -132,30 +132,7 @@ fn sqs(doc: &Value, entry: &Value, place: &str, plan: &mut Plan, report: &mut Re
         None => QueuePlan::default(),
     };
     plan.queues.entry(queue).or_insert(queue_plan);
-    add_route(plan, route, report);
-}
-
-/// Adds `route`, or its methods to an earlier route of the same path and
-/// queue (API Gateway lists a method per entry; Spillway a route per path).
-fn add_route(plan: &mut Plan, route: RoutePlan, report: &mut Report) {
-    if let Some(same) = plan.routes.iter_mut().find(|r| r.path == route.path) {
-        let mut merged = same.clone();
-        merged.methods.extend(route.methods.iter().cloned());
-        merged.source = route.source.clone();
-        let mut other = route.clone();
-        other.methods = merged.methods.clone();
-        if other == merged {
-            same.methods.extend(route.methods);
-            same.source = format!("{} and {}", same.source, route.source);
-        } else {
-            report.not_carried(
-                &route.source,
-                format!("`{}` is also an earlier entry's path with another queue or settings: Spillway has one route per path", route.path),
-            );
-        }
-        return;
-    }
-    plan.routes.push(route);
+    plan.add_route(route, report);
 }
 
 fn authorization(v: &Value, at: &str, report: &mut Report) {
@@ -464,7 +441,7 @@ fn kinesis(doc: &Value, entry: &Value, place: &str, plan: &mut Plan, report: &mu
         partitions: shards.and_then(|s| u32::try_from(s).ok()),
         ..QueuePlan::default()
     });
-    add_route(plan, route, report);
+    plan.add_route(route, report);
 }
 
 /// `provider.apiGateway.apiKeys` (or `provider.apiKeys`) and the usage plan.

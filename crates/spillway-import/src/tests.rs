@@ -275,3 +275,21 @@ fn broken_and_unsupported_inputs_are_errors_that_say_why() {
         assert!(matches!(err, ImportError::Parse { .. } | ImportError::Unsupported { .. }));
     }
 }
+
+#[test]
+fn entries_of_one_path_merge_their_methods_and_another_queue_there_is_reported() {
+    let yml = r#"
+provider: { name: aws }
+custom:
+  apiGatewayServiceProxies:
+    - sqs: { path: /e, method: post, queueName: events }
+    - sqs: { path: /e, method: put, queueName: events }
+    - sqs: { path: /e, method: patch, queueName: other }
+"#;
+    let out = import("serverless.yml", yml, &Options::default()).expect("import");
+    compiles(&out);
+    assert_eq!(out.plan.routes.len(), 1);
+    assert_eq!(out.plan.routes[0].methods, ["POST", "PUT"]);
+    let not = findings(&out, Kind::NotCarried);
+    assert!(has(&not, "[2].sqs") && has(&not, "one route per path"), "{not:#?}");
+}

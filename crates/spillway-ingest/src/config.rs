@@ -643,6 +643,16 @@ fn compile_cors(c: &CorsConfig, key: &str) -> Result<Option<CorsPolicy>, ConfigE
     }))
 }
 
+/// A `{name}` or `{*name}` segment of a route path: the name, and whether
+/// it catches the rest of the path.
+pub(crate) fn path_param(seg: &str) -> Option<(&str, bool)> {
+    let inner = seg.strip_prefix('{')?.strip_suffix('}')?;
+    Some(match inner.strip_prefix('*') {
+        Some(name) => (name, true),
+        None => (inner, false),
+    })
+}
+
 /// Checks a route path and returns its shape (params blanked) for overlap checks.
 /// Rejects what would make axum panic when the route is added.
 fn check_path(path: &str) -> Result<String, String> {
@@ -657,11 +667,7 @@ fn check_path(path: &str) -> Result<String, String> {
     let mut names = HashSet::new();
     for (i, seg) in segments.iter().enumerate() {
         shape.push('/');
-        if let Some(inner) = seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
-            let (wild, name) = match inner.strip_prefix('*') {
-                Some(n) => (true, n),
-                None => (false, inner),
-            };
+        if let Some((name, wild)) = path_param(seg) {
             if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
                 return Err(format!("{seg:?}: a parameter is {{name}} with letters, digits and `_`"));
             }

@@ -91,12 +91,8 @@ fn path_and_params(path: &str) -> (String, Vec<(String, bool)>) {
     let mut params = Vec::new();
     let segments: Vec<String> = path
         .split('/')
-        .map(|seg| match seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')) {
-            Some(name) => {
-                let (name, rest) = match name.strip_prefix('*') {
-                    Some(n) => (n, true),
-                    None => (name, false),
-                };
+        .map(|seg| match crate::config::path_param(seg) {
+            Some((name, rest)) => {
                 params.push((name.to_owned(), rest));
                 format!("{{{name}}}")
             }
